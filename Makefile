@@ -1,0 +1,38 @@
+# Every target works from a fresh clone: it creates .venv and installs the project first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel by default (the local wheel on our machines); override e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for CUDA.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-all train-single preview benchmark-renderer clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not gpu and not weights and not data"
+
+test-all: $(STAMP)
+	$(BIN)/pytest -q
+
+# The main job: R-Net on the embedded synthetic default (about 10 minutes on a 2-core CPU; uses a GPU when
+# there is one). Re-running continues or reports the finished run instead of overwriting it.
+train-single: $(STAMP)
+	$(BIN)/face3d train --config default --resume $(ARGS)
+
+preview: $(STAMP)
+	$(BIN)/face3d preview --out face.png
+
+benchmark-renderer: $(STAMP)
+	$(BIN)/python benchmarks/bench_renderer.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Benchmarks: speed figures and evaluation protocols. Scripts print tables; tests never assert timings."""

@@ -1,0 +1,1 @@
+"""LightningDataModules that produce typed batches."""

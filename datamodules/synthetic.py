@@ -1,0 +1,553 @@
+"""The embedded default data: faces rendered from random coefficients, with exact 3D ground truth.
+
+Every sample is drawn from the face model's priors (identity, expression, albedo, SH lighting, pose),
+rendered with the project's `MeshRenderer` over a procedural background (`datamodules.backgrounds`),
+optionally partly covered by an occluder, and given the weak labels real photos get: 68 landmarks
+(the projected ground truth plus detector-like Gaussian noise) and a skin posterior computed from the
+final picture by the Jones & Rehg model of `preprocessing.skin`.
+
+Crops look like what ``face3d prepare`` makes of a photo: the face is moved (translation, including
+depth) so that its 5 alignment points fit the alignment template exactly as `preprocessing.align` would
+fit them, then jittered by the prior's small translation, so the mean face at zero pose lands on the
+template and a wide or turned face is rescaled and recentred as a real crop would be.
+
+Randomness is per sample: the draws of sample ``i`` of split ``s`` with base seed ``k`` depend only on
+``(k, s, i)`` and the generation parameters, so a smaller dataset starts with the same faces (up to float
+rounding in pixels, as renders are batched differently), train/val/test never share an identity, and
+switching occluders off changes nothing but the occluded pixels (and the skin there).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datamodules.backgrounds import OCCLUDER_KINDS, draw_occluder, random_background
+from datamodules.batch import collate_face_samples
+from face_model.coefficients import SH_BANDS, CoeffLayout, Coefficients
+from face_model.model import FaceModel, five_points_from_68
+from face_model.sampling import CoefficientPrior, sample_coefficients
+from preprocessing.align import fit_scale_translation, template_from_face_model
+from preprocessing.skin import skin_posterior_torch
+from renderers.camera import PinholeCamera, euler_to_rotation, model_to_camera, project, rigid_transform
+from renderers.mesh_renderer import MeshRenderer
+
+SPLITS = ("train", "val", "test")
+# Independent random streams of one sample; appending a stream keeps existing samples unchanged.
+_STREAMS = ("coefficients", "background", "occluder", "landmarks", "pixels")
+CACHE_VERSION = 1
+"""Part of the cache key: bump it whenever a change here alters what a given set of parameters generates."""
+_ALIGN_ITERATIONS = 4
+
+
+def sample_rng(seed: int, split: str, index: int, stream: str) -> np.random.Generator:
+    """The NumPy generator of one random stream of one sample (see the module docstring)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index,
+                                                                         _STREAMS.index(stream))))
+
+
+def _torch_generator(rng: np.random.Generator) -> torch.Generator:
+    return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+
+
+def coefficient_prior_std(layout: CoeffLayout, prior: CoefficientPrior) -> torch.Tensor:
+    """(layout.size,) standard deviation of each flat coefficient under ``prior``, to express ground-truth
+    errors in prior units.
+
+    Angles are uniform in +-limit, so their std is limit / sqrt(3) (radians). Lighting uses the
+    per-band spread of `face_model.sampling.sample_lighting` (the small colour tint is ignored).
+    Translation is the prior's jitter around the aligned position, not the spread of the aligned
+    position itself (which depends on pose and identity).
+    """
+    deg = math.pi / 180.0
+    band = [prior.ambient_std] + [prior.directional_std] * 3 + [prior.higher_order_std] * (SH_BANDS - 4)
+    parts = {
+        "identity": [prior.identity_std] * layout.n_id,
+        "expression": [prior.expression_std] * layout.n_exp,
+        "albedo": [prior.albedo_std] * layout.n_tex,
+        "angles": [limit * deg / math.sqrt(3.0) for limit in (prior.pitch_deg, prior.yaw_deg, prior.roll_deg)],
+        "lighting": band * layout.sh_channels,
+        "translation": [prior.translation_std] * 3,
+    }
+    return torch.tensor([v for name in layout.slices for v in parts[name]], dtype=torch.float32)
+
+
+def aligned_translation(face_model: FaceModel, coeffs: Coefficients, camera: PinholeCamera,
+                        template: np.ndarray, iterations: int = _ALIGN_ITERATIONS) -> torch.Tensor:
+    """(B, 3) model-space translation that puts each face's 5 alignment points onto ``template``.
+
+    ``face3d prepare`` fits a scale and a 2D shift from the detected 5 points to the template; here the
+    same fit (`preprocessing.align.fit_scale_translation`) is measured on the projected points and
+    undone by moving the face: a scale s means the face should sit at 1/s of its depth, a shift k
+    (after the scaling about the principal point) means a lateral move of k * depth / (s * focal).
+    Depth differs between the 5 points, so the update is repeated a few times; ``coeffs.translation``
+    is ignored.
+    """
+    with torch.no_grad():
+        points = face_model.shape(coeffs)[:, face_model.landmark_ids]
+        rotation = euler_to_rotation(coeffs.angles)
+        translation = torch.zeros_like(coeffs.translation, dtype=torch.float64)
+        principal = np.asarray(camera.principal_point, dtype=np.float64)
+        for _ in range(iterations):
+            posed = rigid_transform(points.double(), rotation.double(), translation)
+            cam = model_to_camera(posed, camera.camera_distance)
+            five = five_points_from_68(project(cam, camera)).cpu().numpy()
+            depth = five_points_from_68(cam)[..., 2].mean(-1).cpu().numpy()
+            update = np.zeros((len(five), 3))
+            for b in range(len(five)):
+                scale, shift = fit_scale_translation(five[b], template)
+                lateral = ((scale - 1.0) * principal + shift) * depth[b] / (scale * camera.focal)
+                # Camera y points down and depth = distance - z, hence the signs.
+                update[b] = (lateral[0], -lateral[1], depth[b] - depth[b] / scale)
+            translation = translation + torch.from_numpy(update).to(translation)
+        return translation.to(coeffs.translation.dtype)
+
+
+def soft_composite(render: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) render over a background through its hard (B, 1, H, W) mask, with a one-pixel soft edge.
+
+    The rasterizer's mask is binary; a real photo has no staircase silhouette for the network to latch
+    onto. The coverage is box-filtered over 3x3 pixels, and pixels just outside the face take the mean
+    colour of their face neighbours (the render is black there).
+    """
+    alpha = F.avg_pool2d(mask, 3, stride=1, padding=1, count_include_pad=False)
+    spread = F.avg_pool2d(render * mask, 3, stride=1, padding=1, count_include_pad=False)
+    colour = torch.where(mask > 0, render, spread / alpha.clamp_min(1e-6))
+    return alpha * colour + (1.0 - alpha) * background
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SyntheticArrays:
+    """A generated split, stored compactly (what the cache file holds).
+
+    images:          (N, 3, H, W) uint8 RGB
+    skin:            (N, H, W) float16 skin posterior of the final image
+    landmarks:       (N, 68, 2) float32 noisy landmarks (what a detector would report), pixels
+    clean_landmarks: (N, 68, 2) float32 projected ground-truth landmarks, pixels
+    coefficients:    (N, layout.size) float32 flat coefficients that generated each image
+    occluder:        (N,) int8, -1 for none, else the index into `OCCLUDER_KINDS`
+    occlusion:       (N, ceil(H * W / 8)) uint8, ``np.packbits`` of the pixels an occluder touched
+    """
+
+    images: np.ndarray
+    skin: np.ndarray
+    landmarks: np.ndarray
+    clean_landmarks: np.ndarray
+    coefficients: np.ndarray
+    occluder: np.ndarray
+    occlusion: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: list[SyntheticArrays]) -> SyntheticArrays:
+        return SyntheticArrays(*(np.concatenate([getattr(p, f.name) for p in parts])
+                                 for f in dataclasses.fields(SyntheticArrays)))
+
+
+class SyntheticFaceDataset(Dataset):
+    """Rendered random faces with weak labels and 3D ground truth (see the module docstring).
+
+    Args:
+        face_model: the morphable model to sample and render (any `FaceModel`; the dataset keeps a CPU copy).
+        n_samples: number of faces.
+        split: "train", "val" or "test"; each split has its own random streams, so no shared identities.
+        seed: base seed; (seed, split, index) fixes a sample.
+        image_size: side of the square crops; the camera is Deep3D's 224 camera resized.
+        max_yaw_deg, max_pitch_deg, max_roll_deg: pose angles are uniform in +- these; they override the
+            angle ranges of ``prior``.
+        occluder_probability: chance that a face gets one occluder (hand, sunglasses, bar, object).
+        landmark_noise_px: std of the Gaussian noise added to the projected landmarks, in pixels of this
+            image size.
+        pixel_noise_std: std of the sensor noise added to the final image (colour values in [0, 1]).
+        prior: spreads of identity, expression, albedo, lighting and translation jitter.
+        cache_dir: where to keep the generated arrays as ``.npz`` keyed by all generation parameters and the
+            face model's content; None keeps them in memory only.
+        render_batch_size: faces rendered at once.
+        device: where to render (a CUDA device renders much faster); samples are stored on the CPU.
+        backend: rasterizer backend for `MeshRenderer`.
+
+    Generation runs once, on the first `materialise` (which `__getitem__` calls); call it in the main
+    process before handing the dataset to DataLoader workers, otherwise each worker generates its own copy.
+    """
+
+    def __init__(
+        self,
+        face_model: FaceModel,
+        n_samples: int,
+        split: str = "train",
+        seed: int = 0,
+        image_size: int = 224,
+        max_yaw_deg: float = 80.0,
+        max_pitch_deg: float = 20.0,
+        max_roll_deg: float = 10.0,
+        occluder_probability: float = 0.2,
+        landmark_noise_px: float = 2.0,
+        pixel_noise_std: float = 0.01,
+        prior: CoefficientPrior = CoefficientPrior(),
+        cache_dir: str | Path | None = None,
+        render_batch_size: int = 32,
+        device: str | torch.device = "cpu",
+        backend: str = "auto",
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        if n_samples < 0 or seed < 0:
+            raise ValueError(f"n_samples and seed must be >= 0, got {n_samples} and {seed}")
+        if image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        if not 0.0 <= occluder_probability <= 1.0:
+            raise ValueError(f"occluder_probability must be in [0, 1], got {occluder_probability}")
+        if landmark_noise_px < 0 or pixel_noise_std < 0:
+            raise ValueError("landmark_noise_px and pixel_noise_std must be >= 0")
+        if render_batch_size < 1:
+            raise ValueError(f"render_batch_size must be >= 1, got {render_batch_size}")
+        # A private CPU copy: the caller's model may move to a GPU with the LightningModule that shares it,
+        # while ground-truth vertices are computed here, possibly in DataLoader workers.
+        self.face_model = copy.deepcopy(face_model).cpu()
+        self.n_samples = n_samples
+        self.split = split
+        self.seed = seed
+        self.image_size = image_size
+        self.occluder_probability = occluder_probability
+        self.landmark_noise_px = landmark_noise_px
+        self.pixel_noise_std = pixel_noise_std
+        self.prior = dataclasses.replace(prior, yaw_deg=max_yaw_deg, pitch_deg=max_pitch_deg,
+                                         roll_deg=max_roll_deg)
+        self.camera = PinholeCamera().resized(image_size, image_size)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.render_batch_size = render_batch_size
+        self.device = torch.device(device)
+        self.backend = backend
+        self.generation_seconds: float | None = None
+        """Wall time of the generation, None until generated (or when read from the cache)."""
+        self._arrays: SyntheticArrays | None = None
+        self._cache_key: str | None = None
+
+    # ----------------------------------------------------------------------------------- cache identity
+
+    @property
+    def layout(self) -> CoeffLayout:
+        return self.face_model.layout
+
+    def generation_parameters(self) -> dict:
+        """Everything that determines the generated arrays (the cache key is a hash of this)."""
+        return {
+            "version": CACHE_VERSION,
+            "n_samples": self.n_samples,
+            "split": self.split,
+            "seed": self.seed,
+            "image_size": self.image_size,
+            "occluder_probability": self.occluder_probability,
+            "landmark_noise_px": self.landmark_noise_px,
+            "pixel_noise_std": self.pixel_noise_std,
+            "prior": dataclasses.asdict(self.prior),
+            "face_model": {"name": self.face_model.name, "vertices": self.face_model.n_vertices,
+                           "triangles": int(self.face_model.triangles.shape[0]),
+                           "layout": dataclasses.asdict(self.layout), "digest": model_digest(self.face_model)},
+        }
+
+    def cache_key(self) -> str:
+        # Hashing the face model's buffers takes a moment for a full model; the parameters never change.
+        if self._cache_key is None:
+            text = json.dumps(self.generation_parameters(), sort_keys=True)
+            self._cache_key = hashlib.sha256(text.encode()).hexdigest()[:20]
+        return self._cache_key
+
+    @property
+    def cache_path(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        size = f"{self.n_samples}x{self.image_size}"
+        return self.cache_dir / f"synthetic-{self.face_model.name}-{self.split}-{size}-{self.cache_key()}.npz"
+
+    # ---------------------------------------------------------------------------------------- generation
+
+    @property
+    def arrays(self) -> SyntheticArrays:
+        return self.materialise()
+
+    def materialise(self) -> SyntheticArrays:
+        """Generate the split (or read it from the cache) once; later calls return the stored arrays."""
+        if self._arrays is not None:
+            return self._arrays
+        path = self.cache_path
+        if path is not None and path.is_file():
+            arrays = _read_cache(path)
+            if arrays is not None and self._matches(arrays):
+                self._arrays = arrays
+                rank_zero_info(f"read {self.n_samples} synthetic {self.split} faces from {path}")
+                return arrays
+            warnings.warn(f"synthetic cache {path} is unreadable or does not match its parameters; generating it "
+                          "again", stacklevel=2)
+        rank_zero_info(f"generating {self.n_samples} synthetic {self.split} faces at {self.image_size}x"
+                       f"{self.image_size} on {self.device}" + (f" (cached in {path})" if path else ""))
+        start = time.perf_counter()
+        arrays = self._generate()
+        self.generation_seconds = time.perf_counter() - start
+        rate = self.n_samples / max(self.generation_seconds, 1e-9)
+        rank_zero_info(f"generated {self.n_samples} synthetic {self.split} faces in {self.generation_seconds:.1f} s "
+                       f"({rate:.1f} images/s)")
+        if path is not None:
+            _write_cache(path, arrays)
+        self._arrays = arrays
+        return arrays
+
+    def _matches(self, arrays: SyntheticArrays) -> bool:
+        size = self.image_size
+        return (arrays.images.shape == (self.n_samples, 3, size, size)
+                and arrays.coefficients.shape == (self.n_samples, self.layout.size))
+
+    def _generate(self) -> SyntheticArrays:
+        model = self.face_model if self.device.type == "cpu" else copy.deepcopy(self.face_model).to(self.device)
+        renderer = MeshRenderer(model, self.camera, backend=self.backend)
+        template = template_from_face_model(model, self.camera)
+        parts = []
+        # tqdm hides itself when the output is not a terminal (logs, CI).
+        with tqdm(total=self.n_samples, desc=f"synthetic {self.split}", unit="face", disable=None,
+                  leave=False) as bar:
+            for start in range(0, self.n_samples, self.render_batch_size):
+                indices = range(start, min(start + self.render_batch_size, self.n_samples))
+                parts.append(self._generate_batch(renderer, template, indices))
+                bar.update(len(indices))
+        if not parts:
+            return self._empty_arrays()
+        return SyntheticArrays.concatenate(parts)
+
+    def _empty_arrays(self) -> SyntheticArrays:
+        size = self.image_size
+        return SyntheticArrays(
+            images=np.zeros((0, 3, size, size), np.uint8), skin=np.zeros((0, size, size), np.float16),
+            landmarks=np.zeros((0, 68, 2), np.float32), clean_landmarks=np.zeros((0, 68, 2), np.float32),
+            coefficients=np.zeros((0, self.layout.size), np.float32), occluder=np.zeros((0,), np.int8),
+            occlusion=np.zeros((0, (size * size + 7) // 8), np.uint8),
+        )
+
+    def sample_coefficients(self, indices: range | list[int]) -> Coefficients:
+        """Coefficients of the given samples before alignment (translation = the prior's jitter only)."""
+        return Coefficients.cat([
+            sample_coefficients(self.layout, 1, self.prior,
+                                _torch_generator(sample_rng(self.seed, self.split, i, "coefficients")))
+            for i in indices
+        ])
+
+    def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, indices: range) -> SyntheticArrays:
+        size = self.image_size
+        coeffs = self.sample_coefficients(indices).to(self.device)
+        coeffs = coeffs.replace(translation=aligned_translation(renderer.face_model, coeffs, self.camera, template)
+                                + coeffs.translation)
+        with torch.no_grad():
+            out = renderer(coeffs)
+        render = out.image.clamp(0.0, 1.0).float().cpu()
+        mask = out.mask.float().cpu()
+        clean = out.landmarks.float().cpu().numpy()
+        backgrounds = np.stack([random_background(sample_rng(self.seed, self.split, i, "background"), size, size)
+                                for i in indices])
+        images = soft_composite(render, mask, torch.from_numpy(backgrounds).permute(0, 3, 1, 2))
+        images = images.permute(0, 2, 3, 1).numpy()
+
+        n = len(indices)
+        occluder = np.full(n, -1, np.int8)
+        occlusion = np.zeros((n, size, size), bool)
+        noisy = np.empty_like(clean)
+        for k, i in enumerate(indices):
+            rng = sample_rng(self.seed, self.split, i, "occluder")
+            # The decision is drawn whatever the probability, so the stream's later draws do not depend on it.
+            if rng.random() < self.occluder_probability:
+                kind = int(rng.integers(len(OCCLUDER_KINDS)))
+                images[k], coverage = draw_occluder(images[k], clean[k], rng, OCCLUDER_KINDS[kind])
+                occluder[k], occlusion[k] = kind, coverage > 0
+            pixels = sample_rng(self.seed, self.split, i, "pixels")
+            images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
+            landmark_rng = sample_rng(self.seed, self.split, i, "landmarks")
+            noisy[k] = clean[k] + landmark_rng.normal(0.0, self.landmark_noise_px, clean[k].shape)
+        images_u8 = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+        with torch.no_grad():
+            skin = skin_posterior_torch(torch.from_numpy(images_u8))
+        return SyntheticArrays(
+            images=np.ascontiguousarray(images_u8),
+            skin=skin.numpy().astype(np.float16),
+            landmarks=noisy.astype(np.float32),
+            clean_landmarks=clean.astype(np.float32),
+            coefficients=self.layout.join(coeffs).float().cpu().numpy(),
+            occluder=occluder,
+            occlusion=np.packbits(occlusion.reshape(n, -1), axis=1),
+        )
+
+    # ------------------------------------------------------------------------------------------- access
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def occlusion_mask(self, index: int) -> np.ndarray:
+        """(H, W) bool: the pixels of sample ``index`` that its occluder touched (all False without one)."""
+        size = self.image_size
+        return np.unpackbits(self.arrays.occlusion[index], count=size * size).reshape(size, size).astype(bool)
+
+    def vertices(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """(B, layout.size) flat coefficients -> (B, V, 3) model-space shape, on the CPU."""
+        with torch.no_grad():
+            return self.face_model.shape(self.layout.split(coefficients))
+
+    def __getitem__(self, index: int) -> dict:
+        arrays = self.arrays
+        if not -self.n_samples <= index < self.n_samples:
+            raise IndexError(f"index {index} out of range for {self.n_samples} samples")
+        index = index % self.n_samples
+        coefficients = torch.from_numpy(arrays.coefficients[index])
+        return {
+            "image": torch.from_numpy(arrays.images[index]).float().div_(255.0),
+            "landmarks": torch.from_numpy(arrays.landmarks[index]),
+            "skin": torch.from_numpy(arrays.skin[index].astype(np.float32)).unsqueeze(0),
+            "index": index,
+            "coefficients": coefficients,
+            "vertices": self.vertices(coefficients.unsqueeze(0))[0],
+        }
+
+
+def model_digest(face_model: FaceModel) -> str:
+    """Short hash of a face model's buffers: two models with the same name but other bases differ."""
+    digest = hashlib.sha256()
+    for name, buffer in sorted(face_model.named_buffers()):
+        digest.update(name.encode())
+        digest.update(buffer.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _write_cache(path: Path, arrays: SyntheticArrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name and renamed, so a crash or a parallel run never leaves a torn file.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(partial, "wb") as handle:
+        np.savez(handle, **{f.name: getattr(arrays, f.name) for f in dataclasses.fields(SyntheticArrays)})
+    os.replace(partial, path)
+
+
+def _read_cache(path: Path) -> SyntheticArrays | None:
+    try:
+        with np.load(path) as data:
+            return SyntheticArrays(**{f.name: data[f.name] for f in dataclasses.fields(SyntheticArrays)})
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+class SyntheticFaceDataModule(pl.LightningDataModule):
+    """Train / val / test splits of `SyntheticFaceDataset` as `FaceBatch` loaders.
+
+    The arguments are those of `SyntheticFaceDataset` (per split sizes ``n_train``, ``n_val``, ``n_test``),
+    plus ``batch_size`` and ``num_workers``. With a ``cache_dir`` missing splits are generated and written
+    in `prepare_data` (on one process), and the other processes read them in `setup`; without one every
+    process generates the splits its stage needs in `setup`.
+    """
+
+    def __init__(
+        self,
+        face_model: FaceModel,
+        image_size: int = 224,
+        n_train: int = 2048,
+        n_val: int = 128,
+        n_test: int = 128,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        max_yaw_deg: float = 80.0,
+        max_pitch_deg: float = 20.0,
+        max_roll_deg: float = 10.0,
+        occluder_probability: float = 0.2,
+        landmark_noise_px: float = 2.0,
+        pixel_noise_std: float = 0.01,
+        cache_dir: str | Path | None = None,
+        prior: CoefficientPrior = CoefficientPrior(),
+        render_batch_size: int = 32,
+        device: str | torch.device = "cpu",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        self.face_model = face_model
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.sizes = {"train": n_train, "val": n_val, "test": n_test}
+        self._dataset_args = dict(
+            seed=seed, image_size=image_size, max_yaw_deg=max_yaw_deg, max_pitch_deg=max_pitch_deg,
+            max_roll_deg=max_roll_deg, occluder_probability=occluder_probability,
+            landmark_noise_px=landmark_noise_px, pixel_noise_std=pixel_noise_std, prior=prior,
+            cache_dir=cache_dir, render_batch_size=render_batch_size, device=device, backend=backend,
+        )
+        self.cache_dir = cache_dir
+        self.datasets: dict[str, SyntheticFaceDataset] = {}
+
+    def dataset(self, split: str) -> SyntheticFaceDataset:
+        """The split's dataset, built (not yet generated) on first use."""
+        if split not in self.datasets:
+            self.datasets[split] = SyntheticFaceDataset(self.face_model, self.sizes[split], split=split,
+                                                        **self._dataset_args)
+        return self.datasets[split]
+
+    @property
+    def prior(self) -> CoefficientPrior:
+        """The prior the ground-truth coefficients were drawn from (angle ranges included)."""
+        return self.dataset("train").prior
+
+    @property
+    def coefficient_std(self) -> torch.Tensor:
+        """(layout.size,) prior std of each ground-truth coefficient (`coefficient_prior_std`)."""
+        return coefficient_prior_std(self.face_model.layout, self.prior)
+
+    def prepare_data(self) -> None:
+        if self.cache_dir is None:
+            return
+        for split in SPLITS:
+            dataset = self.dataset(split)
+            # An existing cache is read in `setup`; reading it here too would load it twice.
+            if not dataset.cache_path.is_file():
+                dataset.materialise()
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage, SPLITS) if stage is not None else SPLITS:
+            self.dataset(split).materialise()
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        # Generating inside DataLoader workers would repeat the work in each of them.
+        dataset.materialise()
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            # A last batch of one breaks batch norm; skipping a remainder of a shuffled epoch loses nothing.
+            drop_last=shuffle and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_face_samples,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

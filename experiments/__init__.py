@@ -1,0 +1,1 @@
+"""Entry points (the ``face3d`` command), experiment configs and sweeps."""

@@ -1,0 +1,1 @@
+"""Subcommands of the ``face3d`` CLI (one module each)."""

@@ -1,0 +1,242 @@
+"""Experiment configuration: an OmegaConf structured config (the dataclasses below are the schema).
+
+A run's config is the schema defaults, then each YAML file in order (an experiment or ablation file
+holds only its diff), then ``key=value`` overrides from the command line. Unknown keys and wrong types
+fail with a message that names the key, the file and the closest valid key. Only this module and the
+entry points import OmegaConf; everything else receives plain typed arguments built from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class FaceModelConfig:
+    name: str = "ict"
+    """'ict' (bundled) or 'bfm' (needs ``path`` = BFM_model_front.mat)."""
+    path: Optional[str] = None
+    n_id: int = 80
+    n_exp: Optional[int] = None
+    """None = the model's default (53 for ICT, 64 for BFM)."""
+    n_tex: int = 80
+    sh_channels: int = 3
+    """3 = RGB lighting (27 coefficients, Deep3D's code), 1 = monochrome (9, the paper)."""
+
+
+@dataclass
+class RendererConfig:
+    backend: str = "auto"
+    """'auto', 'torch' or 'pytorch3d'."""
+    image_size: int = 224
+
+
+@dataclass
+class LossConfig:
+    photometric: float = 1.92
+    landmark: float = 1.6e-3
+    perceptual: float = 0.2
+    regularization: float = 3e-4
+    texture: float = 1.0
+    gamma: float = 0.0
+    reg_id: float = 1.0
+    reg_exp: float = 0.8
+    reg_tex: float = 1.7e-3
+    """Paper value; Deep3DFaceRecon's released code uses 1.7e-2."""
+    nose_mouth_landmark_weight: float = 20.0
+    skin_attention: bool = True
+    """False replaces the skin attention by 1 everywhere on the face (the paper's Fig. 2 ablation)."""
+    recognition_net: str = "sface"
+    """Frozen perceptual network: 'sface' (ships offline), 'arcface_r50' / 'arcface_r100' (weights needed)."""
+    recognition_weights: Optional[str] = None
+
+
+@dataclass
+class SyntheticDataConfig:
+    n_train: int = 4000
+    n_val: int = 256
+    n_test: int = 256
+    seed: int = 0
+    max_yaw_deg: float = 80.0
+    max_pitch_deg: float = 25.0
+    max_roll_deg: float = 15.0
+    occluder_probability: float = 0.3
+    landmark_noise_px: float = 1.5
+    """Std of Gaussian noise on the 2D landmarks, mimicking a detector."""
+
+
+@dataclass
+class PreparedDataConfig:
+    root: Optional[str] = None
+    """Folder written by ``face3d prepare`` (with manifest.jsonl)."""
+    val_fraction: float = 0.05
+    augment: bool = True
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"
+    """'synthetic' (embedded default, ground truth available) or 'prepared' (real photos)."""
+    batch_size: int = 32
+    num_workers: int = 0
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    prepared: PreparedDataConfig = field(default_factory=PreparedDataConfig)
+
+
+@dataclass
+class NetworkConfig:
+    backbone: str = "resnet50"
+    pretrained: Optional[str] = None
+    """Path to torchvision ImageNet weights (resnet50-*.pth) to initialise the backbone."""
+    deep3d_checkpoint: Optional[str] = None
+    """Deep3DFaceRecon ``epoch_20.pth`` to start from (BFM layout only)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    lr_step_epochs: int = 10
+    """Step decay period in epochs, as Deep3DFaceRecon's 'step' policy."""
+    lr_gamma: float = 0.2
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 20
+    max_steps: int = -1
+    max_time_minutes: Optional[float] = None
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    """'32-true', 'bf16-mixed' or '16-mixed'."""
+    channels_last: bool = False
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 25
+    """How often last.ckpt is refreshed, so a killed run loses at most this many steps."""
+    val_check_interval: Optional[float] = None
+    gradient_clip_val: Optional[float] = None
+    deterministic: bool = False
+    seed: int = 0
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: str = "outputs"
+    run_name: Optional[str] = None
+    wandb: bool = True
+    wandb_project: str = "face3d-lightning"
+    wandb_mode: str = "offline"
+    """'offline' unless you have an account configured ('online')."""
+    overlay_every_n_epochs: int = 1
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    face_model: FaceModelConfig = field(default_factory=FaceModelConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, DictConfig):
+        return []
+    keys = []
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        keys.extend(_valid_keys(node[key], full + "."))
+    return keys
+
+
+def _explain(err: Exception, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
+        close = difflib.get_close_matches(key, _valid_keys(schema), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return ConfigError(f"unknown config key '{key}' in {source}{hint} (schema: experiments/config.py)")
+    return ConfigError(f"invalid value for '{key}' in {source}: {getattr(err, 'msg', err)}")
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config given as a path, or by name under experiments/configs/ (``paper_ict`` or
+    ``ablations/no_perceptual``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
+    if candidate.is_file():
+        return candidate
+    known = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+    raise FileNotFoundError(f"config {name!r} not found (as a path or under {CONFIG_DIR}); known configs: {known}")
+
+
+def _merge(base: DictConfig, node: Any, schema: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, node)
+    except (ConfigKeyError, ConfigAttributeError, ValidationError) as err:
+        raise _explain(err, schema, source) from None
+
+
+def load_config(files: list[str | Path] = (), overrides: list[str] = (), base_yaml: str | None = None
+                ) -> ExperimentConfig:
+    """Schema defaults (then ``base_yaml``, e.g. a checkpoint's stored config), then the YAML ``files``
+    in order, then ``key=value`` ``overrides``."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    merged = schema
+    if base_yaml is not None:
+        merged = _merge(merged, OmegaConf.create(base_yaml), schema, "the checkpoint's stored config")
+    for name in files:
+        path = resolve_config_path(name)
+        merged = _merge(merged, OmegaConf.load(path), schema, str(path))
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), schema, "the command-line overrides")
+    config = OmegaConf.to_object(merged)
+    validate(config)
+    return config
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Checks the schema's types cannot express."""
+    choices = {
+        "face_model.name": (config.face_model.name, ("ict", "bfm")),
+        "renderer.backend": (config.renderer.backend, ("auto", "torch", "pytorch3d")),
+        "data.kind": (config.data.kind, ("synthetic", "prepared")),
+        "trainer.precision": (config.trainer.precision, ("32-true", "32", "bf16-mixed", "16-mixed", "64-true")),
+        "logging.wandb_mode": (config.logging.wandb_mode, ("offline", "online", "disabled")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {allowed}")
+    if config.face_model.name == "bfm" and not config.face_model.path:
+        raise ConfigError("face_model.name=bfm needs face_model.path (BFM_model_front.mat, built by "
+                          "`face3d prepare-bfm --bfm-dir DIR`)")
+    if config.data.kind == "prepared" and not config.data.prepared.root:
+        raise ConfigError("data.kind=prepared needs data.prepared.root (a folder written by `face3d prepare`)")
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

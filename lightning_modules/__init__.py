@@ -1,0 +1,1 @@
+"""Thin LightningModules: a step is a core forward, a loss dict and logging."""

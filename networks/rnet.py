@@ -1,0 +1,94 @@
+"""R-Net: a ResNet regressing the flat 3DMM coefficient vector from an aligned face crop.
+
+The module layout mirrors Deep3DFaceRecon's ``ReconNetWrapper`` so that its checkpoints load by name:
+``backbone`` is a torchvision-style ResNet without ``fc``, and ``final_layers`` is a list of 1x1
+convolutions, one per coefficient group (identity, expression, albedo, angles, lighting, then the
+translation split into x-y and z), applied to the (B, C, 1, 1) pooled features and concatenated.
+
+Input normalisation: Deep3D feeds RGB in [0, 1] with no ImageNet mean/std normalisation, even though
+its backbone starts from ImageNet weights that were trained on normalised input. R-Net keeps that
+convention, because its checkpoints were trained with it and would give wrong coefficients on
+normalised input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from face_model.coefficients import CoeffLayout, Coefficients
+from networks.resnet import RESNET_NAMES, ResNetFeatures, build_resnet, load_imagenet_weights
+
+
+@dataclass(frozen=True)
+class RNetOutput:
+    """R-Net prediction for B images.
+
+    coeffs:   the coefficients, split by the layout (each field (B, n))
+    flat:     (B, layout.size) the same values as one vector, in `CoeffLayout` order
+    features: backbone activations (stage1 (B, 256, H/4, W/4) and pooled (B, 2048) for ResNet-50),
+              for the C-Net
+    """
+
+    coeffs: Coefficients
+    flat: torch.Tensor
+    features: ResNetFeatures
+
+
+def head_sizes(layout: CoeffLayout) -> tuple[int, ...]:
+    """Output sizes of the 1x1 heads in order; Deep3D splits the translation into x-y (2) and z (1).
+
+    Empty groups (a layout with ``n_exp=0``, say) get no head, since a zero-channel convolution cannot run;
+    for the 257-dim BFM layout this gives Deep3D's (80, 64, 80, 3, 27, 2, 1).
+    """
+    sizes = layout.sizes
+    if sizes["translation"] != 3:
+        raise ValueError(f"R-Net heads assume a 3-entry translation, the layout has {sizes['translation']}")
+    groups = [sizes[name] for name in ("identity", "expression", "albedo", "angles", "lighting")] + [2, 1]
+    return tuple(n for n in groups if n > 0)
+
+
+class RNet(nn.Module):
+    """ResNet backbone plus zero-initialised per-group heads; an untrained R-Net predicts the mean face.
+
+    Args:
+        layout: the coefficient layout; the heads produce ``layout.size`` values.
+        backbone: "resnet50" (the paper's and Deep3D's), "resnet34" or "resnet18" (small experiments;
+            Deep3D also ships a ResNet-18 option).
+        pretrained_path: a torchvision ImageNet checkpoint for the backbone (e.g. ``resnet50-0676ba61.pth``),
+            or None for random initialisation.
+
+    Input: (B, 3, H, W) RGB in [0, 1], not ImageNet-normalised (see the module docstring). Deep3D uses
+    224x224 aligned crops; other sizes run too, since the heads see globally pooled features.
+    """
+
+    def __init__(self, layout: CoeffLayout, backbone: str = "resnet50", pretrained_path: str | Path | None = None):
+        super().__init__()
+        if backbone not in RESNET_NAMES:
+            raise ValueError(f"unknown R-Net backbone {backbone!r}; choose one of {list(RESNET_NAMES)}")
+        self.layout = layout
+        self.backbone_name = backbone
+        self.backbone = build_resnet(backbone, num_classes=None)
+        if pretrained_path is not None:
+            load_imagenet_weights(self.backbone, pretrained_path)
+        channels = self.backbone.out_channels
+        self.final_layers = nn.ModuleList(
+            nn.Conv2d(channels, size, kernel_size=1, bias=True) for size in head_sizes(layout)
+        )
+        # Zero weights and biases, as Deep3D: the first predictions are the mean frontal face under ambient
+        # light, a sane starting point for the rendering losses.
+        for layer in self.final_layers:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, images: torch.Tensor) -> RNetOutput:
+        """(B, 3, H, W) RGB in [0, 1] -> coefficients, their flat vector and the backbone features."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"R-Net expects RGB images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+        features = self.backbone.forward_features(images)
+        pooled = features.pooled[:, :, None, None]
+        flat = torch.cat([layer(pooled) for layer in self.final_layers], dim=1).flatten(1)
+        return RNetOutput(coeffs=self.layout.split(flat), flat=flat, features=features)

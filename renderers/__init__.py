@@ -1,0 +1,1 @@
+"""Camera, lighting and rasterization: everything between face-model vertices and image pixels."""

@@ -1,0 +1,119 @@
+"""RNetModule end to end on tiny synthetic data: fast_dev_run, resume, NaN guard, checkpoint reload."""
+
+import pytest
+import torch
+
+from experiments.build import load_rnet_checkpoint
+from experiments.config import load_config
+from experiments.train import train
+from lightning_modules.callbacks import FiniteLossGuard, NonFiniteLossError
+
+TINY = [
+    "renderer.image_size=64",
+    "network.backbone=resnet18",
+    "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
+    "data.batch_size=4",
+    "data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=4",
+    "trainer.log_every_n_steps=1",
+    "trainer.checkpoint_every_n_steps=1",
+    "logging.wandb=false",
+]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(["default"], TINY + [f"logging.output_dir={tmp_path}", *extra])
+
+
+def test_fast_dev_run_trains_validates_and_draws_overlays(tmp_path):
+    result = train(tiny_config(tmp_path), fast_dev_run=True)
+    assert result.overlay is not None and result.overlay.exists()
+
+
+def test_resume_continues_where_the_run_stopped_and_refuses_to_overwrite(tmp_path):
+    first = train(tiny_config(tmp_path, "trainer.max_steps=2", "trainer.max_epochs=5"))
+    assert torch.load(first.last_checkpoint, weights_only=False)["global_step"] == 2
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(tmp_path, "trainer.max_steps=4", "trainer.max_epochs=5"))
+    second = train(tiny_config(tmp_path, "trainer.max_steps=4", "trainer.max_epochs=5"), resume=True)
+    assert torch.load(second.last_checkpoint, weights_only=False)["global_step"] == 4
+    assert "test/shape_error_mm" in second.test_metrics and "test/mean_face_error_mm" in second.test_metrics
+
+    module, cfg = load_rnet_checkpoint(second.last_checkpoint)
+    assert cfg.renderer.image_size == 64 and module.face_model.layout.n_id == 8
+    images = torch.rand(2, 3, 64, 64)
+    state = torch.load(second.last_checkpoint, weights_only=False)["state_dict"]
+    head = state["rnet.final_layers.0.weight"]
+    torch.testing.assert_close(module.rnet.final_layers[0].weight, head)
+    assert module(images).render.image.shape == (2, 3, 64, 64)
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make train-single"):
+        load_rnet_checkpoint(tmp_path / "missing.ckpt")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read"):
+        load_rnet_checkpoint(garbage)
+    foreign = tmp_path / "epoch_20.pth"
+    torch.save({"net_recon": {}}, foreign)
+    with pytest.raises(ValueError, match="deep3d_checkpoint"):
+        load_rnet_checkpoint(foreign)
+
+
+class _Trainer:
+    global_step = 10
+
+
+def test_nan_guard_stops_on_a_non_finite_loss_and_refuses_a_poisoned_checkpoint():
+    guard = FiniteLossGuard(check_every_n_steps=5)
+    module = torch.nn.Linear(2, 2)
+    guard.on_train_batch_end(_Trainer(), module, {"loss": torch.tensor(1.0)}, None, 0)
+    with pytest.raises(NonFiniteLossError, match="last.ckpt"):
+        guard.on_train_batch_end(_Trainer(), module, {"loss": torch.tensor(float("nan"))}, None, 0)
+    guard.on_save_checkpoint(_Trainer(), module, {})
+    with torch.no_grad():
+        module.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteLossError, match="not written"):
+        guard.on_save_checkpoint(_Trainer(), module, {})
+
+
+def test_a_nan_during_training_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from lightning_modules.rnet_module import RNetModule
+
+    original = RNetModule.compute_losses
+    calls = {"n": 0}
+
+    def poisoned(self, batch, prediction):
+        losses = original(self, batch, prediction)
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            losses = {**losses, "total": losses["total"] * float("nan")}
+        return losses
+
+    monkeypatch.setattr(RNetModule, "compute_losses", poisoned)
+    cfg = tiny_config(tmp_path, "trainer.max_steps=6", "trainer.max_epochs=5", "trainer.val_check_interval=null")
+    with pytest.raises(NonFiniteLossError):
+        train(cfg)
+    last = tmp_path / "train-single" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.gpu
+def test_training_step_has_no_host_sync_on_cuda(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from experiments.build import build_datamodule, build_face_model, build_rnet_module
+
+    cfg = tiny_config(tmp_path, "renderer.backend=torch")
+    face_model = build_face_model(cfg)
+    module = build_rnet_module(cfg, face_model).cuda()
+    dm = build_datamodule(cfg, face_model)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader())).to("cuda")
+    module.training_step(batch, 0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        module.training_step(batch, 1).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
