@@ -137,3 +137,100 @@ def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
         raise ValueError(f"{path} does not match the model its config describes: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     return module.eval(), cfg
+
+
+# ------------------------------------------------------------------------------------------------- C-Net
+
+
+def build_cnet(cfg: ExperimentConfig, rnet, kind: str):
+    """A C-Net of ``kind`` ("elementwise" or "global") sized for ``rnet``'s backbone and face model."""
+    from networks.cnet import CNet, rnet_feature_channels
+
+    shallow, deep = rnet_feature_channels(rnet.backbone)
+    return CNet(rnet.layout.n_id, shallow, deep, kind=kind, conv_channels=tuple(cfg.cnet.conv_channels),
+                hidden=cfg.cnet.hidden)
+
+
+def build_cnet_module(cfg: ExperimentConfig, rnet_module, strategy: str, loss=None):
+    """A `CNetModule` on the R-Net, renderer and (unless ``loss`` is given) hybrid loss of ``rnet_module``."""
+    from lightning_modules.cnet_module import CNetModule
+    from lightning_modules.rnet_module import OptimSettings
+    from networks.aggregation import GLOBAL_STRATEGIES
+
+    cnet = None
+    if strategy != "mean":
+        cnet = build_cnet(cfg, rnet_module.rnet, "global" if strategy in GLOBAL_STRATEGIES else "elementwise")
+    oc = cfg.optim
+    return CNetModule(
+        rnet=rnet_module.rnet,
+        renderer=rnet_module.renderer,
+        loss=loss if loss is not None else rnet_module.loss,
+        cnet=cnet,
+        strategy=strategy,
+        optim=OptimSettings(lr=oc.lr, lr_step_epochs=oc.lr_step_epochs, lr_gamma=oc.lr_gamma,
+                            weight_decay=oc.weight_decay),
+        use_skin_attention=cfg.loss.skin_attention,
+        config=to_yaml(cfg),
+    )
+
+
+def build_image_set_datamodule(cfg: ExperimentConfig, face_model: FaceModel, cache_dir: Path | None = None):
+    """`ImageSetDataModule` over synthetic sets (train/val/test) or prepared photos (train/val)."""
+    from datamodules.image_sets import ImageSetDataModule
+
+    sc = cfg.data.sets
+    if sc.kind == "synthetic":
+        from datamodules.image_sets import SyntheticImageSetDataset
+
+        common = dict(set_size=sc.set_size, min_set_size=sc.min_set_size, seed=sc.seed,
+                      image_size=cfg.renderer.image_size, max_yaw_deg=sc.max_yaw_deg, max_pitch_deg=sc.max_pitch_deg,
+                      max_roll_deg=sc.max_roll_deg, albedo_jitter=sc.albedo_jitter,
+                      degrade_probability=sc.degrade_probability, degradations=tuple(sc.degradations),
+                      landmark_noise_px=sc.landmark_noise_px, cache_dir=cache_dir, backend=cfg.renderer.backend)
+        sizes = {"train": sc.n_train, "val": sc.n_val, "test": sc.n_test}
+        datasets = {split: SyntheticImageSetDataset(face_model, n, split=split, **common) for split, n in sizes.items()}
+    else:
+        from datamodules.image_sets import PreparedImageSetDataset, group_by_identity, split_identities
+        from datamodules.prepared import read_prepared
+
+        groups = group_by_identity(read_prepared(sc.root), min_images=sc.min_images)
+        train, val = split_identities(groups, sc.val_fraction)
+        if not train:
+            raise ValueError(f"all {len(val)} identities of {sc.root} fell into the validation split; lower "
+                             f"data.sets.val_fraction ({sc.val_fraction}) or add people")
+        common = dict(set_size=sc.set_size, image_size=cfg.renderer.image_size, seed=sc.seed)
+        datasets = {"train": PreparedImageSetDataset(train, sets_per_identity=sc.sets_per_identity, random_sets=True,
+                                                     **common),
+                    "val": PreparedImageSetDataset(val, random_sets=False, **common)}
+    return ImageSetDataModule(datasets, batch_size=sc.batch_size, num_workers=cfg.data.num_workers, seed=sc.seed)
+
+
+def load_cnet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild a `CNetModule` (frozen R-Net included) from a checkpoint written by ``face3d train-aggregate``;
+    returns (module in eval mode, config)."""
+    from lightning_modules.cnet_module import restore_rebuilt_state
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"C-Net checkpoint {path} not found; train one with `face3d train-aggregate` "
+                                "(checkpoints are under outputs/train-aggregate/<strategy>/checkpoints/)")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({err.__class__.__name__}: {err})") from None
+    info = checkpoint.get("face3d_cnet")
+    if info is None:
+        raise ValueError(f"{path} is not a C-Net checkpoint (no 'face3d_cnet' entry); an R-Net checkpoint goes to "
+                         "--rnet-ckpt instead")
+    cfg = config_from_checkpoint(checkpoint, path)
+    face_model = build_face_model(cfg)
+    rnet_module = build_rnet_module(dataclasses.replace(cfg, network=dataclasses.replace(
+        cfg.network, pretrained=None, deep3d_checkpoint=None)), face_model)
+    module = build_cnet_module(cfg, rnet_module, info["strategy"])
+    state = dict(checkpoint["state_dict"])
+    restore_rebuilt_state(module, state)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the C-Net its config describes: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return module.eval(), cfg

@@ -11,6 +11,7 @@ import sys
 COMMANDS = (
     "train",
     "prepare",
+    "reconstruct",
     "preview",
     "prepare_bfm",
 )

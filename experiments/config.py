@@ -82,6 +82,43 @@ class PreparedDataConfig:
 
 
 @dataclass
+class ImageSetConfig:
+    """Image sets for C-Net (`datamodules.image_sets`); sizes count sets (identities), not pictures."""
+
+    kind: str = "synthetic"
+    """'synthetic' (rendered sets with ground truth) or 'prepared' (one `face3d prepare` folder of photos
+    organised one subfolder per person, see `datamodules.image_sets`)."""
+    set_size: int = 5
+    """Pictures per set (5 in the paper)."""
+    min_set_size: Optional[int] = None
+    """Synthetic only: None = fixed-size sets, else sizes uniform in [min_set_size, set_size]."""
+    batch_size: int = 4
+    """Sets per batch."""
+    n_train: int = 512
+    n_val: int = 32
+    n_test: int = 64
+    seed: int = 0
+    max_yaw_deg: float = 80.0
+    """Yaws are spread over [-max, max] inside every set."""
+    max_pitch_deg: float = 20.0
+    max_roll_deg: float = 10.0
+    albedo_jitter: float = 0.2
+    """Per-picture albedo change on top of the identity's albedo (prior units)."""
+    degrade_probability: float = 0.5
+    """Chance that a picture is degraded by one of ``degradations``."""
+    degradations: list[str] = field(default_factory=lambda: ["occluder", "blur", "noise", "side_light"])
+    landmark_noise_px: float = 1.5
+    root: Optional[str] = None
+    """Prepared only: the folder written by ``face3d prepare`` over ``people/<name>/*`` photos."""
+    min_images: int = 2
+    """Prepared only: identities with fewer photos are left out."""
+    val_fraction: float = 0.1
+    """Prepared only: share of identities held out (by name hash)."""
+    sets_per_identity: int = 1
+    """Prepared only: sets drawn per identity and epoch."""
+
+
+@dataclass
 class DataConfig:
     kind: str = "synthetic"
     """'synthetic' (embedded default, ground truth available) or 'prepared' (real photos)."""
@@ -89,6 +126,7 @@ class DataConfig:
     num_workers: int = 0
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     prepared: PreparedDataConfig = field(default_factory=PreparedDataConfig)
+    sets: ImageSetConfig = field(default_factory=ImageSetConfig)
 
 
 @dataclass
@@ -142,6 +180,24 @@ class LoggingConfig:
 
 
 @dataclass
+class CNetConfig:
+    """C-Net on top of a frozen R-Net (``face3d train-aggregate``); optimiser and trainer are the run's
+    ``optim`` and ``trainer`` sections."""
+
+    strategies: list[str] = field(default_factory=lambda: ["s4", "s1"])
+    """C-Nets to train, one run each: 's4' (element-wise head; S2 and S3 are evaluated from it), 's1' (global
+    head), 's2' (element-wise head trained with S2's scalar)."""
+    conv_channels: list[int] = field(default_factory=lambda: [128, 256, 256])
+    """Widths of the three stride-2 convolutions on R-Net's first-stage feature map."""
+    hidden: int = 512
+    rnet_checkpoint: Optional[str] = None
+    """R-Net checkpoint to aggregate; None = the latest ``make train-single`` checkpoint (trained first if
+    missing). Face model, renderer, network and loss come from that checkpoint's config."""
+    analysis: bool = True
+    """After training, plot confidences against yaw and occlusion on the test sets."""
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "default"
     face_model: FaceModelConfig = field(default_factory=FaceModelConfig)
@@ -152,6 +208,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    cnet: CNetConfig = field(default_factory=CNetConfig)
 
 
 class ConfigError(ValueError):
@@ -225,6 +282,7 @@ def validate(config: ExperimentConfig) -> None:
         "face_model.name": (config.face_model.name, ("ict", "bfm")),
         "renderer.backend": (config.renderer.backend, ("auto", "torch", "pytorch3d")),
         "data.kind": (config.data.kind, ("synthetic", "prepared")),
+        "data.sets.kind": (config.data.sets.kind, ("synthetic", "prepared")),
         "trainer.precision": (config.trainer.precision, ("32-true", "32", "bf16-mixed", "16-mixed", "64-true")),
         "logging.wandb_mode": (config.logging.wandb_mode, ("offline", "online", "disabled")),
     }
@@ -236,6 +294,16 @@ def validate(config: ExperimentConfig) -> None:
                           "`face3d prepare-bfm --bfm-dir DIR`)")
     if config.data.kind == "prepared" and not config.data.prepared.root:
         raise ConfigError("data.kind=prepared needs data.prepared.root (a folder written by `face3d prepare`)")
+    if config.data.sets.kind == "prepared" and not config.data.sets.root:
+        raise ConfigError("data.sets.kind=prepared needs data.sets.root (a `face3d prepare` folder of photos "
+                          "organised one subfolder per person)")
+    trainable = ("s1", "s2", "s4")
+    bad = [s for s in config.cnet.strategies if s not in trainable]
+    if bad:
+        raise ConfigError(f"cnet.strategies={config.cnet.strategies}: {bad} cannot be trained; choose from "
+                          f"{trainable} (S3 and shape averaging are evaluated from the trained C-Nets)")
+    if len(config.cnet.conv_channels) != 3:
+        raise ConfigError(f"cnet.conv_channels needs three widths, got {config.cnet.conv_channels}")
 
 
 def to_yaml(config: ExperimentConfig) -> str:

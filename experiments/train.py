@@ -7,9 +7,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from experiments.config import ExperimentConfig, to_yaml
+
+if TYPE_CHECKING:
+    from pytorch_lightning import Callback
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class TrainResult:
     metrics_csv: Optional[Path]
     overlay: Optional[Path]
     test_metrics: dict[str, float]
+    test_samples: int = 0
 
     def summary(self) -> str:
         lines = [f"run directory:   {self.run_dir}"]
@@ -35,11 +39,11 @@ class TrainResult:
             lines.append(f"overlay images:  {self.overlay.parent}/ (latest {self.overlay.name})")
         m = self.test_metrics
         if "test/shape_error_mm" in m:
-            lines.append(
-                f"test shape error: {m['test/shape_error_mm']:.2f} mm after rigid alignment "
-                f"(mean-face baseline {m['test/mean_face_error_mm']:.2f} mm, "
-                f"{100 * (1 - m['test/shape_error_mm'] / m['test/mean_face_error_mm']):+.1f}% better)"
-            )
+            error, baseline = m["test/shape_error_mm"], m["test/mean_face_error_mm"]
+            change = 100 * abs(1 - error / baseline)
+            verdict = f"{change:.1f}% lower than" if error < baseline else f"{change:.1f}% HIGHER than"
+            lines.append(f"test shape error: {error:.2f} mm after rigid alignment, {verdict} the mean-face "
+                         f"baseline ({baseline:.2f} mm) on {self.test_samples} held-out synthetic faces")
         if "test/landmark_error_px" in m:
             lines.append(f"test landmark error: {m['test/landmark_error_px']:.2f} px")
         return "\n".join(lines)
@@ -49,8 +53,10 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
     return Path(cfg.logging.output_dir) / (cfg.logging.run_name or cfg.name)
 
 
-def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int = False) -> TrainResult:
-    """Train R-Net as configured. ``resume`` continues the run directory's ``last.ckpt`` when there is one.
+def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int = False,
+          extra_callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train R-Net as configured. ``resume`` continues the run directory's ``last.ckpt`` when there is one;
+    ``extra_callbacks`` are added to the trainer's (instrumentation, tests).
 
     Refuses to start over a run that already has checkpoints unless ``resume`` is set, so a finished or
     killed run is never overwritten by accident.
@@ -117,7 +123,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int 
         deterministic=tc.deterministic,
         logger=loggers,
         callbacks=[FiniteLossGuard(tc.log_every_n_steps), best, latest, overlays,
-                   LearningRateMonitor(logging_interval="epoch"), TQDMProgressBar(refresh_rate=5)],
+                   LearningRateMonitor(logging_interval="epoch"), TQDMProgressBar(refresh_rate=5),
+                   *extra_callbacks],
         fast_dev_run=fast_dev_run,
         enable_model_summary=False,
     )
@@ -137,4 +144,5 @@ def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int 
         metrics_csv=metrics_csv if metrics_csv.exists() else None,
         overlay=overlays.last_path,
         test_metrics=test_metrics,
+        test_samples=cfg.data.synthetic.n_test if test_metrics else 0,
     )

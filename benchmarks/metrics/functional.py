@@ -1,8 +1,31 @@
-"""Shape and landmark errors as pure functions (batched, differentiable where it makes sense)."""
+"""Shape and landmark errors as pure functions (batched, differentiable where it makes sense).
+
+Correspondence-based errors (`procrustes`, `vertex_error`, `landmark_error`) are torch code; the
+scan-based protocols (ICP, point-to-surface distances, crops, NoW) are NumPy/SciPy code in `surface`,
+`alignment` and `protocols`, re-exported here so that this module is the one functional namespace.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from benchmarks.metrics.alignment import (ICPResult, SimilarityTransform, centroid_alignment, fit_similarity,
+                                          icp)
+from benchmarks.metrics.protocols import (NOW_LANDMARKS_68, AlignedErrors, now_face_crop_mask,
+                                          now_landmarks_from_68, now_scan_to_mesh, region_point_to_point,
+                                          scan_to_mesh)
+from benchmarks.metrics.stats import ErrorStats, summarise
+from benchmarks.metrics.surface import (SurfaceQuery, TriangleMesh, closest_points_on_triangles, crop_mesh,
+                                        nearest_vertex, point_to_plane, point_to_surface, radius_mask,
+                                        vertex_normals)
+
+__all__ = [
+    "DM_TO_MM", "NOW_LANDMARKS_68", "AlignedErrors", "ErrorStats", "ICPResult", "SimilarityTransform",
+    "SurfaceQuery", "TriangleMesh", "centroid_alignment", "closest_points_on_triangles", "crop_mesh",
+    "fit_similarity", "icp", "landmark_error", "nearest_vertex", "now_face_crop_mask", "now_landmarks_from_68",
+    "now_scan_to_mesh", "point_to_plane", "point_to_surface", "procrustes", "radius_mask",
+    "region_point_to_point", "scan_to_mesh", "summarise", "vertex_error", "vertex_normals",
+]
 
 DM_TO_MM = 100.0
 """Model units are decimetres (Deep3D's convention)."""

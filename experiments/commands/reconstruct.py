@@ -1,0 +1,150 @@
+"""``face3d reconstruct``: photos -> 3D faces, with a trained R-Net (``--ckpt``) or by fitting (``--fit``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DETECTOR_CHOICES = ("dlib-hog", "dlib-mmod", "fan", "insightface")
+
+EPILOG = """\
+outputs, one folder per image under --out (named after the image file, extension kept):
+  mesh.obj, mesh.ply                model space before pose (x right, y up, z to the viewer), albedo colours
+  mesh_camera.obj, mesh_camera.ply  posed, OpenCV camera space (camera at the origin, y down, z = depth),
+                                    shaded colours; pose.json's intrinsics project it onto the crop / photo
+  mesh_textured.obj/.mtl, albedo.png  model space with UVs and the baked albedo (ICT model only)
+  coeffs.npz                        coefficients per field + flat vector + layout (coeffs.mat: Deep3D's
+                                    layout, BFM only)
+  landmarks.txt                     68 landmarks, crop and source-image pixels
+  pose.json                         angles (deg), translation, camera, intrinsics, alignment
+  overlay.png                       input | render over input | landmarks
+plus report.jsonl (one line per image, written as it goes) and summary.json.
+Meshes are in millimetres (--units mm, default) or the models' decimetres (--units dm, as Deep3D)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "reconstruct",
+        help="reconstruct 3D faces from photos (trained R-Net checkpoint, or fitting without a network)",
+        description=(
+            "Detect the largest face in every image, align it to the face model's crop, predict its\n"
+            "coefficients with a trained R-Net (--ckpt) or fit them to the photo with the hybrid loss\n"
+            "(--fit), and write meshes, texture, coefficients, landmarks, pose and an overlay per image.\n"
+            "Images without a usable face are reported and skipped; the run goes on."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--images", nargs="+", required=True, type=Path, metavar="PATH",
+                        help="image files and/or folders (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--ckpt", type=Path, default=None, metavar="CKPT",
+                        help="R-Net checkpoint written by `face3d train` (its config sets face model and crop size)")
+    parser.add_argument("--fit", action="store_true",
+                        help="fit coefficients per image with the hybrid loss (no network needed; about 20 s "
+                             "an image on a 2-core CPU at the defaults)")
+    parser.add_argument("--face-model", choices=("ict", "bfm"), default=None,
+                        help="face model for --fit (default ict; a checkpoint brings its own)")
+    parser.add_argument("--bfm-path", type=Path, default=None, metavar="P",
+                        help="BFM_model_front.mat for --face-model bfm (built by `face3d prepare-bfm`)")
+    parser.add_argument("--iterations", type=int, default=None, metavar="N",
+                        help="--fit: steps under the full hybrid loss (default 100; the landmark-only pose and "
+                             "shape stages before them are cheap and keep their defaults)")
+    parser.add_argument("--crop-size", type=int, default=None, metavar="S",
+                        help="--fit: crop side in pixels to fit at (default 224, as Deep3D)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="CPU threads for torch (default 1: one image's small tensors gain little from more "
+                             "and a busy machine makes threads wait on each other)")
+    parser.add_argument("--units", choices=("mm", "dm"), default="mm",
+                        help="length unit of the mesh files and pose.json (default mm; dm = model units)")
+    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="dlib-hog",
+                        help="face detector + 68 landmarks (default dlib-hog)")
+    parser.add_argument("--texture-size", type=int, default=1024, metavar="PX",
+                        help="side of the baked albedo texture (ICT model; default 1024)")
+    parser.add_argument("--ply-ascii", action="store_true", help="write ASCII PLY instead of binary")
+    parser.set_defaults(func=run)
+
+
+def check_predictor_args(args: argparse.Namespace) -> None:
+    """Reject argument combinations that have no meaning, naming the fix."""
+    if (args.ckpt is None) == (not args.fit):
+        raise ValueError("choose exactly one predictor: --ckpt CKPT (a trained R-Net from `face3d train`) "
+                         "or --fit (fit each photo with the hybrid loss, no network)")
+    if args.ckpt is not None:
+        given = [name for name, value in (("--face-model", args.face_model), ("--bfm-path", args.bfm_path),
+                                          ("--iterations", args.iterations), ("--crop-size", args.crop_size))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --fit; a checkpoint brings its own face model and "
+                             "crop size (drop them, or use --fit)")
+    if args.iterations is not None and args.iterations < 0:
+        raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
+    if args.crop_size is not None and args.crop_size < 32:
+        raise ValueError(f"--crop-size must be at least 32 pixels, got {args.crop_size}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+
+
+def build_predictor(args: argparse.Namespace):
+    """The `reconstruction.pipeline` predictor the arguments ask for."""
+    from reconstruction.pipeline import FittingPredictor, RNetPredictor
+
+    if args.ckpt is not None:
+        return RNetPredictor.from_checkpoint(args.ckpt, device=args.device)
+    from face_model import load_face_model
+    from reconstruction.fit import FitSettings
+
+    face_model = load_face_model(args.face_model or "ict", path=args.bfm_path)
+    settings = FitSettings() if args.iterations is None else FitSettings(iterations=args.iterations)
+    return FittingPredictor.build(face_model.to(args.device), settings, crop_size=args.crop_size or 224,
+                                  device=args.device)
+
+
+def format_record(record: dict) -> str:
+    """One line per image: status, source, and where the outputs went or why there are none."""
+    status = record["status"]
+    line = f"[{status}] {record['source']}"
+    if status == "ok":
+        details = record.get("details", {})
+        extra = [f"{record['seconds']:.1f} s", f"landmark error {record['landmark_error_px']:.2f} px"]
+        if "loss/total" in details:
+            extra.append(f"loss {details['loss/total']:.4f}")
+        return f"{line} -> {record['output_dir']}/ ({', '.join(extra)})"
+    return f"{line}: {record['reason']}"
+
+
+def run(args: argparse.Namespace) -> int:
+    check_predictor_args(args)
+    # Imported here so that `face3d --help` does not load torch, OpenCV and dlib.
+    import torch
+
+    from preprocessing.pipeline import OK
+    from reconstruction.export import ExportOptions
+    from reconstruction.pipeline import collect_images, reconstruct_images
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch sees no CUDA device here; use --device cpu")
+    jobs = collect_images(args.images, exclude=args.out)
+    if not jobs:
+        raise FileNotFoundError(f"no image files found in {' '.join(map(str, args.images))}")
+    options = ExportOptions(units=args.units, ply_binary=not args.ply_ascii, texture_size=args.texture_size)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        predictor = build_predictor(args)
+        print(f"reconstructing {len(jobs)} image(s) with {predictor.name} ({predictor.renderer.face_model.name} "
+              f"model, {predictor.renderer.camera.image_size[0]}-pixel crops, {args.device})", flush=True)
+        summary = reconstruct_images(args.images, args.out, predictor, detector=args.detector, options=options,
+                                     on_record=lambda record: print(format_record(record), flush=True))
+    except ImportError as err:
+        # A paper detector's package is not installed: one line, not a trace.
+        print(f"face3d reconstruct: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        # Called in-process (tests, notebooks), the thread setting must not outlive the command.
+        torch.set_num_threads(previous_threads)
+    print(f"done in {summary.seconds:.1f} s: " + ", ".join(f"{s} {n}" for s, n in summary.status_counts.items()))
+    print(f"outputs: {summary.out_dir}/<image>/ (meshes in {args.units}); report: {summary.out_dir}/report.jsonl")
+    return 0 if summary.status_counts.get(OK, 0) else 1

@@ -1,0 +1,223 @@
+"""C-Net training entry point (``face3d train-aggregate``, ``make train-aggregate``).
+
+1. Find the R-Net to aggregate: ``--rnet-ckpt``, else ``cnet.rnet_checkpoint``, else the latest checkpoint of
+   the default single-image run (``<logging.output_dir>/train-single/checkpoints``: best-*.ckpt, else
+   last.ckpt); when there is none, train that run first (`experiments.train.train` with the default config).
+2. Build the run's config: face model, renderer, network and loss come from the R-Net checkpoint's config;
+   everything else from the schema, the config files (default ``aggregate``) and the overrides.
+3. Train one C-Net per ``cnet.strategies`` entry (S4's element-wise head and S1's global head by default),
+   each under ``<run dir>/<strategy>/``, keeping its best checkpoint by validation shape error.
+4. On the held-out test sets, write the strategy table of the paper's Table 5 (mean per-image error, shape
+   averaging, S1-S4) as markdown and CSV into the run directory, and the confidence plots of §6.2.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from benchmarks.cnet_analysis import TableRow, table_markdown
+from experiments.config import ConfigError, ExperimentConfig, load_config, to_yaml
+from experiments.train import run_dir_for
+
+DEFAULT_CONFIGS = ("aggregate",)
+RNET_DEFAULT_CONFIG = "default"
+"""The single-image config whose run provides the default R-Net (``make train-single``)."""
+_FROM_CHECKPOINT = ("face_model", "renderer", "network", "loss")
+_MUST_MATCH = ("face_model", "renderer", "network")
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """Where a train-aggregate run put its outputs, and its strategy table (empty without ground truth)."""
+
+    run_dir: Path
+    rnet_checkpoint: Path
+    cnet_checkpoints: dict[str, Path]
+    rows: list[TableRow] = field(default_factory=list)
+    table_markdown: Optional[Path] = None
+    table_csv: Optional[Path] = None
+    plots: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"run directory:    {self.run_dir}", f"R-Net checkpoint: {self.rnet_checkpoint}"]
+        lines += [f"C-Net {strategy} checkpoint: {path}" for strategy, path in self.cnet_checkpoints.items()]
+        if self.rows:
+            lines += ["", "shape error on held-out synthetic identities (neutral identity shape, rigid alignment):", "",
+                      table_markdown(self.rows).rstrip()]
+        if self.table_markdown:
+            lines.append(f"\ntable: {self.table_markdown} and {self.table_csv}")
+        if self.plots:
+            lines.append("plots: " + ", ".join(str(p) for p in self.plots))
+        lines.append(f"total time: {self.seconds / 60.0:.1f} min")
+        return "\n".join(lines)
+
+
+def latest_rnet_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest best-*.ckpt under ``checkpoint_dir``, else its last.ckpt, else None."""
+    best = sorted(checkpoint_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if best:
+        return best[-1]
+    last = checkpoint_dir / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def resolve_rnet_checkpoint(explicit: str | Path | None, output_dir: str,
+                            log: Callable[[str], None] = print) -> Path:
+    """The R-Net checkpoint to aggregate (see the module docstring); trains the default R-Net when none exists."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FileNotFoundError(f"R-Net checkpoint {path} not found; pass a checkpoint written by `face3d train` "
+                                    "(outputs/<run>/checkpoints/*.ckpt) or leave --rnet-ckpt out to use the default")
+        return path
+    rnet_cfg = load_config([RNET_DEFAULT_CONFIG], [f"logging.output_dir={output_dir}"])
+    checkpoint_dir = run_dir_for(rnet_cfg) / "checkpoints"
+    found = latest_rnet_checkpoint(checkpoint_dir)
+    if found is not None:
+        return found
+    log(f"no R-Net checkpoint under {checkpoint_dir}: training R-Net first with the '{RNET_DEFAULT_CONFIG}' config "
+        "(as `make train-single`; about 10 minutes on a CPU)")
+    from experiments.train import train
+
+    result = train(rnet_cfg, resume=True)
+    log(result.summary())
+    found = result.best_checkpoint or result.last_checkpoint
+    if found is None:
+        raise RuntimeError(f"R-Net training finished without writing a checkpoint under {checkpoint_dir}")
+    return found
+
+
+def aggregate_config(files: Sequence[str], overrides: Sequence[str], rnet_cfg: ExperimentConfig,
+                     rnet_checkpoint: Path) -> ExperimentConfig:
+    """The C-Net run's config: R-Net's face model, renderer, network and loss, then ``files`` and ``overrides``.
+
+    The loss may be overridden (other weights for C-Net); face model, renderer and network may not, since the
+    frozen R-Net was trained with them.
+    """
+    base = ExperimentConfig(**{name: getattr(rnet_cfg, name) for name in _FROM_CHECKPOINT})
+    cfg = load_config(files, overrides, base_yaml=to_yaml(base))
+    for name in _MUST_MATCH:
+        if getattr(cfg, name) != getattr(rnet_cfg, name):
+            raise ConfigError(f"the '{name}' section differs from the R-Net checkpoint's ({rnet_checkpoint}); C-Net "
+                              f"runs on that frozen R-Net, so '{name}' comes from its checkpoint: drop the override")
+    return dataclasses.replace(cfg, cnet=dataclasses.replace(cfg.cnet, rnet_checkpoint=str(rnet_checkpoint.resolve())))
+
+
+def _trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, fast_dev_run: bool | int):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.loggers import CSVLogger
+
+    from lightning_modules.callbacks import FiniteLossGuard
+
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor=monitor, mode="min",
+                           save_top_k=1, auto_insert_metric_name=False, save_weights_only=True)
+    latest = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                             every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
+    loggers = [CSVLogger(save_dir=str(run_dir), name="logs")]
+    if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
+        from pytorch_lightning.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        name = f"{run_dir.parent.name}-{run_dir.name}"
+        loggers.append(WandbLogger(project=cfg.logging.wandb_project, name=name, save_dir=str(run_dir),
+                                   id=f"{name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}",
+                                   resume="allow", mode=cfg.logging.wandb_mode))
+    tc = cfg.trainer
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir), max_epochs=tc.max_epochs, max_steps=tc.max_steps,
+        max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
+        accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy, num_nodes=tc.num_nodes,
+        precision=tc.precision, log_every_n_steps=tc.log_every_n_steps, val_check_interval=tc.val_check_interval,
+        gradient_clip_val=tc.gradient_clip_val, deterministic=tc.deterministic, logger=loggers,
+        callbacks=[FiniteLossGuard(tc.log_every_n_steps), best, latest, LearningRateMonitor(logging_interval="epoch"),
+                   TQDMProgressBar(refresh_rate=5)],
+        fast_dev_run=fast_dev_run, enable_model_summary=False,
+    )
+    return trainer, best, ckpt_dir / "last.ckpt"
+
+
+def _load_weights(module, path: Path) -> None:
+    from lightning_modules.cnet_module import restore_rebuilt_state
+
+    state = dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    restore_rebuilt_state(module, state)
+    module.load_state_dict(state)
+
+
+def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[str] = (),
+                    rnet_checkpoint: str | Path | None = None, resume: bool = False,
+                    fast_dev_run: bool | int = False, log: Callable[[str], None] = print) -> AggregateResult:
+    """Train the configured C-Nets on a frozen R-Net and evaluate the aggregation strategies (module docstring).
+
+    Refuses to start over a strategy that already has checkpoints unless ``resume`` is set (then it continues
+    that strategy's last.ckpt; a finished one is only evaluated again).
+    """
+    import pytorch_lightning as pl
+
+    from benchmarks.cnet_analysis import analyse, collect_set_evaluation
+    from experiments.build import build_cnet_module, build_image_set_datamodule, build_loss, load_rnet_checkpoint
+
+    # Intended: R-Net and the perceptual network are frozen in eval mode; SetBatch moves itself.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
+    start = time.perf_counter()
+    files = list(files) or list(DEFAULT_CONFIGS)
+    preliminary = load_config(files, overrides)
+    rnet_path = resolve_rnet_checkpoint(rnet_checkpoint or preliminary.cnet.rnet_checkpoint,
+                                        preliminary.logging.output_dir, log)
+    log(f"aggregating R-Net {rnet_path}")
+    rnet_module, rnet_cfg = load_rnet_checkpoint(rnet_path)
+    cfg = aggregate_config(files, overrides, rnet_cfg, rnet_path)
+
+    run_dir = run_dir_for(cfg)
+    existing = [s for s in cfg.cnet.strategies if (run_dir / s / "checkpoints" / "last.ckpt").exists()]
+    if existing and not resume and not fast_dev_run:
+        raise FileExistsError(f"run directory {run_dir} already has C-Net checkpoints ({existing}); pass --resume to "
+                              "continue (or re-evaluate) that run, or choose another with logging.run_name=NAME")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    pl.seed_everything(cfg.trainer.seed, workers=True)
+
+    face_model = rnet_module.face_model
+    datamodule = build_image_set_datamodule(cfg, face_model, cache_dir=Path(cfg.logging.output_dir) / "cache")
+    has_ground_truth = cfg.data.sets.kind == "synthetic"
+    loss = None if cfg.loss == rnet_cfg.loss else build_loss(cfg, face_model)
+
+    modules, checkpoints = {}, {}
+    for strategy in cfg.cnet.strategies:
+        log(f"training C-Net for strategy {strategy.upper()}")
+        module = build_cnet_module(cfg, rnet_module, strategy, loss=loss)
+        strategy_dir = run_dir / strategy
+        trainer, best, last = _trainer(cfg, strategy_dir, "val/shape_error_mm" if has_ground_truth else "val/total",
+                                       fast_dev_run)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+        chosen = Path(best.best_model_path) if best.best_model_path else (last if last.exists() else None)
+        if chosen is not None:
+            _load_weights(module, chosen)
+            checkpoints[strategy] = chosen
+        modules[strategy] = module.eval()
+
+    result = AggregateResult(run_dir=run_dir, rnet_checkpoint=rnet_path, cnet_checkpoints=checkpoints)
+    if has_ground_truth:
+        log("evaluating the aggregation strategies on the held-out test sets")
+        datamodule.setup("test")
+        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+        evaluation = collect_set_evaluation(modules, datamodule.test_dataloader(), device=device)
+        analysis = analyse(evaluation, face_model.to(device), run_dir, plots=cfg.cnet.analysis)
+        result = dataclasses.replace(result, rows=analysis.rows, table_markdown=analysis.table_markdown,
+                                     table_csv=analysis.table_csv, plots=analysis.plots)
+    return dataclasses.replace(result, seconds=time.perf_counter() - start)

