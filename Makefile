@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all train-single preview benchmark-renderer clean
+.PHONY: setup test test-all train-single sweep preview benchmark-renderer clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,12 @@ test-all: $(STAMP)
 # there is one). Re-running continues or reports the finished run instead of overwriting it.
 train-single: $(STAMP)
 	$(BIN)/face3d train --config default --resume $(ARGS)
+
+# Offline W&B sweep: expands the sweep YAML (grid/random) and trains each run as an offline W&B run;
+# re-running continues. `make sweep SWEEP=experiments/sweeps/<name>.yaml`.
+SWEEP ?= experiments/sweeps/table1_cpu.yaml
+sweep: $(STAMP)
+	$(BIN)/face3d sweep $(SWEEP) $(ARGS)
 
 preview: $(STAMP)
 	$(BIN)/face3d preview --out face.png

@@ -12,6 +12,7 @@ COMMANDS = (
     "train",
     "prepare",
     "reconstruct",
+    "sweep",
     "preview",
     "prepare_bfm",
 )

@@ -30,6 +30,7 @@ sweep goes on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -38,21 +39,21 @@ import math
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from experiments.config import ConfigError, ExperimentConfig, load_config
 
 SWEEP_DIR = Path(__file__).resolve().parent / "sweeps"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARGS_MACRO = "${args_no_hyphens}"
-# The macros W&B fills in before the training subcommand; offline, the child is started directly.
-LAUNCHER_MACROS = ("${env}", "${interpreter}", "${program}")
 METHODS_OFFLINE = ("grid", "random")
 REQUEST_FILE = "sweep_request.json"
 RESULT_FILE = "sweep_result.json"
@@ -91,6 +92,14 @@ class Sweep:
     command_overrides: tuple[str, ...]
     """Fixed ``key=value`` tokens written in the command itself."""
     run_cap: Optional[int] = None
+
+    def swept(self) -> list[str]:
+        """The parameters that vary between runs (all but the ``value:`` ones), in file order."""
+        return [k for k, spec in self.parameters.items() if _distribution(spec) != "constant"]
+
+    def fixed(self) -> dict[str, Any]:
+        """The ``value:`` parameters, the same in every run."""
+        return {k: spec["value"] for k, spec in self.parameters.items() if _distribution(spec) == "constant"}
 
 
 def resolve_sweep_path(name: str | Path) -> Path:
@@ -524,19 +533,39 @@ def run_sweep(sweep: Sweep, out_dir: Path, count: Optional[int] = None, seed: in
     runs = plan(sweep, count, seed)
     records: list[RunRecord] = []
     try:
-        for index, run in enumerate(runs, 1):
-            record = _run_one(sweep, out_dir, run, executor, log, f"[{index}/{len(runs)}]")
-            records.append(record)
-            write_summary(sweep, out_dir, records)
+        with _sigterm_as_interrupt():
+            for index, run in enumerate(runs, 1):
+                record = _run_one(sweep, out_dir, run, executor, log, f"[{index}/{len(runs)}]")
+                records.append(record)
+                write_summary(sweep, out_dir, records)
     finally:
         write_summary(sweep, out_dir, records)
     return sort_records(sweep.metric, records)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """``kill PID`` stops the sweep as Ctrl-C does: the running child is killed with it (subprocess.call kills
+    its child on any exception) instead of being left training as an orphan, and the summary is written.
+    Signal handlers can only be set from the main thread; elsewhere SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_one(sweep: Sweep, out_dir: Path, run: PlannedRun, executor: Executor, log: Callable[[str], None],
              progress: str) -> RunRecord:
     run_dir = out_dir / run.run_id
-    label = f"{progress} {run.run_id} {' '.join(wandb_token(k, v) for k, v in run.params.items())}"
+    label = f"{progress} {run.run_id} {' '.join(wandb_token(k, run.params[k]) for k in sweep.swept())}"
     if run.skip_reason or run.config_error:
         status = "skipped" if run.skip_reason else "failed"
         log(f"{label}: {status}: {run.skip_reason or run.config_error}")
@@ -588,8 +617,8 @@ def _format(value: Any) -> str:
 
 
 def write_summary(sweep: Sweep, out_dir: Path, records: Sequence[RunRecord]) -> tuple[Path, Path]:
-    """``summary.csv`` (every parameter and test metric) and ``summary.md`` (the parameters that vary),
-    one row per run, best first."""
+    """``summary.csv`` (every parameter and test metric) and ``summary.md`` (the swept parameters and the
+    error metrics), one row per run, best first."""
     ordered = sort_records(sweep.metric, records)
     params = list(sweep.parameters)
     others = sorted({k for r in records for k in r.test_metrics} - {sweep.metric.name})
@@ -604,8 +633,9 @@ def write_summary(sweep: Sweep, out_dir: Path, records: Sequence[RunRecord]) -> 
                              *(r.params.get(p, "") for p in params), *(r.test_metrics.get(k, "") for k in others),
                              round(r.duration_s, 1), r.error or "", r.run_dir or ""])
 
-    varying = [p for p in params if len({json.dumps(r.params.get(p), default=str) for r in records}) > 1] or params
-    fixed = {p: records[0].params.get(p) for p in params if p not in varying} if records else {}
+    varying, fixed = sweep.swept(), sweep.fixed()
+    # The error metrics (mm, px) keep the table readable; the loss values are in the CSV.
+    others = [k for k in others if k.endswith(("_mm", "_px"))] or others
     lines = [
         f"# Sweep {sweep.name}",
         "",
@@ -613,7 +643,8 @@ def write_summary(sweep: Sweep, out_dir: Path, records: Sequence[RunRecord]) -> 
         f"- method: {sweep.method}; metric: `{sweep.metric.name}` ({sweep.metric.goal}); best first",
         f"- configs: {', '.join(sweep.config_files)}; fixed: "
         + (", ".join(f"`{t}`" for t in [*sweep.command_overrides, *(wandb_token(k, v) for k, v in fixed.items())])
-           or "none"),
+           or "none")
+        + f"; then, per run, `{' '.join(runner_overrides(out_dir, 'RUN_ID'))}`",
         f"- runs: {sum(r.status == 'ok' for r in records)} ok, {sum(r.status == 'failed' for r in records)} failed, "
         f"{sum(r.status == 'skipped' for r in records)} skipped",
         "",

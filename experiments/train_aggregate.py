@@ -184,7 +184,7 @@ def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[
     cfg = aggregate_config(files, overrides, rnet_cfg, rnet_path)
 
     run_dir = run_dir_for(cfg)
-    existing = [s for s in cfg.cnet.strategies if (run_dir / s / "checkpoints" / "last.ckpt").exists()]
+    existing = [s for s in cfg.cnet.strategies if any((run_dir / s / "checkpoints").glob("*.ckpt"))]
     if existing and not resume and not fast_dev_run:
         raise FileExistsError(f"run directory {run_dir} already has C-Net checkpoints ({existing}); pass --resume to "
                               "continue (or re-evaluate) that run, or choose another with logging.run_name=NAME")

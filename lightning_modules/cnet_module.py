@@ -9,7 +9,7 @@ confidence-weighted identity.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -166,8 +166,7 @@ class CNetModule(pl.LightningModule):
         # Geometry and rasterization stay in float32 under mixed precision, as in RNetModule.
         with torch.autocast(device_type=images.device.type, enabled=False):
             rendered = self.renderer(prediction.aggregated_coeffs)
-        return SetPrediction(coeffs=coeffs, identity=identity, confidence=confidence, aggregated=aggregated,
-                             set_index=set_index, render=rendered)
+        return replace(prediction, render=rendered)
 
     # -------------------------------------------------------------------------------------------- loss
 

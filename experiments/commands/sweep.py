@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from experiments.sweep import (RESULT_FILE, InProcessExecutor, completed_result, default_out_dir, load_sweep,
+    from experiments.sweep import (InProcessExecutor, completed_result, default_out_dir, load_sweep,
                                    plan, run_sweep, wandb_token)
 
     sweep = load_sweep(args.sweep)
@@ -40,19 +40,21 @@ def run(args: argparse.Namespace) -> int:
         runs = plan(sweep, args.count, args.seed)
         print(f"sweep {sweep.name} ({sweep.method}, {sweep.metric.goal} {sweep.metric.name}): {len(runs)} runs "
               f"in {out_dir}/")
+        fixed = [wandb_token(k, v) for k, v in sweep.fixed().items()]
         print(f"each: face3d train {' '.join('--config ' + c for c in sweep.config_files)} "
-              f"{' '.join(sweep.command_overrides)} PARAMETERS logging.output_dir={out_dir} "
+              f"{' '.join([*sweep.command_overrides, *fixed])} SWEPT_PARAMETERS logging.output_dir={out_dir} "
               "logging.run_name=RUN_ID logging.wandb_mode=offline")
         for run_ in runs:
+            done = completed_result(out_dir.resolve() / run_.run_id, run_.overrides)
             if run_.config_error:
                 state = run_.config_error
             elif run_.skip_reason:
                 state = f"skip: {run_.skip_reason}"
-            elif completed_result(out_dir.resolve() / run_.run_id, run_.overrides) is not None:
-                state = f"done ({RESULT_FILE})"
+            elif done is not None:
+                state = f"done: {sweep.metric.name}={done['metric']:.4g}"
             else:
                 state = "to run"
-            params = " ".join(wandb_token(k, v) for k, v in run_.params.items())
+            params = " ".join(wandb_token(k, run_.params[k]) for k in sweep.swept())
             print(f"  {run_.run_id}  {params}  [{state}]")
         return 0
     executor = InProcessExecutor() if args.in_process else None

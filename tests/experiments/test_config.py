@@ -12,11 +12,13 @@ def test_schema_defaults_are_the_paper_weights():
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("ablations/*.yaml")), ids=lambda p: p.stem)
-def test_every_ablation_loads_on_top_of_the_default(path):
-    base = load_config(["default"])
-    cfg = load_config(["default", path])
+def test_every_ablation_changes_the_paper_recipe_and_loads_on_the_default(path):
+    root = ["data.prepared.root=/data/prepared"]
+    base = load_config(["paper_ict"], root)
+    cfg = load_config(["paper_ict", path], root)
     assert cfg != base, "an ablation must change something"
     assert cfg.name == base.name
+    load_config(["default", path])
 
 
 def test_paper_configs_load_with_their_required_paths(tmp_path):

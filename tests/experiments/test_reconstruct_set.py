@@ -26,9 +26,9 @@ TINY_MODEL = [
 ]
 TINY_SETS = [
     "data.sets.set_size=3", "data.sets.batch_size=2",
-    "data.sets.n_train=4", "data.sets.n_val=2", "data.sets.n_test=4",
+    "data.sets.n_train=2", "data.sets.n_val=1", "data.sets.n_test=2",
     "cnet.conv_channels=[8,8,8]", "cnet.hidden=16",
-    "trainer.max_epochs=1", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
+    "trainer.max_epochs=1", "trainer.max_steps=1", "trainer.log_every_n_steps=1",
     "trainer.checkpoint_every_n_steps=1", "logging.wandb=false",
 ]
 
@@ -41,23 +41,41 @@ def main(monkeypatch):
     return cli.main
 
 
+@pytest.fixture(scope="module", autouse=True)
+def reuse_face_models():
+    """Every checkpoint load rebuilds its face model; building the ICT model once per option set saves most of
+    these tests' time (the models are only read)."""
+    import experiments.build
+
+    cache, original = {}, experiments.build.load_face_model
+
+    def load(name="ict", path=None, **options):
+        key = (name, path, tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = original(name, path, **options)
+        return cache[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiments.build, "load_face_model", load)
+        yield
+
+
 @pytest.fixture(scope="module")
 def rnet_checkpoint(tmp_path_factory):
-    from experiments.train import train
+    """An R-Net checkpoint as `face3d train` writes it (state dict and config), with random heads so that the
+    identities of the pictures differ, as a trained R-Net's do."""
+    from experiments.build import build_rnet_module
+    from experiments.config import to_yaml
 
-    out = tmp_path_factory.mktemp("rnet")
-    cfg = load_config(["default"], TINY_MODEL + [
-        f"logging.output_dir={out}", "data.batch_size=2", "data.synthetic.n_train=2", "data.synthetic.n_val=2",
-        "data.synthetic.n_test=2", "trainer.max_steps=1", "trainer.max_epochs=1"])
-    result = train(cfg)
-    # Random heads: the identities of the pictures differ, as a trained R-Net's do.
-    state = torch.load(result.last_checkpoint, weights_only=False)
+    cfg = load_config(["default"], TINY_MODEL)
+    module = build_rnet_module(cfg)
     generator = torch.Generator().manual_seed(0)
-    for key, value in state["state_dict"].items():
-        if key.startswith("rnet.final_layers") and key.endswith("weight"):
-            state["state_dict"][key] = torch.randn(value.shape, generator=generator) * 0.02
-    torch.save(state, result.last_checkpoint)
-    return result.last_checkpoint
+    with torch.no_grad():
+        for layer in module.rnet.final_layers:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.02)
+    path = tmp_path_factory.mktemp("rnet") / "last.ckpt"
+    torch.save({"state_dict": module.state_dict(), "face3d_config": to_yaml(cfg)}, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +98,7 @@ def test_train_aggregate_writes_the_strategy_table_plots_and_checkpoints(aggrega
         rows = {row["strategy"]: row for row in csv.DictReader(handle)}
     assert list(rows) == ["per_image", "mean", "s1", "s2", "s3", "s4"]
     assert all(float(row["mean_mm"]) > 0 for row in rows.values())
-    assert int(rows["mean"]["count"]) == 4 and int(rows["per_image"]["count"]) == 12
+    assert int(rows["mean"]["count"]) == 2 and int(rows["per_image"]["count"]) == 6
     assert "S4: element-wise confidences" in (aggregate_run / "strategy_table.md").read_text()
     for name in ("confidence_vs_yaw.png", "confidence_vs_occlusion.png"):
         assert cv2.imread(str(aggregate_run / name)) is not None, name
@@ -164,6 +182,7 @@ def _takeo_variants():
             cv2.GaussianBlur(photo, (0, 0), 1.5)]
 
 
+@pytest.mark.slow
 def test_reconstruct_set_command_on_a_folder_of_photos(aggregate_run, main, tmp_path, capsys):
     folder = tmp_path / "person"
     folder.mkdir()
@@ -182,17 +201,32 @@ def test_reconstruct_set_command_on_a_folder_of_photos(aggregate_run, main, tmp_
                  "--rnet-ckpt", str(checkpoint)]) == 2
 
 
+def _write_video(path, frames):
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_frames_are_taken_from_a_video_every_k(tmp_path):
+    video = _write_video(tmp_path / "clip.avi", [np.full((48, 64, 3), 30 * k, np.uint8) for k in range(7)])
+    frames = list(frames_from_video(video, every=3))
+    assert [name for name, _ in frames] == ["frame_000000", "frame_000003", "frame_000006"]
+    decoded = cv2.imdecode(np.frombuffer(frames[1][1], np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (48, 64, 3) and abs(int(decoded.mean()) - 90) < 8
+    assert len(list(frames_from_video(video, every=1, max_frames=2))) == 2
+    with pytest.raises(ValueError, match="every"):
+        next(frames_from_video(video, every=0))
+
+
+@pytest.mark.slow
 def test_reconstruct_set_command_on_a_video(aggregate_run, main, tmp_path, capsys):
     variants = _takeo_variants()
-    height, width = variants[0].shape[:2]
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (width, height))
-    for k in range(6):
-        writer.write(variants[k % 2] if k != 3 else np.zeros_like(variants[0]))
-    writer.release()
-    assert [name for name, _ in frames_from_video(video, every=2)] == ["frame_000000", "frame_000002",
-                                                                     "frame_000004"]
-    assert len(list(frames_from_video(video, every=1, max_frames=2))) == 2
+    # Frame 3 has no face and is skipped.
+    video = _write_video(tmp_path / "clip.avi", [variants[k % 2] if k != 3 else np.zeros_like(variants[0])
+                                                 for k in range(6)])
     checkpoint = next((aggregate_run / "s1" / "checkpoints").glob("best-*.ckpt"))
     out = tmp_path / "out"
     assert main(["reconstruct-set", str(video), "--out", str(out), "--cnet-ckpt", str(checkpoint), "--every", "1"]) == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,7 +232,8 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_runs_sort_by_the_metric_goal_failed_then_skipped_last():
     records = [RunRecord("a", {}, "ok", metric=2.0), RunRecord("b", {}, "failed", error="x"),
-               RunRecord("c", {}, "skipped"), RunRecord("d", {}, "ok", metric=1.0), RunRecord("e", {}, "ok", metric=3.0)]
+               RunRecord("c", {}, "skipped"), RunRecord("d", {}, "ok", metric=1.0),
+               RunRecord("e", {}, "ok", metric=3.0)]
     assert [r.run_id for r in sort_records(Metric("m", "minimize"), records)] == ["d", "a", "e", "b", "c"]
     assert [r.run_id for r in sort_records(Metric("m", "maximize"), records)] == ["e", "a", "d", "b", "c"]
 
@@ -274,6 +277,24 @@ def test_rerunning_skips_completed_runs_and_retries_failed_ones(tmp_path):
     assert again.configs[0].logging.output_dir == str(out.resolve())
     assert again.configs[0].logging.run_name == second[0].run_id
     assert again.configs[0].logging.wandb_mode == "offline"
+
+
+def test_a_killed_sweep_writes_its_summary_and_the_rerun_retries_the_interrupted_run(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, {"loss.photometric": {"values": [1.0, 2.0, 3.0]}}))
+    out = tmp_path / "out"
+
+    def killed_during_the_second_run(cfg):
+        if cfg.loss.photometric == 2.0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, out, executor=InProcessExecutor(FakeTrain(killed_during_the_second_run)), log=quiet)
+    with open(out / "summary.csv") as f:
+        assert [row["status"] for row in csv.DictReader(f)] == ["ok"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the sweep restores the signal's handler"
+    again = FakeTrain()
+    run_sweep(sweep, out, executor=InProcessExecutor(again), log=quiet)
+    assert [cfg.loss.photometric for cfg in again.configs] == [2.0, 3.0]
 
 
 def test_the_child_process_reports_a_bad_config_as_a_failed_run(tmp_path):
