@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all train-single sweep preview benchmark-renderer clean
+.PHONY: setup test test-all train-single train-aggregate sweep preview benchmark-renderer clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ test-all: $(STAMP)
 # there is one). Re-running continues or reports the finished run instead of overwriting it.
 train-single: $(STAMP)
 	$(BIN)/face3d train --config default --resume $(ARGS)
+
+# C-Net on synthetic image sets, from the train-single checkpoint (trained first if missing); prints the
+# strategy table (mean per-image, shape averaging, S1-S4) on held-out identities.
+train-aggregate: $(STAMP)
+	$(BIN)/face3d train-aggregate $(ARGS)
 
 # Offline W&B sweep: expands the sweep YAML (grid/random) and trains each run as an offline W&B run;
 # re-running continues. `make sweep SWEEP=experiments/sweeps/<name>.yaml`.

@@ -10,8 +10,10 @@ import sys
 
 COMMANDS = (
     "train",
+    "train_aggregate",
     "prepare",
     "reconstruct",
+    "reconstruct_set",
     "sweep",
     "preview",
     "prepare_bfm",

@@ -150,6 +150,17 @@ def _trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, fast_dev_run: b
     return trainer, best, ckpt_dir / "last.ckpt"
 
 
+def _check_same_rnet(checkpoint: Path, rnet_module) -> None:
+    """Refuse to resume a C-Net checkpoint trained on another R-Net: resuming would load that R-Net's weights."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for name, value in rnet_module.rnet.state_dict().items():
+        stored = state.get(f"rnet.{name}")
+        if stored is None or stored.shape != value.shape or not torch.equal(stored, value.cpu()):
+            raise FileExistsError(
+                f"{checkpoint} was trained on another R-Net than the one given now; its C-Net's confidences mean "
+                "nothing for this R-Net. Delete that run directory or choose another with logging.run_name=NAME")
+
+
 def _load_weights(module, path: Path) -> None:
     from lightning_modules.cnet_module import restore_rebuilt_state
 
@@ -204,7 +215,10 @@ def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[
         strategy_dir = run_dir / strategy
         trainer, best, last = _trainer(cfg, strategy_dir, "val/shape_error_mm" if has_ground_truth else "val/total",
                                        fast_dev_run)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+        resume_from = last if resume and last.exists() else None
+        if resume_from is not None:
+            _check_same_rnet(resume_from, rnet_module)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         chosen = Path(best.best_model_path) if best.best_model_path else (last if last.exists() else None)
         if chosen is not None:
             _load_weights(module, chosen)

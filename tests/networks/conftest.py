@@ -191,3 +191,13 @@ def sface_views(sface: RecognitionNet) -> dict[str, list[np.ndarray]]:
 def sface_embeddings(sface: RecognitionNet, sface_views: dict[str, list[np.ndarray]]) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {name: sface(to_batch(views)) for name, views in sface_views.items()}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These networks see tiny inputs, where a second intra-op thread gains little, and on shared cores
+    OpenMP's spin-waiting makes them many times slower; restore the setting for other modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,6 @@ The synthetic checkpoints are assembled the way Deep3D saves them: ``{"net_recon
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from networks.rnet import RNet
 
 HEADS = (80, 64, 80, 3, 27, 2, 1)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These networks see tiny inputs, where a second intra-op thread gains little, and on shared cores
-    OpenMP's spin-waiting makes them many times slower; restore the setting for other modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randomise_batchnorm(model: torch.nn.Module) -> None:

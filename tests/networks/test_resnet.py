@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,6 @@ from networks.resnet import (
     resnet50,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These networks see tiny inputs, where a second intra-op thread gains little, and on shared cores
-    OpenMP's spin-waiting makes them many times slower; restore the setting for other modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _bn(prefix: str, channels: int) -> list[tuple[str, tuple[int, ...]]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from networks.rnet import RNet, RNetOutput, head_sizes
 BFM = CoeffLayout(n_id=80, n_exp=64, n_tex=80, sh_channels=3)
 SMALL = CoeffLayout(n_id=10, n_exp=10, n_tex=9, sh_channels=1)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These networks see tiny inputs, where a second intra-op thread gains little, and on shared cores
-    OpenMP's spin-waiting makes them many times slower; restore the setting for other modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
