@@ -117,8 +117,9 @@ def neutral_shape(face_model, identity: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def strategy_errors(evaluation: SetEvaluation, face_model, chunk: int = 64) -> dict[str, np.ndarray]:
-    """Shape errors in mm: "per_image" (one per valid picture), then one per set for "mean" and every strategy
-    the evaluation has confidences for (s1; s2, s3, s4 from the element-wise C-Net)."""
+    """Shape errors in mm: "per_image" (one per valid picture, in set order), "per_image_by_set" (their mean per
+    set), then one per set for "mean" and every strategy the evaluation has confidences for (s1; s2, s3, s4 from
+    the element-wise C-Net). Per-set arrays share the set order, so strategies can be compared set by set."""
     if evaluation.truth_vertices is None:
         raise ValueError("these sets have no 3D ground truth (real photos?); shape errors need synthetic sets")
     ev = evaluation
@@ -137,32 +138,53 @@ def strategy_errors(evaluation: SetEvaluation, face_model, chunk: int = 64) -> d
     per_picture = ev.identity[ev.valid]
     truth_per_picture = ev.truth_vertices.unsqueeze(1).expand(-1, ev.valid.shape[1], -1, -1)[ev.valid]
     result = {"per_image": errors(per_picture, truth_per_picture)}
+    set_of_picture = torch.arange(len(ev.valid)).unsqueeze(1).expand_as(ev.valid)[ev.valid].numpy()
+    counts = np.bincount(set_of_picture, minlength=len(ev.valid))
+    result["per_image_by_set"] = np.bincount(set_of_picture, weights=result["per_image"],
+                                             minlength=len(ev.valid)) / np.maximum(counts, 1)
     result.update({name: errors(identity, ev.truth_vertices) for name, identity in aggregated.items()})
     return result
 
 
 @dataclass(frozen=True)
 class TableRow:
-    """One line of the strategy table: errors in mm over ``count`` sets (pictures for the per-image row)."""
+    """One line of the strategy table: errors in mm over ``count`` sets (pictures for the per-image row), and
+    the set-by-set difference to shape averaging (mean and its standard error; None for averaging itself)."""
 
     key: str
     name: str
     mean_mm: float
     std_mm: float
     count: int
+    diff_mm: Optional[float] = None
+    diff_se_mm: Optional[float] = None
 
 
 def strategy_table(errors: Mapping[str, np.ndarray]) -> list[TableRow]:
     """Rows in the paper's order for the strategies present in ``errors``."""
-    return [TableRow(key, name, float(np.mean(errors[key])), float(np.std(errors[key])), len(errors[key]))
-            for key, name in TABLE_ROWS if key in errors and len(errors[key])]
+    rows = []
+    for key, name in TABLE_ROWS:
+        if key not in errors or not len(errors[key]):
+            continue
+        diff = diff_se = None
+        paired = errors.get("per_image_by_set") if key == "per_image" else errors[key]
+        if key != "mean" and "mean" in errors and paired is not None and len(paired) == len(errors["mean"]):
+            delta = paired - errors["mean"]
+            diff = float(delta.mean())
+            diff_se = float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else float("nan")
+        rows.append(TableRow(key, name, float(np.mean(errors[key])), float(np.std(errors[key])), len(errors[key]),
+                             diff, diff_se))
+    return rows
 
 
 def table_markdown(rows: list[TableRow]) -> str:
     baseline = next((r.mean_mm for r in rows if r.key == "mean"), None)
-    lines = ["| strategy | shape error (mm) | vs shape averaging | n |", "|---|---|---|---|"]
+    lines = ["| strategy | shape error (mm), mean ± std | vs shape averaging, per set (mm, mean ± s.e.) | n |",
+             "|---|---|---|---|"]
     for r in rows:
-        change = "" if baseline is None or r.key == "mean" else f"{100.0 * (r.mean_mm / baseline - 1.0):+.1f}%"
+        change = ""
+        if r.diff_mm is not None and baseline:
+            change = f"{r.diff_mm:+.3f} ± {r.diff_se_mm:.3f} ({100.0 * r.diff_mm / baseline:+.1f}%)"
         lines.append(f"| {r.name} | {r.mean_mm:.3f} ± {r.std_mm:.3f} | {change} | {r.count} |")
     return "\n".join(lines) + "\n"
 
@@ -172,9 +194,11 @@ def write_table(rows: list[TableRow], markdown_path: Path, csv_path: Path) -> No
     markdown_path.write_text(table_markdown(rows))
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["strategy", "name", "mean_mm", "std_mm", "count"])
+        writer.writerow(["strategy", "name", "mean_mm", "std_mm", "count", "diff_vs_averaging_mm", "diff_se_mm"])
         for r in rows:
-            writer.writerow([r.key, r.name, f"{r.mean_mm:.4f}", f"{r.std_mm:.4f}", r.count])
+            writer.writerow([r.key, r.name, f"{r.mean_mm:.4f}", f"{r.std_mm:.4f}", r.count,
+                             "" if r.diff_mm is None else f"{r.diff_mm:.4f}",
+                             "" if r.diff_se_mm is None else f"{r.diff_se_mm:.4f}"])
 
 
 # ------------------------------------------------------------------------------------------------- plots

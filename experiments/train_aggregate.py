@@ -63,7 +63,7 @@ class AggregateResult:
         return "\n".join(lines)
 
 
-def latest_rnet_checkpoint(checkpoint_dir: Path) -> Path | None:
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest best-*.ckpt under ``checkpoint_dir``, else its last.ckpt, else None."""
     best = sorted(checkpoint_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     if best:
@@ -83,7 +83,7 @@ def resolve_rnet_checkpoint(explicit: str | Path | None, output_dir: str,
         return path
     rnet_cfg = load_config([RNET_DEFAULT_CONFIG], [f"logging.output_dir={output_dir}"])
     checkpoint_dir = run_dir_for(rnet_cfg) / "checkpoints"
-    found = latest_rnet_checkpoint(checkpoint_dir)
+    found = latest_checkpoint(checkpoint_dir)
     if found is not None:
         return found
     log(f"no R-Net checkpoint under {checkpoint_dir}: training R-Net first with the '{RNET_DEFAULT_CONFIG}' config "
@@ -219,6 +219,10 @@ def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[
         if resume_from is not None:
             _check_same_rnet(resume_from, rnet_module)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        for logger in trainer.loggers:
+            # Each strategy is its own W&B run; an unfinished run would swallow the next strategy's logs.
+            if isinstance(logger, pl.loggers.WandbLogger):
+                logger.experiment.finish()
         chosen = Path(best.best_model_path) if best.best_model_path else (last if last.exists() else None)
         if chosen is not None:
             _load_weights(module, chosen)

@@ -37,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _default_cnet(outputs_dir: str) -> Path | None:
-    from experiments.train_aggregate import latest_rnet_checkpoint
+    from experiments.train_aggregate import latest_checkpoint
 
-    return latest_rnet_checkpoint(Path(outputs_dir) / "train-aggregate" / "s4" / "checkpoints")
+    return latest_checkpoint(Path(outputs_dir) / "train-aggregate" / "s4" / "checkpoints")
 
 
 def load_models(cnet_ckpt: str | None, rnet_ckpt: str | None, outputs_dir: str = "outputs"):
@@ -55,9 +55,9 @@ def load_models(cnet_ckpt: str | None, rnet_ckpt: str | None, outputs_dir: str =
             module, cfg = load_cnet_checkpoint(cnet_path)
             return module, module.cnet, cfg, f"C-Net {cnet_path}"
     if rnet_ckpt is None:
-        from experiments.train_aggregate import latest_rnet_checkpoint
+        from experiments.train_aggregate import latest_checkpoint
 
-        found = latest_rnet_checkpoint(Path(outputs_dir) / "train-single" / "checkpoints")
+        found = latest_checkpoint(Path(outputs_dir) / "train-single" / "checkpoints")
         if found is None:
             raise FileNotFoundError(f"no checkpoint found under {outputs_dir}/: train one with `make train-single` "
                                     "(and `face3d train-aggregate` for C-Net), or pass --cnet-ckpt / --rnet-ckpt")
