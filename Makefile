@@ -31,7 +31,7 @@ train-single: $(STAMP)
 # C-Net on synthetic image sets, from the train-single checkpoint (trained first if missing); prints the
 # strategy table (mean per-image, shape averaging, S1-S4) on held-out identities.
 train-aggregate: $(STAMP)
-	$(BIN)/face3d train-aggregate $(ARGS)
+	$(BIN)/face3d train-aggregate --resume $(ARGS)
 
 # Offline W&B sweep: expands the sweep YAML (grid/random) and trains each run as an offline W&B run;
 # re-running continues. `make sweep SWEEP=experiments/sweeps/<name>.yaml`.

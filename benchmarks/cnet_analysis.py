@@ -239,7 +239,7 @@ def plot_confidence_vs_yaw(evaluation: SetEvaluation, path: Path, coefficients: 
     if clean_only and ev.degradation is not None:
         keep &= ev.degradation == 0
     yaw = ev.yaw_deg[keep].numpy()
-    limit = max(float(np.abs(ev.yaw_deg[ev.valid]).max()), 1.0)
+    limit = max(float(ev.yaw_deg[ev.valid].abs().max()), 1.0)
     edges = np.linspace(-limit, limit, n_bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2.0
     plt = _pyplot()

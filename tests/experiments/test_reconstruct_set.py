@@ -180,7 +180,6 @@ def _takeo_variants():
             cv2.GaussianBlur(photo, (0, 0), 1.5)]
 
 
-@pytest.mark.slow
 def test_reconstruct_set_command_on_a_folder_of_photos(aggregate_run, main, tmp_path, capsys):
     folder = tmp_path / "person"
     folder.mkdir()
@@ -219,7 +218,6 @@ def test_frames_are_taken_from_a_video_every_k(tmp_path):
         next(frames_from_video(video, every=0))
 
 
-@pytest.mark.slow
 def test_reconstruct_set_command_on_a_video(aggregate_run, main, tmp_path, capsys):
     variants = _takeo_variants()
     # Frame 3 has no face and is skipped.

@@ -12,7 +12,9 @@ from experiments.build import (build_cnet_module, build_face_model, build_image_
                                load_cnet_checkpoint)
 from experiments.config import load_config
 from lightning_modules.cnet_module import CNetModule
+from benchmarks.metrics import vertex_error
 from networks.aggregation import mean_aggregate
+from networks.rnet import RNetOutput
 
 TINY = [
     "renderer.image_size=64",
@@ -146,3 +148,71 @@ def test_fast_dev_run_and_checkpoint_round_trip(setup, tmp_path):
     with pytest.raises(ValueError, match="not a C-Net checkpoint"):
         torch.save({"state_dict": {}, "face3d_config": "name: x\n"}, tmp_path / "rnet.ckpt")
         load_cnet_checkpoint(tmp_path / "rnet.ckpt")
+
+
+class _InformativeRNet(torch.nn.Module):
+    """Stands in for an R-Net whose identities carry information: R-Net's real features, but every picture's
+    identity is the ground truth plus noise that is large on degraded pictures, and its other coefficients are
+    the ground truth. ``truth`` is set before each call."""
+
+    def __init__(self, rnet):
+        super().__init__()
+        self.rnet = rnet
+        self.layout = rnet.layout
+        self.truth = None
+
+    def forward(self, images):
+        out = self.rnet(images)
+        return RNetOutput(coeffs=self.truth, flat=out.flat, features=out.features)
+
+
+def _noisy_truth(dataset, batch, generator):
+    layout = dataset.layout
+    rows = [torch.from_numpy(dataset.arrays.coefficients[int(dataset.arrays.offsets[i]):int(dataset.arrays.offsets[i + 1])])
+            for i in batch.index.tolist()]
+    coeffs = layout.split(torch.cat(rows))
+    degraded = (batch.metadata.degradation.flatten() > 0).float()
+    noise = torch.randn(coeffs.identity.shape, generator=generator) * (0.2 + 1.8 * degraded)[:, None]
+    return coeffs.replace(identity=coeffs.identity + noise)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_cnet_learns_to_trust_the_clean_pictures_and_beats_averaging(setup):
+    """The whole loop (features -> confidences -> aggregate -> re-render -> weak loss -> C-Net) on sets where
+    noisy pictures give bad identities: the weak loss alone must teach C-Net to down-weight them."""
+    cfg, rnet_module, _ = setup
+    from datamodules.image_sets import ImageSetDataModule, SyntheticImageSetDataset
+
+    common = dict(set_size=4, image_size=64, degrade_probability=0.5, degradations=("noise",))
+    data = ImageSetDataModule({"train": SyntheticImageSetDataset(rnet_module.face_model, 24, split="train", **common),
+                               "test": SyntheticImageSetDataset(rnet_module.face_model, 12, split="test", **common)},
+                              batch_size=4)
+    data.setup()
+    module = build_cnet_module(cfg, rnet_module, "s4").train()
+    bench = _InformativeRNet(module.rnet)
+    module.rnet = bench
+    optimizer = torch.optim.Adam(module.cnet.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for step, batch in enumerate(batch for _ in range(8) for batch in data.train_dataloader()):
+        bench.truth = _noisy_truth(data.dataset("train"), batch, generator)
+        module.training_step(batch, step).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    module.eval()
+    errors = {"mean": [], "s4": []}
+    clean, noisy = [], []
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            bench.truth = _noisy_truth(data.dataset("test"), batch, generator)
+            prediction = module(batch.images, batch.valid, batch.full, render=False)
+            truth = batch.ground_truth.vertices
+            errors["s4"].append(vertex_error(module.neutral_shape(prediction.aggregated), truth))
+            errors["mean"].append(vertex_error(module.neutral_shape(mean_aggregate(prediction.identity, batch.valid)),
+                                               truth))
+            score = prediction.confidence.sum(-1)
+            clean.append(score[batch.metadata.degradation == 0])
+            noisy.append(score[batch.metadata.degradation > 0])
+    s4, mean = torch.cat(errors["s4"]).mean(), torch.cat(errors["mean"]).mean()
+    assert torch.cat(noisy).mean() < 0.8 * torch.cat(clean).mean()
+    assert s4 < 0.9 * mean, f"S4 {s4:.3f} mm vs shape averaging {mean:.3f} mm"
