@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all train-single train-aggregate sweep preview benchmark-renderer clean
+.PHONY: setup test test-all train-single train-aggregate sweep preview benchmark benchmark-renderer clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ train-aggregate: $(STAMP)
 SWEEP ?= experiments/sweeps/table1_cpu.yaml
 sweep: $(STAMP)
 	$(BIN)/face3d sweep $(SWEEP) $(ARGS)
+
+# Accuracy and speed report of the train-single checkpoint (synthetic 20-pose protocol, configured licensed
+# datasets, timings) into benchmarks/reports/<timestamp>/; e.g. `make benchmark ARGS="--identities 4 --no-speed"`.
+benchmark: $(STAMP)
+	$(BIN)/face3d benchmark $(ARGS)
 
 preview: $(STAMP)
 	$(BIN)/face3d preview --out face.png

@@ -22,9 +22,24 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+
+@dataclass(frozen=True)
+class PrepareTiming:
+    """One timed `preprocessing.pipeline.prepare` run: images processed (or found cached), wall seconds, and how
+    many came out ok."""
+
+    images: int
+    seconds: float
+    ok: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / max(self.seconds, 1e-9)
 
 
 def build_folder(folder: Path, replicas: int) -> list[str]:
@@ -45,6 +60,17 @@ def build_folder(folder: Path, replicas: int) -> list[str]:
     return list(sources)
 
 
+def time_prepare(images: Path, out: Path, config, template) -> PrepareTiming:
+    """Run ``prepare`` from ``images`` into ``out`` with ``config`` (a `PrepareConfig`) and time it; an ``out``
+    that already holds the results is a cached pass (hash checks only)."""
+    from preprocessing.pipeline import prepare
+
+    start = time.perf_counter()
+    summary = prepare(images, out, config, template=template, progress=False)
+    seconds = time.perf_counter() - start
+    return PrepareTiming(summary.n_processed + summary.n_cached, seconds, summary.status_counts.get("ok", 0))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=8, help="copies of each of the 4 photos (default 8)")
@@ -54,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--face-model", default="ict", help="template source (default ict)")
     args = parser.parse_args(argv)
 
-    from preprocessing.pipeline import MANIFEST_NAME, PrepareConfig, prepare, resolve_template
+    from preprocessing.pipeline import MANIFEST_NAME, PrepareConfig, resolve_template
 
     template = resolve_template(args.face_model)
     with tempfile.TemporaryDirectory(prefix="bench_prep_") as tmp:
@@ -70,18 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.workers:
             out = Path(tmp) / f"out_w{workers}"
             config = PrepareConfig(detector=args.detector, workers=workers)
-            start = time.perf_counter()
-            summary = prepare(images, out, config, template=template, progress=False)
-            seconds = time.perf_counter() - start
-            print(f"| {workers} | {summary.n_processed} | {seconds:.2f} | {summary.n_processed / seconds:.2f} | "
-                  f"{summary.status_counts.get('ok', 0)} |")
+            timing = time_prepare(images, out, config, template)
+            print(f"| {workers} | {timing.images} | {timing.seconds:.2f} | {timing.images_per_second:.2f} | "
+                  f"{timing.ok} |")
             first_out = first_out or (out, config)
         out, config = first_out
-        start = time.perf_counter()
-        cached = prepare(images, out, config, template=template, progress=False)
-        seconds = time.perf_counter() - start
-        print(f"| cached re-run | {cached.n_cached} | {seconds:.3f} | {cached.n_cached / seconds:.0f} | "
-              f"{cached.status_counts.get('ok', 0)} |")
+        cached = time_prepare(images, out, config, template)
+        print(f"| cached re-run | {cached.images} | {cached.seconds:.3f} | {cached.images_per_second:.0f} | "
+              f"{cached.ok} |")
 
         per_photo = defaultdict(list)
         for line in (out / MANIFEST_NAME).read_text().splitlines():

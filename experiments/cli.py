@@ -17,6 +17,7 @@ COMMANDS = (
     "sweep",
     "preview",
     "prepare_bfm",
+    "benchmark",
 )
 
 

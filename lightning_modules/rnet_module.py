@@ -111,12 +111,13 @@ class RNetModule(pl.LightningModule):
         landmark_metric(prediction.render.landmarks, batch.landmarks)
         self.log(f"{stage}/landmark_error_px", landmark_metric, batch_size=batch.batch_size)
         if batch.ground_truth is not None:
-            predicted = self.face_model.shape(prediction.coeffs)
-            mean_face = self.face_model.mean_shape.expand_as(predicted)
+            # Outside autocast: the shape error is a sub-millimetre float32 measurement (see `forward`).
             shape_metric = getattr(self, f"{stage}_shape_error")
             baseline_metric = getattr(self, f"{stage}_mean_face_error")
-            shape_metric(predicted, batch.ground_truth.vertices)
-            baseline_metric(mean_face, batch.ground_truth.vertices)
+            with torch.autocast(device_type=batch.images.device.type, enabled=False):
+                predicted = self.face_model.shape(prediction.coeffs)
+                shape_metric(predicted, batch.ground_truth.vertices)
+                baseline_metric(self.face_model.mean_shape.expand_as(predicted), batch.ground_truth.vertices)
             self.log(f"{stage}/shape_error_mm", shape_metric, batch_size=batch.batch_size, prog_bar=stage == "val")
             self.log(f"{stage}/mean_face_error_mm", baseline_metric, batch_size=batch.batch_size)
         return prediction

@@ -58,6 +58,10 @@ def vertex_error(predicted: torch.Tensor, target: torch.Tensor, align: str = "ri
         raise ValueError(f"align must be 'none', 'rigid' or 'similarity', got {align!r}")
     if predicted.shape != target.shape:
         raise ValueError(f"predicted {tuple(predicted.shape)} and target {tuple(target.shape)} vertices differ")
+    # Sub-millimetre differences on decimetre coordinates need float32 (bf16 keeps ~3 digits), and the SVD
+    # of the alignment has no half-precision kernels.
+    if predicted.dtype in (torch.float16, torch.bfloat16) or target.dtype in (torch.float16, torch.bfloat16):
+        predicted, target = predicted.float(), target.float()
     if align != "none":
         predicted = procrustes(predicted, target, scale=align == "similarity")
     return (predicted - target).norm(dim=-1).mean(-1) * unit_scale

@@ -20,6 +20,8 @@ outputs, one folder per image under --out (named after the image file, extension
   pose.json                         angles (deg), translation, camera, intrinsics, alignment
   overlay.png                       input | render over input | landmarks
 plus report.jsonl (one line per image, written as it goes) and summary.json.
+With --set DIR_OR_VIDEO (instead of --images) the pictures are one person: see `face3d reconstruct-set --help`
+for its outputs (aggregated identity mesh, per-picture meshes, confidences CSV + PNG).
 Meshes are in millimetres (--units mm, default) or the models' decimetres (--units dm, as Deep3D)."""
 
 
@@ -36,8 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--images", nargs="+", required=True, type=Path, metavar="PATH",
-                        help="image files and/or folders (searched recursively)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs="+", type=Path, metavar="PATH",
+                        help="image files and/or folders (searched recursively), each reconstructed on its own")
+    source.add_argument("--set", type=Path, metavar="DIR_OR_VIDEO", dest="set_source",
+                        help="one person's pictures (a folder) or a video: one identity aggregated over all of "
+                             "them with C-Net (--cnet-ckpt, default the latest `make train-aggregate` one) or by "
+                             "averaging with --ckpt; same as `face3d reconstruct-set`")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--ckpt", type=Path, default=None, metavar="CKPT",
                         help="R-Net checkpoint written by `face3d train` (its config sets face model and crop size)")
@@ -64,7 +71,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--texture-size", type=int, default=1024, metavar="PX",
                         help="side of the baked albedo texture (ICT model; default 1024)")
     parser.add_argument("--ply-ascii", action="store_true", help="write ASCII PLY instead of binary")
+    parser.add_argument("--cnet-ckpt", type=Path, default=None, metavar="PATH",
+                        help="--set: C-Net checkpoint of `face3d train-aggregate` (it holds its R-Net)")
+    parser.add_argument("--strategy", choices=("s4", "s3", "s2", "s1", "mean"), default=None,
+                        help="--set: aggregation (default s4 with an element-wise C-Net, mean without one)")
     parser.set_defaults(func=run)
+
+
+def run_set(args: argparse.Namespace) -> int:
+    """``--set``: hand over to ``face3d reconstruct-set`` with the options that mean the same there."""
+    from experiments.commands import reconstruct_set
+
+    unsupported = [name for name, value in (("--fit", args.fit), ("--face-model", args.face_model),
+                                            ("--bfm-path", args.bfm_path), ("--iterations", args.iterations),
+                                            ("--crop-size", args.crop_size)) if value]
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)} do not apply to --set: a set is reconstructed with a trained "
+                         "R-Net (--ckpt) or C-Net (--cnet-ckpt), or the latest ones under outputs/")
+    set_args = argparse.Namespace(
+        source=args.set_source, out=args.out, cnet_ckpt=str(args.cnet_ckpt) if args.cnet_ckpt else None,
+        rnet_ckpt=str(args.ckpt) if args.ckpt else None, strategy=args.strategy, every=10, max_frames=None,
+        detector=args.detector, units=args.units, outputs_dir="outputs")
+    return reconstruct_set.run(set_args)
 
 
 def check_predictor_args(args: argparse.Namespace) -> None:
@@ -116,6 +144,10 @@ def format_record(record: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.set_source is not None:
+        return run_set(args)
+    if args.cnet_ckpt is not None or args.strategy is not None:
+        raise ValueError("--cnet-ckpt and --strategy only apply to --set (one person's pictures aggregated)")
     check_predictor_args(args)
     # Imported here so that `face3d --help` does not load torch, OpenCV and dlib.
     import torch

@@ -198,6 +198,21 @@ def test_reconstruct_set_command_on_a_folder_of_photos(aggregate_run, main, tmp_
                  "--rnet-ckpt", str(checkpoint)]) == 2
 
 
+def test_reconstruct_with_set_option_is_the_set_command(aggregate_run, main, tmp_path, capsys):
+    folder = tmp_path / "person"
+    folder.mkdir()
+    for k, picture in enumerate(_takeo_variants()[:2]):
+        cv2.imwrite(str(folder / f"photo{k}.png"), picture)
+    checkpoint = next((aggregate_run / "s4" / "checkpoints").glob("best-*.ckpt"))
+    out = tmp_path / "out"
+    assert main(["reconstruct", "--set", str(folder), "--out", str(out), "--cnet-ckpt", str(checkpoint)]) == 0
+    assert "2 pictures aggregated with S4" in capsys.readouterr().out
+    assert (out / "identity.obj").is_file() and (out / "confidences.csv").is_file()
+    assert main(["reconstruct", "--set", str(folder), "--out", str(out), "--fit"]) == 2
+    assert "--fit do not apply to --set" in capsys.readouterr().err
+    assert main(["reconstruct", "--images", str(folder), "--out", str(out), "--cnet-ckpt", str(checkpoint)]) == 2
+
+
 def _write_video(path, frames):
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (width, height))

@@ -29,6 +29,15 @@ def test_fast_dev_run_trains_validates_and_draws_overlays(tmp_path):
     assert result.overlay is not None and result.overlay.exists()
 
 
+def test_bf16_mixed_channels_last_trains_and_measures_shape_error_in_float32(tmp_path):
+    result = train(tiny_config(tmp_path, "trainer.precision=bf16-mixed", "trainer.channels_last=true",
+                               "trainer.max_steps=1", "trainer.max_epochs=1"))
+    error, baseline = result.test_metrics["test/shape_error_mm"], result.test_metrics["test/mean_face_error_mm"]
+    assert 0.0 < baseline < 50.0 and 0.0 < error < 50.0
+    # One step of a zero-initialised head moves the shape by far less than bf16's ~0.4% of a decimetre.
+    assert abs(error - baseline) < 0.5
+
+
 def test_resume_continues_where_the_run_stopped_and_refuses_to_overwrite(tmp_path):
     first = train(tiny_config(tmp_path, "trainer.max_steps=2", "trainer.max_epochs=5"))
     assert torch.load(first.last_checkpoint, weights_only=False)["global_step"] == 2

@@ -1,0 +1,207 @@
+"""Writing a `benchmarks.suite.BenchmarkResult`: ``report.md`` (Markdown tables, plots linked by relative path),
+``metrics.json`` (``accuracy`` holds the deterministic numbers, ``speed`` the timings), the stdout summary, and
+the same tables and plots as a W&B run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.pose_grid_eval import per_yaw_table, pitch_yaw_table
+
+if TYPE_CHECKING:
+    from benchmarks.suite import BenchmarkResult
+
+METRIC_TEXT = ("shape error in mm of the NEUTRAL identity shape against the ground-truth identity shape, after "
+               "rigid alignment (`benchmarks.metrics.vertex_error`, 'rigid': the training logs' metric, "
+               "restricted to identity)")
+
+
+def number(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 2) -> str:
+    """A Markdown table; floats get ``digits`` decimals, None becomes a dash."""
+    def cell(value: Any) -> str:
+        if value is None or isinstance(value, float):
+            return number(value, digits)
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_table(result: BenchmarkResult) -> tuple[list[str], list[list]]:
+    columns = ["method", "one value per", "n", "mean ± std (mm)", "median (mm)"]
+    rows = [[row.name, row.level, row.stats.count, f"{row.stats.mean:.3f} ± {row.stats.std:.3f}",
+             f"{row.stats.median:.3f}"] for row in result.pose_grid.rows]
+    return columns, rows
+
+
+def dataset_table(result: BenchmarkResult) -> tuple[list[str], list[list]]:
+    columns = ["dataset", "protocol row", "one value per", "n", "mean ± std (mm)", "median (mm)", "failed"]
+    rows = []
+    for dataset in result.datasets:
+        for row in dataset.rows:
+            rows.append([dataset.title, row.label, row.level, row.stats.count,
+                         f"{row.stats.mean:.3f} ± {row.stats.std:.3f}", f"{row.stats.median:.3f}", len(dataset.failed)])
+    return columns, rows
+
+
+def speed_table(result: BenchmarkResult) -> tuple[list[str], list[list]]:
+    columns = ["task", "setting", "value", "unit", "note"]
+    return columns, [[r.task, r.setting, r.value, r.unit, r.note] for r in result.speed]
+
+
+def report_markdown(result: BenchmarkResult) -> str:
+    s, pg, info = result.settings, result.pose_grid, result.checkpoint
+    protocol = pg.protocol
+    trained = ", ".join(part for part in (f"epoch {info.epoch}" if info.epoch is not None else "",
+                                          f"step {info.global_step}" if info.global_step is not None else "") if part)
+    lines = [
+        "# face3d benchmark", "",
+        f"- date: {result.date}",
+        f"- device: {result.device}",
+        f"- seed: {s.seed}",
+        f"- R-Net checkpoint: `{info.path}`" + (f" ({trained})" if trained else ""),
+        f"- C-Net checkpoint: " + (f"`{result.cnet_checkpoint}`" if result.cnet_checkpoint else "none"),
+        f"- run time: {result.seconds:.1f} s", "",
+        "## Checkpoint configuration", "",
+        "```json", json.dumps(info.config, indent=2), "```", "",
+        "## Synthetic 20-pose protocol", "",
+        f"{protocol['identities']} held-out synthetic identities, each rendered with the checkpoint's face model at "
+        f"{protocol['image_size']}x{protocol['image_size']} at every pose of a grid of "
+        f"{len(protocol['pitches_deg'])} pitches ({', '.join(f'{p:g}' for p in protocol['pitches_deg'])} degrees) x "
+        f"{len(protocol['yaws_deg'])} yaws ({', '.join(f'{y:g}' for y in protocol['yaws_deg'])} degrees), roll 0: "
+        f"{protocol['pictures_per_identity']} pictures per identity, each with its own random expression, lighting "
+        "and albedo, rendered as the synthetic training data is (after the rendered-MICC test of Deng et al. 2019, "
+        f"Fig. 6). Identities come from the image-set generator's `{protocol['split']}` split with base seed "
+        f"{protocol['generator_seed']} (benchmark seed + `BENCHMARK_SEED_BASE`), streams no training split draws "
+        "from (`benchmarks/pose_grid.py`).", "",
+        f"Metric: {METRIC_TEXT}.", "",
+        "### Shape error", "",
+        markdown_table(*accuracy_table(result)),
+        "### Shape error per yaw (mm)", "",
+        markdown_table(*per_yaw_table(pg)),
+        "![shape error vs yaw](error_vs_yaw.png)", "",
+        "Identity-level rows (shape averaging, C-Net) give one value per identity from all 20 pictures; the plot "
+        "draws them as dashed horizontal lines.", "",
+        "### R-Net, single image: shape error per pitch and yaw (mm)", "",
+        markdown_table(*pitch_yaw_table(pg)),
+    ]
+    if "fit" in protocol:
+        fitted = "; ".join(f"identity {p['identity']} at pitch {p['pitch_deg']:g}, yaw {p['yaw_deg']:g}"
+                           for p in protocol["fit"]["pictures"])
+        settings = protocol["fit"]["settings"]
+        lines += ["### Fitting", "",
+                  f"Analysis-by-synthesis (`reconstruction.fit.fit_coefficients`) from the mean face, minimising "
+                  f"{protocol['fit']['objective']}, on {len(protocol['fit']['pictures'])} "
+                  f"pictures ({fitted}); {settings['rigid_iterations']} + {settings['shape_iterations']} landmark "
+                  f"steps, then {settings['iterations']} full-loss steps. The fitting rows above compare it with "
+                  "R-Net on the same pictures.", ""]
+    lines += ["## Licensed datasets", ""]
+    ran = [d for d in result.datasets if not d.skipped]
+    if ran:
+        lines += [markdown_table(*dataset_table(result))]
+    for dataset in result.datasets:
+        lines.append(f"- {dataset.title}: {dataset.note}" +
+                     (f"; {len(dataset.failed)} item(s) failed, e.g. {dataset.failed[0][0]}: {dataset.failed[0][1]}"
+                      if dataset.failed else ""))
+    lines += ["", "## Speed", ""]
+    if result.speed:
+        lines += [f"Device: {result.device}. Medians of {s.speed_repeats} timed runs after a warm-up; other work "
+                  "on the machine slows them.", "", markdown_table(*speed_table(result))]
+    else:
+        lines.append("Not measured (--no-speed).")
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def metrics_dict(result: BenchmarkResult) -> dict:
+    info = result.checkpoint
+    return {
+        "date": result.date,
+        "seed": result.settings.seed,
+        "device": result.device,
+        "checkpoint": {"path": str(info.path), "epoch": info.epoch, "global_step": info.global_step,
+                       "config": info.config},
+        "cnet_checkpoint": None if result.cnet_checkpoint is None else str(result.cnet_checkpoint),
+        "accuracy": result.accuracy_dict(),
+        "speed": [row.as_dict() for row in result.speed],
+        "fit_seconds_per_image": result.pose_grid.fit_seconds,
+        "seconds": result.seconds,
+        "notes": list(result.notes),
+    }
+
+
+def log_to_wandb(result: BenchmarkResult, out_dir: Path) -> Path | None:
+    """The report's tables (wandb.Table) and plots (wandb.Image) as one W&B run under ``out_dir/wandb``; the mode
+    is ``WANDB_MODE`` (offline unless set), "disabled" logs nothing. Returns the run's folder."""
+    mode = os.environ.setdefault("WANDB_MODE", "offline")
+    if mode == "disabled":
+        return None
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    from experiments.config import LoggingConfig
+
+    tables = {"accuracy": accuracy_table(result), "error_per_yaw": per_yaw_table(result.pose_grid),
+              "error_pitch_yaw": pitch_yaw_table(result.pose_grid)}
+    if any(not d.skipped for d in result.datasets):
+        tables["datasets"] = dataset_table(result)
+    if result.speed:
+        tables["speed"] = speed_table(result)
+    config = {"seed": result.settings.seed, "identities": result.settings.identities,
+              "checkpoint": str(result.checkpoint.path), "device": result.device, **result.checkpoint.config}
+    run = wandb.init(project=LoggingConfig().wandb_project, name=f"benchmark-{out_dir.name}", job_type="benchmark",
+                     dir=str(out_dir), mode=mode, config=config)
+    try:
+        payload = {name: wandb.Table(columns=list(columns), data=[list(row) for row in rows])
+                   for name, (columns, rows) in tables.items()}
+        payload.update({name: wandb.Image(str(path)) for name, path in result.files.items() if path.suffix == ".png"})
+        run.log(payload)
+        run.summary.update({f"shape_error_mm/{row.key}": row.stats.mean for row in result.pose_grid.rows})
+        run_dir = Path(run.dir).parent
+    finally:
+        run.finish()
+    return run_dir
+
+
+def write_outputs(result: BenchmarkResult, log: Callable[[str], None] = print) -> BenchmarkResult:
+    """report.md, metrics.json and (if enabled) the W&B run, into the settings' output folder."""
+    out_dir = Path(result.settings.out_dir)
+    report = out_dir / "report.md"
+    metrics = out_dir / "metrics.json"
+    files = {**result.files, "report": report, "metrics": metrics}
+    result = dataclasses.replace(result, files=files)
+    report.write_text(report_markdown(result))
+    metrics.write_text(json.dumps(metrics_dict(result), indent=2) + "\n")
+    if result.settings.wandb:
+        run_dir = log_to_wandb(result, out_dir)
+        if run_dir is not None:
+            log(f"W&B run ({os.environ['WANDB_MODE']}): {run_dir}")
+            result = dataclasses.replace(result, files={**result.files, "wandb": run_dir})
+    return result
+
+
+def summary_text(result: BenchmarkResult) -> str:
+    """What ``face3d benchmark`` prints: the accuracy table, dataset notes, speed, and where the report is."""
+    pg = result.pose_grid
+    lines = [f"shape error on the synthetic 20-pose protocol ({pg.protocol['identities']} identities x "
+             f"{pg.protocol['pictures_per_identity']} pictures; neutral identity shape, rigid alignment, mm):", "",
+             markdown_table(*accuracy_table(result)).rstrip()]
+    lines += [""] + [f"{d.title}: {d.note}" for d in result.datasets]
+    if result.speed:
+        lines += ["", f"speed on {result.device}:"]
+        lines += [f"  {r.task} ({r.setting}): " + (f"{r.value:.2f} {r.unit}" if r.value is not None else r.note)
+                  for r in result.speed]
+    lines += [""] + [f"note: {note}" for note in result.notes]
+    lines.append(f"report: {result.files.get('report')}  (metrics.json and plots beside it; {result.seconds:.0f} s)")
+    return "\n".join(lines)

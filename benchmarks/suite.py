@@ -1,0 +1,237 @@
+"""``face3d benchmark`` (``make benchmark``): accuracy and speed of an R-Net checkpoint, as one report.
+
+`run_benchmark` runs, in order:
+
+1. the synthetic 20-pose protocol (`benchmarks.pose_grid`, scored by `benchmarks.pose_grid_eval`): mean face,
+   R-Net per picture, shape averaging, C-Net S4 (or S1) when a C-Net checkpoint trained on this R-Net is given,
+   and analysis-by-synthesis fitting on a small subset; with the error-vs-yaw plot;
+2. the licensed datasets that are configured (`benchmarks.licensed`), a one-line note for the others;
+3. the speed rows (`benchmarks.speed`), unless switched off;
+
+then writes ``report.md``, ``metrics.json`` and the PNGs into the output folder (`benchmarks.report`) and, unless
+switched off, logs the same tables and plots to a W&B run (offline unless ``WANDB_MODE=online``).
+
+Accuracy numbers are deterministic: the data is generated from the seed alone, every network runs in eval mode,
+and torch's seed is set (cuDNN is put in deterministic mode on a GPU). Timings are kept apart (``speed`` and the
+fit's seconds) and are the only numbers that change between two runs with the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from benchmarks.licensed import DatasetResult, DatasetSettings
+from benchmarks.pose_grid_eval import PoseGridResult
+from benchmarks.speed import SpeedRow
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What `run_benchmark` runs.
+
+    checkpoint:      R-Net checkpoint written by ``face3d train``.
+    out_dir:         output folder (created; files in it are overwritten).
+    cnet_checkpoint: C-Net checkpoint of ``face3d train-aggregate`` for the S4/S1 row, or None.
+    cnet_note:       why there is no C-Net row when ``cnet_checkpoint`` is None (goes into the report).
+    identities:      held-out synthetic identities of the 20-pose protocol.
+    seed:            benchmark seed (synthetic identities and every random draw of the protocol).
+    fit_images:      pictures fitted by analysis-by-synthesis (0: no fitting rows).
+    fit_iterations:  steps of the fit's full-loss stage (`reconstruction.fit.FitSettings.iterations`).
+    fit_rigid_iterations, fit_shape_iterations: the cheap landmark-only stages.
+    speed:           measure the speed rows; speed_preprocessing: include preprocessing among them;
+    speed_repeats:   timed repeats per speed figure.
+    wandb:           log to W&B (mode from ``WANDB_MODE``, offline by default).
+    datasets:        licensed datasets to try.
+    device:          "cpu", "cuda" or None (CUDA when available).
+    """
+
+    checkpoint: Path
+    out_dir: Path
+    cnet_checkpoint: Optional[Path] = None
+    cnet_note: Optional[str] = None
+    identities: int = 8
+    seed: int = 0
+    fit_images: int = 5
+    fit_iterations: int = 100
+    fit_rigid_iterations: int = 100
+    fit_shape_iterations: int = 200
+    speed: bool = True
+    speed_preprocessing: bool = True
+    speed_repeats: int = 3
+    wandb: bool = True
+    datasets: DatasetSettings = field(default_factory=DatasetSettings)
+    device: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """The checkpoint and what the report says about it."""
+
+    path: Path
+    epoch: Optional[int]
+    global_step: Optional[int]
+    config: dict
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Everything `run_benchmark` measured and where it wrote it."""
+
+    settings: BenchmarkSettings
+    checkpoint: CheckpointInfo
+    cnet_checkpoint: Optional[Path]
+    date: str
+    device: str
+    pose_grid: PoseGridResult
+    datasets: tuple[DatasetResult, ...]
+    speed: tuple[SpeedRow, ...]
+    notes: tuple[str, ...]
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def accuracy_dict(self) -> dict:
+        """The deterministic part of metrics.json: identical for two runs with the same settings."""
+        return {"pose_grid": self.pose_grid.accuracy_dict(), "datasets": [d.as_dict() for d in self.datasets]}
+
+    def summary(self) -> str:
+        from benchmarks.report import summary_text
+
+        return summary_text(self)
+
+
+def config_summary(cfg) -> dict:
+    """The parts of a checkpoint's `ExperimentConfig` that say what was trained on what."""
+    fm, data = cfg.face_model, cfg.data
+    summary = {
+        "run": cfg.logging.run_name or cfg.name,
+        "face_model": {"name": fm.name, "path": fm.path, "n_id": fm.n_id, "n_exp": fm.n_exp, "n_tex": fm.n_tex,
+                       "sh_channels": fm.sh_channels},
+        "image_size": cfg.renderer.image_size,
+        "backbone": cfg.network.backbone,
+        "loss": {name: getattr(cfg.loss, name) for name in ("photometric", "landmark", "perceptual", "regularization",
+                                                            "texture", "skin_attention")},
+        "data": {"kind": data.kind, "batch_size": data.batch_size},
+        "optim": {"lr": cfg.optim.lr},
+        "trainer": {"max_epochs": cfg.trainer.max_epochs, "max_time_minutes": cfg.trainer.max_time_minutes},
+    }
+    if data.kind == "synthetic":
+        sc = data.synthetic
+        summary["data"].update(n_train=sc.n_train, seed=sc.seed, max_yaw_deg=sc.max_yaw_deg,
+                               max_pitch_deg=sc.max_pitch_deg, max_roll_deg=sc.max_roll_deg,
+                               occluder_probability=sc.occluder_probability)
+    else:
+        summary["data"]["root"] = data.prepared.root
+    return summary
+
+
+def _checkpoint_info(path: Path, cfg) -> CheckpointInfo:
+    # Only the counters are read; mmap keeps the tensors on disk.
+    stored = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    epoch, step = stored.get("epoch"), stored.get("global_step")
+    return CheckpointInfo(path, None if epoch is None else int(epoch), None if step is None else int(step),
+                          config_summary(cfg))
+
+
+def same_rnet(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """True when two R-Nets hold identical weights and buffers."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu())
+                                          for k in sa)
+
+
+def _load_cnet(path: Path, rnet_module, rnet_path: Path) -> tuple[Optional[torch.nn.Module], Optional[str], str]:
+    """(C-Net module or None, note when skipped, strategy)."""
+    from experiments.build import load_cnet_checkpoint
+
+    module, _ = load_cnet_checkpoint(path)
+    if module.cnet is None:
+        return None, f"C-Net row skipped: {path} holds no C-Net (strategy 'mean')", module.strategy
+    if not same_rnet(module.rnet, rnet_module.rnet):
+        return None, (f"C-Net row skipped: {path} was trained on another R-Net than {rnet_path}; "
+                      "its confidences mean nothing for this one (train one with `face3d train-aggregate "
+                      "--rnet-ckpt CKPT`, or pass the matching --cnet-ckpt)"), module.strategy
+    strategy = "s1" if module.cnet.kind == "global" else "s4"
+    return module, None, strategy
+
+
+def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = print) -> BenchmarkResult:
+    """Run the benchmark (module docstring) and write its outputs into ``settings.out_dir``."""
+    import warnings
+
+    from benchmarks.licensed import RNetPicturePredictor, evaluate_datasets
+    from benchmarks.pose_grid import PoseGridDataset
+    from benchmarks.pose_grid_eval import evaluate_pose_grid, plot_error_vs_yaw
+    from benchmarks.report import write_outputs
+    from benchmarks.speed import device_name, measure_speed
+    from experiments.build import build_cnet_module, load_rnet_checkpoint
+    from reconstruction.fit import FitSettings
+
+    # Intended: R-Net and the perceptual network are frozen in eval mode.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    if settings.identities < 1:
+        raise ValueError(f"--identities must be >= 1, got {settings.identities}")
+    if settings.fit_images < 0:
+        raise ValueError(f"--fit-images must be >= 0, got {settings.fit_images}")
+    start = time.perf_counter()
+    date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(settings.seed)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+    log(f"loading R-Net {settings.checkpoint}")
+    rnet_module, cfg = load_rnet_checkpoint(settings.checkpoint)
+    info = _checkpoint_info(Path(settings.checkpoint), cfg)
+    notes = [settings.cnet_note] if settings.cnet_note else []
+    modules = {"mean": build_cnet_module(cfg, rnet_module, "mean")}
+    if settings.cnet_checkpoint is not None:
+        log(f"loading C-Net {settings.cnet_checkpoint}")
+        cnet_module, note, strategy = _load_cnet(Path(settings.cnet_checkpoint), rnet_module,
+                                                   Path(settings.checkpoint))
+        if cnet_module is not None:
+            modules[strategy] = cnet_module
+        else:
+            notes.append(note)
+
+    sc = cfg.data.synthetic
+    dataset = PoseGridDataset(rnet_module.face_model, settings.identities, seed=settings.seed,
+                              image_size=cfg.renderer.image_size, landmark_noise_px=sc.landmark_noise_px,
+                              device=device, backend=cfg.renderer.backend)
+    fit_settings = FitSettings(rigid_iterations=settings.fit_rigid_iterations,
+                               shape_iterations=settings.fit_shape_iterations, iterations=settings.fit_iterations)
+    if settings.fit_images == 0:
+        notes.append("fitting rows skipped (--no-fit)")
+    log(f"synthetic 20-pose protocol: {settings.identities} identities x {dataset.set_size} pictures at "
+        f"{dataset.image_size}x{dataset.image_size}" + (f", fitting {settings.fit_images} of them"
+                                                        if settings.fit_images else ""))
+    pose_grid = evaluate_pose_grid(dataset, modules, loss=rnet_module.loss, fit_count=settings.fit_images,
+                                   fit_settings=fit_settings, device=device, notes=notes)
+
+    datasets = evaluate_datasets(settings.datasets, lambda: RNetPicturePredictor(rnet_module, device=device), log)
+
+    speed: list[SpeedRow] = []
+    if settings.speed:
+        log("timing preprocessing, R-Net and rendering")
+        speed = measure_speed(rnet_module.rnet, rnet_module.face_model, cfg.renderer.image_size, device,
+                              backend=cfg.renderer.backend, fit_seconds=pose_grid.fit_seconds,
+                              preprocessing=settings.speed_preprocessing,
+                              template_source=cfg.face_model.path if cfg.face_model.name == "bfm" else cfg.face_model.name,
+                              repeats=settings.speed_repeats)
+
+    out_dir = Path(settings.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_error_vs_yaw(pose_grid, out_dir / "error_vs_yaw.png")
+    result = BenchmarkResult(settings=settings, checkpoint=info, cnet_checkpoint=settings.cnet_checkpoint, date=date,
+                             device=device_name(device), pose_grid=pose_grid, datasets=tuple(datasets),
+                             speed=tuple(speed), notes=tuple(pose_grid.notes), files={"error_vs_yaw": plot})
+    result = dataclasses.replace(result, seconds=time.perf_counter() - start)
+    return write_outputs(result, log)

@@ -1,0 +1,106 @@
+"""``face3d benchmark`` (``make benchmark``): the accuracy and speed report of an R-Net checkpoint
+(`benchmarks.suite`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+
+REPORTS_DIR = Path("benchmarks") / "reports"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "benchmark", help="accuracy and speed report of an R-Net checkpoint (synthetic 20-pose protocol, licensed "
+                          "datasets when configured, timings)",
+        description="Score an R-Net checkpoint on the synthetic 20-pose protocol (held-out synthetic identities at "
+                    "4 pitches x 5 yaws: mean face, R-Net per picture, shape averaging, C-Net S4 when a C-Net "
+                    "checkpoint exists, fitting on a few pictures), on every licensed dataset that is configured "
+                    "(FACE3D_DATA_<NAME>; the others are noted as skipped), and time preprocessing, R-Net and "
+                    "rendering. Writes report.md, metrics.json and plots into --out and logs them to an offline "
+                    "W&B run (WANDB_MODE=online to upload).",
+    )
+    p.add_argument("--ckpt", type=Path, default=None, metavar="PATH",
+                   help="R-Net checkpoint of `face3d train` (default: the latest `make train-single` checkpoint, "
+                        "outputs/train-single/checkpoints/best-*.ckpt, else last.ckpt)")
+    p.add_argument("--cnet-ckpt", type=Path, default=None, metavar="PATH",
+                   help="C-Net checkpoint of `face3d train-aggregate` for the S4 row (default: the latest "
+                        "outputs/train-aggregate/s4 checkpoint; the row is skipped with a note without one)")
+    p.add_argument("--fit", action=argparse.BooleanOptionalAction, default=True,
+                   help="fitting rows (analysis-by-synthesis on --fit-images pictures; default on)")
+    p.add_argument("--fit-images", type=int, default=5, metavar="N",
+                   help="pictures to fit (default 5: the first identity's five yaws at the pitch nearest frontal)")
+    p.add_argument("--fit-iterations", type=int, default=100, metavar="N",
+                   help="full-loss steps per fit (default 100, as `face3d reconstruct --fit`)")
+    p.add_argument("--identities", type=int, default=8, metavar="N",
+                   help="held-out synthetic identities, 20 pictures each (default 8: a few minutes on 2 CPU cores)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output folder (default benchmarks/reports/<timestamp>/)")
+    p.add_argument("--seed", type=int, default=0, help="benchmark seed (default 0)")
+    p.add_argument("--no-speed", dest="speed", action="store_false", help="skip the timings")
+    p.add_argument("--no-wandb", dest="wandb", action="store_false", help="do not log a W&B run")
+    p.add_argument("--datasets", default=",".join(("micc", "facewarehouse", "bu3dfe", "now")), metavar="LIST",
+                   help="licensed datasets to try, comma-separated (default: all four; each runs only when "
+                        "configured, see README 'Evaluation datasets')")
+    p.add_argument("--dataset-limit", type=int, default=None, metavar="N",
+                   help="evaluate at most N samples per licensed dataset (default: all)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--outputs-dir", type=Path, default=Path("outputs"), metavar="DIR",
+                   help="where the default checkpoints are looked for (default: outputs)")
+    p.set_defaults(func=run)
+
+
+def default_checkpoints(outputs_dir: Path) -> tuple[Path | None, Path | None]:
+    """(latest train-single R-Net checkpoint, latest train-aggregate S4 C-Net checkpoint), None when absent."""
+    from experiments.train_aggregate import latest_checkpoint
+
+    return (latest_checkpoint(outputs_dir / "train-single" / "checkpoints"),
+            latest_checkpoint(outputs_dir / "train-aggregate" / "s4" / "checkpoints"))
+
+
+def default_out_dir(root: Path = REPORTS_DIR) -> Path:
+    """``root/<YYYYmmdd-HHMMSS>``, with a suffix when a report of that second exists."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, n = root / stamp, 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"{stamp}-{n}"
+    return candidate
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmarks.licensed import DatasetSettings
+    from benchmarks.suite import BenchmarkSettings, run_benchmark
+
+    for name in ("identities", "fit_images", "fit_iterations"):
+        if getattr(args, name) < (1 if name == "identities" else 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {1 if name == 'identities' else 0}, "
+                             f"got {getattr(args, name)}")
+    default_rnet, default_cnet = default_checkpoints(args.outputs_dir)
+    checkpoint = args.ckpt or default_rnet
+    if checkpoint is None:
+        raise FileNotFoundError(f"no R-Net checkpoint under {args.outputs_dir / 'train-single' / 'checkpoints'}: run "
+                                "`make train-single` first, or pass --ckpt PATH (a checkpoint written by `face3d train`)")
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"R-Net checkpoint {checkpoint} not found; pass a checkpoint written by `face3d "
+                                "train` (outputs/<run>/checkpoints/*.ckpt), or leave --ckpt out for the latest "
+                                "`make train-single` one")
+    if args.cnet_ckpt is not None and not args.cnet_ckpt.is_file():
+        raise FileNotFoundError(f"C-Net checkpoint {args.cnet_ckpt} not found; pass one written by `face3d "
+                                "train-aggregate` (outputs/train-aggregate/s4/checkpoints/*.ckpt), or leave "
+                                "--cnet-ckpt out")
+    cnet_checkpoint, cnet_note = args.cnet_ckpt or default_cnet, None
+    if cnet_checkpoint is None:
+        cnet_note = (f"C-Net S4 row skipped: no C-Net checkpoint under "
+                     f"{args.outputs_dir / 'train-aggregate' / 's4' / 'checkpoints'} (run `make train-aggregate`, "
+                     "or pass --cnet-ckpt PATH)")
+    names = tuple(name.strip() for name in args.datasets.split(",") if name.strip())
+    settings = BenchmarkSettings(
+        checkpoint=Path(checkpoint), out_dir=args.out or default_out_dir(), cnet_checkpoint=cnet_checkpoint,
+        cnet_note=cnet_note, identities=args.identities, seed=args.seed,
+        fit_images=args.fit_images if args.fit else 0, fit_iterations=args.fit_iterations, speed=args.speed,
+        wandb=args.wandb, datasets=DatasetSettings(names=names, limit=args.dataset_limit), device=args.device)
+    result = run_benchmark(settings)
+    print("\n" + result.summary())
+    return 0
