@@ -50,7 +50,9 @@ def build_loss(cfg: ExperimentConfig, face_model: FaceModel):
 def build_rnet(cfg: ExperimentConfig, face_model: FaceModel):
     from networks.rnet import RNet
 
-    rnet = RNet(face_model.layout, backbone=cfg.network.backbone, pretrained_path=cfg.network.pretrained)
+    nc = cfg.network
+    rnet = RNet(face_model.layout, backbone=nc.backbone, pretrained_path=nc.pretrained,
+                frozen_layers=nc.frozen_layers, pooled_grid=nc.pooled_grid)
     if cfg.network.deep3d_checkpoint:
         from networks.deep3d_import import load_deep3d_checkpoint
 
@@ -234,3 +236,28 @@ def load_cnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
         raise ValueError(f"{path} does not match the C-Net its config describes: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     return module.eval(), cfg
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bf16 in hardware (x86 ``avx512_bf16`` or ``amx_bf16``; Linux only, since
+    that is where the flags can be read). ``cpuinfo`` is /proc/cpuinfo's text, read when not given."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """The Lightning precision for ``trainer.precision`` (see `TrainerConfig.precision`): 'auto' picks mixed
+    precision where the hardware runs it natively and full precision elsewhere; other values pass through."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"

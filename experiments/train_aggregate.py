@@ -119,6 +119,7 @@ def _trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, fast_dev_run: b
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger
 
+    from experiments.build import resolve_precision
     from lightning_modules.callbacks import FiniteLossGuard
 
     ckpt_dir = run_dir / "checkpoints"
@@ -141,7 +142,8 @@ def _trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, fast_dev_run: b
         default_root_dir=str(run_dir), max_epochs=tc.max_epochs, max_steps=tc.max_steps,
         max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
         accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy, num_nodes=tc.num_nodes,
-        precision=tc.precision, log_every_n_steps=tc.log_every_n_steps, val_check_interval=tc.val_check_interval,
+        precision=resolve_precision(tc.precision, tc.accelerator), log_every_n_steps=tc.log_every_n_steps,
+        val_check_interval=tc.val_check_interval,
         gradient_clip_val=tc.gradient_clip_val, deterministic=tc.deterministic, logger=loggers,
         callbacks=[FiniteLossGuard(tc.log_every_n_steps), best, latest, LearningRateMonitor(logging_interval="epoch"),
                    TQDMProgressBar(refresh_rate=5)],

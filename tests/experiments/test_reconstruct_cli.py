@@ -15,7 +15,8 @@ from reconstruction.export import OUTPUT_FILES
 
 TINY = [
     "renderer.image_size=64",
-    "network.backbone=resnet18",
+    "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
+    "trainer.precision=32-true",  # the same numerics on every CPU (the default picks bf16 where native)
     "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
     "loss.perceptual=0",
     "data.batch_size=2",

@@ -316,8 +316,9 @@ def test_command_dry_run_lists_the_runs_without_training(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_real_tiny_sweep_trains_in_child_processes_as_wandb_offline_runs(tmp_path):
-    tiny = ["renderer.image_size=32", "network.backbone=resnet18", "face_model.n_id=8", "face_model.n_exp=8",
-            "face_model.n_tex=6", "data.batch_size=4", "data.synthetic.n_train=8", "data.synthetic.n_val=4",
+    tiny = ["renderer.image_size=32", "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
+            "trainer.precision=32-true", "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
+            "data.batch_size=4", "data.synthetic.n_train=8", "data.synthetic.n_val=4",
             "data.synthetic.n_test=4", "trainer.max_steps=2", "trainer.max_epochs=1", "logging.wandb_mode=online"]
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({

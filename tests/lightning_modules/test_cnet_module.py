@@ -18,7 +18,8 @@ from networks.rnet import RNetOutput
 
 TINY = [
     "renderer.image_size=64",
-    "network.backbone=resnet18",
+    "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
+    "trainer.precision=32-true",  # the same numerics on every CPU (the default picks bf16 where native)
     "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
     "loss.perceptual=0",
     "data.sets.set_size=3", "data.sets.batch_size=2",

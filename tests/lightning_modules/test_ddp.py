@@ -36,7 +36,8 @@ SCRIPT = textwrap.dedent(
                 {"rank": rank, "world": trainer.world_size, "indices": self.indices, "weights": digest.hexdigest()}))
 
     cfg = load_config(["default"], [
-        "renderer.image_size=64", "network.backbone=resnet18",
+        "renderer.image_size=64", "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
+        "trainer.precision=32-true",
         "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
         "data.batch_size=2", "data.synthetic.n_train=16", "data.synthetic.n_val=4", "data.synthetic.n_test=4",
         "trainer.max_steps=3", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",

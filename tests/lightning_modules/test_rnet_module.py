@@ -10,7 +10,8 @@ from lightning_modules.callbacks import FiniteLossGuard, NonFiniteLossError
 
 TINY = [
     "renderer.image_size=64",
-    "network.backbone=resnet18",
+    "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
+    "trainer.precision=32-true",  # the same numerics on every CPU (the default picks bf16 where native)
     "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
     "data.batch_size=4",
     "data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=4",
@@ -27,6 +28,23 @@ def tiny_config(tmp_path, *extra):
 def test_fast_dev_run_trains_validates_and_draws_overlays(tmp_path):
     result = train(tiny_config(tmp_path), fast_dev_run=True)
     assert result.overlay is not None and result.overlay.exists()
+
+
+def test_the_default_pretrained_sface_backbone_trains_with_its_frozen_weights_fixed(tmp_path):
+    cfg = load_config(["default"], [
+        "renderer.image_size=64", "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
+        "data.batch_size=4", "data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=4",
+        "trainer.max_steps=2", "trainer.max_epochs=1", "logging.wandb=false", f"logging.output_dir={tmp_path}"])
+    assert cfg.network.backbone == "sface" and cfg.network.frozen_layers > 0
+    result = train(cfg)
+    module, _ = load_rnet_checkpoint(result.last_checkpoint)
+    from networks.sface_backbone import SFaceBackbone
+
+    pretrained = SFaceBackbone.build("bundled")
+    frozen, trained = cfg.network.frozen_layers - 1, cfg.network.frozen_layers
+    torch.testing.assert_close(module.rnet.backbone.body[frozen].conv.weight, pretrained.body[frozen].conv.weight)
+    torch.testing.assert_close(module.rnet.backbone.body[frozen].bn.weight, pretrained.body[frozen].bn.weight)
+    assert not torch.equal(module.rnet.backbone.body[trained].conv.weight, pretrained.body[trained].conv.weight)
 
 
 def test_bf16_mixed_channels_last_trains_and_measures_shape_error_in_float32(tmp_path):
