@@ -17,3 +17,22 @@ def ict_small() -> FaceModel:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def reuse_face_models():
+    """Checkpoint loads rebuild their face model; with this fixture each ICT variant is built once per test
+    module (the models are only read). Use it with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import experiments.build
+
+    cache, original = {}, experiments.build.load_face_model
+
+    def load(name="ict", path=None, **options):
+        key = (name, path, tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = original(name, path, **options)
+        return cache[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiments.build, "load_face_model", load)
+        yield

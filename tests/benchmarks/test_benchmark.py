@@ -31,22 +31,7 @@ TINY_MODEL = [
 NO_DATASETS = DatasetSettings(paths_file=None, environ={})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reuse_face_models():
-    """Every checkpoint load rebuilds its face model; building each ICT variant once saves most of the time."""
-    import experiments.build
-
-    cache, original = {}, experiments.build.load_face_model
-
-    def load(name="ict", path=None, **options):
-        key = (name, path, tuple(sorted(options.items())))
-        if key not in cache:
-            cache[key] = original(name, path, **options)
-        return cache[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(experiments.build, "load_face_model", load)
-        yield
+pytestmark = pytest.mark.usefixtures("reuse_face_models")
 
 
 def _random_heads(module, seed: int) -> None:

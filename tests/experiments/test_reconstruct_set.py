@@ -41,23 +41,7 @@ def main(monkeypatch):
     return cli.main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def reuse_face_models():
-    """Every checkpoint load rebuilds its face model; building the ICT model once per option set saves most of
-    these tests' time (the models are only read)."""
-    import experiments.build
-
-    cache, original = {}, experiments.build.load_face_model
-
-    def load(name="ict", path=None, **options):
-        key = (name, path, tuple(sorted(options.items())))
-        if key not in cache:
-            cache[key] = original(name, path, **options)
-        return cache[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(experiments.build, "load_face_model", load)
-        yield
+pytestmark = pytest.mark.usefixtures("reuse_face_models")
 
 
 @pytest.fixture(scope="module")
