@@ -44,6 +44,9 @@ class TrainResult:
             verdict = f"{change:.1f}% lower than" if error < baseline else f"{change:.1f}% HIGHER than"
             lines.append(f"test shape error: {error:.2f} mm after rigid alignment, {verdict} the mean-face "
                          f"baseline ({baseline:.2f} mm) on {self.test_samples} held-out synthetic faces")
+            if "test/better_than_mean_face" in m:
+                lines.append(f"                  closer to the truth than the mean face on "
+                             f"{100 * m['test/better_than_mean_face']:.0f}% of them")
         if "test/landmark_error_px" in m:
             lines.append(f"test landmark error: {m['test/landmark_error_px']:.2f} px")
         return "\n".join(lines)

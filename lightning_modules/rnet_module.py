@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 import torch
 
-from benchmarks.metrics import LandmarkError, ShapeError
+from benchmarks.metrics import FractionCloser, LandmarkError, ShapeError
 from datamodules.batch import FaceBatch
 from face_model.coefficients import Coefficients
 from losses.hybrid import HybridLoss
@@ -72,9 +72,11 @@ class RNetModule(pl.LightningModule):
         self.val_shape_error = ShapeError("rigid")
         self.val_mean_face_error = ShapeError("rigid")
         self.val_landmark_error = LandmarkError()
+        self.val_better_than_mean_face = FractionCloser("rigid")
         self.test_shape_error = ShapeError("rigid")
         self.test_mean_face_error = ShapeError("rigid")
         self.test_landmark_error = LandmarkError()
+        self.test_better_than_mean_face = FractionCloser("rigid")
 
     @property
     def face_model(self):
@@ -114,12 +116,16 @@ class RNetModule(pl.LightningModule):
             # Outside autocast: the shape error is a sub-millimetre float32 measurement (see `forward`).
             shape_metric = getattr(self, f"{stage}_shape_error")
             baseline_metric = getattr(self, f"{stage}_mean_face_error")
+            closer_metric = getattr(self, f"{stage}_better_than_mean_face")
             with torch.autocast(device_type=batch.images.device.type, enabled=False):
                 predicted = self.face_model.shape(prediction.coeffs)
+                mean_face = self.face_model.mean_shape.expand_as(predicted)
                 shape_metric(predicted, batch.ground_truth.vertices)
-                baseline_metric(self.face_model.mean_shape.expand_as(predicted), batch.ground_truth.vertices)
+                baseline_metric(mean_face, batch.ground_truth.vertices)
+                closer_metric(predicted, mean_face, batch.ground_truth.vertices)
             self.log(f"{stage}/shape_error_mm", shape_metric, batch_size=batch.batch_size, prog_bar=stage == "val")
             self.log(f"{stage}/mean_face_error_mm", baseline_metric, batch_size=batch.batch_size)
+            self.log(f"{stage}/better_than_mean_face", closer_metric, batch_size=batch.batch_size)
         return prediction
 
     def validation_step(self, batch: FaceBatch, batch_idx: int) -> None:

@@ -37,6 +37,21 @@ class ShapeError(_MeanOverSamples):
         self._accumulate(vertex_error(predicted.float(), target.float(), self.align))
 
 
+class FractionCloser(_MeanOverSamples):
+    """Share of samples whose ``predicted`` mesh is closer to the ground truth than a ``reference`` mesh (e.g.
+    the mean face), both by `ShapeError`'s distance: a paired view of "better than the baseline" that a
+    difference of means can hide."""
+
+    def __init__(self, align: str = "rigid") -> None:
+        super().__init__()
+        self.align = align
+
+    def update(self, predicted: torch.Tensor, reference: torch.Tensor, target: torch.Tensor) -> None:
+        target = target.float()
+        closer = vertex_error(predicted.float(), target, self.align) < vertex_error(reference.float(), target, self.align)
+        self._accumulate(closer.float())
+
+
 class LandmarkError(_MeanOverSamples):
     """Mean 2D landmark distance, in pixels or normalised by the inter-ocular distance."""
 

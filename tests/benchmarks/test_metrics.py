@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from benchmarks.metrics import LandmarkError, ShapeError, landmark_error, procrustes, vertex_error
+from benchmarks.metrics import FractionCloser, LandmarkError, ShapeError, landmark_error, procrustes, vertex_error
 
 
 def random_pose(n: int, scale: float = 1.0):
@@ -59,3 +59,14 @@ def test_metric_modules_average_over_samples():
     lm.update(target + torch.tensor([1.0, 0.0]), target)
     torch.testing.assert_close(lm.compute(), torch.tensor(0.1))
     torch.testing.assert_close(landmark_error(target + 3.0, target), torch.tensor([3.0 * 2 ** 0.5]))
+
+
+def test_fraction_closer_counts_the_samples_where_the_prediction_wins():
+    metric = FractionCloser(align="none")
+    target = torch.zeros(4, 5, 3)
+    offsets = torch.tensor([0.01, 0.03, 0.02, 0.05])[:, None, None] * torch.tensor([1.0, 0.0, 0.0])
+    reference = target + 0.025 * torch.tensor([0.0, 1.0, 0.0])
+    metric.update(target[:2] + offsets[:2], reference[:2], target[:2])
+    metric.update(target[2:] + offsets[2:], reference[2:], target[2:])
+    # 0.01 and 0.02 beat the reference's 0.025; 0.03 and 0.05 do not.
+    torch.testing.assert_close(metric.compute(), torch.tensor(0.5))

@@ -5,7 +5,7 @@ import torch
 
 from experiments.build import load_rnet_checkpoint
 from experiments.config import load_config
-from experiments.train import train
+from experiments.train import TrainResult, train
 from lightning_modules.callbacks import FiniteLossGuard, NonFiniteLossError
 
 TINY = [
@@ -45,6 +45,16 @@ def test_the_default_pretrained_sface_backbone_trains_with_its_frozen_weights_fi
     torch.testing.assert_close(module.rnet.backbone.body[frozen].conv.weight, pretrained.body[frozen].conv.weight)
     torch.testing.assert_close(module.rnet.backbone.body[frozen].bn.weight, pretrained.body[frozen].bn.weight)
     assert not torch.equal(module.rnet.backbone.body[trained].conv.weight, pretrained.body[trained].conv.weight)
+
+
+def test_the_summary_puts_the_shape_error_next_to_the_mean_face_baseline(tmp_path):
+    metrics = {"test/shape_error_mm": 4.6, "test/mean_face_error_mm": 4.9, "test/better_than_mean_face": 0.72,
+               "test/landmark_error_px": 3.05}
+    text = TrainResult(tmp_path, None, None, None, None, metrics, test_samples=256).summary()
+    assert "4.60 mm after rigid alignment, 6.1% lower than the mean-face baseline (4.90 mm) on 256" in text
+    assert "closer to the truth than the mean face on 72% of them" in text
+    worse = TrainResult(tmp_path, None, None, None, None, {**metrics, "test/shape_error_mm": 5.0}).summary()
+    assert "2.0% HIGHER than" in worse
 
 
 def test_bf16_mixed_channels_last_trains_and_measures_shape_error_in_float32(tmp_path):
