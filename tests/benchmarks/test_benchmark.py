@@ -19,15 +19,8 @@ from benchmarks.suite import BenchmarkSettings, _load_cnet, run_benchmark
 from experiments import cli
 from experiments.config import load_config, to_yaml
 
-TINY_MODEL = [
-    "renderer.image_size=32",
-    "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
-    "trainer.precision=32-true",  # the same numerics on every CPU (the default picks bf16 where native)
-    "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
-    "loss.perceptual=0",
-    "cnet.conv_channels=[8,8,8]", "cnet.hidden=16",
-    "logging.wandb=false",
-]
+TINY_MODEL = ["renderer.image_size=32", "cnet.conv_channels=[8,8,8]", "cnet.hidden=16"]
+"""On top of the configs default + smoke."""
 NO_DATASETS = DatasetSettings(paths_file=None, environ={})
 
 
@@ -46,7 +39,7 @@ def _save_rnet(path: Path, seed: int = 0) -> Path:
     """An R-Net checkpoint as `face3d train` writes it (state dict and config)."""
     from experiments.build import build_rnet_module
 
-    cfg = load_config(["default"], TINY_MODEL)
+    cfg = load_config(["default", "smoke"], TINY_MODEL)
     module = build_rnet_module(cfg)
     _random_heads(module, seed)
     path.parent.mkdir(parents=True, exist_ok=True)

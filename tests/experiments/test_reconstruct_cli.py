@@ -13,16 +13,8 @@ from PIL import Image
 from experiments import cli
 from reconstruction.export import OUTPUT_FILES
 
-TINY = [
-    "renderer.image_size=64",
-    "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
-    "trainer.precision=32-true",  # the same numerics on every CPU (the default picks bf16 where native)
-    "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
-    "loss.perceptual=0",
-    "data.batch_size=2",
-    "data.synthetic.n_train=2", "data.synthetic.n_val=2", "data.synthetic.n_test=2",
-    "logging.wandb=false",
-]
+TINY = ["data.batch_size=2", "data.synthetic.n_train=2", "data.synthetic.n_val=2", "data.synthetic.n_test=2"]
+"""On top of the configs default + smoke."""
 
 
 @pytest.fixture
@@ -72,7 +64,7 @@ def tiny_checkpoint(tmp_path_factory):
     from experiments.build import build_rnet_module
     from experiments.config import load_config, to_yaml
 
-    cfg = load_config(["default"], TINY)
+    cfg = load_config(["default", "smoke"], TINY)
     module = build_rnet_module(cfg)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save({"state_dict": module.state_dict(), "face3d_config": to_yaml(cfg)}, path)
@@ -172,7 +164,7 @@ def test_checkpoint_from_a_real_training_run(main, takeo, tmp_path, capsys):
     from experiments.config import load_config
     from experiments.train import train
 
-    result = train(load_config(["default"], TINY + ["trainer.max_steps=1", "trainer.max_epochs=1",
+    result = train(load_config(["default", "smoke"], TINY + ["trainer.max_steps=1", "trainer.max_epochs=1",
                                                     f"logging.output_dir={tmp_path}"]))
     out = tmp_path / "out"
     assert main(["reconstruct", "--images", str(takeo), "--out", str(out), "--ckpt",

@@ -17,14 +17,8 @@ from experiments.build import load_cnet_checkpoint
 from experiments.config import load_config
 from reconstruction.sets import SetPicture, aggregation_share, frames_from_video, reconstruct_set
 
-TINY_MODEL = [
-    "renderer.image_size=64",
-    "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
-    "trainer.precision=32-true",  # the same numerics on every CPU (the default picks bf16 where native)
-    "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
-    "loss.perceptual=0",
-    "logging.wandb=false",
-]
+SMALL_MODEL = ["default", "smoke"]
+"""The R-Net configs of these tests."""
 TINY_SETS = [
     "data.sets.set_size=3", "data.sets.batch_size=2",
     "data.sets.n_train=2", "data.sets.n_val=1", "data.sets.n_test=2",
@@ -51,7 +45,7 @@ def rnet_checkpoint(tmp_path_factory):
     from experiments.build import build_rnet_module
     from experiments.config import to_yaml
 
-    cfg = load_config(["default"], TINY_MODEL)
+    cfg = load_config(SMALL_MODEL)
     module = build_rnet_module(cfg)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():

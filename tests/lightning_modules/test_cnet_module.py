@@ -17,11 +17,6 @@ from networks.aggregation import mean_aggregate
 from networks.rnet import RNetOutput
 
 TINY = [
-    "renderer.image_size=64",
-    "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
-    "trainer.precision=32-true",  # the same numerics on every CPU (the default picks bf16 where native)
-    "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
-    "loss.perceptual=0",
     "data.sets.set_size=3", "data.sets.batch_size=2",
     "data.sets.n_train=4", "data.sets.n_val=2", "data.sets.n_test=2",
     "cnet.conv_channels=[8,8,8]", "cnet.hidden=16",
@@ -32,7 +27,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    cfg = load_config([], TINY + [f"logging.output_dir={tmp_path_factory.mktemp('cnet')}"])
+    cfg = load_config(["smoke"], TINY + [f"logging.output_dir={tmp_path_factory.mktemp('cnet')}"])
     face_model = build_face_model(cfg)
     rnet_module = build_rnet_module(cfg, face_model)
     torch.manual_seed(1)

@@ -35,13 +35,10 @@ SCRIPT = textwrap.dedent(
             (out / f"rank{rank}.json").write_text(json.dumps(
                 {"rank": rank, "world": trainer.world_size, "indices": self.indices, "weights": digest.hexdigest()}))
 
-    cfg = load_config(["default"], [
-        "renderer.image_size=64", "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
-        "trainer.precision=32-true",
-        "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
-        "data.batch_size=2", "data.synthetic.n_train=16", "data.synthetic.n_val=4", "data.synthetic.n_test=4",
+    cfg = load_config(["default", "smoke"], [
+        "data.batch_size=2", "data.synthetic.n_train=16",
         "trainer.max_steps=3", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.strategy=ddp", "loss.perceptual=0", "logging.wandb=false", f"logging.output_dir={out}",
+        "trainer.strategy=ddp", f"logging.output_dir={out}",
     ])
     train(cfg, extra_callbacks=[Recorder()])
     """

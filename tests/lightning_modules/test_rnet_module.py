@@ -8,21 +8,8 @@ from experiments.config import load_config
 from experiments.train import TrainResult, train
 from lightning_modules.callbacks import FiniteLossGuard, NonFiniteLossError
 
-TINY = [
-    "renderer.image_size=64",
-    "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
-    "trainer.precision=32-true",  # the same numerics on every CPU (the default picks bf16 where native)
-    "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
-    "data.batch_size=4",
-    "data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=4",
-    "trainer.log_every_n_steps=1",
-    "trainer.checkpoint_every_n_steps=1",
-    "logging.wandb=false",
-]
-
-
 def tiny_config(tmp_path, *extra):
-    return load_config(["default"], TINY + [f"logging.output_dir={tmp_path}", *extra])
+    return load_config(["default", "smoke"], [f"logging.output_dir={tmp_path}", *extra])
 
 
 def test_fast_dev_run_trains_validates_and_draws_overlays(tmp_path):
