@@ -27,12 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import math
-import os
-import time
-import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
@@ -42,10 +37,10 @@ import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.backgrounds import draw_occluder, random_background
+from datamodules.generated_cache import CachedGeneration
 from datamodules.prepared import PreparedRecord, is_validation, load_prepared_sample
 from datamodules.synthetic import SPLITS, aligned_translation, model_digest, soft_composite
 from face_model.coefficients import SH_BANDS, Coefficients
@@ -234,7 +229,7 @@ class Degradation:
     side_ambient: float = -0.35
 
 
-class SyntheticImageSetDataset(Dataset):
+class SyntheticImageSetDataset(CachedGeneration, Dataset):
     """Rendered image sets of random identities with 3D ground truth (see the module docstring).
 
     Args:
@@ -261,6 +256,8 @@ class SyntheticImageSetDataset(Dataset):
     Generation runs once, on the first `materialise` (called by `__getitem__`); call it in the main process
     before handing the dataset to DataLoader workers.
     """
+
+    array_type = SyntheticSetArrays
 
     def __init__(
         self,
@@ -341,46 +338,16 @@ class SyntheticImageSetDataset(Dataset):
                            "digest": model_digest(self.face_model)},
         }
 
-    def cache_key(self) -> str:
-        if self._cache_key is None:
-            text = json.dumps(self.generation_parameters(), sort_keys=True)
-            self._cache_key = hashlib.sha256(text.encode()).hexdigest()[:20]
-        return self._cache_key
-
-    @property
-    def cache_path(self) -> Path | None:
-        if self.cache_dir is None:
-            return None
+    def cache_stem(self) -> str:
         size = f"{self.n_sets}x{self.set_size}x{self.image_size}"
-        return self.cache_dir / f"imagesets-{self.face_model.name}-{self.split}-{size}-{self.cache_key()}.npz"
+        return f"imagesets-{self.face_model.name}-{self.split}-{size}"
 
-    @property
-    def arrays(self) -> SyntheticSetArrays:
-        return self.materialise()
+    def describe(self) -> str:
+        return (f"{self.n_sets} synthetic {self.split} image sets of up to {self.set_size} pictures at "
+                f"{self.image_size}x{self.image_size}")
 
-    def materialise(self) -> SyntheticSetArrays:
-        """Generate the split (or read it from the cache) once; later calls return the stored arrays."""
-        if self._arrays is not None:
-            return self._arrays
-        path = self.cache_path
-        if path is not None and path.is_file():
-            arrays = _read_cache(path)
-            if arrays is not None and len(arrays.offsets) == self.n_sets + 1:
-                self._arrays = arrays
-                rank_zero_info(f"read {self.n_sets} synthetic {self.split} image sets from {path}")
-                return arrays
-            warnings.warn(f"image-set cache {path} is unreadable or does not match; generating it again",
-                          stacklevel=2)
-        rank_zero_info(f"generating {self.n_sets} synthetic {self.split} image sets of up to {self.set_size} "
-                       f"pictures at {self.image_size}x{self.image_size}" + (f" (cached in {path})" if path else ""))
-        start = time.perf_counter()
-        arrays = self._generate()
-        self.generation_seconds = time.perf_counter() - start
-        rank_zero_info(f"generated {len(arrays.images)} pictures in {self.generation_seconds:.1f} s")
-        if path is not None:
-            _write_cache(path, arrays)
-        self._arrays = arrays
-        return arrays
+    def matches(self, arrays: SyntheticSetArrays) -> bool:
+        return len(arrays.offsets) == self.n_sets + 1
 
     # ------------------------------------------------------------------------------------- generation
 
@@ -425,7 +392,7 @@ class SyntheticImageSetDataset(Dataset):
                               translation=as_row(translation))
         return coeffs, kind
 
-    def _generate(self) -> SyntheticSetArrays:
+    def generate(self) -> SyntheticSetArrays:
         jobs, sizes = [], []
         for i in range(self.n_sets):
             plan = self.set_plan(i)
@@ -525,23 +492,6 @@ def side_lit(lighting: torch.Tensor, strength: float, ambient_offset: float, sh_
     out[:, :, 3] = strength
     out[:, :, 0] = out[:, :, 0] + ambient_offset
     return out.reshape(1, sh_channels * SH_BANDS)
-
-
-def _write_cache(path: Path, arrays: SyntheticSetArrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A temporary name and a rename: a crash or a parallel run never leaves a torn file.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
-        np.savez(handle, **{f.name: getattr(arrays, f.name) for f in dataclasses.fields(SyntheticSetArrays)})
-    os.replace(partial, path)
-
-
-def _read_cache(path: Path) -> SyntheticSetArrays | None:
-    try:
-        with np.load(path) as data:
-            return SyntheticSetArrays(**{f.name: data[f.name] for f in dataclasses.fields(SyntheticSetArrays)})
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
 
 
 # ----------------------------------------------------------------------------------------- prepared sets

@@ -22,24 +22,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import math
-import os
-import time
-import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datamodules.backgrounds import OCCLUDER_KINDS, draw_occluder, random_background
 from datamodules.batch import collate_face_samples
+from datamodules.generated_cache import CachedGeneration
 from face_model.coefficients import SH_BANDS, CoeffLayout, Coefficients
 from face_model.model import FaceModel, five_points_from_68
 from face_model.sampling import CoefficientPrior, sample_coefficients
@@ -159,8 +154,10 @@ class SyntheticArrays:
                                  for f in dataclasses.fields(SyntheticArrays)))
 
 
-class SyntheticFaceDataset(Dataset):
+class SyntheticFaceDataset(CachedGeneration, Dataset):
     """Rendered random faces with weak labels and 3D ground truth (see the module docstring).
+
+    Generated once, on first access, and cached under ``cache_dir`` (`datamodules.generated_cache`).
 
     Args:
         face_model: the morphable model to sample and render (any `FaceModel`; the dataset keeps a CPU copy).
@@ -184,6 +181,8 @@ class SyntheticFaceDataset(Dataset):
     Generation runs once, on the first `materialise` (which `__getitem__` calls); call it in the main
     process before handing the dataset to DataLoader workers, otherwise each worker generates its own copy.
     """
+
+    array_type = SyntheticArrays
 
     def __init__(
         self,
@@ -261,58 +260,20 @@ class SyntheticFaceDataset(Dataset):
                            "layout": dataclasses.asdict(self.layout), "digest": model_digest(self.face_model)},
         }
 
-    def cache_key(self) -> str:
-        # Hashing the face model's buffers takes a moment for a full model; the parameters never change.
-        if self._cache_key is None:
-            text = json.dumps(self.generation_parameters(), sort_keys=True)
-            self._cache_key = hashlib.sha256(text.encode()).hexdigest()[:20]
-        return self._cache_key
+    def cache_stem(self) -> str:
+        return f"synthetic-{self.face_model.name}-{self.split}-{self.n_samples}x{self.image_size}"
 
-    @property
-    def cache_path(self) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        size = f"{self.n_samples}x{self.image_size}"
-        return self.cache_dir / f"synthetic-{self.face_model.name}-{self.split}-{size}-{self.cache_key()}.npz"
+    def describe(self) -> str:
+        return f"{self.n_samples} synthetic {self.split} faces at {self.image_size}x{self.image_size} on {self.device}"
 
     # ---------------------------------------------------------------------------------------- generation
 
-    @property
-    def arrays(self) -> SyntheticArrays:
-        return self.materialise()
-
-    def materialise(self) -> SyntheticArrays:
-        """Generate the split (or read it from the cache) once; later calls return the stored arrays."""
-        if self._arrays is not None:
-            return self._arrays
-        path = self.cache_path
-        if path is not None and path.is_file():
-            arrays = _read_cache(path)
-            if arrays is not None and self._matches(arrays):
-                self._arrays = arrays
-                rank_zero_info(f"read {self.n_samples} synthetic {self.split} faces from {path}")
-                return arrays
-            warnings.warn(f"synthetic cache {path} is unreadable or does not match its parameters; generating it "
-                          "again", stacklevel=2)
-        rank_zero_info(f"generating {self.n_samples} synthetic {self.split} faces at {self.image_size}x"
-                       f"{self.image_size} on {self.device}" + (f" (cached in {path})" if path else ""))
-        start = time.perf_counter()
-        arrays = self._generate()
-        self.generation_seconds = time.perf_counter() - start
-        rate = self.n_samples / max(self.generation_seconds, 1e-9)
-        rank_zero_info(f"generated {self.n_samples} synthetic {self.split} faces in {self.generation_seconds:.1f} s "
-                       f"({rate:.1f} images/s)")
-        if path is not None:
-            _write_cache(path, arrays)
-        self._arrays = arrays
-        return arrays
-
-    def _matches(self, arrays: SyntheticArrays) -> bool:
+    def matches(self, arrays: SyntheticArrays) -> bool:
         size = self.image_size
         return (arrays.images.shape == (self.n_samples, 3, size, size)
                 and arrays.coefficients.shape == (self.n_samples, self.layout.size))
 
-    def _generate(self) -> SyntheticArrays:
+    def generate(self) -> SyntheticArrays:
         model = self.face_model if self.device.type == "cpu" else copy.deepcopy(self.face_model).to(self.device)
         renderer = MeshRenderer(model, self.camera, backend=self.backend)
         template = template_from_face_model(model, self.camera)
@@ -426,23 +387,6 @@ def model_digest(face_model: FaceModel) -> str:
         digest.update(name.encode())
         digest.update(buffer.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def _write_cache(path: Path, arrays: SyntheticArrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name and renamed, so a crash or a parallel run never leaves a torn file.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(partial, "wb") as handle:
-        np.savez(handle, **{f.name: getattr(arrays, f.name) for f in dataclasses.fields(SyntheticArrays)})
-    os.replace(partial, path)
-
-
-def _read_cache(path: Path) -> SyntheticArrays | None:
-    try:
-        with np.load(path) as data:
-            return SyntheticArrays(**{f.name: data[f.name] for f in dataclasses.fields(SyntheticArrays)})
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return None
 
 
 class SyntheticFaceDataModule(pl.LightningDataModule):

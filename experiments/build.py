@@ -122,16 +122,23 @@ def config_from_checkpoint(checkpoint: dict, path: str | Path) -> ExperimentConf
     return load_config(base_yaml=text)
 
 
+def _read_checkpoint(path: Path, map_location: str | torch.device, missing: str) -> dict:
+    """The unpickled checkpoint at ``path``; FileNotFoundError with the ``missing`` message, ValueError when
+    the file is not a PyTorch checkpoint."""
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({err.__class__.__name__}: {err})") from None
+
+
 def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild an `RNetModule` from a checkpoint written by ``face3d train`` (config included)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; train one with `make train-single` or "
-                                "`face3d train --config NAME` (checkpoints are under outputs/<run>/checkpoints/)")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({err.__class__.__name__}: {err})") from None
+    checkpoint = _read_checkpoint(path, map_location, f"checkpoint {path} not found; train one with `make "
+                                  "train-single` or `face3d train --config NAME` (checkpoints are under "
+                                  "outputs/<run>/checkpoints/)")
     cfg = config_from_checkpoint(checkpoint, path)
     module = build_rnet_module(cfg)
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
@@ -213,13 +220,9 @@ def load_cnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
     from lightning_modules.cnet_module import restore_rebuilt_state
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"C-Net checkpoint {path} not found; train one with `face3d train-aggregate` "
-                                "(checkpoints are under outputs/train-aggregate/<strategy>/checkpoints/)")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({err.__class__.__name__}: {err})") from None
+    checkpoint = _read_checkpoint(path, map_location, f"C-Net checkpoint {path} not found; train one with `face3d "
+                                  "train-aggregate` (checkpoints are under outputs/train-aggregate/<strategy>/"
+                                  "checkpoints/)")
     info = checkpoint.get("face3d_cnet")
     if info is None:
         raise ValueError(f"{path} is not a C-Net checkpoint (no 'face3d_cnet' entry); an R-Net checkpoint goes to "

@@ -155,7 +155,7 @@ def test_cache_round_trip(ict_small, tmp_path, monkeypatch):
     def no_rendering(self):
         raise AssertionError("the second dataset must read the cache, not render")
 
-    monkeypatch.setattr(SyntheticFaceDataset, "_generate", no_rendering)
+    monkeypatch.setattr(SyntheticFaceDataset, "generate", no_rendering)
     second = make_dataset(ict_small, n_samples=3, cache_dir=tmp_path)
     assert second.cache_path == first.cache_path
     second.materialise()
