@@ -31,6 +31,7 @@ ELEMENTWISE_SOURCES = ("s4", "s2")
 """Trained strategies whose element-wise confidences give the S2/S3/S4 rows (the first one present)."""
 
 TABLE_ROWS = (
+    ("mean_face", "mean face (no reconstruction)"),
     ("per_image", "mean per-image error"),
     ("mean", "shape averaging"),
     ("s1", "S1: global confidence"),
@@ -118,12 +119,13 @@ def neutral_shape(face_model, identity: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def strategy_errors(evaluation: SetEvaluation, face_model, chunk: int = 64) -> dict[str, np.ndarray]:
     """Shape errors in mm: "per_image" (one per valid picture, in set order), "per_image_by_set" (their mean per
-    set), then one per set for "mean" and every strategy the evaluation has confidences for (s1; s2, s3, s4 from
-    the element-wise C-Net). Per-set arrays share the set order, so strategies can be compared set by set."""
+    set), then one per set for "mean_face" (the model's mean shape: what identities no better than the prior
+    score), "mean" and every strategy the evaluation has confidences for (s1; s2, s3, s4 from the element-wise
+    C-Net). Per-set arrays share the set order, so strategies can be compared set by set."""
     if evaluation.truth_vertices is None:
         raise ValueError("these sets have no 3D ground truth (real photos?); shape errors need synthetic sets")
     ev = evaluation
-    aggregated = {"mean": mean_aggregate(ev.identity, ev.valid)}
+    aggregated = {"mean_face": torch.zeros_like(ev.identity[:, 0]), "mean": mean_aggregate(ev.identity, ev.valid)}
     if "s1" in ev.confidences:
         aggregated["s1"] = aggregate("s1", ev.identity, ev.valid, ev.confidences["s1"])
     if ev.elementwise is not None:

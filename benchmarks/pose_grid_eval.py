@@ -125,12 +125,6 @@ def fitting_loss(loss):
                       landmark_reference_size=loss.landmark_reference_size).to(loss.skin_mask.device)
 
 
-@torch.no_grad()
-def _mean_face_errors(face_model, truth: torch.Tensor) -> np.ndarray:
-    mean = face_model.mean_shape.unsqueeze(0).expand(truth.shape[0], -1, -1)
-    return vertex_error(mean, truth.to(mean)).cpu().numpy()
-
-
 def evaluate_pose_grid(dataset: PoseGridDataset, modules: Mapping[str, torch.nn.Module], loss=None,
                        fit_count: int = 0, fit_settings=None, device: str | torch.device = "cpu",
                        sets_per_batch: int = 2, notes: Sequence[str] = ()) -> PoseGridResult:
@@ -158,8 +152,7 @@ def evaluate_pose_grid(dataset: PoseGridDataset, modules: Mapping[str, torch.nn.
     pitch, yaw = pose_grid(dataset.pitches_deg, dataset.yaws_deg)
     identity_index = np.repeat(np.arange(n_sets), set_size)
 
-    identity_errors = {"mean_face": _mean_face_errors(face_model, evaluation.truth_vertices),
-                       "averaging": errors["mean"]}
+    identity_errors = {"mean_face": errors["mean_face"], "averaging": errors["mean"]}
     identity_errors.update({key: errors[key] for key in ("s1", "s4") if key in errors})
     picture_errors = {"mean_face": identity_errors["mean_face"][identity_index], "rnet": errors["per_image"]}
 

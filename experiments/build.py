@@ -48,11 +48,12 @@ def build_loss(cfg: ExperimentConfig, face_model: FaceModel):
 
 
 def build_rnet(cfg: ExperimentConfig, face_model: FaceModel):
-    from networks.rnet import RNet
+    from networks.rnet import RNet, load_pretrained_backbone
 
     nc = cfg.network
-    rnet = RNet(face_model.layout, backbone=nc.backbone, pretrained_path=nc.pretrained,
-                frozen_layers=nc.frozen_layers, pooled_grid=nc.pooled_grid)
+    rnet = RNet(face_model.layout, backbone=nc.backbone, frozen_layers=nc.frozen_layers, pooled_grid=nc.pooled_grid)
+    if nc.pretrained is not None:
+        load_pretrained_backbone(rnet, nc.pretrained)
     if cfg.network.deep3d_checkpoint:
         from networks.deep3d_import import load_deep3d_checkpoint
 
@@ -133,6 +134,12 @@ def _read_checkpoint(path: Path, map_location: str | torch.device, missing: str)
         raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({err.__class__.__name__}: {err})") from None
 
 
+def _for_checkpoint_weights(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` without the weight files R-Net started from (pretrained backbone, Deep3D checkpoint): a checkpoint
+    holds every weight, and those files need not exist on the machine that loads it."""
+    return dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, pretrained=None, deep3d_checkpoint=None))
+
+
 def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild an `RNetModule` from a checkpoint written by ``face3d train`` (config included)."""
     path = Path(path)
@@ -140,7 +147,7 @@ def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
                                   "train-single` or `face3d train --config NAME` (checkpoints are under "
                                   "outputs/<run>/checkpoints/)")
     cfg = config_from_checkpoint(checkpoint, path)
-    module = build_rnet_module(cfg)
+    module = build_rnet_module(_for_checkpoint_weights(cfg))
     missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model its config describes: missing {missing[:5]}, "
@@ -229,8 +236,7 @@ def load_cnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
                          "--rnet-ckpt instead")
     cfg = config_from_checkpoint(checkpoint, path)
     face_model = build_face_model(cfg)
-    rnet_module = build_rnet_module(dataclasses.replace(cfg, network=dataclasses.replace(
-        cfg.network, pretrained=None, deep3d_checkpoint=None)), face_model)
+    rnet_module = build_rnet_module(_for_checkpoint_weights(cfg), face_model)
     module = build_cnet_module(cfg, rnet_module, info["strategy"])
     state = dict(checkpoint["state_dict"])
     restore_rebuilt_state(module, state)

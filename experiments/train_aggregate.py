@@ -55,12 +55,28 @@ class AggregateResult:
         if self.rows:
             lines += ["", "shape error on held-out synthetic identities (neutral identity shape, rigid alignment):", "",
                       table_markdown(self.rows).rstrip()]
+            note = identity_information_note(self.rows)
+            if note:
+                lines += ["", note]
         if self.table_markdown:
             lines.append(f"\ntable: {self.table_markdown} and {self.table_csv}")
         if self.plots:
             lines.append("plots: " + ", ".join(str(p) for p in self.plots))
         lines.append(f"total time: {self.seconds / 60.0:.1f} min")
         return "\n".join(lines)
+
+
+def identity_information_note(rows: Sequence[TableRow], min_gain: float = 0.05) -> str | None:
+    """A warning when shape averaging is less than ``min_gain`` (relative) below the mean face: R-Net's identities
+    then say little about the truth, and C-Net, which only weights them, cannot gain much over averaging."""
+    by_key = {row.key: row for row in rows}
+    mean_face, averaging = by_key.get("mean_face"), by_key.get("mean")
+    if mean_face is None or averaging is None or averaging.mean_mm <= (1.0 - min_gain) * mean_face.mean_mm:
+        return None
+    gain = 100.0 * (1.0 - averaging.mean_mm / mean_face.mean_mm)
+    return (f"note: shape averaging is only {gain:.1f}% below the mean face, so this R-Net's identities carry little "
+            "information about the true shape. C-Net can only re-weight them: its gain over averaging is bounded by "
+            "what R-Net knows. A longer R-Net run (or one on a GPU) gives C-Net more to work with; see the README, C-Net.")
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:

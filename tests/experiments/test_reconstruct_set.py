@@ -69,9 +69,10 @@ def test_train_aggregate_writes_the_strategy_table_plots_and_checkpoints(aggrega
                                                                           rnet_checkpoint):
     with open(aggregate_run / "strategy_table.csv") as handle:
         rows = {row["strategy"]: row for row in csv.DictReader(handle)}
-    assert list(rows) == ["per_image", "mean", "s1", "s2", "s3", "s4"]
+    assert list(rows) == ["mean_face", "per_image", "mean", "s1", "s2", "s3", "s4"]
     assert all(float(row["mean_mm"]) > 0 for row in rows.values())
     assert int(rows["mean"]["count"]) == 2 and int(rows["per_image"]["count"]) == 6
+    assert int(rows["mean_face"]["count"]) == 2
     # Every other row is compared with shape averaging set by set.
     assert rows["mean"]["diff_vs_averaging_mm"] == "" and rows["s4"]["diff_vs_averaging_mm"] != ""
     torch.testing.assert_close(float(rows["s4"]["diff_vs_averaging_mm"]),

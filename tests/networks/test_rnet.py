@@ -9,7 +9,7 @@ import torch
 
 from face_model.coefficients import CoeffLayout, Coefficients
 from networks.resnet import ResNetFeatures, resnet18
-from networks.rnet import RNet, RNetOutput, head_sizes
+from networks.rnet import RNet, RNetOutput, head_sizes, load_pretrained_backbone
 
 BFM = CoeffLayout(n_id=80, n_exp=64, n_tex=80, sh_channels=3)
 SMALL = CoeffLayout(n_id=10, n_exp=10, n_tex=9, sh_channels=1)
@@ -92,14 +92,16 @@ def test_pretrained_backbone_loads_imagenet_weights(tmp_path: Path) -> None:
     imagenet = resnet18()
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save(imagenet.state_dict(), path)
-    rnet = RNet(SMALL, backbone="resnet18", pretrained_path=path)
+    rnet = load_pretrained_backbone(RNet(SMALL, backbone="resnet18"), path)
     torch.testing.assert_close(rnet.backbone.layer3[0].conv2.weight, imagenet.layer3[0].conv2.weight, rtol=0, atol=0)
     assert all(torch.equal(layer.weight, torch.zeros_like(layer.weight)) for layer in rnet.final_layers)
 
 
 def test_missing_pretrained_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="resnet18-f37072fd.pth"):
-        RNet(SMALL, backbone="resnet18", pretrained_path=tmp_path / "missing.pth")
+        load_pretrained_backbone(RNet(SMALL, backbone="resnet18"), tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="'bundled' weights exist for the 'sface' backbone only"):
+        load_pretrained_backbone(RNet(SMALL, backbone="resnet18"), "bundled")
 
 
 def test_bad_arguments() -> None:

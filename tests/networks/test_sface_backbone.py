@@ -9,7 +9,7 @@ import torch
 from face_model.coefficients import CoeffLayout
 from networks.cnet import CNet, rnet_feature_channels
 from networks.recognition import l2_normalise
-from networks.rnet import RNet
+from networks.rnet import RNet, load_pretrained_backbone
 from networks.sface import build_sface
 from networks.sface_backbone import SFaceBackbone
 
@@ -59,7 +59,7 @@ def test_frozen_layers_get_no_gradient_while_their_batchnorm_statistics_adapt():
 
 
 def test_rnet_with_the_sface_backbone_starts_at_the_mean_face_and_feeds_cnet():
-    rnet = RNet(LAYOUT, backbone="sface", pretrained_path=None, frozen_layers=5).eval()
+    rnet = RNet(LAYOUT, backbone="sface", frozen_layers=5).eval()
     output = rnet(torch.rand(2, 3, 112, 112))
     assert output.flat.shape == (2, LAYOUT.size) and torch.count_nonzero(output.flat) == 0
     shallow, deep = rnet_feature_channels(rnet.backbone)
@@ -71,3 +71,14 @@ def test_rnet_with_the_sface_backbone_starts_at_the_mean_face_and_feeds_cnet():
         RNet(LAYOUT, backbone="resnet18", frozen_layers=3)
     with pytest.raises(ValueError, match="unknown R-Net backbone"):
         RNet(LAYOUT, backbone="mobilenet")
+
+
+def test_rnet_constructor_reads_no_weights_and_load_pretrained_backbone_does():
+    rnet = RNet(LAYOUT, backbone="sface", frozen_layers=5, pooled_grid=1)
+    reference = SFaceBackbone.build("bundled", pooled_grid=1)
+    probe = "body.10.conv.weight"
+    assert not torch.equal(rnet.backbone.state_dict()[probe], reference.state_dict()[probe])
+    assert load_pretrained_backbone(rnet, "bundled") is rnet
+    for name, value in reference.state_dict().items():
+        assert torch.equal(rnet.backbone.state_dict()[name], value), name
+    assert all(torch.count_nonzero(layer.weight) == 0 for layer in rnet.final_layers)
