@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -280,34 +280,50 @@ def plot_confidence_vs_yaw(evaluation: SetEvaluation, path: Path, coefficients: 
     return path
 
 
+def confidence_by_degradation(evaluation: SetEvaluation) -> dict[str, dict[str, tuple[float, float]]]:
+    """How much each C-Net trusts degraded pictures: score name ("S4 sum of element-wise", "S1 scalar") -> kind of
+    degradation (`DEGRADATIONS`, those present) -> (mean, standard error) of the pictures' confidence divided by
+    the clean pictures' mean confidence; 1 for clean pictures by construction, below 1 where C-Net distrusts."""
+    ev = evaluation
+    if ev.degradation is None:
+        raise ValueError("these sets carry no degradation metadata (synthetic sets do)")
+    scores = {}
+    if ev.elementwise is not None:
+        scores["S4 sum of element-wise"] = ev.elementwise.sum(-1)
+    if "s1" in ev.confidences:
+        scores["S1 scalar"] = ev.confidences["s1"][..., 0]
+    clean = (ev.degradation == 0) & ev.valid
+    result = {}
+    for name, score in scores.items():
+        reference = score[clean].mean() if bool(clean.any()) else score[ev.valid].mean()
+        result[name] = {}
+        for k, kind in enumerate(DEGRADATIONS):
+            chosen = (score[(ev.degradation == k) & ev.valid] / reference).numpy()
+            if len(chosen):
+                result[name][kind] = (float(chosen.mean()), float(chosen.std() / np.sqrt(len(chosen))))
+    return result
+
+
 def plot_confidence_vs_occlusion(evaluation: SetEvaluation, path: Path, n_coefficients: int = 20) -> Path:
     """Confidence of clean vs occluded pictures (and every other degradation): the mean confidence sum and S1
     scalar per kind, each relative to clean pictures, and the per-coefficient ratio occluded / clean."""
     ev = evaluation
     if ev.degradation is None or ev.occluded is None:
         raise ValueError("these sets carry no degradation metadata (synthetic sets do)")
-    kinds = [k for k in range(len(DEGRADATIONS)) if bool(((ev.degradation == k) & ev.valid).any())]
+    by_kind = confidence_by_degradation(ev)
+    kinds = [kind for kind in DEGRADATIONS if any(kind in values for values in by_kind.values())]
     plt = _pyplot()
     elementwise = ev.elementwise
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    scores = {}
-    if elementwise is not None:
-        scores["sum of element-wise"] = elementwise.sum(-1)
-    if "s1" in ev.confidences:
-        scores["S1 scalar"] = ev.confidences["s1"][..., 0]
-    width = 0.8 / max(len(scores), 1)
+    width = 0.8 / max(len(by_kind), 1)
     clean = (ev.degradation == 0) & ev.valid
-    for s, (name, score) in enumerate(scores.items()):
-        reference = score[clean].mean() if bool(clean.any()) else score[ev.valid].mean()
-        means, errs = [], []
-        for k in kinds:
-            chosen = (score[(ev.degradation == k) & ev.valid] / reference).numpy()
-            means.append(chosen.mean())
-            errs.append(chosen.std() / np.sqrt(len(chosen)))
+    for s, (name, values) in enumerate(by_kind.items()):
+        means = [values[kind][0] for kind in kinds]
+        errs = [values[kind][1] for kind in kinds]
         axes[0].bar(np.arange(len(kinds)) + s * width, means, width, yerr=errs, capsize=2, label=name)
     axes[0].axhline(1.0, color="grey", lw=0.8)
-    axes[0].set_xticks(np.arange(len(kinds)) + width * (len(scores) - 1) / 2)
-    axes[0].set_xticklabels([DEGRADATIONS[k] for k in kinds])
+    axes[0].set_xticks(np.arange(len(kinds)) + width * (len(by_kind) - 1) / 2)
+    axes[0].set_xticklabels(kinds)
     axes[0].set(ylabel="confidence / clean pictures' mean", title="confidence by degradation")
     axes[0].legend(fontsize=8)
     occluded = ev.occluded & ev.valid
@@ -335,6 +351,7 @@ class AnalysisResult:
     table_markdown: Path
     table_csv: Path
     plots: list[Path]
+    confidence_by_degradation: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 def analyse(evaluation: SetEvaluation, face_model, out_dir: str | Path, plots: bool = True) -> AnalysisResult:
@@ -344,7 +361,9 @@ def analyse(evaluation: SetEvaluation, face_model, out_dir: str | Path, plots: b
     md, table_csv = out_dir / "strategy_table.md", out_dir / "strategy_table.csv"
     write_table(rows, md, table_csv)
     written = []
+    trust = confidence_by_degradation(evaluation) if evaluation.degradation is not None else {}
     if plots and evaluation.confidences and evaluation.yaw_deg is not None:
         written.append(plot_confidence_vs_yaw(evaluation, out_dir / "confidence_vs_yaw.png"))
         written.append(plot_confidence_vs_occlusion(evaluation, out_dir / "confidence_vs_occlusion.png"))
-    return AnalysisResult(rows=rows, table_markdown=md, table_csv=table_csv, plots=written)
+    return AnalysisResult(rows=rows, table_markdown=md, table_csv=table_csv, plots=written,
+                          confidence_by_degradation=trust)

@@ -47,6 +47,8 @@ class AggregateResult:
     table_markdown: Optional[Path] = None
     table_csv: Optional[Path] = None
     plots: list[Path] = field(default_factory=list)
+    confidence_by_degradation: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    """See `benchmarks.cnet_analysis.confidence_by_degradation`."""
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -55,6 +57,11 @@ class AggregateResult:
         if self.rows:
             lines += ["", "shape error on held-out synthetic identities (neutral identity shape, rigid alignment):", "",
                       table_markdown(self.rows).rstrip()]
+            if self.confidence_by_degradation:
+                lines.append("")
+            for name, kinds in self.confidence_by_degradation.items():
+                ratios = ", ".join(f"{kind} {mean:.2f}" for kind, (mean, _) in kinds.items() if kind != "none")
+                lines.append(f"{name} confidence of degraded pictures / clean ones: {ratios}")
             note = identity_information_note(self.rows)
             if note:
                 lines += ["", note]
@@ -255,5 +262,6 @@ def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[
         evaluation = collect_set_evaluation(modules, datamodule.test_dataloader(), device=device)
         analysis = analyse(evaluation, face_model.to(device), run_dir, plots=cfg.cnet.analysis)
         result = dataclasses.replace(result, rows=analysis.rows, table_markdown=analysis.table_markdown,
-                                     table_csv=analysis.table_csv, plots=analysis.plots)
+                                     table_csv=analysis.table_csv, plots=analysis.plots,
+                                     confidence_by_degradation=analysis.confidence_by_degradation)
     return dataclasses.replace(result, seconds=time.perf_counter() - start)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.cnet_analysis import SetEvaluation, strategy_errors, strategy_table
+from benchmarks.cnet_analysis import SetEvaluation, confidence_by_degradation, strategy_errors, strategy_table
 from benchmarks.metrics import vertex_error
-from experiments.train_aggregate import identity_information_note
+from datamodules.image_sets import DEGRADATIONS
+from experiments.train_aggregate import AggregateResult, identity_information_note
 from face_model import load_face_model
 
 pytestmark = pytest.mark.usefixtures("reuse_face_models")
@@ -88,3 +91,27 @@ def test_identity_information_note_only_when_averaging_is_near_the_mean_face(fac
     assert note(0.8) is None
     uninformative = note(0.01)
     assert uninformative is not None and "R-Net" in uninformative and "mean face" in uninformative
+
+
+def test_confidence_by_degradation_is_relative_to_the_clean_pictures():
+    noise, blur = DEGRADATIONS.index("noise"), DEGRADATIONS.index("blur")
+    degradation = torch.tensor([[0, noise, blur, 0], [0, 0, noise, 0]])
+    valid = torch.tensor([[True] * 4, [True, True, True, False]])
+    elementwise = torch.full((2, 4, 3), 0.6)
+    elementwise[degradation == noise] = 0.15
+    scalar = torch.full((2, 4, 1), 0.5)
+    scalar[degradation == blur] = 0.25
+    scalar[1, 3] = 0.0  # padding must not count as a clean picture
+    evaluation = SetEvaluation(identity=torch.zeros(2, 4, 3), valid=valid, confidences={"s4": elementwise, "s1": scalar},
+                               truth_vertices=None, yaw_deg=None, occluded=None, degradation=degradation)
+    trust = confidence_by_degradation(evaluation)
+    element, single = trust["S4 sum of element-wise"], trust["S1 scalar"]
+    assert set(element) == {"none", "noise", "blur"}
+    assert element["none"][0] == pytest.approx(1.0) and element["noise"][0] == pytest.approx(0.25)
+    assert element["blur"][0] == pytest.approx(1.0) and single["blur"][0] == pytest.approx(0.5)
+    assert single["noise"] == pytest.approx((1.0, 0.0))
+
+    summary = AggregateResult(run_dir=Path("run"), rnet_checkpoint=Path("r.ckpt"), cnet_checkpoints={},
+                              rows=strategy_table({"mean": np.array([1.0, 2.0])}),
+                              confidence_by_degradation=trust).summary()
+    assert "S4 sum of element-wise confidence of degraded pictures / clean ones: blur 1.00, noise 0.25" in summary

@@ -52,16 +52,6 @@ def reconstruct(model: FaceModel, seed: int = 0):
     return make_reconstruction(renderer, coeffs, fake_aligned(detected), SOURCE_SIZE)
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these are small single-image workloads, and on a busy 2-core machine a second
-    thread mostly waits on the first (ten times slower, measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 @pytest.fixture(scope="module")
 def ict_recon(ict_small):
     return reconstruct(ict_small)

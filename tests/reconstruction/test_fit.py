@@ -15,16 +15,6 @@ from renderers.mesh_renderer import MeshRenderer
 CROP = 112
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these are small single-image workloads, and on a busy 2-core machine a second
-    thread mostly waits on the first (ten times slower, measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 @pytest.fixture(scope="module")
 def photo(ict_small):
     """scikit-image's astronaut photo aligned to ict_small's template at 112 px: a `CropBatch` of one image."""
