@@ -71,7 +71,7 @@ def build_rnet_module(cfg: ExperimentConfig, face_model: FaceModel | None = None
         renderer=build_renderer(cfg, face_model),
         loss=build_loss(cfg, face_model),
         optim=OptimSettings(lr=oc.lr, lr_step_epochs=oc.lr_step_epochs, lr_gamma=oc.lr_gamma,
-                            weight_decay=oc.weight_decay),
+                            weight_decay=oc.weight_decay, identity_lr_scale=oc.identity_lr_scale),
         use_skin_attention=cfg.loss.skin_attention,
         channels_last=cfg.trainer.channels_last,
         config=to_yaml(cfg),

@@ -151,6 +151,10 @@ class OptimConfig:
     """Step decay period in epochs, as Deep3DFaceRecon's 'step' policy."""
     lr_gamma: float = 0.2
     weight_decay: float = 0.0
+    identity_lr_scale: float = 1.0
+    """R-Net: learning-rate multiplier of the identity head (1 = the paper). Adam's steps are normalised by the
+    gradient's size, and identity's share of the weak loss's gradient is small and noisy, so at 1 the head
+    moves slowly; C-Net runs ignore it."""
 
 
 @dataclass

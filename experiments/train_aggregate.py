@@ -81,9 +81,9 @@ def identity_information_note(rows: Sequence[TableRow], min_gain: float = 0.05) 
     if mean_face is None or averaging is None or averaging.mean_mm <= (1.0 - min_gain) * mean_face.mean_mm:
         return None
     gain = 100.0 * (1.0 - averaging.mean_mm / mean_face.mean_mm)
-    return (f"note: shape averaging is only {gain:.1f}% below the mean face, so this R-Net's identities carry little "
-            "information about the true shape. C-Net can only re-weight them: its gain over averaging is bounded by "
-            "what R-Net knows. A longer R-Net run (or one on a GPU) gives C-Net more to work with; see the README, C-Net.")
+    return (f"note: shape averaging is only {gain:.1f}% below the mean face: this R-Net's identities carry little "
+            "information about the true shape, and C-Net, which only re-weights them, is bounded by what R-Net knows. "
+            "A longer R-Net run (or one on a GPU) gives both more to work with; see the README, C-Net.")
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:

@@ -22,12 +22,17 @@ from renderers.mesh_renderer import MeshRenderer, RenderOutput
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """Adam with step decay, as Deep3DFaceRecon ('step' policy)."""
+    """Adam with step decay, as Deep3DFaceRecon ('step' policy).
+
+    identity_lr_scale: R-Net only: the identity head learns at ``lr * identity_lr_scale`` (1 = Deep3D). Identity is
+                       the faintest signal in the weak loss; see `experiments.config.OptimConfig`.
+    """
 
     lr: float = 1e-4
     lr_step_epochs: int = 10
     lr_gamma: float = 0.2
     weight_decay: float = 0.0
+    identity_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -135,8 +140,13 @@ class RNetModule(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def configure_optimizers(self):
-        params = [p for p in self.rnet.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        identity = self.rnet.head("identity")
+        scaled = [] if identity is None or self.optim.identity_lr_scale == 1.0 else list(identity.parameters())
+        skip = {id(p) for p in scaled}
+        groups = [{"params": [p for p in self.rnet.parameters() if p.requires_grad and id(p) not in skip]}]
+        if scaled:
+            groups.append({"params": scaled, "lr": self.optim.lr * self.optim.identity_lr_scale})
+        optimizer = torch.optim.Adam(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.optim.lr_step_epochs,
                                                     gamma=self.optim.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -44,6 +44,10 @@ class RNetOutput:
     features: ResNetFeatures
 
 
+HEAD_GROUPS = ("identity", "expression", "albedo", "angles", "lighting", "translation_xy", "translation_z")
+"""What each 1x1 head predicts, in output order (`head_sizes`)."""
+
+
 def head_sizes(layout: CoeffLayout) -> tuple[int, ...]:
     """Output sizes of the 1x1 heads in order; Deep3D splits the translation into x-y (2) and z (1).
 
@@ -53,8 +57,14 @@ def head_sizes(layout: CoeffLayout) -> tuple[int, ...]:
     sizes = layout.sizes
     if sizes["translation"] != 3:
         raise ValueError(f"R-Net heads assume a 3-entry translation, the layout has {sizes['translation']}")
-    groups = [sizes[name] for name in ("identity", "expression", "albedo", "angles", "lighting")] + [2, 1]
-    return tuple(n for n in groups if n > 0)
+    return tuple(n for _, n in _head_groups(layout))
+
+
+def _head_groups(layout: CoeffLayout) -> list[tuple[str, int]]:
+    """(group, size) of every head that exists, in order: empty groups get none."""
+    sizes = layout.sizes
+    groups = [(name, sizes[name]) for name in HEAD_GROUPS[:5]] + [("translation_xy", 2), ("translation_z", 1)]
+    return [(name, n) for name, n in groups if n > 0]
 
 
 class RNet(nn.Module):
@@ -98,6 +108,13 @@ class RNet(nn.Module):
         for layer in self.final_layers:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def head(self, group: str) -> nn.Conv2d | None:
+        """The 1x1 head predicting ``group`` (one of `HEAD_GROUPS`), or None when the layout has no such group."""
+        if group not in HEAD_GROUPS:
+            raise ValueError(f"unknown head {group!r}; choose one of {HEAD_GROUPS}")
+        names = [name for name, _ in _head_groups(self.layout)]
+        return self.final_layers[names.index(group)] if group in names else None
 
     def forward(self, images: torch.Tensor) -> RNetOutput:
         """(B, 3, H, W) RGB in [0, 1] -> coefficients, their flat vector and the backbone features."""

@@ -141,3 +141,21 @@ def test_training_step_has_no_host_sync_on_cuda(tmp_path):
         module.training_step(batch, 1).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_identity_lr_scale_gives_the_identity_head_its_own_learning_rate(tmp_path, scale):
+    from experiments.build import build_rnet_module
+
+    cfg = tiny_config(tmp_path, f"optim.identity_lr_scale={scale}", "optim.lr=2e-4")
+    module = build_rnet_module(cfg)
+    optimizer = module.configure_optimizers()["optimizer"]
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    trainable = [p for p in module.rnet.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
+    identity = module.rnet.head("identity")
+    assert identity.out_channels == module.rnet.layout.n_id
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert lr_of[id(identity.weight)] == pytest.approx(2e-4 * scale)
+    assert lr_of[id(module.rnet.head("expression").weight)] == pytest.approx(2e-4)
+    assert len(optimizer.param_groups) == (1 if scale == 1.0 else 2)

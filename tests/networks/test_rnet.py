@@ -110,3 +110,13 @@ def test_bad_arguments() -> None:
     rnet = RNet(SMALL, backbone="resnet18")
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         rnet(torch.rand(3, 64, 64))
+
+
+def test_head_lookup_follows_the_layout() -> None:
+    layout = CoeffLayout(n_id=5, n_exp=0, n_tex=4, sh_channels=1)
+    rnet = RNet(layout, backbone="resnet18")
+    assert rnet.head("identity").out_channels == 5 and rnet.head("albedo").out_channels == 4
+    assert rnet.head("expression") is None
+    assert rnet.head("translation_z").out_channels == 1
+    with pytest.raises(ValueError, match="unknown head 'shape'"):
+        rnet.head("shape")
