@@ -134,9 +134,7 @@ def load_pretrained_backbone(rnet: RNet, weights: str | Path) -> RNet:
     A missing file raises FileNotFoundError naming it and where to get it.
     """
     if rnet.backbone_name == "sface":
-        from networks.sface import build_sface
-
-        rnet.backbone.load_sface(build_sface(None if weights == "bundled" else weights))
+        rnet.backbone.load_pretrained(weights)
     elif weights == "bundled":
         raise ValueError(f"'bundled' weights exist for the 'sface' backbone only; for {rnet.backbone_name!r} set "
                          "network.pretrained to torchvision ImageNet weights or null")

