@@ -58,6 +58,10 @@ class FitSettings:
     """Iterations and Adam step sizes of the coarse-to-fine fit.
 
     rigid_iterations: stage 1 steps (pose from landmarks; cheap).
+    rigid_starts_deg: yaw angles stage 1 starts from, all at once; each image keeps the start whose pose
+                      explains its landmarks best. Adam moves an angle by about ``lr_angles`` a step, so a
+                      single frontal start cannot reach a profile within stage 1, and identity then bends
+                      to absorb the wrong pose (10.9 mm instead of 4.2 mm at 80 degrees of yaw).
     shape_iterations: stage 2 steps (pose, identity, expression from landmarks; cheap).
     iterations:       stage 3 steps under the full hybrid loss (each renders and runs the perceptual
                       network: this sets the fit time).
@@ -68,6 +72,7 @@ class FitSettings:
     """
 
     rigid_iterations: int = 100
+    rigid_starts_deg: tuple[float, ...] = (-60.0, -30.0, 0.0, 30.0, 60.0)
     shape_iterations: int = 200
     iterations: int = 100
     lr_angles: float = 0.01
@@ -84,6 +89,8 @@ class FitSettings:
                 raise ValueError(f"FitSettings.{f.name} must be a whole number >= 0, got {value!r}")
             if f.name.startswith("lr_") and not value > 0:
                 raise ValueError(f"FitSettings.{f.name} must be > 0, got {value!r}")
+        if not self.rigid_starts_deg:
+            raise ValueError("FitSettings.rigid_starts_deg needs at least one starting yaw, e.g. (0.0,)")
 
     def learning_rate(self, group: str) -> float:
         return getattr(self, f"lr_{group}")
@@ -244,8 +251,10 @@ def fit_coefficients(
               for name in GROUPS}
 
     history: list[StageHistory] = []
+    if settings.rigid_iterations:
+        params = _rigid_multistart(params, landmarks, renderer, loss, settings, crop_side, history)
     for stage, n_steps in settings.stage_iterations().items():
-        if n_steps == 0:
+        if n_steps == 0 or stage == "rigid":
             continue
         groups = _STAGE_GROUPS[stage]
         for name, tensor in params.items():
@@ -276,3 +285,45 @@ def fit_coefficients(
 
     fitted = Coefficients(**{name: tensor.detach() for name, tensor in params.items()})
     return FitResult(coeffs=fitted, history=tuple(history), seconds=time.perf_counter() - start)
+
+
+def _rigid_multistart(params: dict[str, torch.Tensor], landmarks: torch.Tensor, renderer: MeshRenderer,
+                      loss: HybridLoss, settings: FitSettings, crop_side: float,
+                      history: list[StageHistory]) -> dict[str, torch.Tensor]:
+    """Stage 1 from every start of ``settings.rigid_starts_deg`` at once (the batch repeated per start);
+    each image keeps the pose of the start with the lowest weighted landmark error."""
+    batch = landmarks.shape[0]
+    starts = torch.tensor(settings.rigid_starts_deg, dtype=landmarks.dtype, device=landmarks.device)
+    n_starts = starts.shape[0]
+    # Start-major: rows k * batch + b are image b from start k.
+    expanded = {name: tensor.detach().repeat(n_starts, 1) for name, tensor in params.items()}
+    expanded["angles"][:, 1] = expanded["angles"][:, 1] + torch.deg2rad(starts).repeat_interleave(batch)
+    targets = landmarks.repeat(n_starts, 1, 1)
+    for name, tensor in expanded.items():
+        tensor.requires_grad_(name in _STAGE_GROUPS["rigid"])
+    groups = _STAGE_GROUPS["rigid"]
+    base_lrs = [settings.learning_rate(name) for name in groups]
+    optimizer = torch.optim.Adam([{"params": [expanded[name]], "lr": lr} for name, lr in zip(groups, base_lrs)])
+    records: dict[str, list[torch.Tensor]] = {}
+    n_steps = settings.rigid_iterations
+    for step in range(n_steps):
+        factor = _cosine_factor(step, n_steps)
+        for group, lr in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = lr * factor
+        coeffs = Coefficients(**expanded)
+        # Images and starts do not interact, and the terms are batch means: scaling by the number of
+        # starts gives every image the step it would get alone.
+        terms = landmark_terms(loss, renderer.project_landmarks(coeffs), targets, coeffs, crop_side)
+        optimizer.zero_grad(set_to_none=True)
+        (terms["total"] * n_starts).backward()
+        optimizer.step()
+        for key, value in terms.items():
+            records.setdefault(key, []).append(value.detach())
+    with torch.no_grad():
+        coeffs = Coefficients(**expanded)
+        residual = (renderer.project_landmarks(coeffs) - targets).square().sum(-1)
+        per_row = (residual * loss.landmark_point_weights.to(residual)).mean(-1)
+        best = per_row.reshape(n_starts, batch).argmin(0)
+        rows = best * batch + torch.arange(batch, device=best.device)
+    history.append(StageHistory("rigid", {k: torch.stack(v).double().cpu().numpy() for k, v in records.items()}))
+    return {name: tensor.detach()[rows].clone() for name, tensor in expanded.items()}

@@ -136,3 +136,21 @@ def test_reference_cache_gives_the_network_s_answers(photo):
     with torch.no_grad():
         other = torch.rand(1, 3, 112, 112)
         torch.testing.assert_close(cached(other), net(other))
+
+
+def test_rigid_stage_reaches_a_profile_from_its_yaw_starts(renderer, ict_small):
+    """Exact landmarks of the mean face at 70 degrees of yaw: the multi-start rigid stage recovers the pose,
+    while one frontal start cannot get there (Adam moves an angle by about its rate per step)."""
+    truth = ict_small.layout.zeros(1).replace(angles=torch.tensor([[0.1, 1.22, 0.05]]))
+    target = renderer.project_landmarks(truth).detach()
+    images, skin = torch.zeros(1, 3, CROP, CROP), torch.zeros(1, 1, CROP, CROP)
+    loss = HybridLoss(LossWeights(perceptual=0.0), ict_small.skin_mask)
+    several = FitSettings(rigid_iterations=100, shape_iterations=0, iterations=0)
+    single = dataclasses.replace(several, rigid_starts_deg=(0.0,))
+    found = fit_coefficients(images, target, skin, renderer, loss, several).coeffs
+    stuck = fit_coefficients(images, target, skin, renderer, loss, single).coeffs
+    assert abs(float(found.angles[0, 1]) - 1.22) < 0.05
+    assert abs(float(stuck.angles[0, 1]) - 1.22) > 0.2
+    assert mean_landmark_error(renderer, found, target) < 0.5
+    with pytest.raises(ValueError, match="rigid_starts_deg"):
+        FitSettings(rigid_starts_deg=())
