@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+import dataclasses
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -217,6 +218,7 @@ def fit_coefficients(
     loss: HybridLoss,
     settings: FitSettings = FitSettings(),
     init: Coefficients | None = None,
+    shared: tuple[str, ...] = (),
 ) -> FitResult:
     """Fit coefficients to a batch of aligned crops by minimising ``loss`` (see the module docstring).
 
@@ -230,6 +232,10 @@ def fit_coefficients(
         loss: the hybrid loss (with its recognition network for the perceptual term, or without).
         settings: iterations and step sizes.
         init: starting coefficients; default the mean face, frontal, at the origin, ambient light.
+        shared: coefficient groups ("identity", "albedo") that are one value for the whole batch: the
+            batch is then several pictures of one person (photos or video frames), fitted together with
+            their own pose, expression and lighting. Every picture's evidence then bears on the shared
+            groups, and their prior counts once for the person instead of once per picture.
 
     Returns:
         `FitResult`; the loss module and the renderer are left as they were (no parameter of theirs is
@@ -247,8 +253,14 @@ def fit_coefficients(
 
     if init is None:
         init = model.layout.zeros(batch, device=device)
+    unknown = sorted(set(shared) - set(_SHAREABLE))
+    if unknown:
+        raise ValueError(f"only {_SHAREABLE} can be shared over a batch, got {unknown}")
     params = {name: getattr(init, name).detach().to(device=device, dtype=torch.float32).clone()
               for name in GROUPS}
+    for name in shared:
+        params[name] = params[name].mean(0, keepdim=True)
+    loss = _loss_for_shared(loss, shared, batch)
 
     history: list[StageHistory] = []
     if settings.rigid_iterations:
@@ -268,7 +280,7 @@ def fit_coefficients(
             factor = _cosine_factor(step, n_steps)
             for group, lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = lr * factor
-            coeffs = Coefficients(**params)
+            coeffs = _batch_coefficients(params, batch)
             if stage == "full":
                 render = renderer(coeffs)
                 terms = loss(images=images, render=render, target_landmarks=landmarks, skin_attention=attention,
@@ -283,7 +295,7 @@ def fit_coefficients(
                 records.setdefault(key, []).append(value.detach())
         history.append(StageHistory(stage, {k: torch.stack(v).double().cpu().numpy() for k, v in records.items()}))
 
-    fitted = Coefficients(**{name: tensor.detach() for name, tensor in params.items()})
+    fitted = _batch_coefficients({name: tensor.detach() for name, tensor in params.items()}, batch)
     return FitResult(coeffs=fitted, history=tuple(history), seconds=time.perf_counter() - start)
 
 
@@ -296,7 +308,7 @@ def _rigid_multistart(params: dict[str, torch.Tensor], landmarks: torch.Tensor, 
     starts = torch.tensor(settings.rigid_starts_deg, dtype=landmarks.dtype, device=landmarks.device)
     n_starts = starts.shape[0]
     # Start-major: rows k * batch + b are image b from start k.
-    expanded = {name: tensor.detach().repeat(n_starts, 1) for name, tensor in params.items()}
+    expanded = {name: tensor.detach().expand(batch, -1).repeat(n_starts, 1) for name, tensor in params.items()}
     expanded["angles"][:, 1] = expanded["angles"][:, 1] + torch.deg2rad(starts).repeat_interleave(batch)
     targets = landmarks.repeat(n_starts, 1, 1)
     for name, tensor in expanded.items():
@@ -326,4 +338,33 @@ def _rigid_multistart(params: dict[str, torch.Tensor], landmarks: torch.Tensor, 
         best = per_row.reshape(n_starts, batch).argmin(0)
         rows = best * batch + torch.arange(batch, device=best.device)
     history.append(StageHistory("rigid", {k: torch.stack(v).double().cpu().numpy() for k, v in records.items()}))
-    return {name: tensor.detach()[rows].clone() for name, tensor in expanded.items()}
+    # Groups shared over the batch are not moved by this stage: they keep their single row.
+    return {name: tensor.detach()[rows].clone() if params[name].shape[0] == batch or batch == 1 else params[name]
+            for name, tensor in expanded.items()}
+
+
+_SHAREABLE = ("identity", "albedo")
+
+
+def _batch_coefficients(params: dict[str, torch.Tensor], batch: int) -> Coefficients:
+    """Coefficients with every group at the batch size (shared groups are stored as one row)."""
+    return Coefficients(**{name: tensor.expand(batch, -1) for name, tensor in params.items()})
+
+
+def _loss_for_shared(loss: HybridLoss, shared: tuple[str, ...], batch: int) -> HybridLoss:
+    """``loss`` with the prior of shared groups divided by the batch size.
+
+    Every term is a batch mean, so the prior of a group held by each picture counts once per picture. A
+    group shared by ``batch`` pictures is one unknown seen ``batch`` times: its MAP objective is the sum of
+    the pictures' data terms plus its prior once, i.e. the batch mean plus prior / batch.
+    """
+    if not shared or batch == 1:
+        return loss
+    w = loss.weights
+    weights = dataclasses.replace(
+        w,
+        reg_id=w.reg_id / batch if "identity" in shared else w.reg_id,
+        reg_tex=w.reg_tex / batch if "albedo" in shared else w.reg_tex,
+    )
+    return HybridLoss(weights, loss.skin_mask, loss.recognition, landmark_point_weights=loss.landmark_point_weights,
+                      landmark_reference_size=loss.landmark_reference_size)

@@ -154,3 +154,36 @@ def test_rigid_stage_reaches_a_profile_from_its_yaw_starts(renderer, ict_small):
     assert mean_landmark_error(renderer, found, target) < 0.5
     with pytest.raises(ValueError, match="rigid_starts_deg"):
         FitSettings(rigid_starts_deg=())
+
+
+def test_a_shared_identity_uses_every_picture_of_the_person(renderer, ict_small):
+    """Three pictures of one identity (frontal, and 45 degrees either way) with noisy landmarks: fitted
+    together with one identity they recover it better than the single-picture fits do on average, and
+    each picture keeps its own pose and expression."""
+    from benchmarks.metrics import vertex_error
+
+    generator = torch.Generator().manual_seed(3)
+    identity = torch.randn(1, ict_small.layout.n_id, generator=generator)
+    pictures = ict_small.layout.zeros(3).replace(
+        identity=identity.expand(3, -1),
+        expression=0.5 * torch.randn(3, ict_small.layout.n_exp, generator=generator),
+        angles=torch.tensor([[0.05, -0.8, 0.0], [0.0, 0.0, 0.0], [-0.05, 0.8, 0.0]]))
+    target = renderer.project_landmarks(pictures).detach() + 1.0 * torch.randn(3, 68, 2, generator=generator)
+    images, skin = torch.zeros(3, 3, CROP, CROP), torch.zeros(3, 1, CROP, CROP)
+    loss = HybridLoss(LossWeights(perceptual=0.0, regularization=3e-3), ict_small.skin_mask)
+    settings = FitSettings(rigid_iterations=60, shape_iterations=150, iterations=0)
+    together = fit_coefficients(images, target, skin, renderer, loss, settings, shared=("identity",)).coeffs
+    alone = fit_coefficients(images, target, skin, renderer, loss, settings).coeffs
+
+    assert torch.equal(together.identity[0], together.identity[2])
+    assert not torch.allclose(together.expression[0], together.expression[2])
+    assert float(together.angles[0, 1]) < -0.6 and float(together.angles[2, 1]) > 0.6
+
+    def error(ids):
+        zeros = ict_small.layout.zeros(ids.shape[0])
+        truth = ict_small.shape(zeros.replace(identity=identity.expand(ids.shape[0], -1)))
+        return vertex_error(ict_small.shape(zeros.replace(identity=ids)), truth)
+
+    assert float(error(together.identity[:1])) < float(error(alone.identity).mean())
+    with pytest.raises(ValueError, match="shared"):
+        fit_coefficients(images, target, skin, renderer, loss, settings, shared=("angles",))
