@@ -54,6 +54,21 @@ def dataset_table(result: BenchmarkResult) -> tuple[list[str], list[list]]:
     return columns, rows
 
 
+def real_photo_tables(result: BenchmarkResult) -> dict[str, tuple[list[str], list[list]]]:
+    """The real-photo protocol's rows per section (photos, renders) and its per-yaw table, for W&B."""
+    rp = result.real_photo
+    columns = ["method", "one value per", "n", "mean (mm)", "std (mm)", "median (mm)", "share of gain"]
+    tables = {}
+    for section in ("photos", "renders"):
+        rows = [[r.method, r.level, r.stats.count, r.stats.mean, r.stats.std, r.stats.median, r.share_of_gain]
+                for r in rp.rows(section)]
+        if any(r[1] == "picture" for r in rows):
+            tables[f"real_photo_{section}"] = (columns, rows)
+    if any(s.section == "renders" for s in rp.scores):
+        tables["real_photo_per_yaw"] = rp.per_yaw("yaw_deg")
+    return tables
+
+
 def speed_table(result: BenchmarkResult) -> tuple[list[str], list[list]]:
     columns = ["task", "setting", "value", "unit", "note"]
     return columns, [[r.task, r.setting, r.value, r.unit, r.note] for r in result.speed]
@@ -113,6 +128,10 @@ def report_markdown(result: BenchmarkResult) -> str:
         lines.append(f"- {dataset.title}: {dataset.note}" +
                      (f"; {len(dataset.failed)} item(s) failed, e.g. {dataset.failed[0][0]}: {dataset.failed[0][1]}"
                       if dataset.failed else ""))
+    if result.real_photo is not None:
+        from benchmarks.real_photo import real_photo_markdown
+
+        lines += [""] + real_photo_markdown(result.real_photo, markdown_table)
     lines += ["", "## Speed", ""]
     if result.speed:
         lines += [f"Device: {result.device}. Medians of {s.speed_repeats} timed runs after a warm-up; other work "
@@ -136,6 +155,7 @@ def metrics_dict(result: BenchmarkResult) -> dict:
         "accuracy": result.accuracy_dict(),
         "speed": [row.as_dict() for row in result.speed],
         "fit_seconds_per_image": result.pose_grid.fit_seconds,
+        "real_photo_seconds": None if result.real_photo is None else result.real_photo.seconds,
         "seconds": result.seconds,
         "notes": list(result.notes),
     }
@@ -158,6 +178,8 @@ def log_to_wandb(result: BenchmarkResult, out_dir: Path) -> Path | None:
         tables["datasets"] = dataset_table(result)
     if result.speed:
         tables["speed"] = speed_table(result)
+    if result.real_photo is not None:
+        tables.update(real_photo_tables(result))
     config = {"seed": result.settings.seed, "identities": result.settings.identities,
               "checkpoint": str(result.checkpoint.path), "device": result.device, **result.checkpoint.config}
     run = wandb.init(project=LoggingConfig().wandb_project, name=f"benchmark-{out_dir.name}", job_type="benchmark",
@@ -198,6 +220,17 @@ def summary_text(result: BenchmarkResult) -> str:
              f"{pg.protocol['pictures_per_identity']} pictures; neutral identity shape, rigid alignment, mm):", "",
              markdown_table(*accuracy_table(result)).rstrip()]
     lines += [""] + [f"{d.title}: {d.note}" for d in result.datasets]
+    if result.real_photo is not None:
+        rp = result.real_photo
+        for section in ("photos", "renders"):
+            rows = rp.rows(section)
+            if not any(r.level == "picture" for r in rows):
+                continue
+            lines += ["", f"real-photo protocol, {section} of the {rp.scan['name']} scan (point-to-surface mm, 95 mm "
+                          "crop; share of the gain from the mean face to the model's ceiling):"]
+            lines += [f"  {r.method}: {r.stats.mean:.3f} mm (n={r.stats.count})"
+                      + ("" if r.share_of_gain is None else f", {100 * r.share_of_gain:.0f} % of the gain")
+                      for r in rows]
     if result.speed:
         lines += ["", f"speed on {result.device}:"]
         lines += [f"  {r.task} ({r.setting}): " + (f"{r.value:.2f} {r.unit}" if r.value is not None else r.note)

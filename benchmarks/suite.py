@@ -6,7 +6,9 @@
    R-Net per picture, shape averaging, C-Net S4 (or S1) when a C-Net checkpoint trained on this R-Net is given,
    and analysis-by-synthesis fitting on a small subset; with the error-vs-yaw plot;
 2. the licensed datasets that are configured (`benchmarks.licensed`), a one-line note for the others;
-3. the speed rows (`benchmarks.speed`), unless switched off;
+3. the real-photo protocol on the shipped scan (`benchmarks.real_photo`): its two photographs and renders at a
+   pose grid, R-Net and fitting against the mean face and the model's ceiling, unless switched off;
+4. the speed rows (`benchmarks.speed`), unless switched off;
 
 then writes ``report.md``, ``metrics.json`` and the PNGs into the output folder (`benchmarks.report`) and, unless
 switched off, logs the same tables and plots to a W&B run (offline unless ``WANDB_MODE=online``).
@@ -30,6 +32,7 @@ import torch
 
 from benchmarks.licensed import DatasetResult, DatasetSettings
 from benchmarks.pose_grid_eval import PoseGridResult
+from benchmarks.real_photo import RealPhotoResult, RealPhotoSettings
 from benchmarks.speed import SpeedRow
 
 
@@ -50,6 +53,8 @@ class BenchmarkSettings:
     speed_repeats:   timed repeats per speed figure.
     wandb:           log to W&B (mode from ``WANDB_MODE``, offline by default).
     datasets:        licensed datasets to try.
+    real_photo:      the real-photo protocol's settings, or None to skip it (``face3d benchmark`` runs it unless
+                     --no-real-photo); its fitting rows follow ``fit_images``: none when it is 0.
     device:          "cpu", "cuda" or None (CUDA when available).
     """
 
@@ -68,6 +73,7 @@ class BenchmarkSettings:
     speed_repeats: int = 3
     wandb: bool = True
     datasets: DatasetSettings = field(default_factory=DatasetSettings)
+    real_photo: Optional[RealPhotoSettings] = None
     device: Optional[str] = None
 
 
@@ -96,10 +102,14 @@ class BenchmarkResult:
     notes: tuple[str, ...]
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    real_photo: Optional[RealPhotoResult] = None
 
     def accuracy_dict(self) -> dict:
         """The deterministic part of metrics.json: identical for two runs with the same settings."""
-        return {"pose_grid": self.pose_grid.accuracy_dict(), "datasets": [d.as_dict() for d in self.datasets]}
+        accuracy = {"pose_grid": self.pose_grid.accuracy_dict(), "datasets": [d.as_dict() for d in self.datasets]}
+        if self.real_photo is not None:
+            accuracy["real_photo"] = self.real_photo.accuracy_dict()
+        return accuracy
 
     def summary(self) -> str:
         from benchmarks.report import summary_text
@@ -218,6 +228,13 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
 
     datasets = evaluate_datasets(settings.datasets, lambda: RNetPicturePredictor(rnet_module, device=device), log)
 
+    out_dir = Path(settings.out_dir)
+    real_photo, extra_notes = None, []
+    if settings.real_photo is not None:
+        real_photo = _real_photo(settings, rnet_module, cfg, device, out_dir, log)
+    else:
+        extra_notes.append("real-photo protocol not run (--no-real-photo)")
+
     speed: list[SpeedRow] = []
     if settings.speed:
         log("timing preprocessing, R-Net and rendering")
@@ -227,11 +244,26 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
                               template_source=cfg.face_model.path if cfg.face_model.name == "bfm" else cfg.face_model.name,
                               repeats=settings.speed_repeats)
 
-    out_dir = Path(settings.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_error_vs_yaw(pose_grid, out_dir / "error_vs_yaw.png")
+    files = {"error_vs_yaw": plot, **(real_photo.files if real_photo is not None else {})}
     result = BenchmarkResult(settings=settings, checkpoint=info, cnet_checkpoint=settings.cnet_checkpoint, date=date,
                              device=device_name(device), pose_grid=pose_grid, datasets=tuple(datasets),
-                             speed=tuple(speed), notes=tuple(pose_grid.notes), files={"error_vs_yaw": plot})
+                             speed=tuple(speed), notes=tuple(pose_grid.notes) + tuple(extra_notes), files=files,
+                             real_photo=real_photo)
     result = dataclasses.replace(result, seconds=time.perf_counter() - start)
     return write_outputs(result, log)
+
+
+def _real_photo(settings: BenchmarkSettings, rnet_module, cfg, device: str, out_dir: Path,
+                log: Callable[[str], None]) -> RealPhotoResult:
+    """The real-photo protocol with this R-Net and, unless fitting is off, `FittingPredictor` at its defaults."""
+    from benchmarks.real_photo import evaluate_real_photo
+    from reconstruction.pipeline import FittingPredictor, RNetPredictor
+
+    rp = settings.real_photo
+    predictors = {"R-Net": RNetPredictor(rnet_module.to(device), name="R-Net")}
+    if settings.fit_images > 0 and (rp.fit_photos or rp.fit_renders > 0):
+        predictors["fit"] = FittingPredictor.build(rnet_module.face_model, crop_size=cfg.renderer.image_size,
+                                                   device=device)
+    return evaluate_real_photo(rp, rnet_module.face_model, predictors, log, out_dir=out_dir, fitting=("fit",))

@@ -18,8 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "4 pitches x 5 yaws: mean face, R-Net per picture, shape averaging, C-Net S4 when a C-Net "
                     "checkpoint exists, fitting on a few pictures), on every licensed dataset that is configured "
                     "(FACE3D_DATA_<NAME>; the others are noted as skipped), and time preprocessing, R-Net and "
-                    "rendering. Writes report.md, metrics.json and plots into --out and logs them to an offline "
-                    "W&B run (WANDB_MODE=online to upload).",
+                    "rendering, and run the real-photo protocol on the shipped james scan (its photographs and "
+                    "renders against the scan, between the mean face and the model's ceiling). Writes report.md, "
+                    "metrics.json and plots into --out and logs them to an offline W&B run (WANDB_MODE=online to "
+                    "upload).",
     )
     p.add_argument("--ckpt", type=Path, default=None, metavar="PATH",
                    help="R-Net checkpoint of `face3d train` (default: the latest `make train-single` checkpoint, "
@@ -45,6 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "configured, see README 'Evaluation datasets')")
     p.add_argument("--dataset-limit", type=int, default=None, metavar="N",
                    help="evaluate at most N samples per licensed dataset (default: all)")
+    p.add_argument("--real-photo", action=argparse.BooleanOptionalAction, default=True,
+                   help="the real-photo protocol on the shipped james scan: its two photographs and renders of it at "
+                        "a pose grid, scored against the scan with the mean face and the model's ceiling (default "
+                        "on; about 3-4 minutes on 2 CPU cores)")
+    p.add_argument("--real-photo-pitches", default="-10,5,20", metavar="LIST",
+                   help="render pitches in degrees, comma-separated (default -10,5,20; empty: no renders)")
+    p.add_argument("--real-photo-yaws", default="-60,-30,0,30,60", metavar="LIST",
+                   help="render yaws in degrees, comma-separated (default -60,-30,0,30,60)")
+    p.add_argument("--real-photo-lights", default="key,coloured,flat", metavar="LIST",
+                   help="render lights, comma-separated, of key, coloured, flat (default all three, taken in turn "
+                        "along the pose grid; --real-photo-all-lights renders every pose under each)")
+    p.add_argument("--real-photo-all-lights", action="store_true",
+                   help="render every pose under every light (x the number of lights pictures)")
+    p.add_argument("--real-photo-fit", type=int, default=3, metavar="N",
+                   help="renders to fit, yaws spread over the grid at the pitch nearest 0 (default 3); the two "
+                        "photographs are fitted unless --no-fit")
+    p.add_argument("--real-photo-size", type=int, default=512, metavar="PX",
+                   help="render resolution in pixels (default 512)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--outputs-dir", type=Path, default=Path("outputs"), metavar="DIR",
                    help="where the default checkpoints are looked for (default: outputs)")
@@ -67,6 +87,36 @@ def default_out_dir(root: Path = REPORTS_DIR) -> Path:
         n += 1
         candidate = root / f"{stamp}-{n}"
     return candidate
+
+
+def _degrees(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated degrees such as -30,0,30, got {text!r}") from None
+
+
+def real_photo_settings(args: argparse.Namespace):
+    """`benchmarks.real_photo.RealPhotoSettings` from the command line, or None with --no-real-photo."""
+    from benchmarks.real_photo import RealPhotoSettings
+    from benchmarks.scan_render import ScanRenderSettings
+
+    if not args.real_photo:
+        return None
+    if args.real_photo_fit < 0:
+        raise ValueError(f"--real-photo-fit must be >= 0, got {args.real_photo_fit}")
+    if args.real_photo_size < 64:
+        raise ValueError(f"--real-photo-size must be at least 64 pixels, got {args.real_photo_size}")
+    default = ScanRenderSettings()
+    # The focal length scales with the picture so that the head keeps its share of the frame.
+    render = ScanRenderSettings(image_size=args.real_photo_size,
+                                focal=default.focal * args.real_photo_size / default.image_size)
+    return RealPhotoSettings(
+        pitches_deg=_degrees(args.real_photo_pitches, "--real-photo-pitches"),
+        yaws_deg=_degrees(args.real_photo_yaws, "--real-photo-yaws"),
+        lights=tuple(part.strip() for part in args.real_photo_lights.split(",") if part.strip()),
+        all_lights=args.real_photo_all_lights, render=render, fit_photos=args.fit,
+        fit_renders=args.real_photo_fit if args.fit else 0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=Path(checkpoint), out_dir=args.out or default_out_dir(), cnet_checkpoint=cnet_checkpoint,
         cnet_note=cnet_note, identities=args.identities, seed=args.seed,
         fit_images=args.fit_images if args.fit else 0, fit_iterations=args.fit_iterations, speed=args.speed,
-        wandb=args.wandb, datasets=DatasetSettings(names=names, limit=args.dataset_limit), device=args.device)
+        wandb=args.wandb, datasets=DatasetSettings(names=names, limit=args.dataset_limit),
+        real_photo=real_photo_settings(args), device=args.device)
     result = run_benchmark(settings)
     print("\n" + result.summary())
     return 0
