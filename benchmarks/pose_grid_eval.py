@@ -9,9 +9,15 @@ alignment, in mm (`benchmarks.metrics.vertex_error` with "rigid"). Methods:
 * ``averaging``: the mean of R-Net's identity coefficients over an identity's pictures (shape averaging);
 * ``s1`` / ``s4``: C-Net aggregation of the same identities (when a C-Net checkpoint trained on this R-Net is
   given);
-* ``fit`` and ``rnet_fit_subset``: analysis-by-synthesis (`reconstruction.fit.fit_coefficients`, from the mean
-  face, minimising the checkpoint's own training objective) on a small subset of pictures, and R-Net on the
-  same pictures for a paired comparison.
+* ``fit`` and ``rnet_fit_subset``: analysis-by-synthesis (`reconstruction.fit.fit_coefficients` with the objective
+  and settings of ``face3d reconstruct --fit``, a `reconstruction.pipeline.FittingPredictor`, from the mean face)
+  on a subset of pictures covering every yaw, and R-Net on the same pictures for a paired comparison;
+* ``fit_set`` and ``fit_averaging``: the same pictures grouped by identity, fitted together with one shared
+  identity (`fit_coefficients(..., shared=("identity",))`), and the mean of the single-picture fits' identities.
+
+Every row is also read as a share of the possible gain, ``(mean face - method) / (mean face - ceiling)``. The
+ceiling is the face model fitted to the true shape in 3D; here the truth is itself a face-model identity, so the
+ceiling is 0 mm and the share is the fraction of the mean face's error a method removes.
 """
 
 from __future__ import annotations
@@ -39,11 +45,16 @@ METHODS = (
     ("s4", "R-Net + C-Net S4 (element-wise confidences) over the 20 pictures", "identity"),
     ("rnet_fit_subset", "R-Net, single image, on the fitted subset", "picture"),
     ("fit", "fitting (analysis-by-synthesis), single image", "picture"),
+    ("fit_averaging", "fitting, mean identity of an identity's single-image fits", "identity"),
+    ("fit_set", "fitting, one identity shared by an identity's fitted pictures", "identity"),
 )
 """(key, name, level) of every method, in table order; ``level`` says what one error value is."""
 
 _COLOURS = {"mean_face": "grey", "rnet": "tab:blue", "averaging": "tab:green", "s1": "tab:purple", "s4": "tab:red",
-            "rnet_fit_subset": "tab:cyan", "fit": "tab:orange"}
+            "rnet_fit_subset": "tab:cyan", "fit": "tab:orange", "fit_averaging": "tab:olive", "fit_set": "tab:brown"}
+
+CEILING_MM = 0.0
+"""The model's ceiling on this protocol: the truth is a face-model identity, so fitting it in 3D is exact."""
 
 
 @dataclass(frozen=True)
@@ -55,9 +66,17 @@ class MethodRow:
     level: str
     stats: ErrorStats
 
+    share_of_gain: Optional[float] = None
+    """(mean face - this row) / (mean face - ceiling), both on the same pictures (identities)."""
+
+    @property
+    def standard_error(self) -> float:
+        return self.stats.std / max(self.stats.count, 1) ** 0.5
+
     def as_dict(self) -> dict:
         return {"key": self.key, "name": self.name, "level": self.level, "mean_mm": self.stats.mean,
-                "std_mm": self.stats.std, "median_mm": self.stats.median, "count": self.stats.count}
+                "std_mm": self.stats.std, "standard_error_mm": self.standard_error, "median_mm": self.stats.median,
+                "count": self.stats.count, "share_of_gain": self.share_of_gain}
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,44 +118,48 @@ class PoseGridResult:
         }
 
 
+def share_of_gain(mean_face: np.ndarray, method: np.ndarray, ceiling: float = CEILING_MM) -> Optional[float]:
+    """(mean face - method) / (mean face - ceiling) of the mean errors over the entries both have (NaN = missing);
+    None when the mean face is already at the ceiling."""
+    keep = ~np.isnan(method) & ~np.isnan(mean_face)
+    if not keep.any():
+        return None
+    reference = float(mean_face[keep].mean())
+    if reference - ceiling <= 1e-12:
+        return None
+    return (reference - float(method[keep].mean())) / (reference - ceiling)
+
+
 def rows_from(picture_errors: Mapping[str, np.ndarray], identity_errors: Mapping[str, np.ndarray]) -> tuple[MethodRow, ...]:
-    """Table rows of the methods present, in `METHODS` order (NaN entries = pictures a method skipped)."""
+    """Table rows of the methods present, in `METHODS` order (NaN entries = pictures a method skipped), each with
+    its share of the possible gain against the mean face on the same entries."""
     rows = []
     for key, name, level in METHODS:
         source = picture_errors if level == "picture" else identity_errors
         if key in source:
             values = np.asarray(source[key], float)
-            values = values[~np.isnan(values)]
-            if values.size:
-                rows.append(MethodRow(key, name, level, summarise(values)))
+            present = values[~np.isnan(values)]
+            if present.size:
+                share = share_of_gain(np.asarray(source["mean_face"], float), values) if "mean_face" in source else None
+                rows.append(MethodRow(key, name, level, summarise(present), share))
     return tuple(rows)
 
 
-def fitting_loss(loss):
-    """The checkpoint's hybrid loss with its recognition network (if any) behind a `ReferenceCache`, which
-    embeds the unchanging input pictures once per fit instead of once per step."""
-    from losses.hybrid import HybridLoss
-    from reconstruction.fit import ReferenceCache
-
-    if loss.recognition is None:
-        return loss
-    return HybridLoss(loss.weights, loss.skin_mask, ReferenceCache(loss.recognition),
-                      landmark_point_weights=loss.landmark_point_weights,
-                      landmark_reference_size=loss.landmark_reference_size).to(loss.skin_mask.device)
-
-
-def evaluate_pose_grid(dataset: PoseGridDataset, modules: Mapping[str, torch.nn.Module], loss=None,
-                       fit_count: int = 0, fit_settings=None, device: str | torch.device = "cpu",
-                       sets_per_batch: int = 2, notes: Sequence[str] = ()) -> PoseGridResult:
+def evaluate_pose_grid(dataset: PoseGridDataset, modules: Mapping[str, torch.nn.Module], fitter=None,
+                       fit_count: int = 0, fit_dataset: Optional[PoseGridDataset] = None,
+                       device: str | torch.device = "cpu", sets_per_batch: int = 2,
+                       notes: Sequence[str] = ()) -> PoseGridResult:
     """Run every method on ``dataset`` and score it.
 
     Args:
         dataset: the pose grid.
         modules: strategy -> `lightning_modules.cnet_module.CNetModule`, all on the same R-Net: "mean" (shape
             averaging, no C-Net) first, then optionally "s4" or "s1" with their trained C-Nets.
-        loss: the hybrid loss to fit with (the checkpoint's); needed when ``fit_count`` > 0.
+        fitter: a `reconstruction.pipeline.FittingPredictor` (renderer at the fitting crop size, objective and
+            settings of ``face3d reconstruct --fit``); needed when ``fit_count`` > 0.
         fit_count: pictures fitted by analysis-by-synthesis (`benchmarks.pose_grid.fit_subset`); 0 for none.
-        fit_settings: `reconstruction.fit.FitSettings` for the fit.
+        fit_dataset: the same grid rendered at the fitter's crop size (same seed and identities); default
+            ``dataset``.
         device: where to run.
         sets_per_batch: identities per R-Net batch (20 pictures each).
         notes: lines carried into the result (methods left out by the caller).
@@ -159,46 +182,70 @@ def evaluate_pose_grid(dataset: PoseGridDataset, modules: Mapping[str, torch.nn.
     fit_seconds = None
     subset = fit_subset(n_sets, fit_count, dataset.pitches_deg, dataset.yaws_deg)
     if subset:
-        if loss is None:
-            raise ValueError("fitting needs the hybrid loss to minimise; pass loss=")
-        fitted, fit_seconds = _fit_errors(dataset, subset, modules["mean"].renderer.to(device),
-                                          fitting_loss(loss.to(device)), fit_settings, evaluation.truth_vertices)
+        if fitter is None:
+            raise ValueError("fitting needs a FittingPredictor; pass fitter=")
+        fit_dataset = fit_dataset if fit_dataset is not None else dataset
+        single, per_set, averaged, fit_seconds = _fit_errors(fit_dataset, subset, fitter, evaluation.truth_vertices)
         positions = np.array([i * set_size + j for i, j in subset])
         picture_errors["fit"] = np.full(len(identity_index), np.nan)
-        picture_errors["fit"][positions] = fitted
+        picture_errors["fit"][positions] = single
         picture_errors["rnet_fit_subset"] = np.full(len(identity_index), np.nan)
         picture_errors["rnet_fit_subset"][positions] = errors["per_image"][positions]
+        for key, values in (("fit_set", per_set), ("fit_averaging", averaged)):
+            identity_errors[key] = np.full(n_sets, np.nan)
+            for i, value in values.items():
+                identity_errors[key][i] = value
 
     protocol = dataset.describe()
+    protocol["ceiling_mm"] = CEILING_MM
     if subset:
-        from reconstruction.fit import FitSettings
-
         protocol["fit"] = {"pictures": [{"identity": i, "picture": j, "pitch_deg": float(pitch[j]),
                                          "yaw_deg": float(yaw[j])} for i, j in subset],
-                           "settings": dataclasses.asdict(fit_settings or FitSettings()),
-                           "objective": "the checkpoint's hybrid loss"}
+                           "settings": dataclasses.asdict(fitter.settings),
+                           "weights": dataclasses.asdict(fitter.loss.weights),
+                           "crop_size": int(fitter.renderer.camera.image_size[0]),
+                           "objective": "the objective of `face3d reconstruct --fit`"}
     return PoseGridResult(protocol=protocol, identity=identity_index, pitch_deg=np.tile(pitch, n_sets),
                           yaw_deg=np.tile(yaw, n_sets), picture_errors=picture_errors,
                           identity_errors=identity_errors, rows=rows_from(picture_errors, identity_errors),
                           notes=tuple(notes), fit_seconds=fit_seconds)
 
 
-def _fit_errors(dataset: PoseGridDataset, subset: list[tuple[int, int]], renderer, loss, settings,
-                truth: torch.Tensor) -> tuple[np.ndarray, float]:
-    """Fit the subset's pictures (one batch: pictures do not interact, see `reconstruction.fit`) -> (K,) errors
-    in mm and the wall time per picture."""
-    from reconstruction.fit import FitSettings, fit_coefficients
+def _fit_errors(dataset: PoseGridDataset, subset: list[tuple[int, int]], fitter,
+                truth: torch.Tensor) -> tuple[np.ndarray, dict[int, float], dict[int, float], float]:
+    """Fit the subset's pictures one by one (as one batch: pictures do not interact, see `reconstruction.fit`),
+    then each identity's pictures with one shared identity.
 
+    Returns (K,) single-picture errors in mm, identity -> error of the shared-identity fit, identity -> error of
+    the mean single-picture identity, and the wall time of a single-picture fit per picture.
+    """
+    from reconstruction.fit import fit_coefficients
+
+    device = fitter.renderer.face_model.mean_shape.device
     samples = {i: dataset[i] for i in sorted({i for i, _ in subset})}
-    images = torch.stack([samples[i]["images"][j] for i, j in subset])
-    landmarks = torch.stack([samples[i]["landmarks"][j] for i, j in subset])
-    skin = torch.stack([samples[i]["skin"][j] for i, j in subset])
-    result = fit_coefficients(images, landmarks, skin, renderer, loss, settings or FitSettings())
-    with torch.no_grad():
-        shapes = neutral_shape(renderer.face_model, result.coeffs.identity)
-        target = truth[[i for i, _ in subset]].to(shapes)
-        errors = vertex_error(shapes, target).cpu().numpy()
-    return errors, result.seconds / len(subset)
+
+    def stack(key: str, pairs) -> torch.Tensor:
+        return torch.stack([samples[i][key][j] for i, j in pairs]).to(device)
+
+    def score(identity: torch.Tensor, identities: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            shapes = neutral_shape(fitter.renderer.face_model, identity)
+            return vertex_error(shapes, truth[identities].to(shapes)).cpu().numpy()
+
+    result = fit_coefficients(stack("images", subset), stack("landmarks", subset), stack("skin", subset),
+                              fitter.renderer, fitter.loss, fitter.settings)
+    single = score(result.coeffs.identity, [i for i, _ in subset])
+    per_set, averaged = {}, {}
+    for identity in samples:
+        pairs = [(i, j) for i, j in subset if i == identity]
+        rows = [k for k, (i, _) in enumerate(subset) if i == identity]
+        averaged[identity] = float(score(result.coeffs.identity[rows].mean(0, keepdim=True), [identity])[0])
+        if len(pairs) < 2:
+            continue
+        together = fit_coefficients(stack("images", pairs), stack("landmarks", pairs), stack("skin", pairs),
+                                    fitter.renderer, fitter.loss, fitter.settings, shared=("identity",))
+        per_set[identity] = float(score(together.coeffs.identity[:1], [identity])[0])
+    return single, per_set, averaged, result.seconds / len(subset)
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -212,7 +259,7 @@ def per_yaw_table(result: PoseGridResult) -> tuple[list[str], list[list]]:
     """(columns, rows) of the mean error (mm) per yaw of every picture-level method; None where a method has no
     picture at a yaw."""
     yaws = sorted(set(result.yaw_deg.tolist()))
-    columns = ["method", *[_yaw_label(y) for y in yaws], "all"]
+    columns = ["method", *[_yaw_label(y) for y in yaws], "all", "share of gain (%)"]
     rows = []
     for key, name, level in METHODS:
         if level != "picture" or key not in result.picture_errors:
@@ -223,8 +270,29 @@ def per_yaw_table(result: PoseGridResult) -> tuple[list[str], list[list]]:
             chosen = values[(result.yaw_deg == yaw) & ~np.isnan(values)]
             line.append(float(chosen.mean()) if chosen.size else None)
         line.append(float(np.nanmean(values)))
+        share = share_of_gain(np.asarray(result.picture_errors["mean_face"], float), values)
+        line.append(None if share is None else round(100.0 * share, 1))
         rows.append(line)
     return columns, rows
+
+
+def per_yaw_share_table(result: PoseGridResult) -> tuple[list[str], list[list]]:
+    """(columns, rows) of every picture-level method's share of the possible gain (%) per yaw: (mean face - method)
+    / (mean face - ceiling) on the pictures the method ran on at that yaw."""
+    yaws = sorted(set(result.yaw_deg.tolist()))
+    mean_face = np.asarray(result.picture_errors["mean_face"], float)
+    rows = []
+    for key, name, level in METHODS:
+        if level != "picture" or key == "mean_face" or key not in result.picture_errors:
+            continue
+        values = np.asarray(result.picture_errors[key], float)
+        line: list = [name]
+        for yaw in yaws:
+            at = result.yaw_deg == yaw
+            share = share_of_gain(mean_face[at], values[at])
+            line.append(None if share is None else round(100.0 * share, 1))
+        rows.append(line)
+    return ["method", *[_yaw_label(y) for y in yaws]], rows
 
 
 def pitch_yaw_table(result: PoseGridResult, key: str = "rnet") -> tuple[list[str], list[list]]:

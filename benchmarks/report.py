@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.pose_grid_eval import per_yaw_table, pitch_yaw_table
+from benchmarks.pose_grid_eval import per_yaw_share_table, per_yaw_table, pitch_yaw_table
 
 if TYPE_CHECKING:
     from benchmarks.suite import BenchmarkResult
@@ -37,10 +37,14 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits
     return "\n".join(lines) + "\n"
 
 
-def accuracy_table(result: BenchmarkResult) -> tuple[list[str], list[list]]:
-    columns = ["method", "one value per", "n", "mean ± std (mm)", "median (mm)"]
-    rows = [[row.name, row.level, row.stats.count, f"{row.stats.mean:.3f} ± {row.stats.std:.3f}",
-             f"{row.stats.median:.3f}"] for row in result.pose_grid.rows]
+def accuracy_table(result: BenchmarkResult, pose_grid=None) -> tuple[list[str], list[list]]:
+    """Rows of a pose-grid protocol (the matched one by default) with the standard error of each mean and its
+    share of the possible gain from the mean face to the model's ceiling."""
+    pose_grid = pose_grid if pose_grid is not None else result.pose_grid
+    columns = ["method", "one value per", "n", "mean ± s.e. (mm)", "std (mm)", "median (mm)", "share of gain"]
+    rows = [[row.name, row.level, row.stats.count, f"{row.stats.mean:.3f} ± {row.standard_error:.3f}",
+             f"{row.stats.std:.3f}", f"{row.stats.median:.3f}",
+             "" if row.share_of_gain is None else f"{100 * row.share_of_gain:.0f} %"] for row in pose_grid.rows]
     return columns, rows
 
 
@@ -102,8 +106,12 @@ def report_markdown(result: BenchmarkResult) -> str:
         f"Metric: {METRIC_TEXT}.", "",
         "### Shape error", "",
         markdown_table(*accuracy_table(result)),
+        f"The model's ceiling on this protocol is {pg.protocol.get('ceiling_mm', 0.0):g} mm: the truth is itself a "
+        "face-model identity. Share of gain = (mean face - method) / (mean face - ceiling) on the same pictures.", "",
         "### Shape error per yaw (mm)", "",
         markdown_table(*per_yaw_table(pg)),
+        "### Share of the possible gain per yaw (%)", "",
+        markdown_table(*per_yaw_share_table(pg)),
         "![shape error vs yaw](error_vs_yaw.png)", "",
         "Identity-level rows (shape averaging, C-Net) give one value per identity from all 20 pictures; the plot "
         "draws them as dashed horizontal lines.", "",
@@ -116,10 +124,13 @@ def report_markdown(result: BenchmarkResult) -> str:
         settings = protocol["fit"]["settings"]
         lines += ["### Fitting", "",
                   f"Analysis-by-synthesis (`reconstruction.fit.fit_coefficients`) from the mean face, minimising "
-                  f"{protocol['fit']['objective']}, on {len(protocol['fit']['pictures'])} "
-                  f"pictures ({fitted}); {settings['rigid_iterations']} + {settings['shape_iterations']} landmark "
+                  f"{protocol['fit']['objective']} at {protocol['fit']['crop_size']} px, on "
+                  f"{len(protocol['fit']['pictures'])} pictures ({fitted}); {settings['rigid_iterations']} landmark "
+                  f"steps from each of the yaws {settings['rigid_starts_deg']}, {settings['shape_iterations']} landmark "
                   f"steps, then {settings['iterations']} full-loss steps. The fitting rows above compare it with "
-                  "R-Net on the same pictures.", ""]
+                  "R-Net on the same pictures (R-Net at its own crop size). The set rows fit each identity's fitted "
+                  "pictures together with one shared identity, and average its single-picture identities.", "",
+                  "Loss weights: `" + json.dumps(protocol["fit"]["weights"]) + "`", ""]
     lines += ["## Licensed datasets", ""]
     ran = [d for d in result.datasets if not d.skipped]
     if ran:

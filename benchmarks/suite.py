@@ -46,9 +46,13 @@ class BenchmarkSettings:
     cnet_note:       why there is no C-Net row when ``cnet_checkpoint`` is None (goes into the report).
     identities:      held-out synthetic identities of the 20-pose protocol.
     seed:            benchmark seed (synthetic identities and every random draw of the protocol).
-    fit_images:      pictures fitted by analysis-by-synthesis (0: no fitting rows).
-    fit_iterations:  steps of the fit's full-loss stage (`reconstruction.fit.FitSettings.iterations`).
-    fit_rigid_iterations, fit_shape_iterations: the cheap landmark-only stages.
+    fit_images:      pictures fitted by analysis-by-synthesis (0: no fitting rows); the default 40 is the 8 default
+                     identities at every yaw at the pitch nearest frontal (`benchmarks.pose_grid.fit_subset`).
+    fit_iterations:  steps of the fit's full-loss stage (`reconstruction.fit.FitSettings.iterations`); None keeps
+                     the fitting default of ``face3d reconstruct --fit``.
+    fit_rigid_iterations, fit_shape_iterations: the cheap landmark-only stages (None: the fitting defaults).
+    fit_crop_size:   crop side the fit runs at (``face3d reconstruct --fit``'s 224 by default); the pose grid is
+                     rendered again at this size when the checkpoint's differs (same identities and poses).
     speed:           measure the speed rows; speed_preprocessing: include preprocessing among them;
     speed_repeats:   timed repeats per speed figure.
     wandb:           log to W&B (mode from ``WANDB_MODE``, offline by default).
@@ -64,10 +68,11 @@ class BenchmarkSettings:
     cnet_note: Optional[str] = None
     identities: int = 8
     seed: int = 0
-    fit_images: int = 5
-    fit_iterations: int = 100
-    fit_rigid_iterations: int = 100
-    fit_shape_iterations: int = 200
+    fit_images: int = 40
+    fit_iterations: Optional[int] = None
+    fit_rigid_iterations: Optional[int] = None
+    fit_shape_iterations: Optional[int] = None
+    fit_crop_size: int = 224
     speed: bool = True
     speed_preprocessing: bool = True
     speed_repeats: int = 3
@@ -182,8 +187,6 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     from benchmarks.report import write_outputs
     from benchmarks.speed import device_name, measure_speed
     from experiments.build import build_cnet_module, load_rnet_checkpoint
-    from reconstruction.fit import FitSettings
-
     # Intended: R-Net and the perceptual network are frozen in eval mode.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     if settings.identities < 1:
@@ -216,15 +219,22 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     dataset = PoseGridDataset(rnet_module.face_model, settings.identities, seed=settings.seed,
                               image_size=cfg.renderer.image_size, landmark_noise_px=sc.landmark_noise_px,
                               device=device, backend=cfg.renderer.backend)
-    fit_settings = FitSettings(rigid_iterations=settings.fit_rigid_iterations,
-                               shape_iterations=settings.fit_shape_iterations, iterations=settings.fit_iterations)
+    fitter, fit_dataset = None, None
     if settings.fit_images == 0:
         notes.append("fitting rows skipped (--no-fit)")
+    else:
+        fitter = _fitter(settings, rnet_module.face_model, device)
+        fit_dataset = dataset
+        if settings.fit_crop_size != dataset.image_size:
+            fit_dataset = PoseGridDataset(rnet_module.face_model, settings.identities, seed=settings.seed,
+                                          image_size=settings.fit_crop_size, landmark_noise_px=sc.landmark_noise_px,
+                                          device=device, backend=cfg.renderer.backend)
     log(f"synthetic 20-pose protocol: {settings.identities} identities x {dataset.set_size} pictures at "
-        f"{dataset.image_size}x{dataset.image_size}" + (f", fitting {settings.fit_images} of them"
+        f"{dataset.image_size}x{dataset.image_size}" + (f", fitting {settings.fit_images} of them at "
+                                                        f"{settings.fit_crop_size}x{settings.fit_crop_size}"
                                                         if settings.fit_images else ""))
-    pose_grid = evaluate_pose_grid(dataset, modules, loss=rnet_module.loss, fit_count=settings.fit_images,
-                                   fit_settings=fit_settings, device=device, notes=notes)
+    pose_grid = evaluate_pose_grid(dataset, modules, fitter=fitter, fit_count=settings.fit_images,
+                                   fit_dataset=fit_dataset, device=device, notes=notes)
 
     datasets = evaluate_datasets(settings.datasets, lambda: RNetPicturePredictor(rnet_module, device=device), log)
 
@@ -255,15 +265,26 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     return write_outputs(result, log)
 
 
+def _fitter(settings: BenchmarkSettings, face_model, device: str):
+    """`face3d reconstruct --fit`'s predictor (its objective and settings), with the benchmark's stage lengths."""
+    from reconstruction.fit import FitSettings
+    from reconstruction.pipeline import FittingPredictor
+
+    lengths = {name: value for name, value in (("iterations", settings.fit_iterations),
+                                               ("rigid_iterations", settings.fit_rigid_iterations),
+                                               ("shape_iterations", settings.fit_shape_iterations)) if value is not None}
+    return FittingPredictor.build(face_model, dataclasses.replace(FitSettings(), **lengths),
+                                  crop_size=settings.fit_crop_size, device=device)
+
+
 def _real_photo(settings: BenchmarkSettings, rnet_module, cfg, device: str, out_dir: Path,
                 log: Callable[[str], None]) -> RealPhotoResult:
     """The real-photo protocol with this R-Net and, unless fitting is off, `FittingPredictor` at its defaults."""
     from benchmarks.real_photo import evaluate_real_photo
-    from reconstruction.pipeline import FittingPredictor, RNetPredictor
+    from reconstruction.pipeline import RNetPredictor
 
     rp = settings.real_photo
     predictors = {"R-Net": RNetPredictor(rnet_module.to(device), name="R-Net")}
     if settings.fit_images > 0 and (rp.fit_photos or rp.fit_renders > 0):
-        predictors["fit"] = FittingPredictor.build(rnet_module.face_model, crop_size=cfg.renderer.image_size,
-                                                   device=device)
+        predictors["fit"] = _fitter(settings, rnet_module.face_model, device)
     return evaluate_real_photo(rp, rnet_module.face_model, predictors, log, out_dir=out_dir, fitting=("fit",))

@@ -31,10 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "outputs/train-aggregate/s4 checkpoint; the row is skipped with a note without one)")
     p.add_argument("--fit", action=argparse.BooleanOptionalAction, default=True,
                    help="fitting rows (analysis-by-synthesis on --fit-images pictures; default on)")
-    p.add_argument("--fit-images", type=int, default=5, metavar="N",
-                   help="pictures to fit (default 5: the first identity's five yaws at the pitch nearest frontal)")
-    p.add_argument("--fit-iterations", type=int, default=100, metavar="N",
-                   help="full-loss steps per fit (default 100, as `face3d reconstruct --fit`)")
+    p.add_argument("--fit-images", type=int, default=40, metavar="N",
+                   help="pictures to fit (default 40: eight identities at every yaw at the pitch nearest frontal; "
+                        "each identity's pictures are also fitted together with one shared identity)")
+    p.add_argument("--fit-iterations", type=int, default=None, metavar="N",
+                   help="full-loss steps per fit (default: as `face3d reconstruct --fit`)")
     p.add_argument("--identities", type=int, default=8, metavar="N",
                    help="held-out synthetic identities, 20 pictures each (default 8: a few minutes on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from benchmarks.suite import BenchmarkSettings, run_benchmark
 
     for name in ("identities", "fit_images", "fit_iterations"):
-        if getattr(args, name) < (1 if name == "identities" else 0):
+        if getattr(args, name) is not None and getattr(args, name) < (1 if name == "identities" else 0):
             raise ValueError(f"--{name.replace('_', '-')} must be >= {1 if name == 'identities' else 0}, "
                              f"got {getattr(args, name)}")
     default_rnet, default_cnet = default_checkpoints(args.outputs_dir)

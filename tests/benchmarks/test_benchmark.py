@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.licensed import DatasetSettings, evaluate_datasets
 from benchmarks.pose_grid import BENCHMARK_SEED_BASE, PITCHES_DEG, YAWS_DEG, PoseGridDataset, fit_subset, pose_grid
-from benchmarks.pose_grid_eval import per_yaw_table
+from benchmarks.pose_grid_eval import per_yaw_share_table, per_yaw_table
 from benchmarks.suite import BenchmarkSettings, _load_cnet, run_benchmark
 from experiments import cli
 from experiments.config import load_config, to_yaml
@@ -70,7 +70,7 @@ def checkpoints(tmp_path_factory):
 def _settings(checkpoints, out_dir: Path, **changes) -> BenchmarkSettings:
     rnet, cnet = checkpoints
     options = dict(checkpoint=rnet, cnet_checkpoint=cnet, out_dir=out_dir, identities=2, seed=3, fit_images=2,
-                   fit_iterations=1, fit_rigid_iterations=2, fit_shape_iterations=2, speed=False, wandb=False,
+                   fit_iterations=1, fit_rigid_iterations=2, fit_shape_iterations=2, fit_crop_size=32, speed=False, wandb=False,
                    datasets=NO_DATASETS, device="cpu")
     options.update(changes)
     return BenchmarkSettings(**options)
@@ -136,15 +136,32 @@ def test_report_metrics_and_plot_are_written(run):
 
 def test_the_table_has_every_method(run):
     rows = {row.key: row for row in run.pose_grid.rows}
-    assert list(rows) == ["mean_face", "rnet", "averaging", "s4", "rnet_fit_subset", "fit"]
+    assert list(rows) == ["mean_face", "rnet", "averaging", "s4", "rnet_fit_subset", "fit", "fit_averaging",
+                          "fit_set"]
     assert rows["rnet"].stats.count == 40 and rows["mean_face"].stats.count == 40
     assert rows["averaging"].stats.count == 2 and rows["s4"].stats.count == 2
     assert rows["fit"].stats.count == 2 and rows["rnet_fit_subset"].stats.count == 2
+    # Both fitted pictures are identity 0's: one shared-identity fit and one average of two fits.
+    assert rows["fit_set"].stats.count == 1 and rows["fit_averaging"].stats.count == 1
+    # Shares of gain are measured against the mean face on the same pictures (ceiling 0 mm here).
+    mean_face = run.pose_grid.picture_errors["mean_face"]
+    fit = run.pose_grid.picture_errors["fit"]
+    fitted = ~np.isnan(fit)
+    expected = (mean_face[fitted].mean() - fit[fitted].mean()) / mean_face[fitted].mean()
+    assert rows["fit"].share_of_gain == pytest.approx(expected)
+    assert rows["mean_face"].share_of_gain == pytest.approx(0.0)
+    assert rows["fit"].standard_error == pytest.approx(rows["fit"].stats.std / np.sqrt(2))
     columns, per_yaw = per_yaw_table(run.pose_grid)
-    assert columns == ["method", "-80°", "-40°", "0°", "+40°", "+80°", "all"]
+    assert columns == ["method", "-80°", "-40°", "0°", "+40°", "+80°", "all", "share of gain (%)"]
     # The two fitted pictures are identity 0's at yaw -80 and -40: the other yaws have no fitting value.
     fit_line = next(line for line in per_yaw if line[0].startswith("fitting"))
     assert all(v is not None for v in fit_line[1:3]) and fit_line[3:6] == [None] * 3
+    share_columns, shares = per_yaw_share_table(run.pose_grid)
+    assert share_columns == ["method", "-80°", "-40°", "0°", "+40°", "+80°"]
+    fit_share = next(line for line in shares if line[0].startswith("fitting"))
+    at = run.pose_grid.yaw_deg == -80.0
+    expected = 100 * (mean_face[at & fitted].mean() - fit[at & fitted].mean()) / mean_face[at & fitted].mean()
+    assert fit_share[1] == pytest.approx(round(expected, 1)) and fit_share[3:] == [None] * 3
     summary = run.summary()
     for row in run.pose_grid.rows:
         assert row.name in summary
