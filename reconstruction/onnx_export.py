@@ -232,7 +232,7 @@ def export_rnet_onnx(rnet: nn.Module, metadata: RNetOnnxMetadata, out: str | Pat
     # Written beside ``out`` first, so a failed export never leaves a half-written model under the final name.
     staged = out.with_name(out.name + ".staging")
     try:
-        with warnings.catch_warnings(), _exact_adaptive_pooling(opset):
+        with warnings.catch_warnings(), _export_rules(opset):
             # Shape checks in R-Net's forward become constants in the trace: the crop size is fixed anyway.
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -256,18 +256,22 @@ def export_rnet_onnx(rnet: nn.Module, metadata: RNetOnnxMetadata, out: str | Pat
 
 
 @contextlib.contextmanager
-def _exact_adaptive_pooling(opset: int):
-    """Export ``adaptive_avg_pool2d`` as explicit bin averages while the context lasts.
+def _export_rules(opset: int):
+    """Export two operators differently while the context lasts (the TorchScript exporter's custom symbolics).
 
-    The SFace backbone averages its 7x7 map over a 2x2 grid, whose bins overlap (rows 0-3 and 3-6); the
-    exporter only handles output sizes that divide the input. The input's spatial size is fixed by the
-    crop size, so every bin is a constant slice: average each row bin, then each column bin (the mean of a
-    rectangle is the mean of its row means), which is exactly what PyTorch computes.
+    ``adaptive_avg_pool2d``: the SFace backbone averages its 7x7 map over a 2x2 grid, whose bins overlap
+    (rows 0-3 and 3-6), and the stock exporter only handles output sizes that divide the input. The spatial
+    size is fixed by the crop size, so every bin is a constant slice: average each row bin, then each column
+    bin (the mean of a rectangle is the mean of its row means), exactly what PyTorch computes.
+
+    ``prelu``: written as ``relu(x) + slope * min(x, 0)``, the same numbers. onnxruntime's PRelu kernel
+    broadcasts the per-channel slope element by element: it took half of the SFace R-Net's time, against a
+    sixth of that for the three elementwise operations (measured on a 128x56x56 map).
     """
     from torch.onnx import symbolic_helper
 
     @symbolic_helper.parse_args("v", "is")
-    def symbolic(g, x, output_size):
+    def adaptive_avg_pool2d(g, x, output_size):
         sizes = x.type().varyingSizes()
         if sizes is None or len(sizes) != 4 or sizes[2] is None or sizes[3] is None:
             raise ValueError("adaptive average pooling needs a fixed spatial input size to export")
@@ -286,11 +290,23 @@ def _exact_adaptive_pooling(opset: int):
             x = bins[0] if k == 1 else g.op("Concat", *bins, axis_i=axis)
         return x
 
-    torch.onnx.register_custom_op_symbolic("aten::adaptive_avg_pool2d", symbolic, opset)
+    @symbolic_helper.parse_args("v", "v")
+    def prelu(g, x, slope):
+        rank = len(x.type().varyingSizes() or ())
+        if rank > 2:
+            # (C,) slopes apply along dimension 1: make them (C, 1, ..., 1) to broadcast over the rest.
+            slope = g.op("Unsqueeze", slope, g.op("Constant", value_t=torch.tensor(list(range(1, rank - 1)))))
+        negative = g.op("Min", x, g.op("Constant", value_t=torch.tensor(0.0)))
+        return g.op("Add", g.op("Relu", x), g.op("Mul", negative, slope))
+
+    rules = {"aten::adaptive_avg_pool2d": adaptive_avg_pool2d, "aten::prelu": prelu}
+    for name, symbolic in rules.items():
+        torch.onnx.register_custom_op_symbolic(name, symbolic, opset)
     try:
         yield
     finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::adaptive_avg_pool2d", opset)
+        for name in rules:
+            torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 
 def _set_metadata(model, metadata: RNetOnnxMetadata) -> None:

@@ -20,7 +20,7 @@ from reconstruction.onnx_export import (  # noqa: E402
     FORMAT,
     FaceModelSource,
     RNetOnnxMetadata,
-    _exact_adaptive_pooling,
+    _export_rules,
     export_rnet_onnx,
     rnet_metadata,
 )
@@ -78,11 +78,28 @@ def test_adaptive_pooling_exports_exactly_with_overlapping_bins(tmp_path, size, 
 
     x = torch.randn(2, 4, size, size)
     path = tmp_path / "pool.onnx"
-    with _exact_adaptive_pooling(17), warnings.catch_warnings():
+    with _export_rules(17), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(Pool(), (x,), str(path), opset_version=17, dynamo=False, input_names=["x"],
                           dynamic_axes={"x": {0: "batch"}})
     np.testing.assert_allclose(run_onnx(path, x), F.adaptive_avg_pool2d(x, grid).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels,shape", [(4, (2, 4, 5, 5)), (1, (2, 4, 5, 5)), (3, (2, 3))])
+def test_prelu_exports_as_elementwise_operations_with_the_same_values(tmp_path, channels, shape):
+    """PReLU becomes relu(x) + slope * min(x, 0) (onnxruntime's PRelu kernel is slow), per channel or shared."""
+    prelu = torch.nn.PReLU(channels)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.linspace(-0.5, 0.7, channels))
+    x = torch.randn(*shape)
+    path = tmp_path / "prelu.onnx"
+    with _export_rules(17), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(prelu, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})
+    assert "PRelu" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    with torch.no_grad():
+        np.testing.assert_allclose(run_onnx(path, x), prelu(x).numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_sface_backbone_exports_with_its_pooled_grid(tmp_path, ict_small):
