@@ -264,9 +264,10 @@ def _export_rules(opset: int):
     size is fixed by the crop size, so every bin is a constant slice: average each row bin, then each column
     bin (the mean of a rectangle is the mean of its row means), exactly what PyTorch computes.
 
-    ``prelu``: written as ``relu(x) + slope * min(x, 0)``, the same numbers. onnxruntime's PRelu kernel
-    broadcasts the per-channel slope element by element: it took half of the SFace R-Net's time, against a
-    sixth of that for the three elementwise operations (measured on a 128x56x56 map).
+    ``prelu``: written as ``(1 - slope) * relu(x) + slope * x`` (the same values up to rounding). onnxruntime's
+    PRelu kernel broadcasts the per-channel slope element by element and took half of the SFace R-Net's
+    time; this form it fuses into the preceding convolution (14.5 instead of 35 ms of CPU per face at 112
+    pixels, against 20.5 ms for ``relu(x) + slope * min(x, 0)``, which it does not fuse).
     """
     from torch.onnx import symbolic_helper
 
@@ -294,10 +295,11 @@ def _export_rules(opset: int):
     def prelu(g, x, slope):
         rank = len(x.type().varyingSizes() or ())
         if rank > 2:
-            # (C,) slopes apply along dimension 1: make them (C, 1, ..., 1) to broadcast over the rest.
+            # (C,) slopes apply along dimension 1: make them (C, 1, ..., 1) to broadcast over the rest. Constant
+            # folding turns the slope arithmetic into stored tensors.
             slope = g.op("Unsqueeze", slope, g.op("Constant", value_t=torch.tensor(list(range(1, rank - 1)))))
-        negative = g.op("Min", x, g.op("Constant", value_t=torch.tensor(0.0)))
-        return g.op("Add", g.op("Relu", x), g.op("Mul", negative, slope))
+        keep = g.op("Sub", g.op("Constant", value_t=torch.tensor(1.0)), slope)
+        return g.op("Add", g.op("Mul", g.op("Relu", x), keep), g.op("Mul", x, slope))
 
     rules = {"aten::adaptive_avg_pool2d": adaptive_avg_pool2d, "aten::prelu": prelu}
     for name, symbolic in rules.items():
