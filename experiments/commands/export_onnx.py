@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export-onnx",
         help="export a trained R-Net to ONNX (metadata: layout, face model, crop size) for onnxruntime",
-        description="Export an R-Net checkpoint to ONNX (dynamic batch axis) with the coefficient layout, face "
-                    "model name and digest and crop size in its metadata, then check it against PyTorch.",
+        description="Export an R-Net checkpoint to ONNX (opset 17, dynamic batch axis) with the coefficient\n"
+                    "layout, the face model's name and file digest and the crop size in its metadata, then\n"
+                    "run it with onnxruntime on a few rendered faces and print how far it is from PyTorch.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -86,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
         deviation = compare_with_pytorch(module.rnet, net, face_model, crops)
         print(f"onnxruntime vs PyTorch on {args.check_faces} rendered faces: largest coefficient difference "
               f"{deviation['max_abs']:.2e}, RMS difference {deviation['rel_rms']:.2e} of the coefficients' spread, "
-              f"mean vertex distance {deviation['shape_mm']:.4f} mm")
+              f"mean vertex distance {deviation['shape_mm']:.3g} mm")
     print(f"use it with: face3d reconstruct --images PATH... --out DIR --onnx {out}")
     return 0
