@@ -7,7 +7,7 @@
 
 The batch axis is dynamic; the crop side S is fixed (the heads were trained on one crop size). Everything
 needed to turn the flat vector back into a face is stored in the model's ``metadata_props`` (`RNetOnnxMetadata`):
-the coefficient layout, the face model (loader name, file digest, options, vertex count), the camera and
+the coefficient layout, the face model (loader, name, file name and digest, vertex count), the camera and
 the crop size. `reconstruction.onnx_predictor` reads them, rebuilds the face model and renderer, and refuses
 a model whose metadata, inputs or outputs do not fit.
 
@@ -76,8 +76,10 @@ class FaceModelSource:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex sha256 of a face model file; FileNotFoundError naming it when it is missing."""
     if not path.is_file():
-        raise FileNotFoundError(f"face model file {path} not found")
+        raise FileNotFoundError(f"face model file {path} not found; give the path of the face model file the R-Net "
+                                "was trained with (for BFM, the BFM_model_front.mat built by `face3d prepare-bfm`)")
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
