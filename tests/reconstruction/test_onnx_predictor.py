@@ -133,6 +133,8 @@ def test_a_network_of_another_face_model_file_is_refused(exported, tmp_path):
                  face_model_file="BFM_model_front.mat")
     with pytest.raises(ValueError, match=r"bfm.onnx was trained with the 'bfm09' face model .*--bfm-path FILE"):
         OnnxRNetPredictor(bfm)
+    with pytest.raises(FileNotFoundError, match=r"face model file .*nope.mat not found; give the path"):
+        OnnxRNetPredictor(bfm, face_model_path=tmp_path / "nope.mat")
     with pytest.raises(ValueError, match=r"bfm.onnx was trained for the 'bfm09' face model, not 'ict'"):
         check_compatible(OnnxRNet(bfm).metadata, str(bfm), face_model=OnnxRNetPredictor(exported).renderer.face_model)
     assert default_ict_path().is_file()
