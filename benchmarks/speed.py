@@ -149,7 +149,8 @@ def measure_speed(rnet: torch.nn.Module, face_model, image_size: int, device: st
 
 def _timed_ms(step, repeats: int, warmup: int = 2) -> tuple[float, float]:
     """(median wall ms, median CPU ms of the calling thread) of ``step()`` after ``warmup`` untimed runs. With one
-    thread the CPU time is what the step costs on an idle core; the wall time includes waiting for a busy one."""
+    thread the CPU time is close to what the step costs on an idle core; the wall time includes waiting for a
+    busy one."""
     walls, cpus = [], []
     for run in range(warmup + repeats):
         start, cpu = time.perf_counter(), time.thread_time()
@@ -210,7 +211,7 @@ def onnx_speed_rows(rnet: torch.nn.Module, face_model, image_size: int, template
 
     All on the CPU, whatever device ``rnet`` is on (a copy is used). ``template_source`` is "ict" or the BFM
     file, as in `measure_speed`; it also names the face model file whose digest the export stores.
-    One-thread rows also give the thread's CPU time, which is what the step costs on an idle core.
+    One-thread rows also give the thread's CPU time, close to what the step costs on an idle core.
     """
     import copy
 
