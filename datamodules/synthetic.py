@@ -1,10 +1,14 @@
 """The embedded default data: faces rendered from random coefficients, with exact 3D ground truth.
 
 Every sample is drawn from the face model's priors (identity, expression, albedo, SH lighting, pose),
-rendered with the project's `MeshRenderer` over a procedural background (`datamodules.backgrounds`),
-optionally partly covered by an occluder, and given the weak labels real photos get: 68 landmarks
+rendered over a procedural background (`datamodules.backgrounds`), optionally partly covered by an occluder,
+and given the weak labels real photos get: 68 landmarks
 (the projected ground truth plus detector-like Gaussian noise) and a skin posterior computed from the
-final picture by the Jones & Rehg model of `preprocessing.skin`.
+final picture by the Jones & Rehg model of `preprocessing.skin`. How the picture looks is set by
+`datamodules.appearance.AppearanceSettings`: photo-like by default (whole head with eyes, hair and beards,
+per-identity skin, lip and brow colours, directional and coloured lights with cast shadows, blur, noise and
+JPEG), or the face model's own SH render of its region (``look="model"``). Either way the stored coefficients
+and vertices are the face model's, on its region.
 
 Crops look like what ``face3d prepare`` makes of a photo: the face is moved (translation, including
 depth) so that its 5 alignment points fit the alignment template exactly as `preprocessing.align` would
@@ -14,7 +18,8 @@ template and a wide or turned face is rescaled and recentred as a real crop woul
 Randomness is per sample: the draws of sample ``i`` of split ``s`` with base seed ``k`` depend only on
 ``(k, s, i)`` and the generation parameters, so a smaller dataset starts with the same faces (up to float
 rounding in pixels, as renders are batched differently), train/val/test never share an identity, and
-switching occluders off changes nothing but the occluded pixels (and the skin there).
+switching occluders off changes nothing but the occluded pixels (and the skin there; with blur and JPEG
+compression also their neighbours).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from datamodules.appearance import (AppearanceSettings, HeadScene, build_head_scene, degrade_picture,
+                                    render_scene, sample_identity_look, sample_picture_light, vertex_albedo)
 from datamodules.backgrounds import OCCLUDER_KINDS, draw_occluder, random_background
 from datamodules.batch import collate_face_samples
 from datamodules.generated_cache import CachedGeneration
@@ -45,8 +52,8 @@ from renderers.mesh_renderer import MeshRenderer
 
 SPLITS = ("train", "val", "test")
 # Independent random streams of one sample; appending a stream keeps existing samples unchanged.
-_STREAMS = ("coefficients", "background", "occluder", "landmarks", "pixels")
-CACHE_VERSION = 1
+_STREAMS = ("coefficients", "background", "occluder", "landmarks", "pixels", "look", "light", "sensor")
+CACHE_VERSION = 2
 """Part of the cache key: bump it whenever a change here alters what a given set of parameters generates."""
 _ALIGN_ITERATIONS = 4
 
@@ -174,6 +181,12 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         prior: spreads of identity, expression, albedo, lighting and translation jitter.
         cache_dir: where to keep the generated arrays as ``.npz`` keyed by all generation parameters and the
             face model's content; None keeps them in memory only.
+        appearance: how the pictures look (`datamodules.appearance.AppearanceSettings`): by default photo-like
+            (whole head with eyes and hair, per-identity colouring, directional lights with shadows, blur,
+            noise, JPEG); ``AppearanceSettings(look="model")`` gives the face model's own SH render of its
+            region (the look before). In the photo look, ``pixel_noise_std`` is replaced by the settings'
+            sensor noise, and the stored albedo and lighting coefficients are the prior's draws, not what
+            coloured and lit the picture (the SH light is used for the settings' ``sh_probability`` share).
         render_batch_size: faces rendered at once.
         device: where to render (a CUDA device renders much faster); samples are stored on the CPU.
         backend: rasterizer backend for `MeshRenderer`.
@@ -199,6 +212,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         pixel_noise_std: float = 0.01,
         prior: CoefficientPrior = CoefficientPrior(),
         cache_dir: str | Path | None = None,
+        appearance: AppearanceSettings = AppearanceSettings(),
         render_batch_size: int = 32,
         device: str | torch.device = "cpu",
         backend: str = "auto",
@@ -229,9 +243,11 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
                                          roll_deg=max_roll_deg)
         self.camera = PinholeCamera().resized(image_size, image_size)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.appearance = appearance
         self.render_batch_size = render_batch_size
         self.device = torch.device(device)
         self.backend = backend
+        self._scene: HeadScene | None = None
         self.generation_seconds: float | None = None
         """Wall time of the generation, None until generated (or when read from the cache)."""
         self._arrays: SyntheticArrays | None = None
@@ -255,6 +271,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             "landmark_noise_px": self.landmark_noise_px,
             "pixel_noise_std": self.pixel_noise_std,
             "prior": dataclasses.asdict(self.prior),
+            "appearance": self.appearance.as_dict(),
             "face_model": {"name": self.face_model.name, "vertices": self.face_model.n_vertices,
                            "triangles": int(self.face_model.triangles.shape[0]),
                            "layout": dataclasses.asdict(self.layout), "digest": model_digest(self.face_model)},
@@ -306,16 +323,38 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             for i in indices
         ])
 
+    @property
+    def scene(self) -> HeadScene:
+        """What the photo look renders (built on first use, shared by datasets of the same face model)."""
+        if self._scene is None:
+            self._scene = shared_head_scene(self.face_model, self.appearance.full_head)
+        return self._scene
+
+    def _render(self, renderer: MeshRenderer, coeffs: Coefficients,
+                indices: range) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
+        if self.appearance.look == "model":
+            with torch.no_grad():
+                out = renderer(coeffs)
+            return out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu(), out.landmarks.float().cpu().numpy()
+        scene, settings = self.scene, self.appearance
+        albedo = torch.from_numpy(np.stack([
+            vertex_albedo(scene.regions, sample_identity_look(sample_rng(self.seed, self.split, i, "look"), settings),
+                          settings) for i in indices]))
+        lights = [sample_picture_light(sample_rng(self.seed, self.split, i, "light"), settings) for i in indices]
+        image, mask = render_scene(scene, renderer.face_model, coeffs.identity, coeffs.expression, coeffs.angles,
+                                   coeffs.translation, albedo, lights, coeffs.lighting, self.camera,
+                                   settings.shadow_map_size, self.backend)
+        with torch.no_grad():
+            landmarks = renderer.project_landmarks(coeffs)
+        return image.clamp(0.0, 1.0).float().cpu(), mask.float().cpu(), landmarks.float().cpu().numpy()
+
     def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, indices: range) -> SyntheticArrays:
         size = self.image_size
         coeffs = self.sample_coefficients(indices).to(self.device)
         coeffs = coeffs.replace(translation=aligned_translation(renderer.face_model, coeffs, self.camera, template)
                                 + coeffs.translation)
-        with torch.no_grad():
-            out = renderer(coeffs)
-        render = out.image.clamp(0.0, 1.0).float().cpu()
-        mask = out.mask.float().cpu()
-        clean = out.landmarks.float().cpu().numpy()
+        render, mask, clean = self._render(renderer, coeffs, indices)
         backgrounds = np.stack([random_background(sample_rng(self.seed, self.split, i, "background"), size, size)
                                 for i in indices])
         images = soft_composite(render, mask, torch.from_numpy(backgrounds).permute(0, 3, 1, 2))
@@ -332,11 +371,16 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
                 kind = int(rng.integers(len(OCCLUDER_KINDS)))
                 images[k], coverage = draw_occluder(images[k], clean[k], rng, OCCLUDER_KINDS[kind])
                 occluder[k], occlusion[k] = kind, coverage > 0
-            pixels = sample_rng(self.seed, self.split, i, "pixels")
-            images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
             landmark_rng = sample_rng(self.seed, self.split, i, "landmarks")
             noisy[k] = clean[k] + landmark_rng.normal(0.0, self.landmark_noise_px, clean[k].shape)
-        images_u8 = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+        if self.appearance.look == "model":
+            for k, i in enumerate(indices):
+                pixels = sample_rng(self.seed, self.split, i, "pixels")
+                images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
+            images_u8 = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+        else:
+            images_u8 = np.stack([degrade_picture(images[k], sample_rng(self.seed, self.split, i, "sensor"),
+                                                  self.appearance) for k, i in enumerate(indices)]).transpose(0, 3, 1, 2)
         with torch.no_grad():
             skin = skin_posterior_torch(torch.from_numpy(images_u8))
         return SyntheticArrays(
@@ -380,6 +424,18 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         }
 
 
+_SCENES: dict[tuple[str, bool], HeadScene] = {}
+
+
+def shared_head_scene(face_model: FaceModel, full_head: bool) -> HeadScene:
+    """`datamodules.appearance.build_head_scene`, built once per face model content (splits and image-set
+    datasets of one model share it; building takes a second or two)."""
+    key = (model_digest(face_model), full_head)
+    if key not in _SCENES:
+        _SCENES[key] = build_head_scene(face_model, full_head)
+    return _SCENES[key]
+
+
 def model_digest(face_model: FaceModel) -> str:
     """Short hash of a face model's buffers: two models with the same name but other bases differ."""
     digest = hashlib.sha256()
@@ -392,7 +448,7 @@ def model_digest(face_model: FaceModel) -> str:
 class SyntheticFaceDataModule(pl.LightningDataModule):
     """Train / val / test splits of `SyntheticFaceDataset` as `FaceBatch` loaders.
 
-    The arguments are those of `SyntheticFaceDataset` (per split sizes ``n_train``, ``n_val``, ``n_test``),
+    The arguments are those of `SyntheticFaceDataset` (``appearance`` included) (per split sizes ``n_train``, ``n_val``, ``n_test``),
     plus ``batch_size`` and ``num_workers``. With a ``cache_dir`` missing splits are generated and written
     in `prepare_data` (on one process), and the other processes read them in `setup`; without one every
     process generates the splits its stage needs in `setup`.
@@ -416,6 +472,7 @@ class SyntheticFaceDataModule(pl.LightningDataModule):
         pixel_noise_std: float = 0.01,
         cache_dir: str | Path | None = None,
         prior: CoefficientPrior = CoefficientPrior(),
+        appearance: AppearanceSettings = AppearanceSettings(),
         render_batch_size: int = 32,
         device: str | torch.device = "cpu",
         backend: str = "auto",
@@ -432,7 +489,8 @@ class SyntheticFaceDataModule(pl.LightningDataModule):
             seed=seed, image_size=image_size, max_yaw_deg=max_yaw_deg, max_pitch_deg=max_pitch_deg,
             max_roll_deg=max_roll_deg, occluder_probability=occluder_probability,
             landmark_noise_px=landmark_noise_px, pixel_noise_std=pixel_noise_std, prior=prior,
-            cache_dir=cache_dir, render_batch_size=render_batch_size, device=device, backend=backend,
+            cache_dir=cache_dir, appearance=appearance, render_batch_size=render_batch_size, device=device,
+            backend=backend,
         )
         self.cache_dir = cache_dir
         self.datasets: dict[str, SyntheticFaceDataset] = {}

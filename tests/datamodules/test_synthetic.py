@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.appearance import AppearanceSettings
 from datamodules.backgrounds import OCCLUDER_KINDS, draw_occluder, random_background
 from datamodules.batch import FaceBatch
 from datamodules.synthetic import (SyntheticFaceDataModule, SyntheticFaceDataset, aligned_translation,
-                                   coefficient_prior_std)
+                                   coefficient_prior_std, sample_rng, soft_composite)
 from face_model.model import five_points_from_68
 from face_model.sampling import CoefficientPrior, sample_coefficients
 from preprocessing.align import fit_scale_translation, template_from_face_model
@@ -170,13 +171,17 @@ def test_cache_round_trip(ict_small, tmp_path, monkeypatch):
         regenerated.materialise()
     assert np.array_equal(regenerated.arrays.images, first.arrays.images)
     # Any generation parameter changes the key.
-    for change in ({"landmark_noise_px": 2.0}, {"split": "val"}, {"max_yaw_deg": 60.0}, {"n_samples": 4}):
+    for change in ({"landmark_noise_px": 2.0}, {"split": "val"}, {"max_yaw_deg": 60.0}, {"n_samples": 4},
+                   {"appearance": AppearanceSettings(look="model")}, {"appearance": AppearanceSettings(jpeg_probability=0)}):
         args = {"n_samples": 3, "cache_dir": tmp_path, **change}
         assert make_dataset(ict_small, **args).cache_path != first.cache_path, change
 
 
-def test_occluders_change_only_the_pixels_they_cover(ict_small, synthetic_train):
-    clean = make_dataset(ict_small, occluder_probability=0.0)
+def test_occluders_change_only_the_pixels_they_cover(ict_small):
+    # Blur and JPEG blocks would spread an occluder's pixels to its neighbours; without them nothing spreads.
+    sharp = AppearanceSettings(blur_probability=0.0, jpeg_probability=0.0)
+    clean = make_dataset(ict_small, occluder_probability=0.0, appearance=sharp)
+    synthetic_train = make_dataset(ict_small, appearance=sharp)
     occluded = synthetic_train.arrays
     assert (occluded.occluder >= 0).any() and (occluded.occluder < 0).any()
     assert np.array_equal(clean.arrays.coefficients, occluded.coefficients)
@@ -214,3 +219,25 @@ def test_bad_arguments_are_named(ict_small):
         make_dataset(ict_small, split="training")
     with pytest.raises(ValueError, match="occluder_probability"):
         make_dataset(ict_small, occluder_probability=1.5)
+
+
+def test_model_look_is_the_face_models_own_render(ict_small):
+    dataset = make_dataset(ict_small, n_samples=3, occluder_probability=0.0, pixel_noise_std=0.0,
+                           appearance=AppearanceSettings(look="model"))
+    camera = PinholeCamera().resized(SIZE, SIZE)
+    coeffs = ict_small.layout.split(torch.from_numpy(dataset.arrays.coefficients))
+    with torch.no_grad():
+        out = MeshRenderer(ict_small, camera)(coeffs)
+    background = np.stack([random_background(sample_rng(SEED, "train", i, "background"), SIZE, SIZE) for i in range(3)])
+    expected = soft_composite(out.image.clamp(0, 1), out.mask, torch.from_numpy(background).permute(0, 3, 1, 2))
+    expected = np.clip(np.rint(expected.numpy() * 255.0), 0, 255)
+    assert np.abs(dataset.arrays.images.astype(float) - expected).max() <= 1.0
+
+
+def test_looks_share_the_ground_truth_and_labels(ict_small, synthetic_train):
+    # The look changes the pictures only: coefficients and landmarks come from the same streams.
+    model_look = make_dataset(ict_small, n_samples=3, appearance=AppearanceSettings(look="model"))
+    photo = synthetic_train.arrays
+    assert np.allclose(model_look.arrays.coefficients, photo.coefficients[:3], atol=1e-5)  # batched differently
+    assert np.allclose(model_look.arrays.landmarks, photo.landmarks[:3], atol=1e-4)
+    assert np.abs(model_look.arrays.images.astype(float) - photo.images[:3]).mean() > 10.0
