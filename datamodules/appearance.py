@@ -36,13 +36,15 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from datamodules.backgrounds import BACKGROUND_STYLES
+from face_model.coefficients import Coefficients
 from face_model.ict import ICTHeadGeometry, ict_head_geometry
 from face_model.model import FaceModel
 from renderers.camera import PinholeCamera, euler_to_rotation, model_to_camera, rigid_transform, to_screen
 from renderers.geometry import vertex_normals
 from renderers.lighting import blinn_phong, hemisphere_ambient, irradiance, lambert
 from renderers.rasterizer import interpolate, rasterize
-from renderers.shadow import shadow_visibility
+from renderers.shadow import ambient_occlusion, shadow_visibility
 
 LOOKS = ("photo", "model")
 """``photo``: this module's pictures; ``model``: the face model's own render (mask-only face, SH light)."""
@@ -90,13 +92,16 @@ class AppearanceSettings:
         camera axis (either side).
     key_intensity, ambient_intensity: irradiance of the key light and the ambient (before exposure).
     specular: strength of the skin sheen.
-    exposure: overall gain after shading.
+    exposure: overall gain after shading (after the auto-exposure).
+    auto_exposure: how far the exposure is corrected towards a mid-grey face, as a camera meters (in log terms;
+        0: no correction, 1: every face equally bright whatever its tone and light).
     focal_scale: focal length relative to the crop's camera (the face keeps its size in the crop): < 1 is a
         wide angle close up, > 1 a tele lens from afar. (1, 1) keeps the crop's camera.
     blur_probability, blur_sigma_px: defocus/motion-free Gaussian blur, sigma in pixels of a 224 crop.
     noise_std: range of the sensor noise std (colour values in [0, 1]).
     jpeg_probability, jpeg_quality: JPEG compression and its quality range.
     shadow_map_size: texels of the shadow map's side.
+    background: style of the backgrounds (`datamodules.backgrounds.BACKGROUND_STYLES`).
     """
 
     look: str = "photo"
@@ -119,6 +124,7 @@ class AppearanceSettings:
     ambient_intensity: tuple[float, float] = (0.15, 0.6)
     specular: tuple[float, float] = (0.0, 0.25)
     exposure: tuple[float, float] = (0.85, 1.25)
+    auto_exposure: float = 0.7
     focal_scale: tuple[float, float] = (1.0, 1.0)
     blur_probability: float = 0.3
     blur_sigma_px: tuple[float, float] = (0.4, 1.6)
@@ -126,11 +132,12 @@ class AppearanceSettings:
     jpeg_probability: float = 0.5
     jpeg_quality: tuple[int, int] = (35, 95)
     shadow_map_size: int = 96
+    background: str = "mixed"
 
     def __post_init__(self) -> None:
         if self.look not in LOOKS:
             raise ValueError(f"unknown look {self.look!r}; choose one of {LOOKS}")
-        for name in ("facial_hair_probability", "hair_probability", "sh_probability", "shadow_probability",
+        for name in ("auto_exposure", "facial_hair_probability", "hair_probability", "sh_probability", "shadow_probability",
                      "fill_probability", "coloured_light_probability", "blur_probability", "jpeg_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -147,6 +154,8 @@ class AppearanceSettings:
             raise ValueError(f"focal_scale must be positive, got {self.focal_scale}")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
             raise ValueError(f"jpeg_quality must be within [1, 100], got {self.jpeg_quality}")
+        if self.background not in BACKGROUND_STYLES:
+            raise ValueError(f"unknown background style {self.background!r}; choose one of {BACKGROUND_STYLES}")
         if self.shadow_map_size < 16:
             raise ValueError(f"shadow_map_size must be at least 16 texels, got {self.shadow_map_size}")
 
@@ -158,11 +167,12 @@ APPEARANCE_GAP = AppearanceSettings(
     lip_strength=(0.0, 0.0), brow_strength=(0.0, 0.25), blotch_strength=0.0, redness=(0.0, 0.0),
     facial_hair_probability=0.2, sh_probability=0.0, shadow_probability=0.8, fill_probability=0.3,
     coloured_light_probability=0.4, key_azimuth_deg=(20.0, 90.0), blur_probability=0.0, jpeg_probability=0.0,
-    noise_std=(0.005, 0.01),
+    noise_std=(0.005, 0.01), background="indoor",
 )
 """The benchmark's appearance-gap look: what a fit does not assume. Uniform skin of any tone without the prior's
 lips and brows (faint brows at most), lights from the side that SH cannot represent, most with cast shadows,
-coloured lights, eyes and hair rendered; no blur or compression, so the gap is appearance only."""
+coloured lights, eyes and hair rendered, indoor backgrounds (training's are mostly procedural patterns); no blur
+or compression, so the gap is appearance only."""
 
 
 # ------------------------------------------------------------------------------------------ the scene
@@ -297,6 +307,15 @@ def _mouth_socket(head_mean: np.ndarray, loop: np.ndarray) -> tuple[np.ndarray, 
     return np.concatenate([ring, centre[None]]), ring, centre
 
 
+def _occlusion(mean: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(V,) float32 ambient occlusion of the neutral mean (`renderers.shadow.ambient_occlusion`): identities and
+    expressions change it little, so it is computed once."""
+    vertices = torch.from_numpy(np.asarray(mean, np.float32))
+    faces = torch.from_numpy(np.asarray(triangles, np.int64))
+    normals = vertex_normals(vertices[None], faces)[0]
+    return ambient_occlusion(vertices, faces, normals, n_directions=64, map_size=128).numpy().astype(np.float32)
+
+
 def build_head_scene(face_model: FaceModel, full_head: bool = True) -> HeadScene:
     """The `HeadScene` of a face model: the full ICT head when possible, else the model's own mesh."""
     if full_head and face_model.name == "ict":
@@ -309,6 +328,7 @@ def build_head_scene(face_model: FaceModel, full_head: bool = True) -> HeadScene
         empty_long, empty = np.zeros((0, 1), np.int64), np.zeros((0, 1))
         regions = scene_regions(mean, face_model.landmark_ids.cpu().numpy(), mean.shape[0], mean.shape[0],
                                 n_cap=0, n_socket=0)
+        regions["occlusion"] = _occlusion(mean, triangles)
         return HeadScene(None, torch.from_numpy(mean).float(), torch.from_numpy(triangles),
                          torch.from_numpy(empty_long), torch.from_numpy(empty).float(), regions, face_model.n_vertices)
     head_mean = head.mean_shape.double().numpy()
@@ -349,6 +369,7 @@ def build_head_scene(face_model: FaceModel, full_head: bool = True) -> HeadScene
     eye_triangles = eye_triangles[(regions["iris_angle"][eye_triangles] < 0.6 * math.pi).any(axis=1)]
     triangles = np.concatenate([area_triangles, eye_triangles, cap_triangles + cap_start,
                                 np.asarray(socket_triangles)])
+    regions["occlusion"] = _occlusion(mean, triangles)
     anchors = np.concatenate([cap_anchors, socket_anchors])
     weights = np.concatenate([cap_weights, socket_weights])
     return HeadScene(head, torch.from_numpy(mean).float(), torch.from_numpy(triangles.astype(np.int64)),
@@ -501,7 +522,13 @@ def sample_identity_look(rng: np.random.Generator, settings: AppearanceSettings)
     bald = rng.random() >= settings.hair_probability
     hairline_dm = rng.uniform(_LOWEST_HAIRLINE_DM, 0.5)
     temples = rng.uniform(0.0, 1.0)
-    iris = IRIS_PALETTE[rng.integers(len(IRIS_PALETTE))] * rng.uniform(0.7, 1.2)
+    # Light eyes are common only with light skin.
+    darkness = float(1.0 - skin.mean())
+    light_eyes = 0.45 * max(0.0, 1.0 - 2.0 * darkness)
+    iris_p = np.array([1.0 - light_eyes, 0.0, light_eyes / 3, light_eyes / 3, light_eyes / 3])
+    iris_p[1] = iris_p[0] * 0.4
+    iris_p[0] *= 0.6
+    iris = IRIS_PALETTE[rng.choice(len(IRIS_PALETTE), p=iris_p / iris_p.sum())] * rng.uniform(0.7, 1.2)
     blotch_frequency = rng.normal(0.0, 4.0, (6, 3))  # cycles per decimetre along random directions
     blotch_phase = rng.uniform(0.0, 2.0 * math.pi, 6)
     blotch_amplitude = rng.normal(0.0, 1.0, (6, 2))  # luminance, redness
@@ -548,7 +575,7 @@ def vertex_albedo(regions: dict[str, np.ndarray], look: IdentityLook, settings: 
 
     eye = regions["eye"] > 0
     angle = regions["iris_angle"]
-    sclera = np.array([0.82, 0.78, 0.74]) * look.skin.mean() ** 0.1
+    sclera = np.array([0.68, 0.62, 0.58]) * look.skin.mean() ** 0.1
     iris = _mix(np.repeat(sclera[None], n, 0), look.iris, _smoothstep(0.58, 0.5, angle))
     iris = _mix(iris, np.array([0.02, 0.02, 0.02]), _smoothstep(0.2, 0.16, angle))
     albedo = np.where(eye[:, None], iris, albedo)
@@ -632,13 +659,21 @@ def sample_picture_light(rng: np.random.Generator, settings: AppearanceSettings)
 
 def shade_vertices(albedo: torch.Tensor, normals: torch.Tensor, vertices: torch.Tensor, lights: list[PictureLight],
                    sh_lighting: torch.Tensor, specular_weight: torch.Tensor, visibility: torch.Tensor,
-                   camera_distance: float) -> torch.Tensor:
+                   camera_distance: float, occlusion: torch.Tensor | None = None,
+                   metering: torch.Tensor | None = None, metering_target: float = 0.45,
+                   metering_strength: float = 0.7) -> torch.Tensor:
     """Per-vertex display colour of B pictures.
 
     albedo (B, V, 3) display RGB; normals (B, V, 3) unit, posed model space; vertices (B, V, 3) posed model
     space; lights: B `PictureLight`; sh_lighting (B, 9 | 27) SH offsets used where ``use_sh``;
-    specular_weight (V,); visibility (B, V) of the key light (1 = lit). Shading is linear in
-    ``albedo ** GAMMA``, the result goes back through ``1 / GAMMA``; returns (B, V, 3), not clipped.
+    specular_weight (V,); visibility (B, V) of the key light (1 = lit); occlusion (V,) share of the ambient
+    each vertex receives (1 = open; None for all open).
+
+    Shading is linear in ``albedo ** GAMMA``, the result goes back through ``1 / GAMMA``. With ``metering``
+    ((V,) bool, the vertices a camera meters on) the exposure is first corrected towards a mean display
+    brightness of ``metering_target`` over the metered vertices that face the camera, by the fraction
+    ``metering_strength`` (in log terms) of the way, as a camera's auto-exposure would; then each light's
+    ``exposure`` applies. Returns (B, V, 3), not clipped.
     """
     dtype = albedo.dtype
     as_tensor = lambda key: torch.as_tensor(np.stack([getattr(light, key) for light in lights]),  # noqa: E731
@@ -649,6 +684,8 @@ def shade_vertices(albedo: torch.Tensor, normals: torch.Tensor, vertices: torch.
     cosines = torch.stack([cosines[..., 0] * visibility, cosines[..., 1]], dim=-1)
     direct = cosines @ colours  # (B, V, 3)
     ambient = hemisphere_ambient(normals, as_tensor("sky"), as_tensor("ground"))
+    if occlusion is not None:
+        ambient = ambient * occlusion.to(dtype)[None, :, None]
     eye = normals.new_tensor([0.0, 0.0, camera_distance])
     view = eye - vertices
     view = view / view.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -660,8 +697,13 @@ def shade_vertices(albedo: torch.Tensor, normals: torch.Tensor, vertices: torch.
     if bool(use_sh.any()):
         sh = irradiance(normals, sh_lighting.to(dtype)).clamp_min(0.0)
         radiance = torch.where(use_sh[:, None, None], linear * sh ** GAMMA, radiance)
-    radiance = radiance * as_tensor("exposure")[:, None, None]
-    return radiance.clamp_min(0.0) ** (1.0 / GAMMA)
+    gain = as_tensor("exposure")
+    if metering is not None:
+        weight = (metering.to(dtype)[None] * ((normals * view).sum(-1) > 0.3).to(dtype))  # (B, V)
+        brightness = (radiance.mean(-1) * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+        correction = (metering_target**GAMMA / brightness.clamp_min(1e-4)) ** metering_strength
+        gain = gain * correction.clamp(0.25, 8.0)
+    return (radiance * gain[:, None, None]).clamp_min(0.0) ** (1.0 / GAMMA)
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -677,12 +719,13 @@ def camera_for_focal(camera: PinholeCamera, focal_scale: float) -> PinholeCamera
 def render_scene(scene: HeadScene, face_model: FaceModel, identity: torch.Tensor, expression: torch.Tensor,
                  angles: torch.Tensor, translation: torch.Tensor, albedo: torch.Tensor, lights: list[PictureLight],
                  sh_lighting: torch.Tensor, camera: PinholeCamera, shadow_map_size: int = 96,
-                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                 auto_exposure: float = 0.7, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Render B pictures of the scene.
 
     identity (B, n_id), expression (B, n_exp), angles (B, 3), translation (B, 3) are the face model's
     coefficients (posed exactly like `renderers.mesh_renderer.MeshRenderer` poses the face); albedo (B, V, 3)
-    per scene vertex. Returns the (B, 3, H, W) display-RGB picture (0 on background) and the (B, 1, H, W) mask.
+    per scene vertex; ``auto_exposure`` the metering strength of `shade_vertices` (on the face model's
+    vertices). Returns the (B, 3, H, W) display-RGB picture (0 on background) and the (B, 1, H, W) mask.
     """
     with torch.no_grad():
         vertices = scene.vertices(face_model, identity, expression)
@@ -695,14 +738,46 @@ def render_scene(scene: HeadScene, face_model: FaceModel, identity: torch.Tensor
             key = torch.as_tensor(np.stack([lights[b].directions[0] for b in casting]), dtype=posed.dtype,
                                   device=posed.device)
             visibility[casting] = shadow_visibility(posed[casting], triangles, key, map_size=shadow_map_size,
-                                                    backend=backend)
+                                                    normals=normals[casting], backend=backend)
         weights = torch.as_tensor(specular_weights(scene.regions), dtype=posed.dtype, device=posed.device)
+        occlusion = torch.as_tensor(scene.regions["occlusion"], dtype=posed.dtype, device=posed.device)
+        metering = torch.zeros(posed.shape[1], dtype=torch.bool, device=posed.device)
+        metering[:scene.n_face] = True
         colours = shade_vertices(albedo.to(posed), normals, posed, lights, sh_lighting.to(posed), weights,
-                                 visibility, camera.camera_distance)
+                                 visibility, camera.camera_distance, occlusion=occlusion, metering=metering,
+                                 metering_strength=auto_exposure)
         screen = to_screen(model_to_camera(posed, camera.camera_distance), camera)
         fragments = rasterize(screen, triangles, camera.image_size, backend=backend)
         image = interpolate(colours, triangles, fragments).permute(0, 3, 1, 2)
         return image, fragments.mask.unsqueeze(1).to(image.dtype)
+
+
+def side_light(light: PictureLight, side: float) -> PictureLight:
+    """The same picture lit hard from one side (``side`` -1: from the subject's right, image left; +1 the
+    other): a key light 80 degrees off the camera axis with shadows, no fill, a dim ambient. The directional
+    counterpart of `datamodules.image_sets.side_lit`."""
+    key = _direction(10.0, 80.0 * side)
+    colours = light.colours.copy()
+    colours[1] = 0.0
+    return dataclasses.replace(light, directions=np.stack([key, light.directions[1]]), colours=colours,
+                               sky=light.sky * 0.3, ground=light.ground * 0.3, shadow=True, use_sh=False)
+
+
+def render_photo(scene: HeadScene, face_model: FaceModel, coeffs: Coefficients, looks: list[IdentityLook],
+                 lights: list[PictureLight], camera: PinholeCamera, settings: AppearanceSettings,
+                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """`render_scene` of B pictures given their coefficients (translation already aligned), one `IdentityLook`
+    and one `PictureLight` each: (B, 3, H, W) display RGB clipped to [0, 1] (0 on background) and the (B, 1, H, W)
+    mask, on the CPU. Pictures sharing a look object share its albedo computation."""
+    albedo_of: dict[int, np.ndarray] = {}
+    for look in looks:
+        if id(look) not in albedo_of:
+            albedo_of[id(look)] = vertex_albedo(scene.regions, look, settings)
+    albedo = torch.from_numpy(np.stack([albedo_of[id(look)] for look in looks])).to(coeffs.identity.device)
+    image, mask = render_scene(scene, face_model, coeffs.identity, coeffs.expression, coeffs.angles,
+                               coeffs.translation, albedo, lights, coeffs.lighting, camera,
+                               settings.shadow_map_size, settings.auto_exposure, backend)
+    return image.clamp(0.0, 1.0).float().cpu(), mask.float().cpu()
 
 
 # ------------------------------------------------------------------------------------- camera and sensor

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datamodules.appearance import (AppearanceSettings, HeadScene, build_head_scene, degrade_picture,
-                                    render_scene, sample_identity_look, sample_picture_light, vertex_albedo)
-from datamodules.backgrounds import OCCLUDER_KINDS, draw_occluder, random_background
+from datamodules.appearance import (AppearanceSettings, HeadScene, build_head_scene, degrade_picture, render_photo,
+                                    sample_identity_look, sample_picture_light)
+from datamodules.backgrounds import OCCLUDER_KINDS, draw_background, draw_occluder
 from datamodules.batch import collate_face_samples
 from datamodules.generated_cache import CachedGeneration
 from face_model.coefficients import SH_BANDS, CoeffLayout, Coefficients
@@ -337,17 +337,14 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             with torch.no_grad():
                 out = renderer(coeffs)
             return out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu(), out.landmarks.float().cpu().numpy()
-        scene, settings = self.scene, self.appearance
-        albedo = torch.from_numpy(np.stack([
-            vertex_albedo(scene.regions, sample_identity_look(sample_rng(self.seed, self.split, i, "look"), settings),
-                          settings) for i in indices]))
+        settings = self.appearance
+        looks = [sample_identity_look(sample_rng(self.seed, self.split, i, "look"), settings) for i in indices]
         lights = [sample_picture_light(sample_rng(self.seed, self.split, i, "light"), settings) for i in indices]
-        image, mask = render_scene(scene, renderer.face_model, coeffs.identity, coeffs.expression, coeffs.angles,
-                                   coeffs.translation, albedo, lights, coeffs.lighting, self.camera,
-                                   settings.shadow_map_size, self.backend)
+        image, mask = render_photo(self.scene, renderer.face_model, coeffs, looks, lights, self.camera, settings,
+                                   self.backend)
         with torch.no_grad():
             landmarks = renderer.project_landmarks(coeffs)
-        return image.clamp(0.0, 1.0).float().cpu(), mask.float().cpu(), landmarks.float().cpu().numpy()
+        return image, mask, landmarks.float().cpu().numpy()
 
     def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, indices: range) -> SyntheticArrays:
         size = self.image_size
@@ -355,7 +352,9 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         coeffs = coeffs.replace(translation=aligned_translation(renderer.face_model, coeffs, self.camera, template)
                                 + coeffs.translation)
         render, mask, clean = self._render(renderer, coeffs, indices)
-        backgrounds = np.stack([random_background(sample_rng(self.seed, self.split, i, "background"), size, size)
+        # The model look keeps its procedural backgrounds (what it always had).
+        style = "procedural" if self.appearance.look == "model" else self.appearance.background
+        backgrounds = np.stack([draw_background(sample_rng(self.seed, self.split, i, "background"), size, size, style)
                                 for i in indices])
         images = soft_composite(render, mask, torch.from_numpy(backgrounds).permute(0, 3, 1, 2))
         images = images.permute(0, 2, 3, 1).numpy()

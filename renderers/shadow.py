@@ -33,7 +33,7 @@ def light_frame(directions: torch.Tensor) -> torch.Tensor:
 
 def shadow_visibility(vertices: torch.Tensor, triangles: torch.Tensor, directions: torch.Tensor,
                       map_size: int = 96, bias: float = 0.03, filter_radius: int = 1,
-                      backend: str = "auto") -> torch.Tensor:
+                      normals: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """Fraction of each vertex lit by a distant light.
 
     Args:
@@ -43,6 +43,8 @@ def shadow_visibility(vertices: torch.Tensor, triangles: torch.Tensor, direction
         map_size: side of the shadow map in texels; it spans the mesh's extent seen from the light.
         bias: depth tolerance in model units: surfaces within it of the closest one count as lit.
         filter_radius: texels tested on each side (0: one texel, hard edges; 1: 3x3 texels).
+        normals: optional (B, V, 3) unit vertex normals; with them the bias grows where the light grazes the
+            surface (by the depth change across the texels tested), which removes self-shadowing stripes there.
         backend: rasterizer backend.
 
     Returns:
@@ -67,10 +69,45 @@ def shadow_visibility(vertices: torch.Tensor, triangles: torch.Tensor, direction
         lit = torch.zeros(batch, n_vertices, dtype=vertices.dtype, device=vertices.device)
         count = 0
         flat = depth.reshape(batch, -1)
+        tolerance = torch.full_like(distance[..., 0], bias)
+        if normals is not None:
+            cos = (normals.to(vertices.dtype) * frame[:, 2:3]).sum(-1).abs().clamp(0.1, 1.0)
+            slope = (1.0 - cos * cos).sqrt() / cos
+            tolerance = tolerance + slope * (filter_radius + 1.0) / scale[..., 0]
         for dy in range(-filter_radius, filter_radius + 1):
             for dx in range(-filter_radius, filter_radius + 1):
                 index = ((row + dy).clamp(0, map_size - 1) * map_size + (column + dx).clamp(0, map_size - 1))
                 nearest = flat.gather(1, index)
-                lit += (distance[..., 0] <= nearest.to(vertices.dtype) + bias).to(vertices.dtype)
+                lit += (distance[..., 0] <= nearest.to(vertices.dtype) + tolerance).to(vertices.dtype)
                 count += 1
         return lit / count
+
+
+def sphere_directions(n: int) -> torch.Tensor:
+    """(n, 3) unit directions spread evenly over the sphere (Fibonacci lattice), float64."""
+    k = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1.0 - 2.0 * k / n
+    r = (1.0 - z * z).sqrt()
+    phi = k * torch.pi * (3.0 - 5.0**0.5)
+    return torch.stack([r * phi.cos(), r * phi.sin(), z], dim=-1)
+
+
+def ambient_occlusion(vertices: torch.Tensor, triangles: torch.Tensor, normals: torch.Tensor,
+                      n_directions: int = 64, map_size: int = 96, bias: float = 0.03, chunk: int = 16,
+                      backend: str = "auto") -> torch.Tensor:
+    """(V,) fraction of the cosine-weighted sky each vertex of one mesh sees (1 = fully open).
+
+    ``vertices`` (V, 3) and unit ``normals`` (V, 3): the mesh is shadow-mapped from ``n_directions`` distant
+    lights spread over the sphere, and each light counts with weight ``max(n . d, 0)``, so the result is the
+    ambient light a vertex receives from a uniform sky relative to an unoccluded one: low in creases, in the
+    eye sockets, between the lips, behind the ears.
+    """
+    directions = sphere_directions(n_directions).to(vertices)
+    weights = (normals @ directions.T).clamp_min(0.0)  # (V, D)
+    seen = torch.zeros_like(weights)
+    for start in range(0, n_directions, chunk):
+        batch = directions[start:start + chunk]
+        lit = shadow_visibility(vertices.expand(len(batch), -1, -1), triangles, batch, map_size=map_size, bias=bias,
+                                normals=normals.expand(len(batch), -1, -1), backend=backend)
+        seen[:, start:start + len(batch)] = lit.T
+    return (seen * weights).sum(1) / weights.sum(1).clamp_min(1e-12)

@@ -177,7 +177,8 @@ def render(ict_small, scene, settings, seed: int = 0, yaw_deg: float = 0.0, full
                                             settings))[None]
     light = sample_picture_light(np.random.default_rng(seed), settings)
     image, mask = render_scene(scene, ict_small, coeffs.identity, coeffs.expression, coeffs.angles,
-                               coeffs.translation, albedo, [light], coeffs.lighting, camera, backend="torch")
+                               coeffs.translation, albedo, [light], coeffs.lighting, camera,
+                               auto_exposure=settings.auto_exposure, backend="torch")
     return image[0], mask[0, 0], coeffs, camera
 
 
@@ -195,8 +196,9 @@ def test_full_head_has_no_holes_at_the_eyes(ict_small, scene):
 
 
 def test_cast_shadows_only_darken(ict_small, scene):
+    # Without auto-exposure: a camera metering the face would brighten the shadowed picture.
     settings = AppearanceSettings(sh_probability=0.0, shadow_probability=1.0, key_azimuth_deg=(70.0, 80.0),
-                                  key_elevation_deg=(30.0, 40.0))
+                                  key_elevation_deg=(30.0, 40.0), auto_exposure=0.0)
     lit, _, _, _ = render(ict_small, scene, dataclasses.replace(settings, shadow_probability=0.0))
     shadowed, mask, _, _ = render(ict_small, scene, settings)
     darker = (lit - shadowed).sum(0)
@@ -247,3 +249,31 @@ def test_bad_settings_are_named():
         AppearanceSettings(focal_scale=(2.0, 1.0))
     with pytest.raises(ValueError, match="jpeg_quality"):
         AppearanceSettings(jpeg_quality=(0, 50))
+
+
+def test_auto_exposure_brings_dark_and_light_faces_closer(ict_small, scene):
+    def mean_face(settings, tone):
+        settings = dataclasses.replace(settings, skin_palette_range=(tone, tone), sh_probability=0.0,
+                                       exposure=(1.0, 1.0))
+        image, mask, _, _ = render(ict_small, scene, settings)
+        return float(image.mean(0)[mask > 0].mean())
+
+    for strength in (0.0, 0.7):
+        settings = AppearanceSettings(auto_exposure=strength)
+        dark, light = mean_face(settings, 7.0), mean_face(settings, 0.0)
+        assert light > dark
+        if strength == 0.0:
+            ratio_off = light / dark
+    assert light / dark < ratio_off
+
+
+def test_indoor_backgrounds_are_muted_deterministic_and_varied():
+    from datamodules.backgrounds import draw_background, indoor_background
+
+    first = indoor_background(np.random.default_rng(2), 48, 40)
+    assert first.shape == (48, 40, 3) and first.dtype == np.float32 and 0.0 <= first.min() and first.max() <= 1.0
+    assert np.array_equal(first, draw_background(np.random.default_rng(2), 48, 40, "indoor"))
+    others = [indoor_background(np.random.default_rng(s), 48, 40) for s in range(5)]
+    assert min(np.abs(a - b).mean() for i, a in enumerate(others) for b in others[i + 1:]) > 0.01
+    with pytest.raises(ValueError, match="background style"):
+        draw_background(np.random.default_rng(0), 8, 8, "beach")

@@ -86,3 +86,22 @@ def test_a_convex_body_does_not_shadow_its_lit_side(map_size):
     faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
     lit = shadow_visibility(vertices, faces, torch.tensor([[0.0, 0.0, 1.0]]), map_size=map_size, filter_radius=0)[0]
     assert lit[4] == 1 and lit[5] == 0
+
+
+def test_ambient_occlusion_is_one_in_the_open_and_lower_under_a_cover():
+    from renderers.shadow import ambient_occlusion, sphere_directions
+
+    directions = sphere_directions(200)
+    assert torch.allclose(directions.norm(dim=1), torch.ones(200, dtype=torch.float64))
+    assert directions.mean(0).abs().max() < 0.01  # evenly spread
+    vertices, faces, plane, n = scene_with_square(height=0.3, size=0.8)
+    normals = torch.zeros_like(vertices[0])
+    normals[:, 2] = 1.0
+    ao = ambient_occlusion(vertices[0], faces, normals, n_directions=64, map_size=64)
+    far = (plane[:, :2].abs() > 1.5).any(1)
+    centre = (plane[:, :2].abs() < 0.1).all(1)
+    assert torch.all(ao[:n][far] > 0.9)
+    # Under a disc of radius R at height h the open cosine-weighted sky is h^2 / (h^2 + R^2): 0.12 for the
+    # disc inside the 1.6-wide square (R = 0.8), 0.066 for the disc around it (R = 0.8 sqrt 2).
+    assert torch.all((ao[:n][centre] > 0.04) & (ao[:n][centre] < 0.2))
+    assert torch.all(ao[n:] > 0.95)  # the cover's top is open
