@@ -125,7 +125,7 @@ class AppearanceSettings:
     specular: tuple[float, float] = (0.0, 0.25)
     exposure: tuple[float, float] = (0.85, 1.25)
     auto_exposure: float = 0.7
-    focal_scale: tuple[float, float] = (1.0, 1.0)
+    focal_scale: tuple[float, float] = (0.6, 2.0)
     blur_probability: float = 0.3
     blur_sigma_px: tuple[float, float] = (0.4, 1.6)
     noise_std: tuple[float, float] = (0.004, 0.03)
@@ -167,7 +167,7 @@ APPEARANCE_GAP = AppearanceSettings(
     lip_strength=(0.0, 0.0), brow_strength=(0.0, 0.25), blotch_strength=0.0, redness=(0.0, 0.0),
     facial_hair_probability=0.2, sh_probability=0.0, shadow_probability=0.8, fill_probability=0.3,
     coloured_light_probability=0.4, key_azimuth_deg=(20.0, 90.0), blur_probability=0.0, jpeg_probability=0.0,
-    noise_std=(0.005, 0.01), background="indoor",
+    noise_std=(0.005, 0.01), background="indoor", focal_scale=(1.0, 1.0),
 )
 """The benchmark's appearance-gap look: what a fit does not assume. Uniform skin of any tone without the prior's
 lips and brows (faint brows at most), lights from the side that SH cannot represent, most with cast shadows,
@@ -659,14 +659,15 @@ def sample_picture_light(rng: np.random.Generator, settings: AppearanceSettings)
 
 def shade_vertices(albedo: torch.Tensor, normals: torch.Tensor, vertices: torch.Tensor, lights: list[PictureLight],
                    sh_lighting: torch.Tensor, specular_weight: torch.Tensor, visibility: torch.Tensor,
-                   camera_distance: float, occlusion: torch.Tensor | None = None,
+                   camera_distance: float | torch.Tensor, occlusion: torch.Tensor | None = None,
                    metering: torch.Tensor | None = None, metering_target: float = 0.45,
                    metering_strength: float = 0.7) -> torch.Tensor:
     """Per-vertex display colour of B pictures.
 
     albedo (B, V, 3) display RGB; normals (B, V, 3) unit, posed model space; vertices (B, V, 3) posed model
     space; lights: B `PictureLight`; sh_lighting (B, 9 | 27) SH offsets used where ``use_sh``;
-    specular_weight (V,); visibility (B, V) of the key light (1 = lit); occlusion (V,) share of the ambient
+    specular_weight (V,); visibility (B, V) of the key light (1 = lit); camera_distance a float or (B,) (the
+    camera sits at (0, 0, distance)); occlusion (V,) share of the ambient
     each vertex receives (1 = open; None for all open).
 
     Shading is linear in ``albedo ** GAMMA``, the result goes back through ``1 / GAMMA``. With ``metering``
@@ -686,8 +687,9 @@ def shade_vertices(albedo: torch.Tensor, normals: torch.Tensor, vertices: torch.
     ambient = hemisphere_ambient(normals, as_tensor("sky"), as_tensor("ground"))
     if occlusion is not None:
         ambient = ambient * occlusion.to(dtype)[None, :, None]
-    eye = normals.new_tensor([0.0, 0.0, camera_distance])
-    view = eye - vertices
+    distance = torch.as_tensor(camera_distance, dtype=dtype, device=albedo.device).reshape(-1, 1)
+    eye = torch.cat([torch.zeros(distance.shape[0], 2, dtype=dtype, device=albedo.device), distance], 1)
+    view = eye[:, None] - vertices
     view = view / view.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     highlight = blinn_phong(normals, directions[:, :1], view, as_tensor("shininess"))[..., 0]
     sheen = (as_tensor("specular")[:, None] * specular_weight[None] * highlight * visibility)[..., None] \
@@ -709,6 +711,12 @@ def shade_vertices(albedo: torch.Tensor, normals: torch.Tensor, vertices: torch.
 # ------------------------------------------------------------------------------------------ rendering
 
 
+def sample_focal_scale(rng: np.random.Generator, settings: AppearanceSettings) -> float:
+    """One picture's focal length relative to the crop's, log-uniform in ``settings.focal_scale`` (one draw)."""
+    low, high = settings.focal_scale
+    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+
 def camera_for_focal(camera: PinholeCamera, focal_scale: float) -> PinholeCamera:
     """The crop's camera with its focal length scaled and its distance scaled alike, so a face at the
     model-space origin keeps its size in the crop while the perspective changes."""
@@ -718,15 +726,19 @@ def camera_for_focal(camera: PinholeCamera, focal_scale: float) -> PinholeCamera
 
 def render_scene(scene: HeadScene, face_model: FaceModel, identity: torch.Tensor, expression: torch.Tensor,
                  angles: torch.Tensor, translation: torch.Tensor, albedo: torch.Tensor, lights: list[PictureLight],
-                 sh_lighting: torch.Tensor, camera: PinholeCamera, shadow_map_size: int = 96,
+                 sh_lighting: torch.Tensor, camera: PinholeCamera | list[PinholeCamera], shadow_map_size: int = 96,
                  auto_exposure: float = 0.7, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Render B pictures of the scene.
 
     identity (B, n_id), expression (B, n_exp), angles (B, 3), translation (B, 3) are the face model's
     coefficients (posed exactly like `renderers.mesh_renderer.MeshRenderer` poses the face); albedo (B, V, 3)
-    per scene vertex; ``auto_exposure`` the metering strength of `shade_vertices` (on the face model's
+    per scene vertex; ``camera`` one camera for all pictures or one per picture (same image size, e.g.
+    `camera_for_focal` of the crop's camera); ``auto_exposure`` the metering strength of `shade_vertices` (on the face model's
     vertices). Returns the (B, 3, H, W) display-RGB picture (0 on background) and the (B, 1, H, W) mask.
     """
+    cameras = list(camera) if isinstance(camera, (list, tuple)) else [camera] * identity.shape[0]
+    if len({c.image_size for c in cameras}) != 1 or len(cameras) != identity.shape[0]:
+        raise ValueError("render_scene needs one camera, or one per picture, all of the same image size")
     with torch.no_grad():
         vertices = scene.vertices(face_model, identity, expression)
         posed = rigid_transform(vertices, euler_to_rotation(angles), translation)
@@ -744,10 +756,11 @@ def render_scene(scene: HeadScene, face_model: FaceModel, identity: torch.Tensor
         metering = torch.zeros(posed.shape[1], dtype=torch.bool, device=posed.device)
         metering[:scene.n_face] = True
         colours = shade_vertices(albedo.to(posed), normals, posed, lights, sh_lighting.to(posed), weights,
-                                 visibility, camera.camera_distance, occlusion=occlusion, metering=metering,
-                                 metering_strength=auto_exposure)
-        screen = to_screen(model_to_camera(posed, camera.camera_distance), camera)
-        fragments = rasterize(screen, triangles, camera.image_size, backend=backend)
+                                 visibility, torch.tensor([c.camera_distance for c in cameras]), occlusion=occlusion,
+                                 metering=metering, metering_strength=auto_exposure)
+        screen = torch.cat([to_screen(model_to_camera(posed[b:b + 1], c.camera_distance), c)
+                            for b, c in enumerate(cameras)])
+        fragments = rasterize(screen, triangles, cameras[0].image_size, backend=backend)
         image = interpolate(colours, triangles, fragments).permute(0, 3, 1, 2)
         return image, fragments.mask.unsqueeze(1).to(image.dtype)
 
@@ -764,7 +777,7 @@ def side_light(light: PictureLight, side: float) -> PictureLight:
 
 
 def render_photo(scene: HeadScene, face_model: FaceModel, coeffs: Coefficients, looks: list[IdentityLook],
-                 lights: list[PictureLight], camera: PinholeCamera, settings: AppearanceSettings,
+                 lights: list[PictureLight], camera: PinholeCamera | list[PinholeCamera], settings: AppearanceSettings,
                  backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """`render_scene` of B pictures given their coefficients (translation already aligned), one `IdentityLook`
     and one `PictureLight` each: (B, 3, H, W) display RGB clipped to [0, 1] (0 on background) and the (B, 1, H, W)

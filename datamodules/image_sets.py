@@ -41,12 +41,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.appearance import (AppearanceSettings, HeadScene, degrade_picture, render_photo, sample_identity_look,
-                                    sample_picture_light, side_light)
+from datamodules.appearance import (AppearanceSettings, HeadScene, degrade_picture, render_photo, sample_focal_scale,
+                                    sample_identity_look, sample_picture_light, side_light)
 from datamodules.backgrounds import draw_background, draw_occluder
 from datamodules.generated_cache import CachedGeneration
 from datamodules.prepared import PreparedRecord, is_validation, load_prepared_sample
-from datamodules.synthetic import SPLITS, aligned_translation, model_digest, shared_head_scene, soft_composite
+from datamodules.synthetic import SPLITS, model_digest, place_faces, project_landmarks, shared_head_scene, soft_composite
 from face_model.coefficients import SH_BANDS, Coefficients
 from face_model.model import FaceModel
 from face_model.sampling import CoefficientPrior, sample_lighting
@@ -63,7 +63,8 @@ CACHE_VERSION = 2
 
 # Independent random streams; appending a name keeps existing sets unchanged.
 _SET_STREAMS = ("identity", "look")
-_IMAGE_STREAMS = ("coefficients", "degradation", "background", "landmarks", "pixels", "damage", "light", "sensor")
+_IMAGE_STREAMS = ("coefficients", "degradation", "background", "landmarks", "pixels", "damage", "light", "sensor",
+                  "camera")
 # Keeps these streams apart from the single-image data's (whose spawn keys are (split, index, stream)).
 _DOMAIN = 1
 
@@ -430,7 +431,7 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
             self._scene = shared_head_scene(self.face_model, self.appearance.full_head)
         return self._scene
 
-    def _render(self, renderer: MeshRenderer, coeffs: Coefficients,
+    def _render(self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera],
                 jobs: list) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
         if self.appearance.look == "model":
@@ -450,17 +451,16 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
                 light = side_light(light, -1.0 if band > 0 else 1.0)
             lights.append(light)
         image, mask = render_photo(self.scene, renderer.face_model, coeffs, [looks[job[0]] for job in jobs], lights,
-                                   self.camera, settings, self.backend)
-        with torch.no_grad():
-            landmarks = renderer.project_landmarks(coeffs)
-        return image, mask, landmarks.float().cpu().numpy()
+                                   cameras, settings, self.backend)
+        return image, mask, project_landmarks(renderer, coeffs, cameras)
 
     def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, jobs: list) -> tuple:
         size = self.image_size
-        coeffs = Coefficients.cat([job[2] for job in jobs]).to(self.device)
-        coeffs = coeffs.replace(translation=aligned_translation(renderer.face_model, coeffs, self.camera, template)
-                                + coeffs.translation)
-        render, mask, clean = self._render(renderer, coeffs, jobs)
+        focal = [1.0 if self.appearance.look == "model" else
+                 sample_focal_scale(set_rng(self.seed, self.split, i, "camera", j), self.appearance) for i, j, _, _ in jobs]
+        shown, coeffs, cameras = place_faces(renderer.face_model, Coefficients.cat([job[2] for job in jobs]).to(self.device),
+                                             self.camera, template, focal)
+        render, mask, clean = self._render(renderer, shown, cameras, jobs)
         style = "procedural" if self.appearance.look == "model" else self.appearance.background
         backgrounds = np.stack([draw_background(set_rng(self.seed, self.split, i, "background", j), size, size, style)
                                 for i, j, _, _ in jobs])

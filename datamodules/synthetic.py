@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datamodules.appearance import (AppearanceSettings, HeadScene, build_head_scene, degrade_picture, render_photo,
-                                    sample_identity_look, sample_picture_light)
+from datamodules.appearance import (AppearanceSettings, HeadScene, build_head_scene, camera_for_focal, degrade_picture,
+                                    render_photo, sample_focal_scale, sample_identity_look, sample_picture_light)
 from datamodules.backgrounds import OCCLUDER_KINDS, draw_background, draw_occluder
 from datamodules.batch import collate_face_samples
 from datamodules.generated_cache import CachedGeneration
@@ -52,7 +52,7 @@ from renderers.mesh_renderer import MeshRenderer
 
 SPLITS = ("train", "val", "test")
 # Independent random streams of one sample; appending a stream keeps existing samples unchanged.
-_STREAMS = ("coefficients", "background", "occluder", "landmarks", "pixels", "look", "light", "sensor")
+_STREAMS = ("coefficients", "background", "occluder", "landmarks", "pixels", "look", "light", "sensor", "camera")
 CACHE_VERSION = 2
 """Part of the cache key: bump it whenever a change here alters what a given set of parameters generates."""
 _ALIGN_ITERATIONS = 4
@@ -121,6 +121,38 @@ def aligned_translation(face_model: FaceModel, coeffs: Coefficients, camera: Pin
         return translation.to(coeffs.translation.dtype)
 
 
+def place_faces(face_model: FaceModel, coeffs: Coefficients, camera: PinholeCamera, template: np.ndarray,
+                focal_scales: list[float]) -> tuple[Coefficients, Coefficients, list[PinholeCamera]]:
+    """Align B faces to the crop template through per-picture focal lengths.
+
+    ``coeffs.translation`` holds the prior's jitter only. Picture b is taken with
+    `datamodules.appearance.camera_for_focal` of ``camera`` (focal and distance times ``focal_scales[b]``),
+    aligned by `aligned_translation` through that camera, with the jitter scaled alike. Returns the
+    coefficients to render with those cameras, the coefficients to store (translation divided by the focal
+    scale: the same face size and centre under ``camera``, only the perspective differs) and the cameras.
+    With every scale 1 both coefficient sets are those of one `aligned_translation` under ``camera``.
+    """
+    if all(k == 1.0 for k in focal_scales):
+        placed = coeffs.replace(translation=aligned_translation(face_model, coeffs, camera, template)
+                                + coeffs.translation)
+        return placed, placed, [camera] * len(focal_scales)
+    cameras = [camera_for_focal(camera, k) for k in focal_scales]
+    translation = torch.cat([
+        aligned_translation(face_model, coeffs.index(slice(b, b + 1)), cameras[b], template)
+        + focal_scales[b] * coeffs.translation[b:b + 1] for b in range(len(cameras))])
+    scales = torch.tensor(focal_scales, dtype=translation.dtype, device=translation.device)[:, None]
+    return coeffs.replace(translation=translation), coeffs.replace(translation=translation / scales), cameras
+
+
+def project_landmarks(renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera]) -> np.ndarray:
+    """(B, 68, 2) landmark pixels of B faces, each through its own camera."""
+    with torch.no_grad():
+        if all(c is cameras[0] for c in cameras):
+            return renderer.project_landmarks(coeffs, cameras[0]).float().cpu().numpy()
+        return torch.cat([renderer.project_landmarks(coeffs.index(slice(b, b + 1)), c) for b, c in enumerate(cameras)]
+                         ).float().cpu().numpy()
+
+
 def soft_composite(render: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) render over a background through its hard (B, 1, H, W) mask, with a one-pixel soft edge.
 
@@ -145,6 +177,8 @@ class SyntheticArrays:
     coefficients:    (N, layout.size) float32 flat coefficients that generated each image
     occluder:        (N,) int8, -1 for none, else the index into `OCCLUDER_KINDS`
     occlusion:       (N, ceil(H * W / 8)) uint8, ``np.packbits`` of the pixels an occluder touched
+    focal_scale:     (N,) float32 focal length of each picture's camera relative to the crop's camera (the
+                     stored translation is the equivalent one under the crop's camera; see `place_faces`)
     """
 
     images: np.ndarray
@@ -154,6 +188,7 @@ class SyntheticArrays:
     coefficients: np.ndarray
     occluder: np.ndarray
     occlusion: np.ndarray
+    focal_scale: np.ndarray
 
     @staticmethod
     def concatenate(parts: list[SyntheticArrays]) -> SyntheticArrays:
@@ -312,7 +347,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             images=np.zeros((0, 3, size, size), np.uint8), skin=np.zeros((0, size, size), np.float16),
             landmarks=np.zeros((0, 68, 2), np.float32), clean_landmarks=np.zeros((0, 68, 2), np.float32),
             coefficients=np.zeros((0, self.layout.size), np.float32), occluder=np.zeros((0,), np.int8),
-            occlusion=np.zeros((0, (size * size + 7) // 8), np.uint8),
+            occlusion=np.zeros((0, (size * size + 7) // 8), np.uint8), focal_scale=np.zeros((0,), np.float32),
         )
 
     def sample_coefficients(self, indices: range | list[int]) -> Coefficients:
@@ -330,7 +365,13 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             self._scene = shared_head_scene(self.face_model, self.appearance.full_head)
         return self._scene
 
-    def _render(self, renderer: MeshRenderer, coeffs: Coefficients,
+    def focal_scales(self, indices: range | list[int]) -> list[float]:
+        """Each sample's focal length relative to the crop's camera (1 in the model look)."""
+        if self.appearance.look == "model":
+            return [1.0] * len(indices)
+        return [sample_focal_scale(sample_rng(self.seed, self.split, i, "camera"), self.appearance) for i in indices]
+
+    def _render(self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera],
                 indices: range) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
         if self.appearance.look == "model":
@@ -340,18 +381,16 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         settings = self.appearance
         looks = [sample_identity_look(sample_rng(self.seed, self.split, i, "look"), settings) for i in indices]
         lights = [sample_picture_light(sample_rng(self.seed, self.split, i, "light"), settings) for i in indices]
-        image, mask = render_photo(self.scene, renderer.face_model, coeffs, looks, lights, self.camera, settings,
+        image, mask = render_photo(self.scene, renderer.face_model, coeffs, looks, lights, cameras, settings,
                                    self.backend)
-        with torch.no_grad():
-            landmarks = renderer.project_landmarks(coeffs)
-        return image, mask, landmarks.float().cpu().numpy()
+        return image, mask, project_landmarks(renderer, coeffs, cameras)
 
     def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, indices: range) -> SyntheticArrays:
         size = self.image_size
-        coeffs = self.sample_coefficients(indices).to(self.device)
-        coeffs = coeffs.replace(translation=aligned_translation(renderer.face_model, coeffs, self.camera, template)
-                                + coeffs.translation)
-        render, mask, clean = self._render(renderer, coeffs, indices)
+        focal = self.focal_scales(indices)
+        shown, coeffs, cameras = place_faces(renderer.face_model, self.sample_coefficients(indices).to(self.device),
+                                             self.camera, template, focal)
+        render, mask, clean = self._render(renderer, shown, cameras, indices)
         # The model look keeps its procedural backgrounds (what it always had).
         style = "procedural" if self.appearance.look == "model" else self.appearance.background
         backgrounds = np.stack([draw_background(sample_rng(self.seed, self.split, i, "background"), size, size, style)
@@ -390,6 +429,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             coefficients=self.layout.join(coeffs).float().cpu().numpy(),
             occluder=occluder,
             occlusion=np.packbits(occlusion.reshape(n, -1), axis=1),
+            focal_scale=np.asarray(focal, np.float32),
         )
 
     # ------------------------------------------------------------------------------------------- access
@@ -401,6 +441,12 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         """(H, W) bool: the pixels of sample ``index`` that its occluder touched (all False without one)."""
         size = self.image_size
         return np.unpackbits(self.arrays.occlusion[index], count=size * size).reshape(size, size).astype(bool)
+
+    def picture_camera(self, index: int) -> PinholeCamera:
+        """The camera sample ``index`` was taken with (the crop's camera unless its focal length varies); its
+        clean landmarks are the face model's landmarks posed with the stored angles and the stored translation
+        times the focal scale, projected through this camera."""
+        return camera_for_focal(self.camera, float(self.arrays.focal_scale[index]))
 
     def vertices(self, coefficients: torch.Tensor) -> torch.Tensor:
         """(B, layout.size) flat coefficients -> (B, V, 3) model-space shape, on the CPU."""
