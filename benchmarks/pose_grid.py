@@ -19,10 +19,11 @@ Two looks of the same grid (`POSE_GRID_LOOKS`; same identities, poses and expres
 * ``"appearance_gap"``: `datamodules.appearance.APPEARANCE_GAP`, what they do not assume: the whole head with
   eyes, ears, neck and hair, uniform skin of any tone without the prior's lips and brows, directional and
   coloured lights (not SH) with cast shadows and clamped Lambert shading, indoor backgrounds. The difference
-  between the two rows of a method is what the appearance model costs it. The ground truth is the identity's NEUTRAL shape
-(mean + identity, zero expression, before pose), and every method is scored on the neutral shape of its
-identity estimate: `benchmarks.metrics.vertex_error` with "rigid" alignment, in mm -- the metric of the
-training logs, restricted to identity.
+  between the two rows of a method is what the appearance model costs it.
+
+The ground truth is the identity's NEUTRAL shape (mean + identity, zero expression, before pose), and every
+method is scored on the neutral shape of its identity estimate: `benchmarks.metrics.vertex_error` with "rigid"
+alignment, in mm -- the metric of the training logs, restricted to identity.
 
 Rendering is the synthetic data's (`datamodules.image_sets.SyntheticImageSetDataset`, which renders, aligns and
 labels exactly as `datamodules.synthetic` does): `PoseGridDataset` only replaces its set plan (which identity,

@@ -64,6 +64,8 @@ _HAIR_WEIGHTS = np.array([0.25, 0.22, 0.17, 0.1, 0.08, 0.05, 0.08, 0.05])
 IRIS_PALETTE = np.array([[0.20, 0.11, 0.05], [0.35, 0.22, 0.10], [0.25, 0.35, 0.45], [0.30, 0.38, 0.25],
                          [0.40, 0.50, 0.60]], dtype=np.float64)
 GAMMA = 2.2
+LOOK_VERSION = 1
+"""Part of the datasets' cache keys: bump it whenever a change here alters the pictures given the same settings."""
 _LOWEST_HAIRLINE_DM = 0.3
 """Hairlines are drawn between this and 0.5 dm above the brows."""
 
@@ -137,7 +139,8 @@ class AppearanceSettings:
     def __post_init__(self) -> None:
         if self.look not in LOOKS:
             raise ValueError(f"unknown look {self.look!r}; choose one of {LOOKS}")
-        for name in ("auto_exposure", "facial_hair_probability", "hair_probability", "sh_probability", "shadow_probability",
+        for name in ("auto_exposure", "facial_hair_probability", "hair_probability", "sh_probability",
+                     "shadow_probability",
                      "fill_probability", "coloured_light_probability", "blur_probability", "jpeg_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -160,7 +163,8 @@ class AppearanceSettings:
             raise ValueError(f"shadow_map_size must be at least 16 texels, got {self.shadow_map_size}")
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings with `LOOK_VERSION`, for cache keys and reports."""
+        return {**dataclasses.asdict(self), "look_version": LOOK_VERSION}
 
 
 APPEARANCE_GAP = AppearanceSettings(
@@ -401,7 +405,7 @@ def scene_regions(mean: np.ndarray, landmarks: np.ndarray, n_area: int, n_head: 
 
     ``lips``, ``brows``, ``moustache``, ``beard`` (chin, jaw, lower cheeks), ``hairline`` (face-area vertices
     above the forehead, as a height above the brows in dm for a per-identity threshold: ``hair_height``),
-    ``temples`` (sides above the ears), ``red`` (cheeks, nose, ears), ``eye`` (eyeball vertices),
+    ``temples`` (sides above the ears), ``sides`` (ears and sides down to the jaw, for long hair), ``red`` (cheeks, nose, ears), ``eye`` (eyeball vertices),
     ``iris_angle`` (angle in radians from each eyeball's forward axis), ``cap``, ``socket``.
     """
     n = mean.shape[0]
@@ -444,6 +448,9 @@ def scene_regions(mean: np.ndarray, landmarks: np.ndarray, n_area: int, n_head: 
     hair_height = np.where(area, (y - brow_top) / 10.0, -1.0)
     ear_top = lm[0, 1] + 2.5
     temples = _smoothstep(5.5, 6.5, np.abs(x)) * _smoothstep(ear_top, ear_top + 1.0, y) * area
+    # Long hair falls over the ears and the sides of the head down to the jaw.
+    sides = (_smoothstep(5.2, 6.4, np.abs(x)) * _smoothstep(lm[4, 1] - 0.5, lm[4, 1] + 1.5, y) * area
+             * (z < lm[0, 2] + 1.5))
 
     cheeks = np.minimum(np.linalg.norm(cm - (lm[3] + lm[31]) / 2 - [0, 0.5, 0.5], axis=1),
                         np.linalg.norm(cm - (lm[13] + lm[35]) / 2 - [0, 0.5, 0.5], axis=1))
@@ -472,7 +479,7 @@ def scene_regions(mean: np.ndarray, landmarks: np.ndarray, n_area: int, n_head: 
     if n_socket:
         socket[n_head + n_cap + n_socket - 1] = 2.0
     out = {"lips": lips, "brows": brows, "moustache": moustache, "beard": beard, "hair_height": hair_height,
-           "temples": temples, "red": red, "eye": eye, "iris_angle": iris_angle, "cap": cap, "socket": socket,
+           "temples": temples, "sides": sides, "red": red, "eye": eye, "iris_angle": iris_angle, "cap": cap, "socket": socket,
            "x": x / 10.0, "y": y / 10.0, "z": z / 10.0}
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
@@ -495,6 +502,7 @@ class IdentityLook:
     bald: bool
     hairline_dm: float
     temples: float
+    long_hair: bool
     iris: np.ndarray
     blotch_phase: np.ndarray
     blotch_frequency: np.ndarray
@@ -522,6 +530,7 @@ def sample_identity_look(rng: np.random.Generator, settings: AppearanceSettings)
     bald = rng.random() >= settings.hair_probability
     hairline_dm = rng.uniform(_LOWEST_HAIRLINE_DM, 0.5)
     temples = rng.uniform(0.0, 1.0)
+    long_hair = bool(rng.random() < 0.3)
     # Light eyes are common only with light skin.
     darkness = float(1.0 - skin.mean())
     light_eyes = 0.45 * max(0.0, 1.0 - 2.0 * darkness)
@@ -534,8 +543,8 @@ def sample_identity_look(rng: np.random.Generator, settings: AppearanceSettings)
     blotch_amplitude = rng.normal(0.0, 1.0, (6, 2))  # luminance, redness
     grain_seed = int(rng.integers(2**31))
     return IdentityLook(skin, redness, lip_colour, lip_strength, hair_colour, brow_strength, facial_hair,
-                        facial_hair_strength, bald, hairline_dm, temples, iris, blotch_phase, blotch_frequency,
-                        blotch_amplitude, grain_seed)
+                        facial_hair_strength, bald, hairline_dm, temples, long_hair, iris, blotch_phase,
+                        blotch_frequency, blotch_amplitude, grain_seed)
 
 
 def _mix(base: np.ndarray, colour: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -550,8 +559,8 @@ def vertex_albedo(regions: dict[str, np.ndarray], look: IdentityLook, settings: 
     luminance = 1.0 + settings.blotch_strength * (waves @ look.blotch_amplitude[:, 0])
     grain = np.random.default_rng(look.grain_seed).normal(0.0, settings.skin_grain, n)
     skin = np.clip(look.skin[None] * (luminance + grain)[:, None], 0.0, 1.0)
-    red = np.clip(look.redness * regions["red"] + 0.5 * settings.blotch_strength * (waves @ look.blotch_amplitude[:, 1]),
-                  -0.1, 0.3)
+    red = look.redness * regions["red"] + 0.5 * settings.blotch_strength * (waves @ look.blotch_amplitude[:, 1])
+    red = np.clip(red, -0.1, 0.3)
     skin = skin * (1.0 + red[:, None] * np.array([0.35, -0.25, -0.2]))
     albedo = _mix(skin, look.lip_colour, look.lip_strength * regions["lips"])
     brow = look.hair_colour * 0.9 + 0.1 * look.skin
@@ -568,7 +577,7 @@ def vertex_albedo(regions: dict[str, np.ndarray], look: IdentityLook, settings: 
         albedo = _mix(albedo, hair, strength * np.clip(weight, 0, 1) * (0.5 + 0.5 * np.abs(hair_grain) / 0.12))
     scalp = skin if look.bald else hair
     hairline = _smoothstep(look.hairline_dm - 0.04, look.hairline_dm + 0.02, regions["hair_height"])
-    temples = regions["temples"] * look.temples
+    temples = np.maximum(regions["temples"] * look.temples, regions["sides"] * look.long_hair)
     on_head = np.clip(np.maximum(hairline, temples), 0, 1) * (0.0 if look.bald else 1.0)
     albedo = _mix(albedo, hair, on_head)
     albedo = np.where(regions["cap"][:, None] > 0, scalp * (0.97 if look.bald else 1.0), albedo)

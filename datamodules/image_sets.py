@@ -46,7 +46,8 @@ from datamodules.appearance import (AppearanceSettings, HeadScene, degrade_pictu
 from datamodules.backgrounds import draw_background, draw_occluder
 from datamodules.generated_cache import CachedGeneration
 from datamodules.prepared import PreparedRecord, is_validation, load_prepared_sample
-from datamodules.synthetic import SPLITS, model_digest, place_faces, project_landmarks, shared_head_scene, soft_composite
+from datamodules.synthetic import (SPLITS, model_digest, place_faces, project_landmarks, shared_head_scene,
+                                   soft_composite)
 from face_model.coefficients import SH_BANDS, Coefficients
 from face_model.model import FaceModel
 from face_model.sampling import CoefficientPrior, sample_lighting
@@ -457,9 +458,10 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
     def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, jobs: list) -> tuple:
         size = self.image_size
         focal = [1.0 if self.appearance.look == "model" else
-                 sample_focal_scale(set_rng(self.seed, self.split, i, "camera", j), self.appearance) for i, j, _, _ in jobs]
-        shown, coeffs, cameras = place_faces(renderer.face_model, Coefficients.cat([job[2] for job in jobs]).to(self.device),
-                                             self.camera, template, focal)
+                 sample_focal_scale(set_rng(self.seed, self.split, i, "camera", j), self.appearance)
+                 for i, j, _, _ in jobs]
+        drawn = Coefficients.cat([job[2] for job in jobs]).to(self.device)
+        shown, coeffs, cameras = place_faces(renderer.face_model, drawn, self.camera, template, focal)
         render, mask, clean = self._render(renderer, shown, cameras, jobs)
         style = "procedural" if self.appearance.look == "model" else self.appearance.background
         backgrounds = np.stack([draw_background(set_rng(self.seed, self.split, i, "background", j), size, size, style)

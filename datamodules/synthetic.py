@@ -417,8 +417,9 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
                 images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
             images_u8 = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
         else:
-            images_u8 = np.stack([degrade_picture(images[k], sample_rng(self.seed, self.split, i, "sensor"),
-                                                  self.appearance) for k, i in enumerate(indices)]).transpose(0, 3, 1, 2)
+            images_u8 = np.stack([
+                degrade_picture(images[k], sample_rng(self.seed, self.split, i, "sensor"), self.appearance)
+                for k, i in enumerate(indices)]).transpose(0, 3, 1, 2)
         with torch.no_grad():
             skin = skin_posterior_torch(torch.from_numpy(images_u8))
         return SyntheticArrays(
@@ -493,7 +494,8 @@ def model_digest(face_model: FaceModel) -> str:
 class SyntheticFaceDataModule(pl.LightningDataModule):
     """Train / val / test splits of `SyntheticFaceDataset` as `FaceBatch` loaders.
 
-    The arguments are those of `SyntheticFaceDataset` (``appearance`` included) (per split sizes ``n_train``, ``n_val``, ``n_test``),
+    The arguments are those of `SyntheticFaceDataset` (``appearance`` included; per split sizes ``n_train``,
+    ``n_val``, ``n_test``),
     plus ``batch_size`` and ``num_workers``. With a ``cache_dir`` missing splits are generated and written
     in `prepare_data` (on one process), and the other processes read them in `setup`; without one every
     process generates the splits its stage needs in `setup`.
