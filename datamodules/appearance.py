@@ -211,6 +211,14 @@ class HeadScene:
     def n_vertices(self) -> int:
         return self.mean.shape[0]
 
+    def to(self, device: torch.device | str) -> HeadScene:
+        """The scene with its tensors on ``device`` (itself when they are there already)."""
+        if self.mean.device == torch.device(device):
+            return self
+        return dataclasses.replace(self, head=None if self.head is None else self.head.to(device),
+                                   mean=self.mean.to(device), triangles=self.triangles.to(device),
+                                   anchors=self.anchors.to(device), weights=self.weights.to(device))
+
     def vertices(self, face_model: FaceModel, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """(B, n_id), (B, n_exp) -> (B, V, 3) model-space vertices of the whole scene."""
         if self.head is None:

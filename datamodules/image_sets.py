@@ -429,7 +429,7 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
     def scene(self) -> HeadScene:
         """What the photo look renders (built on first use, shared by datasets of the same face model)."""
         if self._scene is None:
-            self._scene = shared_head_scene(self.face_model, self.appearance.full_head)
+            self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
         return self._scene
 
     def _render(self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera],

@@ -362,7 +362,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
     def scene(self) -> HeadScene:
         """What the photo look renders (built on first use, shared by datasets of the same face model)."""
         if self._scene is None:
-            self._scene = shared_head_scene(self.face_model, self.appearance.full_head)
+            self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
         return self._scene
 
     def focal_scales(self, indices: range | list[int]) -> list[float]:

@@ -277,3 +277,19 @@ def test_indoor_backgrounds_are_muted_deterministic_and_varied():
     assert min(np.abs(a - b).mean() for i, a in enumerate(others) for b in others[i + 1:]) > 0.01
     with pytest.raises(ValueError, match="background style"):
         draw_background(np.random.default_rng(0), 8, 8, "beach")
+
+
+def test_side_light_comes_from_the_requested_side_without_fill():
+    from datamodules.appearance import side_light
+
+    light = sample_picture_light(np.random.default_rng(0), AppearanceSettings(sh_probability=1.0))
+    for side in (-1.0, 1.0):
+        lit = side_light(light, side)
+        assert np.sign(lit.directions[0, 0]) == side and abs(lit.directions[0, 0]) > 0.9
+        assert lit.shadow and not lit.use_sh and np.all(lit.colours[1] == 0)
+        assert np.all(lit.sky < light.sky)
+
+
+def test_scene_moves_between_devices_without_copying_when_it_is_there(scene):
+    assert scene.to("cpu") is scene
+    assert scene.to(torch.device("cpu")).mean is scene.mean
