@@ -10,10 +10,20 @@ N held-out synthetic identities, each rendered at every pose of a grid of 4 pitc
 Pictures are ordered identity-major, then pitch, then yaw (picture ``j`` of an identity has pitch
 ``PITCHES_DEG[j // 5]`` and yaw ``YAWS_DEG[j % 5]``). Every picture has its own random expression, SH lighting
 and albedo (albedo drawn from the full prior per picture, not one albedo per identity), background, sensor
-noise and landmark noise; no occluders or other degradations. The ground truth is the identity's NEUTRAL shape
-(mean + identity, zero expression, before pose), and every method is scored on the neutral shape of its
-identity estimate: `benchmarks.metrics.vertex_error` with "rigid" alignment, in mm -- the metric of the
-training logs, restricted to identity.
+noise and landmark noise; no occluders or other degradations.
+
+Two looks of the same grid (`POSE_GRID_LOOKS`; same identities, poses and expressions):
+
+* ``"matched"`` (the default): the face model's own render of its region, SH light and its albedo prior, i.e.
+  exactly the appearance a fit or R-Net's photometric loss assumes;
+* ``"appearance_gap"``: `datamodules.appearance.APPEARANCE_GAP`, what they do not assume: the whole head with
+  eyes, ears, neck and hair, uniform skin of any tone without the prior's lips and brows, directional and
+  coloured lights (not SH) with cast shadows and clamped Lambert shading, indoor backgrounds. The difference
+  between the two rows of a method is what the appearance model costs it.
+
+The ground truth is the identity's NEUTRAL shape (mean + identity, zero expression, before pose), and every
+method is scored on the neutral shape of its identity estimate: `benchmarks.metrics.vertex_error` with "rigid"
+alignment, in mm -- the metric of the training logs, restricted to identity.
 
 Rendering is the synthetic data's (`datamodules.image_sets.SyntheticImageSetDataset`, which renders, aligns and
 labels exactly as `datamodules.synthetic` does): `PoseGridDataset` only replaces its set plan (which identity,
@@ -35,6 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from datamodules.appearance import APPEARANCE_GAP, AppearanceSettings
 from datamodules.image_sets import SyntheticImageSetDataset
 from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
@@ -42,6 +53,8 @@ from face_model.sampling import CoefficientPrior
 
 YAWS_DEG = (-80.0, -40.0, 0.0, 40.0, 80.0)
 PITCHES_DEG = (-15.0, -5.0, 5.0, 15.0)
+POSE_GRID_LOOKS = {"matched": AppearanceSettings(look="model"), "appearance_gap": APPEARANCE_GAP}
+"""The looks the grid is rendered in (see the module docstring), by the name reports use."""
 BENCHMARK_SEED_BASE = 2019_0603
 """Added to the benchmark's ``--seed`` to form the generator's base seed (see the module docstring)."""
 
@@ -75,13 +88,22 @@ class PoseGridDataset(SyntheticImageSetDataset):
         pitches_deg, yaws_deg: the grid.
         landmark_noise_px: detector-like noise on the landmarks (used by fitting, not by R-Net).
         prior: spreads of identity, expression, albedo, lighting and translation jitter (angles come from the grid).
+        look: a name of `POSE_GRID_LOOKS` ("matched" or "appearance_gap"), or any `AppearanceSettings`.
         render_batch_size, device, backend: rendering settings.
     """
 
     def __init__(self, face_model: FaceModel, n_identities: int, seed: int = 0, image_size: int = 224,
                  pitches_deg: Sequence[float] = PITCHES_DEG, yaws_deg: Sequence[float] = YAWS_DEG,
                  landmark_noise_px: float = 1.5, prior: CoefficientPrior = CoefficientPrior(),
-                 render_batch_size: int = 32, device: str | torch.device = "cpu", backend: str = "auto") -> None:
+                 look: str | AppearanceSettings = "matched", render_batch_size: int = 32,
+                 device: str | torch.device = "cpu", backend: str = "auto") -> None:
+        if isinstance(look, str):
+            if look not in POSE_GRID_LOOKS:
+                raise ValueError(f"unknown pose-grid look {look!r}; choose one of {sorted(POSE_GRID_LOOKS)} or pass "
+                                 "AppearanceSettings")
+            self.look_name, appearance = look, POSE_GRID_LOOKS[look]
+        else:
+            self.look_name, appearance = "custom", look
         if n_identities < 1:
             raise ValueError(f"the pose-grid protocol needs at least one identity, got {n_identities}")
         if not pitches_deg or not yaws_deg:
@@ -95,7 +117,7 @@ class PoseGridDataset(SyntheticImageSetDataset):
             max_roll_deg=0.0,
             # The plan's albedo is zero, so each picture's albedo is a full draw from the prior.
             albedo_jitter=prior.albedo_std, degrade_probability=0.0, degradations=(),
-            landmark_noise_px=landmark_noise_px, prior=prior, cache_dir=None,
+            landmark_noise_px=landmark_noise_px, prior=prior, cache_dir=None, appearance=appearance,
             render_batch_size=render_batch_size, device=device, backend=backend,
         )
 
@@ -119,4 +141,5 @@ class PoseGridDataset(SyntheticImageSetDataset):
         return {"identities": self.n_sets, "pictures_per_identity": self.set_size, "pitches_deg": list(self.pitches_deg),
                 "yaws_deg": list(self.yaws_deg), "roll_deg": 0.0, "image_size": self.image_size,
                 "split": self.split, "generator_seed": self.seed, "landmark_noise_px": self.landmark_noise_px,
-                "prior": dataclasses.asdict(self.prior)}
+                "prior": dataclasses.asdict(self.prior), "look": self.look_name,
+                "appearance": self.appearance.as_dict()}

@@ -158,6 +158,59 @@ def random_background(rng: np.random.Generator, height: int, width: int) -> np.n
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
+BACKGROUND_STYLES = ("procedural", "indoor", "mixed")
+"""``procedural``: `random_background`; ``indoor``: `indoor_background`; ``mixed``: either, half the time each."""
+
+
+def indoor_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1]: an out-of-focus room behind a portrait.
+
+    A wall lit unevenly by a soft light, a floor or a ceiling edge at a random slant, a bright window or lamp,
+    and a few darker pieces of furniture, door frames or shelves, all strongly defocused, as the background
+    of a photo taken at portrait distance. Unlike `random_background` there are no saturated patterns: the
+    colours are muted (paint, wood, daylight).
+    """
+    x, y = _pixel_grid(height, width)
+    wall = np.clip(random_colour(rng, skin_probability=0.0) * 0.35 + rng.uniform(0.3, 0.75), 0.0, 1.0)
+    wall = wall * np.array([1.0, rng.uniform(0.92, 1.02), rng.uniform(0.8, 1.0)], np.float32)
+    cx, cy = rng.uniform(-1.5, 1.5, 2)
+    falloff = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / rng.uniform(0.8, 3.0))
+    image = wall * (rng.uniform(0.45, 0.8) + rng.uniform(0.2, 0.6) * falloff)[..., None]
+    # Floor (below) or ceiling (above) edge.
+    angle = rng.normal(0.0, 0.25)
+    level = rng.uniform(0.3, 0.9) * rng.choice([-1.0, 1.0])
+    side = (y - level - x * math.tan(angle)) * np.sign(level) > 0
+    other = np.clip(random_colour(rng, skin_probability=0.3) * rng.uniform(0.4, 0.9), 0.0, 1.0)
+    image = np.where(side[..., None], other * (0.7 + 0.3 * falloff[..., None]), image)
+    for _ in range(rng.integers(1, 4)):
+        w, h = rng.uniform(0.15, 0.6, 2) * (width, height)
+        centre = rng.uniform(0.0, 1.0, 2) * (width, height)
+        alpha = _rotated_rectangle(height, width, centre, (w, h), rng.normal(0.0, 3.0))[..., None]
+        colour = np.clip(random_colour(rng, skin_probability=0.2) * rng.uniform(0.2, 0.7), 0.0, 1.0)
+        colour = 0.5 * colour + 0.5 * colour.mean()  # paint and wood, not posters
+        image = image * (1.0 - alpha) + alpha * colour
+    if rng.random() < 0.6:
+        w, h = rng.uniform(0.2, 0.5, 2) * (width, height)
+        centre = rng.uniform(0.0, 1.0, 2) * (width, height)
+        alpha = _rotated_rectangle(height, width, centre, (w, h), rng.normal(0.0, 3.0))[..., None]
+        daylight = np.array([rng.uniform(0.85, 1.0), rng.uniform(0.9, 1.0), 1.0], np.float32)
+        image = image * (1.0 - alpha) + alpha * daylight
+    sigma = rng.uniform(1.5, 4.0) * max(height, width) / 224.0
+    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigma)
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def draw_background(rng: np.random.Generator, height: int, width: int, style: str = "procedural") -> np.ndarray:
+    """(H, W, 3) float32 background of the given style (`BACKGROUND_STYLES`)."""
+    if style == "procedural":
+        return random_background(rng, height, width)
+    if style == "indoor":
+        return indoor_background(rng, height, width)
+    if style == "mixed":
+        return indoor_background(rng, height, width) if rng.random() < 0.5 else random_background(rng, height, width)
+    raise ValueError(f"unknown background style {style!r}; choose one of {BACKGROUND_STYLES}")
+
+
 # ---------------------------------------------------------------------------------------------- occluders
 
 

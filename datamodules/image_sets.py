@@ -8,7 +8,9 @@ Two sources:
   varies inside a set, which is what C-Net learns to see. Yaws are spread over the whole range: the range
   is cut into as many equal bins as the set has pictures and each picture takes a random yaw in its own bin,
   so every set mixes frontal and profile views. Rendering, alignment, backgrounds, occluders and labels are
-  those of the single-image synthetic data (`datamodules.synthetic`), and so is the determinism: the
+  those of the single-image synthetic data (`datamodules.synthetic`), so is the look
+  (`datamodules.appearance`; in the photo look an identity keeps its skin, hair and beard in every picture
+  and each picture has its own light and sensor), and so is the determinism: the
   draws of set ``i`` of split ``s`` with base seed ``k`` depend only on ``(k, s, i)`` and the generation
   parameters, splits never share an identity, and generated splits are cached on disk.
 * `PreparedImageSetDataset`: real photos from ONE ``face3d prepare`` output folder whose source photos
@@ -39,10 +41,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.backgrounds import draw_occluder, random_background
+from datamodules.appearance import (AppearanceSettings, HeadScene, degrade_picture, render_photo, sample_focal_scale,
+                                    sample_identity_look, sample_picture_light, side_light)
+from datamodules.backgrounds import draw_background, draw_occluder
 from datamodules.generated_cache import CachedGeneration
 from datamodules.prepared import PreparedRecord, is_validation, load_prepared_sample
-from datamodules.synthetic import SPLITS, aligned_translation, model_digest, soft_composite
+from datamodules.synthetic import (SPLITS, model_digest, place_faces, project_landmarks, shared_head_scene,
+                                   soft_composite)
 from face_model.coefficients import SH_BANDS, Coefficients
 from face_model.model import FaceModel
 from face_model.sampling import CoefficientPrior, sample_lighting
@@ -54,12 +59,13 @@ from renderers.mesh_renderer import MeshRenderer
 DEGRADATIONS = ("none", "occluder", "blur", "noise", "side_light")
 """Per-picture degradation kinds; `SetMetadata.degradation` indexes this tuple."""
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Part of the cache key: bump it whenever a change here alters what given parameters generate."""
 
 # Independent random streams; appending a name keeps existing sets unchanged.
-_SET_STREAMS = ("identity",)
-_IMAGE_STREAMS = ("coefficients", "degradation", "background", "landmarks", "pixels", "damage")
+_SET_STREAMS = ("identity", "look")
+_IMAGE_STREAMS = ("coefficients", "degradation", "background", "landmarks", "pixels", "damage", "light", "sensor",
+                  "camera")
 # Keeps these streams apart from the single-image data's (whose spawn keys are (split, index, stream)).
 _DOMAIN = 1
 
@@ -251,6 +257,10 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         pixel_noise_std: sensor noise of every picture.
         prior: spreads of identity, expression, albedo, lighting and translation jitter.
         cache_dir: where to keep generated splits (``.npz`` keyed by every parameter); None = memory only.
+        appearance: how pictures look (`datamodules.appearance.AppearanceSettings`, photo-like by default;
+            ``look="model"`` for the face model's own SH render). In the photo look a side-light degradation is
+            a hard directional light from that side (`datamodules.appearance.side_light`), and
+            ``pixel_noise_std`` gives way to the settings' sensor noise.
         render_batch_size, device, backend: rendering settings.
 
     Generation runs once, on the first `materialise` (called by `__getitem__`); call it in the main process
@@ -279,6 +289,7 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         pixel_noise_std: float = 0.01,
         prior: CoefficientPrior = CoefficientPrior(),
         cache_dir: str | Path | None = None,
+        appearance: AppearanceSettings = AppearanceSettings(),
         render_batch_size: int = 32,
         device: str | torch.device = "cpu",
         backend: str = "auto",
@@ -316,6 +327,8 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         self.prior = dataclasses.replace(prior, yaw_deg=max_yaw_deg, pitch_deg=max_pitch_deg, roll_deg=max_roll_deg)
         self.camera = PinholeCamera().resized(image_size, image_size)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.appearance = appearance
+        self._scene: HeadScene | None = None
         self.render_batch_size = render_batch_size
         self.device = torch.device(device)
         self.backend = backend
@@ -334,6 +347,7 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
             "degrade_probability": self.degrade_probability, "degradations": list(self.degradations),
             "degradation": dataclasses.asdict(self.degradation), "landmark_noise_px": self.landmark_noise_px,
             "pixel_noise_std": self.pixel_noise_std, "prior": dataclasses.asdict(self.prior),
+            "appearance": self.appearance.as_dict(),
             "face_model": {"name": self.face_model.name, "layout": dataclasses.asdict(self.layout),
                            "digest": model_digest(self.face_model)},
         }
@@ -411,29 +425,65 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
                                       np.zeros((0,), np.int8))
         return SyntheticSetArrays(offsets, *(np.concatenate([p[k] for p in parts]) for k in range(5)))
 
+    @property
+    def scene(self) -> HeadScene:
+        """What the photo look renders (built on first use, shared by datasets of the same face model)."""
+        if self._scene is None:
+            self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
+        return self._scene
+
+    def _render(self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera],
+                jobs: list) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
+        if self.appearance.look == "model":
+            with torch.no_grad():
+                out = renderer(coeffs)
+            return out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu(), out.landmarks.float().cpu().numpy()
+        settings = self.appearance
+        looks: dict[int, object] = {}
+        lights = []
+        for k, (i, j, _, kind) in enumerate(jobs):
+            if i not in looks:
+                looks[i] = sample_identity_look(set_rng(self.seed, self.split, i, "look"), settings)
+            light = sample_picture_light(set_rng(self.seed, self.split, i, "light", j), settings)
+            if DEGRADATIONS[kind] == "side_light":
+                # side_lit set the x band to +-strength; a positive x band brightens the -x side.
+                band = float(coeffs.lighting[k].reshape(-1, SH_BANDS)[0, 3])
+                light = side_light(light, -1.0 if band > 0 else 1.0)
+            lights.append(light)
+        image, mask = render_photo(self.scene, renderer.face_model, coeffs, [looks[job[0]] for job in jobs], lights,
+                                   cameras, settings, self.backend)
+        return image, mask, project_landmarks(renderer, coeffs, cameras)
+
     def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, jobs: list) -> tuple:
         size = self.image_size
-        coeffs = Coefficients.cat([job[2] for job in jobs]).to(self.device)
-        coeffs = coeffs.replace(translation=aligned_translation(renderer.face_model, coeffs, self.camera, template)
-                                + coeffs.translation)
-        with torch.no_grad():
-            out = renderer(coeffs)
-        render, mask = out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu()
-        clean = out.landmarks.float().cpu().numpy()
-        backgrounds = np.stack([random_background(set_rng(self.seed, self.split, i, "background", j), size, size)
+        focal = [1.0 if self.appearance.look == "model" else
+                 sample_focal_scale(set_rng(self.seed, self.split, i, "camera", j), self.appearance)
+                 for i, j, _, _ in jobs]
+        drawn = Coefficients.cat([job[2] for job in jobs]).to(self.device)
+        shown, coeffs, cameras = place_faces(renderer.face_model, drawn, self.camera, template, focal)
+        render, mask, clean = self._render(renderer, shown, cameras, jobs)
+        style = "procedural" if self.appearance.look == "model" else self.appearance.background
+        backgrounds = np.stack([draw_background(set_rng(self.seed, self.split, i, "background", j), size, size, style)
                                 for i, j, _, _ in jobs])
         images = soft_composite(render, mask, torch.from_numpy(backgrounds).permute(0, 3, 1, 2))
         images = images.permute(0, 2, 3, 1).numpy().copy()
         noisy = np.empty_like(clean)
         kinds = np.array([job[3] for job in jobs], np.int8)
+        images_u8 = np.empty((len(jobs), size, size, 3), np.uint8)
         for k, (i, j, _, kind) in enumerate(jobs):
             damage = set_rng(self.seed, self.split, i, "damage", j)
             images[k] = self._degrade(images[k], clean[k], DEGRADATIONS[kind], damage)
-            pixels = set_rng(self.seed, self.split, i, "pixels", j)
-            images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
+            if self.appearance.look == "model":
+                pixels = set_rng(self.seed, self.split, i, "pixels", j)
+                images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
+                images_u8[k] = np.clip(np.rint(images[k] * 255.0), 0, 255).astype(np.uint8)
+            else:
+                images_u8[k] = degrade_picture(np.clip(images[k], 0.0, 1.0),
+                                               set_rng(self.seed, self.split, i, "sensor", j), self.appearance)
             noisy[k] = clean[k] + set_rng(self.seed, self.split, i, "landmarks", j).normal(
                 0.0, self.landmark_noise_px, clean[k].shape)
-        images_u8 = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+        images_u8 = images_u8.transpose(0, 3, 1, 2)
         with torch.no_grad():
             skin = skin_posterior_torch(torch.from_numpy(images_u8))
         return (np.ascontiguousarray(images_u8), skin.numpy().astype(np.float16), noisy.astype(np.float32),

@@ -1,10 +1,14 @@
 """The embedded default data: faces rendered from random coefficients, with exact 3D ground truth.
 
 Every sample is drawn from the face model's priors (identity, expression, albedo, SH lighting, pose),
-rendered with the project's `MeshRenderer` over a procedural background (`datamodules.backgrounds`),
-optionally partly covered by an occluder, and given the weak labels real photos get: 68 landmarks
+rendered over a procedural background (`datamodules.backgrounds`), optionally partly covered by an occluder,
+and given the weak labels real photos get: 68 landmarks
 (the projected ground truth plus detector-like Gaussian noise) and a skin posterior computed from the
-final picture by the Jones & Rehg model of `preprocessing.skin`.
+final picture by the Jones & Rehg model of `preprocessing.skin`. How the picture looks is set by
+`datamodules.appearance.AppearanceSettings`: photo-like by default (whole head with eyes, hair and beards,
+per-identity skin, lip and brow colours, directional and coloured lights with cast shadows, blur, noise and
+JPEG), or the face model's own SH render of its region (``look="model"``). Either way the stored coefficients
+and vertices are the face model's, on its region.
 
 Crops look like what ``face3d prepare`` makes of a photo: the face is moved (translation, including
 depth) so that its 5 alignment points fit the alignment template exactly as `preprocessing.align` would
@@ -14,7 +18,8 @@ template and a wide or turned face is rescaled and recentred as a real crop woul
 Randomness is per sample: the draws of sample ``i`` of split ``s`` with base seed ``k`` depend only on
 ``(k, s, i)`` and the generation parameters, so a smaller dataset starts with the same faces (up to float
 rounding in pixels, as renders are batched differently), train/val/test never share an identity, and
-switching occluders off changes nothing but the occluded pixels (and the skin there).
+switching occluders off changes nothing but the occluded pixels (and the skin there; with blur and JPEG
+compression also their neighbours).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datamodules.backgrounds import OCCLUDER_KINDS, draw_occluder, random_background
+from datamodules.appearance import (AppearanceSettings, HeadScene, build_head_scene, camera_for_focal, degrade_picture,
+                                    render_photo, sample_focal_scale, sample_identity_look, sample_picture_light)
+from datamodules.backgrounds import OCCLUDER_KINDS, draw_background, draw_occluder
 from datamodules.batch import collate_face_samples
 from datamodules.generated_cache import CachedGeneration
 from face_model.coefficients import SH_BANDS, CoeffLayout, Coefficients
@@ -45,8 +52,8 @@ from renderers.mesh_renderer import MeshRenderer
 
 SPLITS = ("train", "val", "test")
 # Independent random streams of one sample; appending a stream keeps existing samples unchanged.
-_STREAMS = ("coefficients", "background", "occluder", "landmarks", "pixels")
-CACHE_VERSION = 1
+_STREAMS = ("coefficients", "background", "occluder", "landmarks", "pixels", "look", "light", "sensor", "camera")
+CACHE_VERSION = 2
 """Part of the cache key: bump it whenever a change here alters what a given set of parameters generates."""
 _ALIGN_ITERATIONS = 4
 
@@ -114,6 +121,38 @@ def aligned_translation(face_model: FaceModel, coeffs: Coefficients, camera: Pin
         return translation.to(coeffs.translation.dtype)
 
 
+def place_faces(face_model: FaceModel, coeffs: Coefficients, camera: PinholeCamera, template: np.ndarray,
+                focal_scales: list[float]) -> tuple[Coefficients, Coefficients, list[PinholeCamera]]:
+    """Align B faces to the crop template through per-picture focal lengths.
+
+    ``coeffs.translation`` holds the prior's jitter only. Picture b is taken with
+    `datamodules.appearance.camera_for_focal` of ``camera`` (focal and distance times ``focal_scales[b]``),
+    aligned by `aligned_translation` through that camera, with the jitter scaled alike. Returns the
+    coefficients to render with those cameras, the coefficients to store (translation divided by the focal
+    scale: the same face size and centre under ``camera``, only the perspective differs) and the cameras.
+    With every scale 1 both coefficient sets are those of one `aligned_translation` under ``camera``.
+    """
+    if all(k == 1.0 for k in focal_scales):
+        placed = coeffs.replace(translation=aligned_translation(face_model, coeffs, camera, template)
+                                + coeffs.translation)
+        return placed, placed, [camera] * len(focal_scales)
+    cameras = [camera_for_focal(camera, k) for k in focal_scales]
+    translation = torch.cat([
+        aligned_translation(face_model, coeffs.index(slice(b, b + 1)), cameras[b], template)
+        + focal_scales[b] * coeffs.translation[b:b + 1] for b in range(len(cameras))])
+    scales = torch.tensor(focal_scales, dtype=translation.dtype, device=translation.device)[:, None]
+    return coeffs.replace(translation=translation), coeffs.replace(translation=translation / scales), cameras
+
+
+def project_landmarks(renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera]) -> np.ndarray:
+    """(B, 68, 2) landmark pixels of B faces, each through its own camera."""
+    with torch.no_grad():
+        if all(c is cameras[0] for c in cameras):
+            return renderer.project_landmarks(coeffs, cameras[0]).float().cpu().numpy()
+        return torch.cat([renderer.project_landmarks(coeffs.index(slice(b, b + 1)), c) for b, c in enumerate(cameras)]
+                         ).float().cpu().numpy()
+
+
 def soft_composite(render: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) render over a background through its hard (B, 1, H, W) mask, with a one-pixel soft edge.
 
@@ -138,6 +177,8 @@ class SyntheticArrays:
     coefficients:    (N, layout.size) float32 flat coefficients that generated each image
     occluder:        (N,) int8, -1 for none, else the index into `OCCLUDER_KINDS`
     occlusion:       (N, ceil(H * W / 8)) uint8, ``np.packbits`` of the pixels an occluder touched
+    focal_scale:     (N,) float32 focal length of each picture's camera relative to the crop's camera (the
+                     stored translation is the equivalent one under the crop's camera; see `place_faces`)
     """
 
     images: np.ndarray
@@ -147,6 +188,7 @@ class SyntheticArrays:
     coefficients: np.ndarray
     occluder: np.ndarray
     occlusion: np.ndarray
+    focal_scale: np.ndarray
 
     @staticmethod
     def concatenate(parts: list[SyntheticArrays]) -> SyntheticArrays:
@@ -174,6 +216,12 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         prior: spreads of identity, expression, albedo, lighting and translation jitter.
         cache_dir: where to keep the generated arrays as ``.npz`` keyed by all generation parameters and the
             face model's content; None keeps them in memory only.
+        appearance: how the pictures look (`datamodules.appearance.AppearanceSettings`): by default photo-like
+            (whole head with eyes and hair, per-identity colouring, directional lights with shadows, blur,
+            noise, JPEG); ``AppearanceSettings(look="model")`` gives the face model's own SH render of its
+            region (the look before). In the photo look, ``pixel_noise_std`` is replaced by the settings'
+            sensor noise, and the stored albedo and lighting coefficients are the prior's draws, not what
+            coloured and lit the picture (the SH light is used for the settings' ``sh_probability`` share).
         render_batch_size: faces rendered at once.
         device: where to render (a CUDA device renders much faster); samples are stored on the CPU.
         backend: rasterizer backend for `MeshRenderer`.
@@ -199,6 +247,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         pixel_noise_std: float = 0.01,
         prior: CoefficientPrior = CoefficientPrior(),
         cache_dir: str | Path | None = None,
+        appearance: AppearanceSettings = AppearanceSettings(),
         render_batch_size: int = 32,
         device: str | torch.device = "cpu",
         backend: str = "auto",
@@ -229,9 +278,11 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
                                          roll_deg=max_roll_deg)
         self.camera = PinholeCamera().resized(image_size, image_size)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.appearance = appearance
         self.render_batch_size = render_batch_size
         self.device = torch.device(device)
         self.backend = backend
+        self._scene: HeadScene | None = None
         self.generation_seconds: float | None = None
         """Wall time of the generation, None until generated (or when read from the cache)."""
         self._arrays: SyntheticArrays | None = None
@@ -255,6 +306,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             "landmark_noise_px": self.landmark_noise_px,
             "pixel_noise_std": self.pixel_noise_std,
             "prior": dataclasses.asdict(self.prior),
+            "appearance": self.appearance.as_dict(),
             "face_model": {"name": self.face_model.name, "vertices": self.face_model.n_vertices,
                            "triangles": int(self.face_model.triangles.shape[0]),
                            "layout": dataclasses.asdict(self.layout), "digest": model_digest(self.face_model)},
@@ -295,7 +347,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             images=np.zeros((0, 3, size, size), np.uint8), skin=np.zeros((0, size, size), np.float16),
             landmarks=np.zeros((0, 68, 2), np.float32), clean_landmarks=np.zeros((0, 68, 2), np.float32),
             coefficients=np.zeros((0, self.layout.size), np.float32), occluder=np.zeros((0,), np.int8),
-            occlusion=np.zeros((0, (size * size + 7) // 8), np.uint8),
+            occlusion=np.zeros((0, (size * size + 7) // 8), np.uint8), focal_scale=np.zeros((0,), np.float32),
         )
 
     def sample_coefficients(self, indices: range | list[int]) -> Coefficients:
@@ -306,17 +358,42 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             for i in indices
         ])
 
+    @property
+    def scene(self) -> HeadScene:
+        """What the photo look renders (built on first use, shared by datasets of the same face model)."""
+        if self._scene is None:
+            self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
+        return self._scene
+
+    def focal_scales(self, indices: range | list[int]) -> list[float]:
+        """Each sample's focal length relative to the crop's camera (1 in the model look)."""
+        if self.appearance.look == "model":
+            return [1.0] * len(indices)
+        return [sample_focal_scale(sample_rng(self.seed, self.split, i, "camera"), self.appearance) for i in indices]
+
+    def _render(self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera],
+                indices: range) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
+        if self.appearance.look == "model":
+            with torch.no_grad():
+                out = renderer(coeffs)
+            return out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu(), out.landmarks.float().cpu().numpy()
+        settings = self.appearance
+        looks = [sample_identity_look(sample_rng(self.seed, self.split, i, "look"), settings) for i in indices]
+        lights = [sample_picture_light(sample_rng(self.seed, self.split, i, "light"), settings) for i in indices]
+        image, mask = render_photo(self.scene, renderer.face_model, coeffs, looks, lights, cameras, settings,
+                                   self.backend)
+        return image, mask, project_landmarks(renderer, coeffs, cameras)
+
     def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, indices: range) -> SyntheticArrays:
         size = self.image_size
-        coeffs = self.sample_coefficients(indices).to(self.device)
-        coeffs = coeffs.replace(translation=aligned_translation(renderer.face_model, coeffs, self.camera, template)
-                                + coeffs.translation)
-        with torch.no_grad():
-            out = renderer(coeffs)
-        render = out.image.clamp(0.0, 1.0).float().cpu()
-        mask = out.mask.float().cpu()
-        clean = out.landmarks.float().cpu().numpy()
-        backgrounds = np.stack([random_background(sample_rng(self.seed, self.split, i, "background"), size, size)
+        focal = self.focal_scales(indices)
+        shown, coeffs, cameras = place_faces(renderer.face_model, self.sample_coefficients(indices).to(self.device),
+                                             self.camera, template, focal)
+        render, mask, clean = self._render(renderer, shown, cameras, indices)
+        # The model look keeps its procedural backgrounds (what it always had).
+        style = "procedural" if self.appearance.look == "model" else self.appearance.background
+        backgrounds = np.stack([draw_background(sample_rng(self.seed, self.split, i, "background"), size, size, style)
                                 for i in indices])
         images = soft_composite(render, mask, torch.from_numpy(backgrounds).permute(0, 3, 1, 2))
         images = images.permute(0, 2, 3, 1).numpy()
@@ -332,11 +409,17 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
                 kind = int(rng.integers(len(OCCLUDER_KINDS)))
                 images[k], coverage = draw_occluder(images[k], clean[k], rng, OCCLUDER_KINDS[kind])
                 occluder[k], occlusion[k] = kind, coverage > 0
-            pixels = sample_rng(self.seed, self.split, i, "pixels")
-            images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
             landmark_rng = sample_rng(self.seed, self.split, i, "landmarks")
             noisy[k] = clean[k] + landmark_rng.normal(0.0, self.landmark_noise_px, clean[k].shape)
-        images_u8 = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+        if self.appearance.look == "model":
+            for k, i in enumerate(indices):
+                pixels = sample_rng(self.seed, self.split, i, "pixels")
+                images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
+            images_u8 = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
+        else:
+            images_u8 = np.stack([
+                degrade_picture(images[k], sample_rng(self.seed, self.split, i, "sensor"), self.appearance)
+                for k, i in enumerate(indices)]).transpose(0, 3, 1, 2)
         with torch.no_grad():
             skin = skin_posterior_torch(torch.from_numpy(images_u8))
         return SyntheticArrays(
@@ -347,6 +430,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             coefficients=self.layout.join(coeffs).float().cpu().numpy(),
             occluder=occluder,
             occlusion=np.packbits(occlusion.reshape(n, -1), axis=1),
+            focal_scale=np.asarray(focal, np.float32),
         )
 
     # ------------------------------------------------------------------------------------------- access
@@ -358,6 +442,12 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         """(H, W) bool: the pixels of sample ``index`` that its occluder touched (all False without one)."""
         size = self.image_size
         return np.unpackbits(self.arrays.occlusion[index], count=size * size).reshape(size, size).astype(bool)
+
+    def picture_camera(self, index: int) -> PinholeCamera:
+        """The camera sample ``index`` was taken with (the crop's camera unless its focal length varies); its
+        clean landmarks are the face model's landmarks posed with the stored angles and the stored translation
+        times the focal scale, projected through this camera."""
+        return camera_for_focal(self.camera, float(self.arrays.focal_scale[index]))
 
     def vertices(self, coefficients: torch.Tensor) -> torch.Tensor:
         """(B, layout.size) flat coefficients -> (B, V, 3) model-space shape, on the CPU."""
@@ -380,6 +470,18 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         }
 
 
+_SCENES: dict[tuple[str, bool], HeadScene] = {}
+
+
+def shared_head_scene(face_model: FaceModel, full_head: bool) -> HeadScene:
+    """`datamodules.appearance.build_head_scene`, built once per face model content (splits and image-set
+    datasets of one model share it; building takes a second or two)."""
+    key = (model_digest(face_model), full_head)
+    if key not in _SCENES:
+        _SCENES[key] = build_head_scene(face_model, full_head)
+    return _SCENES[key]
+
+
 def model_digest(face_model: FaceModel) -> str:
     """Short hash of a face model's buffers: two models with the same name but other bases differ."""
     digest = hashlib.sha256()
@@ -392,7 +494,8 @@ def model_digest(face_model: FaceModel) -> str:
 class SyntheticFaceDataModule(pl.LightningDataModule):
     """Train / val / test splits of `SyntheticFaceDataset` as `FaceBatch` loaders.
 
-    The arguments are those of `SyntheticFaceDataset` (per split sizes ``n_train``, ``n_val``, ``n_test``),
+    The arguments are those of `SyntheticFaceDataset` (``appearance`` included; per split sizes ``n_train``,
+    ``n_val``, ``n_test``),
     plus ``batch_size`` and ``num_workers``. With a ``cache_dir`` missing splits are generated and written
     in `prepare_data` (on one process), and the other processes read them in `setup`; without one every
     process generates the splits its stage needs in `setup`.
@@ -416,6 +519,7 @@ class SyntheticFaceDataModule(pl.LightningDataModule):
         pixel_noise_std: float = 0.01,
         cache_dir: str | Path | None = None,
         prior: CoefficientPrior = CoefficientPrior(),
+        appearance: AppearanceSettings = AppearanceSettings(),
         render_batch_size: int = 32,
         device: str | torch.device = "cpu",
         backend: str = "auto",
@@ -432,7 +536,8 @@ class SyntheticFaceDataModule(pl.LightningDataModule):
             seed=seed, image_size=image_size, max_yaw_deg=max_yaw_deg, max_pitch_deg=max_pitch_deg,
             max_roll_deg=max_roll_deg, occluder_probability=occluder_probability,
             landmark_noise_px=landmark_noise_px, pixel_noise_std=pixel_noise_std, prior=prior,
-            cache_dir=cache_dir, render_batch_size=render_batch_size, device=device, backend=backend,
+            cache_dir=cache_dir, appearance=appearance, render_batch_size=render_batch_size, device=device,
+            backend=backend,
         )
         self.cache_dir = cache_dir
         self.datasets: dict[str, SyntheticFaceDataset] = {}

@@ -21,6 +21,7 @@ identity PCA modes already scaled to N(0, 1), 53 ARKit-style expression blendsha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -161,4 +162,119 @@ def load_ict(
         skin_mask=torch.from_numpy(skin),
         name="ict",
         sh_channels=sh_channels,
+    )
+
+
+# ------------------------------------------------------------------------------ head geometry for rendering
+
+
+@dataclass(frozen=True, eq=False)
+class ICTHeadGeometry:
+    """The whole ICT face area plus the eyeballs, driven by a face model's own coefficients.
+
+    For rendering pictures that show more than the model's region (no holes at the eyes, ears and neck):
+    vertices ``[0, n_face)`` are exactly the face model's (same frame, same bases), ``[n_face, n_area)`` the
+    rest of the 9,409-vertex face area and ``[n_area, V)`` the two eyeballs (left eye first, as stored).
+
+    mean_shape: (V, 3) neutral shape, decimetres, in the face model's frame
+    id_basis:   (n_id, V, 3) the face model's identity modes continued onto every vertex
+    exp_basis:  (n_exp, V, 3) the face model's expression modes continued onto every vertex
+    triangles:  (F, 3) face-area triangles, then the eyeball triangles
+    eye_triangles: number of eyeball triangles (the last rows of ``triangles``)
+    n_face:     vertices shared with the face model
+    n_area:     vertices of the face area (9,409)
+    landmark_ids: (68,) the face model's landmark vertex ids (they lie in the shared part)
+    """
+
+    mean_shape: torch.Tensor
+    id_basis: torch.Tensor
+    exp_basis: torch.Tensor
+    triangles: torch.Tensor
+    eye_triangles: int
+    n_face: int
+    n_area: int
+    landmark_ids: torch.Tensor
+
+    @property
+    def n_vertices(self) -> int:
+        return self.mean_shape.shape[0]
+
+    def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """(B, n_id) identity and (B, n_exp) expression coefficients -> (B, V, 3) model-space vertices."""
+        width = 3 * self.n_vertices
+        flat = (self.mean_shape.reshape(1, width) + identity @ self.id_basis.reshape(-1, width)
+                + expression @ self.exp_basis.reshape(-1, width))
+        return flat.reshape(-1, self.n_vertices, 3)
+
+    def to(self, device: torch.device | str) -> ICTHeadGeometry:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return ICTHeadGeometry(**moved)
+
+
+def _continue_basis(model_basis: np.ndarray, source_part: np.ndarray, source_rest: list[np.ndarray],
+                    what: str, tolerance_dm: float) -> list[np.ndarray]:
+    """Write each mode of ``model_basis`` (n, V_face, 3) as a combination of the source modes restricted to
+    the face part (k, V_face, 3), and apply the same combination to the other parts (k, V_i, 3).
+
+    Every ICT model basis is such a combination (identity modes are a selection, PCA expression modes a
+    rotation of the blendshapes), so least squares recovers it exactly up to float16 rounding of the source.
+    """
+    if model_basis.shape[0] == 0:
+        return [np.zeros((0, *rest.shape[1:]), np.float32) for rest in source_rest]
+    a = source_part.reshape(source_part.shape[0], -1).astype(np.float64).T  # (3 V_face, k)
+    b = model_basis.reshape(model_basis.shape[0], -1).astype(np.float64).T  # (3 V_face, n)
+    weights, *_ = np.linalg.lstsq(a, b, rcond=None)  # (k, n)
+    residual = float(np.abs(a @ weights - b).max())
+    if residual > tolerance_dm:
+        raise ValueError(f"the face model's {what} basis is not made of the bundled ICT-FaceKit modes (residual "
+                         f"{residual:.2g} dm); full-head rendering needs a model built by face_model.ict.load_ict")
+    return [np.einsum("kn,kvd->nvd", weights, rest.astype(np.float64)).astype(np.float32) for rest in source_rest]
+
+
+def ict_head_geometry(face_model: FaceModel, path: str | Path | None = None) -> ICTHeadGeometry:
+    """`ICTHeadGeometry` of an ICT `FaceModel` (any region, basis sizes and expression basis of `load_ict`).
+
+    The model's frame offset and its bases are recovered from its own buffers, so the extra vertices move
+    exactly as the model's would if its region were larger. Raises ValueError for a model that is not built
+    from the bundled (or given) ICT npz.
+    """
+    path = Path(path) if path is not None else default_ict_path()
+    with np.load(path) as data:
+        if "eyes_mean" not in data.files:
+            raise ValueError(f"{path} has no eyeballs (eyes_* arrays); full-head rendering needs them")
+        mean_cm = data["mean"].astype(np.float64)
+        id_cm = data["id_basis"].astype(np.float32)
+        exp_cm = data["exp_basis"].astype(np.float32)
+        triangles = data["tri"].astype(np.int64)
+        eyes_cm = data["eyes_mean"].astype(np.float64)
+        eyes_id = data["eyes_id_basis"].astype(np.float32)
+        eyes_exp = data["eyes_exp_basis"].astype(np.float32)
+        eyes_tri = data["eyes_tri"].astype(np.int64)
+    n_face, n_area = face_model.n_vertices, mean_cm.shape[0]
+    if n_face > n_area:
+        raise ValueError(f"the face model has {n_face} vertices, more than the ICT face area's {n_area}")
+    model_mean = face_model.mean_shape.detach().cpu().double().numpy()
+    offset = (mean_cm[:n_face] * CM_TO_DM - model_mean).mean(axis=0)
+    if np.abs(mean_cm[:n_face] * CM_TO_DM - offset - model_mean).max() > 1e-4:
+        raise ValueError("the face model's mean shape is not the bundled ICT-FaceKit mean; full-head rendering "
+                         "needs a model built by face_model.ict.load_ict")
+    # float16 source bases: 5e-4 cm rounding, i.e. 5e-5 dm per mode and a little more once combined.
+    parts = []
+    for name, model_basis, area, eyes in (("identity", face_model.id_basis, id_cm, eyes_id),
+                                          ("expression", face_model.exp_basis, exp_cm, eyes_exp)):
+        model_basis = model_basis.detach().cpu().numpy()
+        area_dm, eyes_dm = area * CM_TO_DM, eyes * CM_TO_DM
+        parts.append(_continue_basis(model_basis, area_dm[:, :n_face], [area_dm[:, n_face:], eyes_dm], name,
+                                     tolerance_dm=2e-3))
+    (id_rest, id_eyes), (exp_rest, exp_eyes) = parts
+    mean = np.concatenate([model_mean, mean_cm[n_face:] * CM_TO_DM - offset, eyes_cm * CM_TO_DM - offset])
+    as_tensor = lambda array: torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))  # noqa: E731
+    return ICTHeadGeometry(
+        mean_shape=as_tensor(mean),
+        id_basis=torch.cat([face_model.id_basis.detach().cpu().float(), as_tensor(id_rest), as_tensor(id_eyes)], 1),
+        exp_basis=torch.cat([face_model.exp_basis.detach().cpu().float(), as_tensor(exp_rest),
+                             as_tensor(exp_eyes)], 1),
+        triangles=torch.from_numpy(np.concatenate([triangles, eyes_tri + n_area])),
+        eye_triangles=len(eyes_tri), n_face=n_face, n_area=n_area,
+        landmark_ids=face_model.landmark_ids.detach().cpu().clone(),
     )

@@ -69,3 +69,33 @@ def shade(albedo: torch.Tensor, normals: torch.Tensor, lighting: torch.Tensor,
           ambient: float = DEFAULT_AMBIENT) -> torch.Tensor:
     """(B, N, 3) albedo in [0, 1], (B, N, 3) unit normals, lighting -> (B, N, 3) Lambertian colour."""
     return albedo * irradiance(normals, lighting, ambient)
+
+
+# ------------------------------------------------------------------------ directional lights (not SH)
+
+
+def lambert(normals: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3) unit normals, (B, L, 3) unit directions towards L distant lights -> (B, N, L) clamped cosine
+    ``max(n . l, 0)``: the irradiance of a Lambertian surface from each light of unit intensity, zero for
+    surfaces facing away (unlike a second-order SH light, which cannot be zero over a hemisphere)."""
+    return (normals @ directions.transpose(1, 2)).clamp_min(0.0)
+
+
+def hemisphere_ambient(normals: torch.Tensor, sky: torch.Tensor, ground: torch.Tensor,
+                       up: tuple[float, float, float] = (0.0, 1.0, 0.0)) -> torch.Tensor:
+    """(B, N, 3) unit normals, (B, 3) sky and ground RGB -> (B, N, 3) ambient irradiance that blends from the
+    ground colour (normals pointing down) to the sky colour (pointing ``up``), linearly in ``n . up``."""
+    t = 0.5 + 0.5 * (normals @ normals.new_tensor(up)).unsqueeze(-1)
+    return ground.unsqueeze(1) + t * (sky - ground).unsqueeze(1)
+
+
+def blinn_phong(normals: torch.Tensor, directions: torch.Tensor, view: torch.Tensor,
+                shininess: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3) unit normals, (B, L, 3) unit light directions, (B, N, 3) unit directions to the viewer,
+    (B,) exponents -> (B, N, L) Blinn-Phong highlight ``max(n . h, 0) ** shininess``, zero where the light is
+    behind the surface."""
+    half = directions.unsqueeze(1) + view.unsqueeze(2)  # (B, N, L, 3)
+    half = half / half.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cos = (normals.unsqueeze(2) * half).sum(-1).clamp_min(0.0)
+    facing = (normals @ directions.transpose(1, 2)) > 0
+    return torch.where(facing, cos ** shininess.view(-1, 1, 1), torch.zeros_like(cos))

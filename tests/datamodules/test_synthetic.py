@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.appearance import AppearanceSettings
 from datamodules.backgrounds import OCCLUDER_KINDS, draw_occluder, random_background
 from datamodules.batch import FaceBatch
 from datamodules.synthetic import (SyntheticFaceDataModule, SyntheticFaceDataset, aligned_translation,
-                                   coefficient_prior_std)
+                                   coefficient_prior_std, sample_rng, soft_composite)
 from face_model.model import five_points_from_68
 from face_model.sampling import CoefficientPrior, sample_coefficients
 from preprocessing.align import fit_scale_translation, template_from_face_model
@@ -98,16 +99,34 @@ def test_ground_truth_agrees_with_labels(ict_small, synthetic_train):
     arrays = synthetic_train.arrays
     coeffs = ict_small.layout.split(torch.from_numpy(arrays.coefficients))
     renderer = MeshRenderer(ict_small, PinholeCamera().resized(SIZE, SIZE))
+    # Each picture has its own focal length; its landmarks are the face seen through that camera, from
+    # the stored translation scaled by the focal scale.
+    scales = torch.from_numpy(arrays.focal_scale)
+    assert float(scales.min()) < 0.9 and float(scales.max()) > 1.1
     with torch.no_grad():
-        projected = renderer.project_landmarks(coeffs)
+        projected = torch.cat([
+            renderer.project_landmarks(coeffs.index(slice(i, i + 1)).replace(
+                translation=coeffs.translation[i:i + 1] * scales[i]), synthetic_train.picture_camera(i))
+            for i in range(len(synthetic_train))])
         vertices = ict_small.shape(coeffs)
+        # Under the crop's camera the stored coefficients put the face at about the same place and size (only
+        # the perspective differs: near parts grow more through a short focal length).
+        default = renderer.project_landmarks(coeffs)
     assert torch.allclose(projected, torch.from_numpy(arrays.clean_landmarks), atol=1e-3)
+    centre = lambda points: points.mean(1)  # noqa: E731
+    spread = lambda points: (points - points.mean(1, keepdim=True)).norm(dim=-1).mean(1)  # noqa: E731
+    assert torch.allclose(centre(default), centre(projected), atol=0.03 * SIZE)
+    assert torch.allclose(spread(default), spread(projected), rtol=0.05)
+    assert not torch.allclose(default, projected, atol=0.1)
     noise = arrays.landmarks - arrays.clean_landmarks
     assert abs(noise.mean()) < 0.15 and noise.std() == pytest.approx(NOISE_PX, rel=0.1)
     assert torch.allclose(torch.stack([synthetic_train[i]["vertices"] for i in range(3)]), vertices[:3], atol=1e-5)
     # The skin channel is the project's skin model applied to the stored picture.
     skin = skin_posterior_torch(torch.from_numpy(arrays.images[:3]))
     assert torch.allclose(torch.from_numpy(arrays.skin[:3].astype(np.float32)), skin, atol=1e-3)
+    # In the model look every picture is taken with the crop's camera.
+    model_look = make_dataset(ict_small, n_samples=2, appearance=AppearanceSettings(look="model"))
+    assert np.all(model_look.arrays.focal_scale == 1.0)
 
 
 def test_faces_sit_where_alignment_puts_them(ict_small):
@@ -170,13 +189,18 @@ def test_cache_round_trip(ict_small, tmp_path, monkeypatch):
         regenerated.materialise()
     assert np.array_equal(regenerated.arrays.images, first.arrays.images)
     # Any generation parameter changes the key.
-    for change in ({"landmark_noise_px": 2.0}, {"split": "val"}, {"max_yaw_deg": 60.0}, {"n_samples": 4}):
+    for change in ({"landmark_noise_px": 2.0}, {"split": "val"}, {"max_yaw_deg": 60.0}, {"n_samples": 4},
+                   {"appearance": AppearanceSettings(look="model")},
+                   {"appearance": AppearanceSettings(jpeg_probability=0)}):
         args = {"n_samples": 3, "cache_dir": tmp_path, **change}
         assert make_dataset(ict_small, **args).cache_path != first.cache_path, change
 
 
-def test_occluders_change_only_the_pixels_they_cover(ict_small, synthetic_train):
-    clean = make_dataset(ict_small, occluder_probability=0.0)
+def test_occluders_change_only_the_pixels_they_cover(ict_small):
+    # Blur and JPEG blocks would spread an occluder's pixels to its neighbours; without them nothing spreads.
+    sharp = AppearanceSettings(blur_probability=0.0, jpeg_probability=0.0)
+    clean = make_dataset(ict_small, occluder_probability=0.0, appearance=sharp)
+    synthetic_train = make_dataset(ict_small, appearance=sharp)
     occluded = synthetic_train.arrays
     assert (occluded.occluder >= 0).any() and (occluded.occluder < 0).any()
     assert np.array_equal(clean.arrays.coefficients, occluded.coefficients)
@@ -214,3 +238,32 @@ def test_bad_arguments_are_named(ict_small):
         make_dataset(ict_small, split="training")
     with pytest.raises(ValueError, match="occluder_probability"):
         make_dataset(ict_small, occluder_probability=1.5)
+
+
+def test_model_look_is_the_face_models_own_render(ict_small):
+    dataset = make_dataset(ict_small, n_samples=3, occluder_probability=0.0, pixel_noise_std=0.0,
+                           appearance=AppearanceSettings(look="model"))
+    camera = PinholeCamera().resized(SIZE, SIZE)
+    coeffs = ict_small.layout.split(torch.from_numpy(dataset.arrays.coefficients))
+    with torch.no_grad():
+        out = MeshRenderer(ict_small, camera)(coeffs)
+    background = np.stack([random_background(sample_rng(SEED, "train", i, "background"), SIZE, SIZE) for i in range(3)])
+    expected = soft_composite(out.image.clamp(0, 1), out.mask, torch.from_numpy(background).permute(0, 3, 1, 2))
+    expected = np.clip(np.rint(expected.numpy() * 255.0), 0, 255)
+    assert np.abs(dataset.arrays.images.astype(float) - expected).max() <= 1.0
+
+
+def test_looks_share_the_ground_truth_and_labels(ict_small, synthetic_train):
+    # The look changes the pictures only: coefficients and landmarks come from the same streams (and with the
+    # crop's focal length, the same placement).
+    model_look = make_dataset(ict_small, n_samples=3, appearance=AppearanceSettings(look="model"))
+    fixed_focal = make_dataset(ict_small, n_samples=3, appearance=AppearanceSettings(focal_scale=(1.0, 1.0)))
+    photo = fixed_focal.arrays
+    assert np.allclose(model_look.arrays.coefficients, photo.coefficients, atol=1e-6)
+    assert np.allclose(model_look.arrays.landmarks, photo.landmarks, atol=1e-4)
+    assert np.abs(model_look.arrays.images.astype(float) - photo.images).mean() > 10.0
+    layout = ict_small.layout
+    varied = layout.split(torch.from_numpy(synthetic_train.arrays.coefficients[:3]))
+    same = layout.split(torch.from_numpy(photo.coefficients))
+    for name in ("identity", "expression", "angles", "albedo", "lighting"):
+        assert torch.allclose(getattr(varied, name), getattr(same, name), atol=1e-6), name
