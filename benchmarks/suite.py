@@ -51,6 +51,8 @@ class BenchmarkSettings:
     fit_iterations:  steps of the fit's full-loss stage (`reconstruction.fit.FitSettings.iterations`); None keeps
                      the fitting default of ``face3d reconstruct --fit``.
     fit_rigid_iterations, fit_shape_iterations: the cheap landmark-only stages (None: the fitting defaults).
+    appearance_gap:  run the pose grid a second time in the look the fit and the model's renders do not assume
+                     (`benchmarks.pose_grid.POSE_GRID_LOOKS["appearance_gap"]`), beside the matched one.
     fit_crop_size:   crop side the fit runs at (``face3d reconstruct --fit``'s 224 by default); the pose grid is
                      rendered again at this size when the checkpoint's differs (same identities and poses).
     speed:           measure the speed rows; speed_preprocessing: include preprocessing among them;
@@ -73,6 +75,7 @@ class BenchmarkSettings:
     fit_rigid_iterations: Optional[int] = None
     fit_shape_iterations: Optional[int] = None
     fit_crop_size: int = 224
+    appearance_gap: bool = True
     speed: bool = True
     speed_preprocessing: bool = True
     speed_repeats: int = 3
@@ -108,10 +111,14 @@ class BenchmarkResult:
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
     real_photo: Optional[RealPhotoResult] = None
+    appearance_gap: Optional[PoseGridResult] = None
+    """The same pose grid in the appearance-gap look, when run."""
 
     def accuracy_dict(self) -> dict:
         """The deterministic part of metrics.json: identical for two runs with the same settings."""
         accuracy = {"pose_grid": self.pose_grid.accuracy_dict(), "datasets": [d.as_dict() for d in self.datasets]}
+        if self.appearance_gap is not None:
+            accuracy["appearance_gap"] = self.appearance_gap.accuracy_dict()
         if self.real_photo is not None:
             accuracy["real_photo"] = self.real_photo.accuracy_dict()
         return accuracy
@@ -219,22 +226,34 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     dataset = PoseGridDataset(rnet_module.face_model, settings.identities, seed=settings.seed,
                               image_size=cfg.renderer.image_size, landmark_noise_px=sc.landmark_noise_px,
                               device=device, backend=cfg.renderer.backend)
-    fitter, fit_dataset = None, None
+    fitter = None
     if settings.fit_images == 0:
         notes.append("fitting rows skipped (--no-fit)")
     else:
         fitter = _fitter(settings, rnet_module.face_model, device)
+
+    def grid(look: str, image_size: int) -> PoseGridDataset:
+        return PoseGridDataset(rnet_module.face_model, settings.identities, seed=settings.seed, image_size=image_size,
+                               landmark_noise_px=sc.landmark_noise_px, look=look, device=device,
+                               backend=cfg.renderer.backend)
+
+    looks = ("matched", "appearance_gap") if settings.appearance_gap else ("matched",)
+    grids = {}
+    for look in looks:
+        dataset = grid(look, cfg.renderer.image_size)
         fit_dataset = dataset
-        if settings.fit_crop_size != dataset.image_size:
-            fit_dataset = PoseGridDataset(rnet_module.face_model, settings.identities, seed=settings.seed,
-                                          image_size=settings.fit_crop_size, landmark_noise_px=sc.landmark_noise_px,
-                                          device=device, backend=cfg.renderer.backend)
-    log(f"synthetic 20-pose protocol: {settings.identities} identities x {dataset.set_size} pictures at "
-        f"{dataset.image_size}x{dataset.image_size}" + (f", fitting {settings.fit_images} of them at "
-                                                        f"{settings.fit_crop_size}x{settings.fit_crop_size}"
-                                                        if settings.fit_images else ""))
-    pose_grid = evaluate_pose_grid(dataset, modules, fitter=fitter, fit_count=settings.fit_images,
-                                   fit_dataset=fit_dataset, device=device, notes=notes)
+        if fitter is not None and settings.fit_crop_size != dataset.image_size:
+            fit_dataset = grid(look, settings.fit_crop_size)
+        log(f"synthetic 20-pose protocol, {look.replace('_', '-')} look: {settings.identities} identities x "
+            f"{dataset.set_size} pictures at {dataset.image_size}x{dataset.image_size}"
+            + (f", fitting {settings.fit_images} of them at {settings.fit_crop_size}x{settings.fit_crop_size}"
+               if settings.fit_images else ""))
+        grids[look] = evaluate_pose_grid(dataset, modules, fitter=fitter, fit_count=settings.fit_images,
+                                         fit_dataset=fit_dataset, device=device,
+                                         notes=notes if look == "matched" else ())
+    pose_grid = grids["matched"]
+    if not settings.appearance_gap:
+        notes.append("appearance-gap protocol not run (--no-appearance-gap)")
 
     datasets = evaluate_datasets(settings.datasets, lambda: RNetPicturePredictor(rnet_module, device=device), log)
 
@@ -260,7 +279,7 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     result = BenchmarkResult(settings=settings, checkpoint=info, cnet_checkpoint=settings.cnet_checkpoint, date=date,
                              device=device_name(device), pose_grid=pose_grid, datasets=tuple(datasets),
                              speed=tuple(speed), notes=tuple(pose_grid.notes) + tuple(extra_notes), files=files,
-                             real_photo=real_photo)
+                             real_photo=real_photo, appearance_gap=grids.get("appearance_gap"))
     result = dataclasses.replace(result, seconds=time.perf_counter() - start)
     return write_outputs(result, log)
 

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "each identity's pictures are also fitted together with one shared identity)")
     p.add_argument("--fit-iterations", type=int, default=None, metavar="N",
                    help="full-loss steps per fit (default: as `face3d reconstruct --fit`)")
+    p.add_argument("--appearance-gap", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the pose grid in the look the fit does not assume (whole head, eyes, plain skin "
+                        "albedo, non-SH lights with shadows), beside the matched one (default on)")
     p.add_argument("--identities", type=int, default=8, metavar="N",
                    help="held-out synthetic identities, 20 pictures each (default 8: a few minutes on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -152,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         cnet_note=cnet_note, identities=args.identities, seed=args.seed,
         fit_images=args.fit_images if args.fit else 0, fit_iterations=args.fit_iterations, speed=args.speed,
         wandb=args.wandb, datasets=DatasetSettings(names=names, limit=args.dataset_limit),
-        real_photo=real_photo_settings(args), device=args.device)
+        real_photo=real_photo_settings(args), appearance_gap=args.appearance_gap, device=args.device)
     result = run_benchmark(settings)
     print("\n" + result.summary())
     return 0

@@ -131,6 +131,13 @@ def test_report_metrics_and_plot_are_written(run):
     assert metrics["seed"] == 3 and metrics["checkpoint"]["config"]["image_size"] == 32
     pictures = metrics["accuracy"]["pose_grid"]["pictures"]
     assert pictures["identity"] == [0] * 20 + [1] * 20
+    gap = metrics["accuracy"]["appearance_gap"]
+    assert gap["protocol"]["look"] == "appearance_gap" and metrics["accuracy"]["pose_grid"]["protocol"]["look"] == "matched"
+    assert [row["key"] for row in gap["rows"]] == [row.key for row in run.pose_grid.rows]
+    assert "## Appearance-gap protocol" in report and "side by side" in report
+    # Same identities, other pictures: the mean face scores the same, the methods do not.
+    assert gap["identities"]["mean_face"] == metrics["accuracy"]["pose_grid"]["identities"]["mean_face"]
+    assert gap["pictures"]["rnet"] != pictures["rnet"]
     assert pictures["yaw_deg"] == list(np.tile(YAWS_DEG, 8)) and pictures["pitch_deg"] == list(np.tile(np.repeat(PITCHES_DEG, 5), 2))
 
 
@@ -315,7 +322,7 @@ def test_the_command_uses_the_latest_train_single_checkpoint(checkpoints, tmp_pa
 def test_wandb_offline_run_holds_the_tables_and_plot(checkpoints, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    result = run_benchmark(_settings(checkpoints, tmp_path / "wb", identities=1, fit_images=0, wandb=True),
+    result = run_benchmark(_settings(checkpoints, tmp_path / "wb", identities=1, fit_images=0, appearance_gap=False, wandb=True),
                            log=lambda line: None)
     run_dir = result.files["wandb"]
     assert run_dir.is_dir() and run_dir.name.startswith("offline-run-")
