@@ -64,7 +64,9 @@ def test_render_grid_and_fitted_renders() -> None:
     for yaw in settings.yaws_deg:
         assert sorted(light for _, y, light in grid if y == yaw) == ["coloured", "flat", "key"]
     assert len(dataclasses.replace(settings, all_lights=True).render_grid()) == 45
-    assert [(p, y) for p, y, _ in settings.fitted_renders()] == [(5.0, -60.0), (5.0, 0.0), (5.0, 60.0)]
+    assert [(p, y) for p, y, _ in settings.fitted_renders()] == [(5.0, 0.0)]
+    three = dataclasses.replace(settings, fit_renders=3).fitted_renders()
+    assert [(p, y) for p, y, _ in three] == [(5.0, -60.0), (5.0, 0.0), (5.0, 60.0)]
     assert dataclasses.replace(settings, fit_renders=0).fitted_renders() == []
     with pytest.raises(ValueError, match="unknown lights"):
         RealPhotoSettings(lights=("sunset",))
@@ -122,3 +124,21 @@ def test_protocol_end_to_end_on_tiny_settings(ict_small, tmp_path) -> None:
     text = "\n".join(real_photo_markdown(result, markdown_table))
     assert "### The two photographs" in text and "share of gain" in text and "| 0° | 30° | all |" in text
     json.dumps(result.accuracy_dict())
+
+
+def test_command_line_settings() -> None:
+    from experiments.cli import build_parser
+    from experiments.commands.benchmark import real_photo_settings
+
+    parser = build_parser()
+    args = parser.parse_args(["benchmark", "--real-photo-yaws=-30,0", "--real-photo-pitches=0",
+                              "--real-photo-lights", "flat", "--real-photo-size", "256", "--real-photo-fit", "2"])
+    settings = real_photo_settings(args)
+    assert settings.yaws_deg == (-30.0, 0.0) and settings.pitches_deg == (0.0,) and settings.lights == ("flat",)
+    assert settings.render.image_size == 256 and settings.render.focal == pytest.approx(600.0)
+    assert settings.fit_renders == 2 and settings.fit_photos
+    no_fit = real_photo_settings(parser.parse_args(["benchmark", "--no-fit"]))
+    assert no_fit.fit_renders == 0 and not no_fit.fit_photos and len(no_fit.render_grid()) == 15
+    assert real_photo_settings(parser.parse_args(["benchmark", "--no-real-photo"])) is None
+    with pytest.raises(ValueError, match="--real-photo-yaws must be comma-separated degrees"):
+        real_photo_settings(parser.parse_args(["benchmark", "--real-photo-yaws", "left,right"]))
