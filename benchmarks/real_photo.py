@@ -34,11 +34,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from benchmarks.ceiling import CeilingSettings, fit_model_to_mesh, share_of_gain
+from benchmarks.ceiling import INNER_LANDMARKS, CeilingSettings, fit_model_to_mesh, share_of_gain
 from benchmarks.metrics import DM_TO_MM, ErrorStats, scan_to_mesh, summarise
+from benchmarks.metrics.protocols import GENOVA_CROP_RADIUS_MM
 from benchmarks.scan_render import LIGHTS, ScanRenderSettings, prepare_scan, render_scan
-from benchmarks.textured_scan import (INNER_LANDMARKS, JAMES_DIR, TexturedScan, frontal_transform,
-                                      load_textured_scan, rotation_angle_deg)
+from benchmarks.textured_scan import (JAMES_DIR, TexturedScan, frontal_transform, load_textured_scan,
+                                      rotation_angle_deg)
 
 MEAN_FACE = "mean face"
 CEILING = "ceiling (identity + expression)"
@@ -319,7 +320,7 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
     start = time.perf_counter()
     scan = load_textured_scan(settings.scan_dir)
     frontal = frontal_transform(scan, face_model)
-    crop_points = int((np.linalg.norm(scan.vertices - scan.nose_tip, axis=1) <= 95.0).sum())
+    crop_points = int((np.linalg.norm(scan.vertices - scan.nose_tip, axis=1) <= GENOVA_CROP_RADIUS_MM).sum())
     scan_facts = {"name": scan.name, "vertices": int(len(scan.vertices)), "triangles": int(len(scan.faces)),
                   "unit_to_mm": scan.unit_to_mm, "eye_centre_distance_mm": round(scan.eye_centre_distance(), 2),
                   "outer_eye_corner_distance_mm": round(float(np.linalg.norm(scan.landmarks[36] - scan.landmarks[45])),
@@ -396,13 +397,18 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
         "fit_photos": settings.fit_photos,
         "fitted_renders": [list(r) for r in settings.fitted_renders()],
         "ceiling": dataclasses.asdict(settings.ceiling),
-        "crop_radius_mm": 95.0, "distance": "point-to-surface", "alignment": "similarity ICP from the inner 51 "
+        "crop_radius_mm": GENOVA_CROP_RADIUS_MM, "distance": "point-to-surface", "alignment": "similarity ICP from the inner 51 "
                                                                             "landmarks",
         "shape": "neutral identity (expression zero)",
     }
     return RealPhotoResult(scan_facts, references, tuple(scores), tuple(failed), protocol, tuple(predictors),
                            {name: float(np.mean(v)) for name, v in seconds.items()}, ceiling_seconds,
                            time.perf_counter() - start, files)
+
+
+def percent(share: float | None) -> str | None:
+    """A share as a whole percentage ("-12 %"), None for no share; never "-0 %"."""
+    return None if share is None else f"{int(round(100 * share))} %"
 
 
 def real_photo_markdown(result: RealPhotoResult, table: Callable[..., str]) -> list[str]:
@@ -425,7 +431,7 @@ def real_photo_markdown(result: RealPhotoResult, table: Callable[..., str]) -> l
 
     def section(name: str, title: str, text: str) -> list[str]:
         rows = [[r.method, r.level, r.stats.count, f"{r.stats.mean:.3f} ± {r.stats.std:.3f}", f"{r.stats.median:.3f}",
-                 None if r.share_of_gain is None else f"{100 * r.share_of_gain:.0f} %"] for r in result.rows(name)]
+                 percent(r.share_of_gain)] for r in result.rows(name)]
         return [f"### {title}", "", text, "",
                 table(["method", "one value per", "n", "mean ± std (mm)", "median (mm)", "share of gain"], rows)]
 

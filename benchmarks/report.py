@@ -221,6 +221,8 @@ def summary_text(result: BenchmarkResult) -> str:
              markdown_table(*accuracy_table(result)).rstrip()]
     lines += [""] + [f"{d.title}: {d.note}" for d in result.datasets]
     if result.real_photo is not None:
+        from benchmarks.real_photo import percent
+
         rp = result.real_photo
         for section in ("photos", "renders"):
             rows = rp.rows(section)
@@ -229,7 +231,7 @@ def summary_text(result: BenchmarkResult) -> str:
             lines += ["", f"real-photo protocol, {section} of the {rp.scan['name']} scan (point-to-surface mm, 95 mm "
                           "crop; share of the gain from the mean face to the model's ceiling):"]
             lines += [f"  {r.method}: {r.stats.mean:.3f} mm (n={r.stats.count})"
-                      + ("" if r.share_of_gain is None else f", {100 * r.share_of_gain:.0f} % of the gain")
+                      + ("" if r.share_of_gain is None else f", {percent(r.share_of_gain)} of the gain")
                       for r in rows]
     if result.speed:
         lines += ["", f"speed on {result.device}:"]
