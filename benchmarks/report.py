@@ -190,6 +190,12 @@ def log_to_wandb(result: BenchmarkResult, out_dir: Path) -> Path | None:
         payload.update({name: wandb.Image(str(path)) for name, path in result.files.items() if path.suffix == ".png"})
         run.log(payload)
         run.summary.update({f"shape_error_mm/{row.key}": row.stats.mean for row in result.pose_grid.rows})
+        if result.real_photo is not None:
+            for section in ("photos", "renders"):
+                for row in result.real_photo.rows(section):
+                    if row.level == "picture":
+                        run.summary[f"real_photo/{section}/{row.method}/error_mm"] = row.stats.mean
+                        run.summary[f"real_photo/{section}/{row.method}/share_of_gain"] = row.share_of_gain
         run_dir = Path(run.dir).parent
     finally:
         run.finish()
