@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -397,8 +396,8 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
         "fit_photos": settings.fit_photos,
         "fitted_renders": [list(r) for r in settings.fitted_renders()],
         "ceiling": dataclasses.asdict(settings.ceiling),
-        "crop_radius_mm": GENOVA_CROP_RADIUS_MM, "distance": "point-to-surface", "alignment": "similarity ICP from the inner 51 "
-                                                                            "landmarks",
+        "crop_radius_mm": GENOVA_CROP_RADIUS_MM, "distance": "point-to-surface",
+        "alignment": "similarity ICP from the inner 51 landmarks",
         "shape": "neutral identity (expression zero)",
     }
     return RealPhotoResult(scan_facts, references, tuple(scores), tuple(failed), protocol, tuple(predictors),
