@@ -35,11 +35,12 @@ from benchmarks.metrics.alignment import _residual_directions, _rodrigues
 from benchmarks.metrics.protocols import GENOVA_CROP_RADIUS_MM
 from benchmarks.metrics.surface import as_faces, as_points
 from face_model.coefficients import Coefficients
+from face_model.model import NOSE_TIP_68
 
-NOSE_TIP_68 = 30
 INNER_LANDMARKS = tuple(range(17, 68))
-"""Landmarks used for the initial similarity when 68 are given (the jaw contour is left out: on a model it is a
-fixed vertex set, on a scan the visible jaw line)."""
+"""Brows, nose, eyes and mouth: the iBUG-68 landmarks on the same anatomy on a scan and on a face model, used for
+initial similarities (the jaw contour is left out: on a model it is a fixed vertex set, on a scan the visible
+jaw line)."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,11 +33,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from benchmarks.ceiling import CeilingSettings, fit_model_to_mesh, share_of_gain
+from benchmarks.ceiling import INNER_LANDMARKS, CeilingSettings, fit_model_to_mesh, share_of_gain
 from benchmarks.metrics import DM_TO_MM, ErrorStats, scan_to_mesh, summarise
+from benchmarks.metrics.protocols import GENOVA_CROP_RADIUS_MM
 from benchmarks.scan_render import LIGHTS, ScanRenderSettings, prepare_scan, render_scan
-from benchmarks.textured_scan import (INNER_LANDMARKS, JAMES_DIR, TexturedScan, frontal_transform,
-                                      load_textured_scan, rotation_angle_deg)
+from benchmarks.textured_scan import (JAMES_DIR, TexturedScan, frontal_transform, load_textured_scan,
+                                      rotation_angle_deg)
 
 MEAN_FACE = "mean face"
 CEILING = "ceiling (identity + expression)"
@@ -59,8 +59,10 @@ class RealPhotoSettings:
                   seen once under each light and at each pitch, for a third of the pictures.
     render:       resolution, focal length and background of the renders.
     fit_photos:   fit both photographs (analysis-by-synthesis costs seconds per picture).
-    fit_renders:  renders to fit, at the pitch nearest 0 and yaws spread evenly over the grid's (0: none). R-Net
-                  runs on every picture.
+    fit_renders:  renders to fit, at the pitch nearest 0 and yaws spread evenly over the grid's, the middle yaw
+                  first (0: none). R-Net runs on every picture. A fit takes 10-40 s of CPU (FitSettings defaults),
+                  so the default fits 3 pictures (2 photographs, 1 render) to keep the protocol near 3 minutes on 2
+                  cores.
     ceiling:      settings of the ceiling fit.
     detector:     face detector and landmarks (`preprocessing.detect.DETECTORS`).
     """
@@ -73,7 +75,7 @@ class RealPhotoSettings:
     all_lights: bool = False
     render: ScanRenderSettings = ScanRenderSettings()
     fit_photos: bool = True
-    fit_renders: int = 3
+    fit_renders: int = 1
     ceiling: CeilingSettings = CeilingSettings()
     detector: str = "dlib-hog"
 
@@ -100,7 +102,9 @@ class RealPhotoSettings:
             return []
         pitch = min(self.pitches_deg, key=abs)
         yaws = list(self.yaws_deg)
-        if self.fit_renders < len(yaws):
+        if self.fit_renders == 1:
+            yaws = [min(yaws, key=abs)]
+        elif self.fit_renders < len(yaws):
             picks = np.round(np.linspace(0, len(yaws) - 1, self.fit_renders)).astype(int)
             yaws = [yaws[i] for i in sorted(set(picks.tolist()))]
         chosen = []
@@ -158,6 +162,7 @@ class RealPhotoResult:
     """What `evaluate_real_photo` measured.
 
     scan:       facts about the scan (name, unit, eye distances, tilt against the model frame, crop points)
+    seconds_per_picture: method -> mean seconds of its ``predict`` (timing, not accuracy)
     references: method -> (mean, median) mm of the mean face and the ceilings on the scan
     scores:     every (picture, method) score
     failed:     (section, picture, method, reason) of pictures without a reconstruction
@@ -171,6 +176,7 @@ class RealPhotoResult:
     failed: tuple[tuple[str, str, str, str], ...]
     protocol: dict
     methods: tuple[str, ...]
+    seconds_per_picture: dict[str, float] = field(default_factory=dict)
     ceiling_seconds: float = 0.0
     seconds: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
@@ -197,21 +203,29 @@ class RealPhotoResult:
         return rows
 
     def per_yaw(self, key: str = "yaw_deg") -> tuple[list[str], list[list]]:
-        """Renders: mean error (mm) per method and yaw (or ``key`` = "light" / "pitch_deg"), with n."""
+        """Renders: mean error (mm) per method and yaw (or ``key`` = "light" / "pitch_deg"), with n, and a last row
+        counting the renders where detection found no face (no method has a reconstruction of them)."""
         renders = [s for s in self.scores if s.section == "renders"]
-        values = sorted({getattr(s, key) for s in renders}, key=lambda v: (isinstance(v, str), v))
+        listed = self.protocol.get("render_list", [])
+        values = sorted({entry[key] for entry in listed} | {getattr(s, key) for s in renders},
+                        key=lambda v: (isinstance(v, str), v))
         columns = ["method"] + [f"{v:g}°" if isinstance(v, float) else str(v) for v in values] + ["all"]
         rows = []
         for method in self.methods:
-            row: list = [method]
             mine = [s for s in renders if s.method == method]
             if not mine:
                 continue
+            row: list = [method]
             for v in values:
                 picked = [s.mean_mm for s in mine if getattr(s, key) == v]
                 row.append(f"{np.mean(picked):.3f} (n={len(picked)})" if picked else None)
             row.append(f"{np.mean([s.mean_mm for s in mine]):.3f} (n={len(mine)})")
             rows.append(row)
+        value_of = {entry["name"]: entry[key] for entry in listed}
+        lost = {name for section, name, _, _ in self.failed if section == "renders" and name in value_of}
+        if lost:
+            counts = [sum(1 for name in lost if value_of[name] == v) for v in values]
+            rows.append(["no face found (renders)"] + counts + [len(lost)])
         return columns, rows
 
     def accuracy_dict(self) -> dict:
@@ -305,7 +319,7 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
     start = time.perf_counter()
     scan = load_textured_scan(settings.scan_dir)
     frontal = frontal_transform(scan, face_model)
-    crop_points = int((np.linalg.norm(scan.vertices - scan.nose_tip, axis=1) <= 95.0).sum())
+    crop_points = int((np.linalg.norm(scan.vertices - scan.nose_tip, axis=1) <= GENOVA_CROP_RADIUS_MM).sum())
     scan_facts = {"name": scan.name, "vertices": int(len(scan.vertices)), "triangles": int(len(scan.faces)),
                   "unit_to_mm": scan.unit_to_mm, "eye_centre_distance_mm": round(scan.eye_centre_distance(), 2),
                   "outer_eye_corner_distance_mm": round(float(np.linalg.norm(scan.landmarks[36] - scan.landmarks[45])),
@@ -347,6 +361,7 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
     detector = make_detector(settings.detector, upsample=config.resolved_upsample)
     aligned_cache: dict[tuple, object] = {}
     scores, failed = [], []
+    seconds: dict[str, list[float]] = {}
     for method, predictor in predictors.items():
         camera = predictor.renderer.camera
         crop_size = int(camera.image_size[0])
@@ -363,7 +378,9 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
             if result.status != OK:
                 failed.append((picture.section, picture.name, method, result.reason or result.status))
                 continue
+            tic = time.perf_counter()
             predicted = predictor.predict(CropBatch.from_aligned(result.aligned, result.skin, device))
+            seconds.setdefault(method, []).append(time.perf_counter() - tic)
             shape = neutral_shape_mm(predictor.renderer.face_model, predicted.coeffs)
             mean, median = score_shape(scan, shape, predictor.renderer.face_model)
             scores.append(PictureScore(picture.section, picture.name, method, mean, median, picture.pitch_deg,
@@ -373,16 +390,24 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
         "pitches_deg": list(settings.pitches_deg), "yaws_deg": list(settings.yaws_deg),
         "lights": {name: dataclasses.asdict(LIGHTS[name]) for name in settings.lights},
         "all_lights": settings.all_lights, "renders": len(settings.render_grid()),
+        "render_list": [{"name": p.name, "pitch_deg": p.pitch_deg, "yaw_deg": p.yaw_deg, "light": p.light}
+                        for p in pictures if p.section == "renders"],
         "image_size": settings.render.image_size, "focal_px": settings.render.focal,
         "fit_photos": settings.fit_photos,
         "fitted_renders": [list(r) for r in settings.fitted_renders()],
         "ceiling": dataclasses.asdict(settings.ceiling),
-        "crop_radius_mm": 95.0, "distance": "point-to-surface", "alignment": "similarity ICP from the inner 51 "
-                                                                            "landmarks",
+        "crop_radius_mm": GENOVA_CROP_RADIUS_MM, "distance": "point-to-surface",
+        "alignment": "similarity ICP from the inner 51 landmarks",
         "shape": "neutral identity (expression zero)",
     }
     return RealPhotoResult(scan_facts, references, tuple(scores), tuple(failed), protocol, tuple(predictors),
-                           ceiling_seconds, time.perf_counter() - start, files)
+                           {name: float(np.mean(v)) for name, v in seconds.items()}, ceiling_seconds,
+                           time.perf_counter() - start, files)
+
+
+def percent(share: float | None) -> str | None:
+    """A share as a whole percentage ("-12 %"), None for no share; never "-0 %"."""
+    return None if share is None else f"{int(round(100 * share))} %"
 
 
 def real_photo_markdown(result: RealPhotoResult, table: Callable[..., str]) -> list[str]:
@@ -405,7 +430,7 @@ def real_photo_markdown(result: RealPhotoResult, table: Callable[..., str]) -> l
 
     def section(name: str, title: str, text: str) -> list[str]:
         rows = [[r.method, r.level, r.stats.count, f"{r.stats.mean:.3f} ± {r.stats.std:.3f}", f"{r.stats.median:.3f}",
-                 None if r.share_of_gain is None else f"{100 * r.share_of_gain:.0f} %"] for r in result.rows(name)]
+                 percent(r.share_of_gain)] for r in result.rows(name)]
         return [f"### {title}", "", text, "",
                 table(["method", "one value per", "n", "mean ± std (mm)", "median (mm)", "share of gain"], rows)]
 
@@ -433,6 +458,8 @@ def real_photo_markdown(result: RealPhotoResult, table: Callable[..., str]) -> l
         lines.append(f"No reconstruction for {len(result.failed)} (picture, method) pairs, e.g. "
                      f"{result.failed[0][1]} ({result.failed[0][2]}): {result.failed[0][3]}.")
         lines.append("")
-    lines.append(f"Ceiling fits took {result.ceiling_seconds:.1f} s; the whole protocol {result.seconds:.0f} s.")
+    per_picture = ", ".join(f"{name} {value:.2f} s" for name, value in result.seconds_per_picture.items())
+    lines.append(f"Time per picture: {per_picture or 'none'}; the two ceiling fits {result.ceiling_seconds:.1f} s; "
+                 f"the whole protocol {result.seconds:.0f} s (timings vary with the machine's load).")
     lines.append("")
     return lines

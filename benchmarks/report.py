@@ -232,6 +232,12 @@ def log_to_wandb(result: BenchmarkResult, out_dir: Path) -> Path | None:
         payload.update({name: wandb.Image(str(path)) for name, path in result.files.items() if path.suffix == ".png"})
         run.log(payload)
         run.summary.update({f"shape_error_mm/{row.key}": row.stats.mean for row in result.pose_grid.rows})
+        if result.real_photo is not None:
+            for section in ("photos", "renders"):
+                for row in result.real_photo.rows(section):
+                    if row.level == "picture":
+                        run.summary[f"real_photo/{section}/{row.method}/error_mm"] = row.stats.mean
+                        run.summary[f"real_photo/{section}/{row.method}/share_of_gain"] = row.share_of_gain
         run_dir = Path(run.dir).parent
     finally:
         run.finish()
@@ -266,6 +272,8 @@ def summary_text(result: BenchmarkResult) -> str:
                   markdown_table(*accuracy_table(result, result.appearance_gap)).rstrip()]
     lines += [""] + [f"{d.title}: {d.note}" for d in result.datasets]
     if result.real_photo is not None:
+        from benchmarks.real_photo import percent
+
         rp = result.real_photo
         for section in ("photos", "renders"):
             rows = rp.rows(section)
@@ -274,7 +282,7 @@ def summary_text(result: BenchmarkResult) -> str:
             lines += ["", f"real-photo protocol, {section} of the {rp.scan['name']} scan (point-to-surface mm, 95 mm "
                           "crop; share of the gain from the mean face to the model's ceiling):"]
             lines += [f"  {r.method}: {r.stats.mean:.3f} mm (n={r.stats.count})"
-                      + ("" if r.share_of_gain is None else f", {100 * r.share_of_gain:.0f} % of the gain")
+                      + ("" if r.share_of_gain is None else f", {percent(r.share_of_gain)} of the gain")
                       for r in rows]
     if result.speed:
         lines += ["", f"speed on {result.device}:"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.ceiling import INNER_LANDMARKS
 from benchmarks.datasets.io import DatasetFormatError
 from benchmarks.metrics import DM_TO_MM, SimilarityTransform, fit_similarity
 
@@ -47,9 +48,6 @@ _GROUP_NAMES = {
 }
 """Label names of LJSON files (menpo's own and older ones) -> iBUG-68 group."""
 
-INNER_LANDMARKS = tuple(range(17, 68))
-"""Brows, nose, eyes and mouth: the landmarks that sit on the same anatomy on a scan and on a face model (the
-jaw contour of a model is a fixed set of vertices, on a scan the jaw line itself)."""
 
 
 @dataclass(frozen=True)

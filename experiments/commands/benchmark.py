@@ -64,8 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "along the pose grid; --real-photo-all-lights renders every pose under each)")
     p.add_argument("--real-photo-all-lights", action="store_true",
                    help="render every pose under every light (x the number of lights pictures)")
-    p.add_argument("--real-photo-fit", type=int, default=3, metavar="N",
-                   help="renders to fit, yaws spread over the grid at the pitch nearest 0 (default 3); the two "
+    p.add_argument("--real-photo-fit", type=int, default=1, metavar="N",
+                   help="renders to fit, at the pitch nearest 0, yaws spread over the grid (default 1: the frontal "
+                        "one; a fit takes 10-40 s on a CPU); the two "
                         "photographs are fitted unless --no-fit")
     p.add_argument("--real-photo-size", type=int, default=512, metavar="PX",
                    help="render resolution in pixels (default 512)")

@@ -309,7 +309,7 @@ def test_the_command_uses_the_latest_train_single_checkpoint(checkpoints, tmp_pa
         monkeypatch.setenv(f"FACE3D_DATA_{name}", str(tmp_path / "absent"))
     out = tmp_path / "report"
     code = cli.main(["benchmark", "--outputs-dir", str(outputs), "--identities", "1", "--no-fit", "--no-speed",
-                     "--no-wandb", "--out", str(out), "--device", "cpu"])
+                     "--no-wandb", "--no-real-photo", "--out", str(out), "--device", "cpu"])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert "R-Net, single image" in stdout and f"report: {out / 'report.md'}" in stdout

@@ -64,7 +64,9 @@ def test_render_grid_and_fitted_renders() -> None:
     for yaw in settings.yaws_deg:
         assert sorted(light for _, y, light in grid if y == yaw) == ["coloured", "flat", "key"]
     assert len(dataclasses.replace(settings, all_lights=True).render_grid()) == 45
-    assert [(p, y) for p, y, _ in settings.fitted_renders()] == [(5.0, -60.0), (5.0, 0.0), (5.0, 60.0)]
+    assert [(p, y) for p, y, _ in settings.fitted_renders()] == [(5.0, 0.0)]
+    three = dataclasses.replace(settings, fit_renders=3).fitted_renders()
+    assert [(p, y) for p, y, _ in three] == [(5.0, -60.0), (5.0, 0.0), (5.0, 60.0)]
     assert dataclasses.replace(settings, fit_renders=0).fitted_renders() == []
     with pytest.raises(ValueError, match="unknown lights"):
         RealPhotoSettings(lights=("sunset",))
@@ -122,3 +124,52 @@ def test_protocol_end_to_end_on_tiny_settings(ict_small, tmp_path) -> None:
     text = "\n".join(real_photo_markdown(result, markdown_table))
     assert "### The two photographs" in text and "share of gain" in text and "| 0° | 30° | all |" in text
     json.dumps(result.accuracy_dict())
+
+
+def test_command_line_settings() -> None:
+    from experiments.cli import build_parser
+    from experiments.commands.benchmark import real_photo_settings
+
+    parser = build_parser()
+    args = parser.parse_args(["benchmark", "--real-photo-yaws=-30,0", "--real-photo-pitches=0",
+                              "--real-photo-lights", "flat", "--real-photo-size", "256", "--real-photo-fit", "2"])
+    settings = real_photo_settings(args)
+    assert settings.yaws_deg == (-30.0, 0.0) and settings.pitches_deg == (0.0,) and settings.lights == ("flat",)
+    assert settings.render.image_size == 256 and settings.render.focal == pytest.approx(600.0)
+    assert settings.fit_renders == 2 and settings.fit_photos
+    no_fit = real_photo_settings(parser.parse_args(["benchmark", "--no-fit"]))
+    assert no_fit.fit_renders == 0 and not no_fit.fit_photos and len(no_fit.render_grid()) == 15
+    assert real_photo_settings(parser.parse_args(["benchmark", "--no-real-photo"])) is None
+    with pytest.raises(ValueError, match="--real-photo-yaws must be comma-separated degrees"):
+        real_photo_settings(parser.parse_args(["benchmark", "--real-photo-yaws", "left,right"]))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("reuse_face_models")
+def test_benchmark_report_holds_the_protocol(tmp_path, monkeypatch) -> None:
+    """`run_benchmark` with a tiny R-Net and a tiny grid: report.md, metrics.json, the summary and W&B."""
+    from benchmarks.licensed import DatasetSettings
+    from benchmarks.suite import BenchmarkSettings, run_benchmark
+    from experiments.build import build_rnet_module
+    from experiments.config import load_config, to_yaml
+
+    cfg = load_config(["default", "smoke"], ["renderer.image_size=32"])
+    checkpoint = tmp_path / "rnet.ckpt"
+    torch.save({"state_dict": build_rnet_module(cfg).state_dict(), "face3d_config": to_yaml(cfg)}, checkpoint)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    real_photo = RealPhotoSettings(pitches_deg=(0.0,), yaws_deg=(0.0,), lights=("key",),
+                                   render=ScanRenderSettings(image_size=256, focal=600.0),
+                                   ceiling=CeilingSettings(iterations=1, max_points=200))
+    settings = BenchmarkSettings(checkpoint=checkpoint, out_dir=tmp_path / "report", identities=1, fit_images=0,
+                                 speed=False, wandb=True, datasets=DatasetSettings(paths_file=None, environ={}),
+                                 real_photo=real_photo, device="cpu")
+    result = run_benchmark(settings, log=lambda _: None)
+    rows = {row.method: row for row in result.real_photo.rows("photos")}
+    assert rows["R-Net"].stats.count == 2 and "fit" not in rows  # fit_images=0: no fitting rows
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Real photographs with ground truth" in report and "real_photo_renders.png" in report
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    photos = metrics["accuracy"]["real_photo"]["rows"]["photos"]
+    assert [row["method"] for row in photos] == [MEAN_FACE, CEILING, CEILING_IDENTITY, "R-Net"]
+    assert "real-photo protocol, photos of the james scan" in result.summary()
+    assert "wandb" in result.files
