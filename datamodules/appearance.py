@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from matplotlib.path import Path as Polygon
 from scipy.spatial import cKDTree
 
 from datamodules.backgrounds import BACKGROUND_STYLES
@@ -64,7 +65,7 @@ _HAIR_WEIGHTS = np.array([0.25, 0.22, 0.17, 0.1, 0.08, 0.05, 0.08, 0.05])
 IRIS_PALETTE = np.array([[0.20, 0.11, 0.05], [0.35, 0.22, 0.10], [0.25, 0.35, 0.45], [0.30, 0.38, 0.25],
                          [0.40, 0.50, 0.60]], dtype=np.float64)
 GAMMA = 2.2
-LOOK_VERSION = 1
+LOOK_VERSION = 2
 """Part of the datasets' cache keys: bump it whenever a change here alters the pictures given the same settings."""
 _LOWEST_HAIRLINE_DM = 0.3
 """Hairlines are drawn between this and 0.5 dm above the brows."""
@@ -119,7 +120,7 @@ class AppearanceSettings:
     sh_probability: float = 0.15
     shadow_probability: float = 0.6
     fill_probability: float = 0.5
-    coloured_light_probability: float = 0.2
+    coloured_light_probability: float = 0.12
     key_elevation_deg: tuple[float, float] = (-15.0, 60.0)
     key_azimuth_deg: tuple[float, float] = (0.0, 100.0)
     key_intensity: tuple[float, float] = (0.6, 1.2)
@@ -305,18 +306,15 @@ def _skull_cap(head_mean: np.ndarray, n_area: int, landmarks: np.ndarray, rings:
     return vertices, np.asarray(triangles)
 
 
-def _mouth_socket(head_mean: np.ndarray, loop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A dark pocket behind the lips: a ring inside the mouth loop and a deep centre.
-
-    Returns (R + 1, 3) vertices, their (R + 1, K) anchor ids into the loop's head vertices with weights, and
-    triangles in scene numbering relative to the first new vertex (loop vertices as negative ids -1 - i).
-    """
+def _mouth_socket(head_mean: np.ndarray, loop: np.ndarray) -> np.ndarray:
+    """(R + 1, 3) vertices of a dark pocket behind the lips: a ring of R vertices inside the mouth loop, a little
+    behind it, and a deep centre."""
     ring_depth, centre_depth = 0.08, 0.25  # decimetres behind the lips
     points = head_mean[loop]
     middle = points.mean(0)
     ring = middle + 0.7 * (points - middle) - np.array([0.0, 0.0, ring_depth])
     centre = middle - np.array([0.0, 0.0, centre_depth])
-    return np.concatenate([ring, centre[None]]), ring, centre
+    return np.concatenate([ring, centre[None]])
 
 
 def _occlusion(mean: np.ndarray, triangles: np.ndarray) -> np.ndarray:
@@ -354,7 +352,7 @@ def build_head_scene(face_model: FaceModel, full_head: bool = True) -> HeadScene
     mouth = min(loops, key=lambda lp: np.linalg.norm(head_mean[lp].mean(0) - inner_lips))
     cap_vertices, cap_triangles = _skull_cap(head_mean, head.n_area, landmarks)
     cap_anchors, cap_weights = _nearest_anchors(cap_vertices, head_mean[:head.n_area], k=8)
-    socket_vertices, _, _ = _mouth_socket(head_mean, mouth)
+    socket_vertices = _mouth_socket(head_mean, mouth)
     n_ring = len(mouth)
     # Ring vertex i follows loop vertex i; the centre follows 8 loop vertices spread around the loop.
     k = cap_anchors.shape[1]
@@ -424,10 +422,7 @@ def scene_regions(mean: np.ndarray, landmarks: np.ndarray, n_area: int, n_head: 
     area[:n_area] = True
     front = area & (z > lm[:, 2].min() - 3.0)
 
-    lips = np.zeros(n)
     outer = lm[48:60]
-    from matplotlib.path import Path as Polygon
-
     inside = Polygon(outer[:, :2]).contains_points(cm[:, :2]) & (z > outer[:, 2].min() - 1.0) & area
     d_lip = _polyline_distance(cm, outer, closed=True)
     lips = np.where(inside, 1.0, np.exp(-0.5 * (d_lip / 0.12) ** 2)) * area
@@ -643,13 +638,14 @@ def _direction(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
 
 
 def _light_colour(rng: np.random.Generator, coloured: bool) -> np.ndarray:
+    """(3,) RGB of unit mean: a saturated colour, or white tinted from warm (tungsten) to cool (shade).
+    Three draws either way."""
+    hue, saturation, t = rng.uniform(0.0, 1.0), rng.uniform(60.0, 150.0), rng.uniform(-1.0, 1.0)
     if coloured:
-        hue = rng.uniform(0.0, 1.0)
-        rgb = np.array([cv2.cvtColor(np.array([[[hue * 179, 150, 255]]], np.uint8), cv2.COLOR_HSV2RGB)[0, 0]]) / 255.0
-        return rgb[0] / rgb[0].mean()
-    # Colour temperature: warm (tungsten) to cool (shade), normalised to unit mean.
-    t = rng.uniform(-1.0, 1.0)
-    rgb = np.array([1.0 + 0.18 * t, 1.0, 1.0 - 0.25 * t])
+        hsv = np.array([[[hue * 179, saturation, 255]]], np.uint8)
+        rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
+    else:
+        rgb = np.array([1.0 + 0.18 * t, 1.0, 1.0 - 0.25 * t])
     return rgb / rgb.mean()
 
 
@@ -662,7 +658,8 @@ def sample_picture_light(rng: np.random.Generator, settings: AppearanceSettings)
     coloured = rng.random() < settings.coloured_light_probability
     key_colour = _light_colour(rng, coloured) * rng.uniform(*settings.key_intensity)
     has_fill = rng.random() < settings.fill_probability
-    fill_colour = _light_colour(rng, coloured and rng.random() < 0.5) * rng.uniform(0.15, 0.45) * has_fill
+    fill_coloured = rng.random() < 0.5
+    fill_colour = _light_colour(rng, coloured and fill_coloured) * rng.uniform(0.15, 0.45) * has_fill
     ambient = rng.uniform(*settings.ambient_intensity)
     sky = ambient * _light_colour(rng, False) * rng.uniform(1.0, 1.4)
     ground = ambient * _light_colour(rng, False) * rng.uniform(0.4, 0.9)

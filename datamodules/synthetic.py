@@ -212,7 +212,8 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         occluder_probability: chance that a face gets one occluder (hand, sunglasses, bar, object).
         landmark_noise_px: std of the Gaussian noise added to the projected landmarks, in pixels of this
             image size.
-        pixel_noise_std: std of the sensor noise added to the final image (colour values in [0, 1]).
+        pixel_noise_std: std of the sensor noise added to the final image (colour values in [0, 1]); the photo
+            look uses the appearance settings' sensor model instead.
         prior: spreads of identity, expression, albedo, lighting and translation jitter.
         cache_dir: where to keep the generated arrays as ``.npz`` keyed by all generation parameters and the
             face model's content; None keeps them in memory only.

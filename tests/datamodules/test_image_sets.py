@@ -154,3 +154,23 @@ def test_prepared_photos_are_grouped_by_folder_into_sets(tmp_path):
     assert torch.equal(padded.valid.sum(1), torch.tensor([3, 2])) and not padded.full
     with pytest.raises(ValueError, match="one folder per person"):
         group_by_identity(read_prepared(tmp_path), min_images=4)
+
+
+def test_photo_look_side_light_lights_the_side_the_coefficients_say(ict_small):
+    from datamodules.appearance import AppearanceSettings
+
+    sharp = AppearanceSettings(blur_probability=0.0, jpeg_probability=0.0, focal_scale=(1.0, 1.0))
+    side = make_sets(ict_small, n_sets=2, set_size=3, max_yaw_deg=15.0, degrade_probability=1.0,
+                     degradations=("side_light",), appearance=sharp)
+    lighting = side.layout.split(torch.from_numpy(side.arrays.coefficients)).lighting.reshape(-1, 3, 9)
+    for k, image in enumerate(side.arrays.images.astype(float).mean(1)):
+        landmarks = side.arrays.landmarks[k]
+        nose_x = landmarks[27:31, 0].mean()
+        top, bottom = int(landmarks[:, 1].min()), int(landmarks[:, 1].max())
+        left, right = int(landmarks[:, 0].min()), int(landmarks[:, 0].max())
+        face = image[top:bottom, left:right]
+        columns = np.arange(left, right) + 0.5
+        left_mean, right_mean = face[:, columns < nose_x].mean(), face[:, columns > nose_x].mean()
+        # A positive x band brightens the subject's right (image left); the photo look lights from there.
+        lit_left = float(lighting[k, 0, 3]) > 0
+        assert (left_mean > right_mean) == lit_left, (k, left_mean, right_mean)
