@@ -48,7 +48,7 @@ from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
 from losses.hybrid import HybridLoss, LossWeights
 from preprocessing.align import AlignedFace, template_from_face_model
-from preprocessing.detect import FaceDetector, make_detector
+from preprocessing.detect import DEFAULT_DETECTOR, FaceDetector, make_detector
 from preprocessing.pipeline import ERROR, OK, STATUSES, UNREADABLE, PrepareConfig, list_images, process_image
 from reconstruction.export import ExportOptions, Reconstruction, UVLayout, ict_uv_layout, write_reconstruction
 from reconstruction.fit import FitResult, FitSettings, ReferenceCache, fit_coefficients
@@ -274,7 +274,7 @@ def reconstruct_images(
     out_dir: str | Path,
     predictor: Predictor,
     *,
-    detector: str = "dlib-hog",
+    detector: str = DEFAULT_DETECTOR,
     options: ExportOptions = ExportOptions(),
     on_record: Callable[[dict], None] | None = None,
 ) -> ReconstructionSummary:
@@ -284,7 +284,8 @@ def reconstruct_images(
         paths: image files and/or folders (searched recursively for image extensions).
         out_dir: output folder (created).
         predictor: `RNetPredictor`, `FittingPredictor` or any `Predictor`.
-        detector: face detector + landmarks, `preprocessing.detect.DETECTORS` (dlib-hog by default).
+        detector: face detector + landmarks, `preprocessing.detect.DETECTORS` (dlib-cascade by default: HOG,
+            then MMOD where HOG finds nothing).
         options: units, PLY encoding, texture size.
         on_record: called with each image's record as soon as it is done (e.g. to print a line).
 
@@ -370,6 +371,8 @@ def _reconstruct_one(job: ImageJob, out_dir: Path, predictor: Predictor, face_de
         record["image_size"] = list(result.image.rgb.shape[:2])
     if result.n_faces is not None:
         record["n_faces"] = result.n_faces
+    if result.detection is not None:
+        record.update(detected_by=result.detection.detector, detect_seconds=round(result.detection.seconds, 4))
     if result.status != OK:
         return finish(result.status, result.reason)
     try:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DETECTOR_CHOICES = ("dlib-hog", "dlib-mmod", "fan", "insightface")
+DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
 
 EPILOG = """\
 outputs, one folder per image under --out (named after the image file, extension kept):
@@ -66,8 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "and a busy machine makes threads wait on each other)")
     parser.add_argument("--units", choices=("mm", "dm"), default="mm",
                         help="length unit of the mesh files and pose.json (default mm; dm = model units)")
-    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="dlib-hog",
-                        help="face detector + 68 landmarks (default dlib-hog)")
+    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="dlib-cascade",
+                        help="face detector + 68 landmarks (default dlib-cascade: dlib HOG, then dlib MMOD "
+                             "where HOG finds no face)")
     parser.add_argument("--texture-size", type=int, default=1024, metavar="PX",
                         help="side of the baked albedo texture (ICT model; default 1024)")
     parser.add_argument("--ply-ascii", action="store_true", help="write ASCII PLY instead of binary")

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="aggregation (default: s4 for an element-wise C-Net, s1 for a global one, mean without)")
     p.add_argument("--every", type=int, default=10, metavar="K", help="video: keep every K-th frame (default 10)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: keep at most N frames")
-    p.add_argument("--detector", default="dlib-hog", help="face detector (as `face3d prepare`; default dlib-hog)")
+    p.add_argument("--detector", default="dlib-cascade",
+                   help="face detector (as `face3d prepare`; default dlib-cascade)")
     p.add_argument("--units", choices=("mm", "dm"), default="mm", help="mesh units (default mm)")
     p.add_argument("--outputs-dir", default="outputs", metavar="DIR",
                    help="where the default checkpoints are looked for (default: outputs)")
