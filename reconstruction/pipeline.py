@@ -14,7 +14,8 @@ Outputs go to ``out_dir/<image>/`` where ``<image>`` is the file's path relative
 found in (or its name, for a file given directly), extension kept so ``a.jpg`` and ``a.png`` never
 share a folder: meshes in model space (albedo colours) and posed in camera space (shaded colours), in
 millimetres unless ``ExportOptions(units="dm")``; a textured OBJ for the ICT model; coefficients
-(.npz, and Deep3D's .mat for BFM); landmarks; pose.json; overlay.png. `reconstruction.export` documents
+(.npz, and Deep3D's .mat for BFM); a binary glTF (mesh.glb); landmarks; pose.json; overlay.png (four 512 px
+panels: input, reconstruction over it, grey geometry, landmarks). `reconstruction.export` documents
 each file and the frames.
 
 Every image gets a record with a ``status`` (`REPORT_STATUSES`: those of `preprocessing.pipeline.STATUSES`,
@@ -61,7 +62,7 @@ import torch
 from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
 from losses.hybrid import HybridLoss, LossWeights
-from preprocessing.align import AlignedFace, template_from_face_model
+from preprocessing.align import AlignedFace, template_from_face_model, warp_image
 from preprocessing.detect import DEFAULT_DETECTOR, FaceDetector, make_detector
 from preprocessing.pipeline import ERROR, OK, STATUSES, UNREADABLE, PrepareConfig, list_images, process_image
 from reconstruction.export import (
@@ -75,6 +76,7 @@ from reconstruction.export import (
 from reconstruction.fit import FitResult, FitSettings, ReferenceCache, fit_coefficients
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
+from renderers.visualize import OVERLAY_PANEL, render_overlay_views
 
 T = TypeVar("T")
 
@@ -330,12 +332,27 @@ def collect_images(paths: list[str | Path], exclude: Path | None = None) -> list
 
 
 def make_reconstruction(renderer: MeshRenderer, coeffs: Coefficients, aligned: AlignedFace,
-                        image_size: tuple[int, int]) -> Reconstruction:
-    """Render one image's coefficients (batch 1) and gather what the writers need."""
+                        image_size: tuple[int, int], source: np.ndarray | None = None,
+                        overlay_size: int = OVERLAY_PANEL) -> Reconstruction:
+    """Render one image's coefficients (batch 1) and gather what the writers need.
+
+    source: the (H, W, 3) uint8 photo the crop was aligned from; the overlay's input panel is re-sampled
+    from it at ``overlay_size`` (sharper than the enlarged crop, which is used without it).
+    overlay_size: side of the overlay panels (at least the crop's).
+    """
     model = renderer.face_model
+    crop_size = int(renderer.camera.image_size[0])
+    panel = max(int(overlay_size), crop_size)
+    if source is not None:
+        # Pixel centres at +0.5: the panel is the crop scaled by panel / crop_size, a pure scale of the warp.
+        panel_image, _ = warp_image(source, np.asarray(aligned.transform, np.float64) * (panel / crop_size),
+                                    (panel, panel))
+    else:
+        panel_image = aligned.crop
     with torch.no_grad():
         render = renderer(coeffs)
         vertices = model.shape(coeffs)
+        views = render_overlay_views(renderer, coeffs, panel_image, aligned.landmarks68, panel)
     coeffs = coeffs.detach().to("cpu")
     return Reconstruction(
         coeffs=coeffs,
@@ -354,6 +371,7 @@ def make_reconstruction(renderer: MeshRenderer, coeffs: Coefficients, aligned: A
         transform=np.asarray(aligned.transform, np.float64),
         image_size=(int(image_size[0]), int(image_size[1])),
         camera=renderer.camera,
+        views=views,
     )
 
 
@@ -475,7 +493,8 @@ def _reconstruct_one(job: ImageJob, out_dir: Path, predictor: Predictor, face_de
     try:
         predicted = predictor.predict(CropBatch.from_aligned(result.aligned, result.skin, device))
         record["details"] = {k: _rounded(v, 5) for k, v in predicted.details.items()}
-        recon = make_reconstruction(predictor.renderer, predicted.coeffs, result.aligned, result.image.rgb.shape[:2])
+        recon = make_reconstruction(predictor.renderer, predicted.coeffs, result.aligned, result.image.rgb.shape[:2],
+                                    result.image.rgb, options.overlay_size)
         checks = prediction_checks(predicted.coeffs, recon.landmarks, recon.detected, recon.crop.shape[0],
                                    predicted.details)
         record["checks"] = {k: _rounded(v, 4) for k, v in checks.items()}
