@@ -8,8 +8,9 @@
 * ``pictures/<name>.obj``, ``pictures/<name>.glb`` and ``pictures/<name>_overlay.png``: every picture's mesh with
   the shared identity and its own expression and pose (posed model space, coloured with its own albedo), and
   its four-panel overlay (512 px panels: input, reconstruction over it, grey geometry, landmarks);
-* ``confidences.csv``: one row per picture: its share of the aggregate, its confidence sum (or S1 scalar)
-  and every per-coefficient confidence, so a user sees which pictures were trusted;
+* ``confidences.csv``: one row per picture: its share of the aggregate, its confidence sum (or S1 scalar),
+  the detector (stage) that found its face, and every per-coefficient confidence, so a user sees which
+  pictures were trusted;
 * ``confidences.png``: the pictures with their shares, a bar plot of the shares and, for element-wise
   confidences, a pictures x coefficients heatmap;
 * ``coefficients.npz``: the aggregated identity, every picture's own coefficients and the confidences.
@@ -48,12 +49,14 @@ class SetPicture:
     landmarks: (68, 2) float32 detected landmarks in crop pixels, or None (drawn on the overlay when given)
     overlay_input: (P, P, 3) uint8 the same view as ``crop`` at the overlay's panel size, re-sampled from the
                    photo (sharper than the enlarged crop, which the overlay uses without it), or None
+    detected_by:   the detector (cascade stage) that found the face, e.g. "dlib-hog", or None
     """
 
     name: str
     crop: np.ndarray
     landmarks: Optional[np.ndarray] = None
     overlay_input: Optional[np.ndarray] = None
+    detected_by: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class SetReconstruction:
     share:      (n,) each picture's share of the aggregate (its normalised weight, averaged over the
                 identity coefficients); sums to 1
     files:      output name -> path
+    detected_by: per picture, the detector (stage) that found its face, or None where not known
     """
 
     names: list[str]
@@ -77,6 +81,7 @@ class SetReconstruction:
     confidence: Optional[torch.Tensor]
     share: torch.Tensor
     files: dict[str, Path] = field(default_factory=dict)
+    detected_by: tuple[Optional[str], ...] = ()
 
 
 def default_strategy(cnet) -> str:
@@ -164,7 +169,8 @@ def reconstruct_set(pictures: Sequence[SetPicture], rnet_module, cnet, out_dir: 
     share = torch.full((n,), 1.0 / n) if confidence is None else aggregation_share(strategy, confidence.cpu(), n_id)
     shared = coeffs.replace(identity=identity.expand(n, -1))
     result = SetReconstruction(names=names, strategy=strategy, identity=identity.cpu(), coeffs=coeffs.detach().to("cpu"),
-                               confidence=None if confidence is None else confidence.cpu(), share=share)
+                               confidence=None if confidence is None else confidence.cpu(), share=share,
+                               detected_by=tuple(p.detected_by for p in pictures))
     panel = max(int(overlay_size), size)
     inputs = [p.overlay_input if p.overlay_input is not None and p.overlay_input.shape[:2] == (panel, panel) else c
               for p, (c, _) in zip(pictures, resized)]
@@ -218,19 +224,22 @@ def _write_outputs(out_dir: Path, result: SetReconstruction, shared: Coefficient
 
 
 def write_confidence_table(path: Path, result: SetReconstruction) -> Path:
-    """CSV with one row per picture: name, share, score (confidence sum or S1 scalar), per-coefficient values."""
+    """CSV with one row per picture: name, share, score (confidence sum or S1 scalar), the detector that found
+    the face (empty when not known), per-coefficient values."""
     conf = result.confidence
     width = 0 if conf is None else conf.shape[1]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         score_name = "s1_confidence" if width == 1 else "confidence_sum"
-        writer.writerow(["picture", "share", score_name] + [f"c{k:03d}" for k in range(width if width > 1 else 0)])
+        writer.writerow(["picture", "share", score_name, "detected_by"]
+                        + [f"c{k:03d}" for k in range(width if width > 1 else 0)])
         for j, name in enumerate(result.names):
             row = [name, f"{float(result.share[j]):.6f}"]
+            detector = result.detected_by[j] if j < len(result.detected_by) else None
             if conf is None:
-                row.append("")
+                row += ["", detector or ""]
             else:
-                row.append(f"{float(conf[j].sum()):.6f}")
+                row += [f"{float(conf[j].sum()):.6f}", detector or ""]
                 if width > 1:
                     row += [f"{float(v):.6f}" for v in conf[j]]
             writer.writerow(row)
@@ -353,5 +362,5 @@ def align_pictures(sources: Iterable[tuple[str, bytes]], detector, template: np.
         overlay_input, _ = warp_image(result.image.rgb, aligned.transform * (panel / aligned.crop.shape[0]),
                                       (panel, panel))
         pictures.append(SetPicture(name=name, crop=aligned.crop, landmarks=aligned.landmarks68,
-                                   overlay_input=overlay_input))
+                                   overlay_input=overlay_input, detected_by=result.detection.detector))
     return AlignedPictures(pictures, skipped)

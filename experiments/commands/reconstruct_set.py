@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 STRATEGY_CHOICES = ("s4", "s3", "s2", "s1", "mean")
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     aligned = align_pictures(sources, make_detector(args.detector, config.resolved_upsample), template, config)
     for name, reason in aligned.skipped:
         print(f"skipped {name}: {reason}")
+    stages = Counter(picture.detected_by for picture in aligned.pictures if picture.detected_by)
+    if stages:
+        print("faces found by " + ", ".join(f"{stage} {count}" for stage, count in sorted(stages.items())))
     if not aligned.pictures:
         raise ValueError(f"no face found in any picture of {args.source} ({len(aligned.skipped)} tried)")
     result = reconstruct_set(aligned.pictures, module, cnet, args.out, strategy=args.strategy, units=args.units)

@@ -3,6 +3,7 @@ aggregation itself is tested in tests/experiments/test_reconstruct_set.py)."""
 
 from __future__ import annotations
 
+import csv
 from types import SimpleNamespace
 
 import cv2
@@ -50,7 +51,7 @@ def test_set_writes_glb_meshes_and_four_panel_overlays(module, ict_small, tmp_pa
     rng = np.random.default_rng(0)
     big = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
     pictures = [SetPicture("a", rng.integers(0, 255, (CROP, CROP, 3), dtype=np.uint8),
-                           np.full((68, 2), 32.0, np.float32)),
+                           np.full((68, 2), 32.0, np.float32), detected_by="dlib-mmod"),
                 SetPicture("b", rng.integers(0, 255, (CROP, CROP, 3), dtype=np.uint8), None, overlay_input=big)]
     result = reconstruct_set(pictures, module, None, tmp_path, plots=False)
     identity = glb_mesh(result.files["identity_glb"])
@@ -65,6 +66,9 @@ def test_set_writes_glb_meshes_and_four_panel_overlays(module, ict_small, tmp_pa
                                    atol=1e-6)
         overlay = cv2.imread(str(result.files[f"picture_{name}_overlay"]))
         assert overlay.shape == (512, 4 * 512, 3)
+    with open(result.files["confidences_csv"]) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["detected_by"] for row in rows] == ["dlib-mmod", ""]
     # The given overlay input is the first panel (under its caption); without one the crop is enlarged.
     overlay_b = cv2.cvtColor(cv2.imread(str(tmp_path / "pictures" / "b_overlay.png")), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(overlay_b[100:, :512], big[100:])
@@ -80,6 +84,7 @@ def test_aligned_pictures_keep_a_sharp_overlay_input(tmp_path):
     aligned = align_pictures([("lenna", data)], make_detector("dlib-hog"), resolve_template("ict", CROP), config)
     (picture,) = aligned.pictures
     assert picture.crop.shape == (CROP, CROP, 3) and picture.overlay_input.shape == (512, 512, 3)
+    assert picture.detected_by == "dlib-hog"
     # The same view: shrunk to the crop's size, the overlay input matches the crop up to resampling.
     shrunk = cv2.resize(picture.overlay_input, (CROP, CROP), interpolation=cv2.INTER_AREA).astype(float)
     assert np.abs(shrunk - picture.crop).mean() < 6.0
