@@ -16,8 +16,9 @@ Frames and units (see `renderers.camera` for the conventions):
   face models and Deep3DFaceRecon work in. Coefficient files are unit-free (translation stays in the
   model's decimetres, as the coefficients mean it).
 * **binary glTF** (``mesh.glb``): the model-space mesh with its albedo vertex colours, for viewers (Blender,
-  three.js, the operating system's 3D viewer). glTF's axes are the model space's (y up, +z towards the
-  viewer) and its unit is the **metre** by specification, whatever ``units`` says.
+  three.js, the operating system's 3D viewer); ``mesh_textured.glb`` (ICT) the same with the baked albedo
+  texture (vertices split where the UV charts have seams). glTF's axes are the model space's (y up, +z
+  towards the viewer) and its unit is the **metre** by specification, whatever ``units`` says.
 * **overlay** (``overlay.png``): four panels of ``ExportOptions.overlay_size`` pixels (512 by default):
   the input, the textured reconstruction over it, the grey shaded geometry alone (same pose, neutral
   material, fixed light) and the detected (red) and projected (green) landmarks.
@@ -60,6 +61,7 @@ OUTPUT_FILES = {
     "mesh_glb": "mesh.glb",
     "textured_obj": "mesh_textured.obj",
     "textured_mtl": "mesh_textured.mtl",
+    "textured_glb": "mesh_textured.glb",
     "texture": "albedo.png",
     "coeffs_npz": "coeffs.npz",
     "coeffs_mat": "coeffs.mat",
@@ -568,6 +570,40 @@ def write_glb(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, col
     return path
 
 
+def split_uv_seams(triangles: np.ndarray, layout: UVLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One vertex per distinct (mesh vertex, UV vertex) corner pair, as formats with a single index per corner
+    (glTF) need. Returns (K,) mesh vertex ids, (K, 2) UVs and the (F, 3) triangles re-indexed into them."""
+    triangles, tri_uv = np.asarray(triangles, np.int64), np.asarray(layout.tri_uv, np.int64)
+    if tri_uv.shape != triangles.shape:
+        raise ValueError(f"the UV layout has {tri_uv.shape[0]} triangles, the mesh {triangles.shape[0]}")
+    pairs = np.stack([triangles.ravel(), tri_uv.ravel()], axis=1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    return unique[:, 0], np.asarray(layout.uv, np.float64)[unique[:, 1]], inverse.reshape(triangles.shape)
+
+
+def write_textured_glb(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, layout: UVLayout,
+                       texture: np.ndarray) -> Path:
+    """Binary glTF of a mesh with UVs and its texture (an embedded PNG as the base colour, no lighting baked).
+
+    vertices: (V, 3) in metres; triangles: (F, 3); layout: the mesh's `UVLayout` (v up, as OBJ); texture:
+    (H, W, 3) uint8 RGB with row 0 at v = 1. Vertices are split where the UV charts have seams
+    (`split_uv_seams`), so the file holds one vertex per distinct corner pair.
+    """
+    import trimesh
+    from PIL import Image
+
+    path = Path(path)
+    vertices = np.asarray(vertices, np.float64)
+    _check_mesh(vertices, np.asarray(triangles, np.int64), None)
+    vertex_ids, uv, faces = split_uv_seams(triangles, layout)
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(np.ascontiguousarray(texture)),
+                                                   metallicFactor=0.0, roughnessFactor=1.0)
+    visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    mesh = trimesh.Trimesh(vertices=vertices[vertex_ids], faces=faces, visual=visual, process=False)
+    path.write_bytes(mesh.export(file_type="glb"))
+    return path
+
+
 # ------------------------------------------------------------------------------------------ all outputs
 
 
@@ -593,6 +629,8 @@ def write_reconstruction(folder: str | Path, recon: Reconstruction, options: Exp
         texture, _ = bake_texture(recon.albedo, recon.triangles, uv_layout, options.texture_size)
         out.update(write_textured_obj(folder / OUTPUT_FILES["textured_obj"], model_vertices, recon.triangles,
                                       uv_layout, texture))
+        out["textured_glb"] = write_textured_glb(folder / OUTPUT_FILES["textured_glb"],
+                                                 recon.vertices_model * GLB_SCALE, recon.triangles, uv_layout, texture)
     out["coeffs_npz"] = save_coefficients(folder / OUTPUT_FILES["coeffs_npz"], recon.coeffs, recon.layout,
                                           recon.face_model_name)
     if recon.face_model_name.startswith("bfm"):

@@ -13,7 +13,7 @@ outputs, one folder per image under --out (named after the image file, extension
   mesh.obj, mesh.ply                model space before pose (x right, y up, z to the viewer), albedo colours
   mesh_camera.obj, mesh_camera.ply  posed, OpenCV camera space (camera at the origin, y down, z = depth),
                                     shaded colours; pose.json's intrinsics project it onto the crop / photo
-  mesh.glb                          binary glTF of mesh.obj for 3D viewers (metres, glTF's unit)
+  mesh.glb, mesh_textured.glb       binary glTF of mesh.obj / mesh_textured.obj for 3D viewers (metres, glTF's unit)
   mesh_textured.obj/.mtl, albedo.png  model space with UVs and the baked albedo (ICT model only)
   coeffs.npz                        coefficients per field + flat vector + layout (coeffs.mat: Deep3D's
                                     layout, BFM only)

@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 import torch
 import trimesh
+from PIL import Image
 
 from face_model.model import FaceModel
 from face_model.sampling import sample_coefficients
@@ -22,6 +23,7 @@ from reconstruction.export import (
     ict_uv_layout,
     load_coefficients,
     save_coefficients,
+    split_uv_seams,
     write_obj,
     write_ply,
     write_reconstruction,
@@ -223,6 +225,39 @@ def test_overlay_panel_size_follows_the_options(tmp_path, ict_small):
     assert cv2.imread(str(paths["overlay"])).shape == (96, 4 * 96, 3)
     with pytest.raises(ValueError, match="overlay_size"):
         ExportOptions(overlay_size=8)
+
+
+def test_textured_glb_splits_seams_and_carries_the_texture(written, ict_uv):
+    paths, recon = written
+    scene = trimesh.load(paths["textured_glb"], process=False)
+    (mesh,) = scene.geometry.values() if isinstance(scene, trimesh.Scene) else (scene,)
+    vertex_ids, uv, faces = split_uv_seams(recon.triangles, ict_uv)
+    # One vertex per distinct corner pair (the bundled face area is a single chart: one per mesh vertex).
+    assert len(mesh.vertices) == len(vertex_ids) >= len(recon.vertices_model)
+    np.testing.assert_allclose(mesh.vertices, recon.vertices_model[vertex_ids] * 0.1, atol=1e-6)
+    np.testing.assert_array_equal(mesh.faces, faces)
+    np.testing.assert_allclose(mesh.visual.uv, uv, atol=1e-6)
+    image = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"))
+    np.testing.assert_array_equal(image, np.asarray(Image.open(paths["texture"]).convert("RGB")))
+    # The texture read at each vertex's UV (trimesh's own lookup) is that vertex's albedo: UVs and image rows agree.
+    looked_up = np.asarray(mesh.visual.to_color().vertex_colors)[:, :3].astype(float)
+    error = np.abs(looked_up - np.clip(recon.albedo[vertex_ids], 0, 1) * 255)
+    assert np.median(error) < 2 and np.percentile(error, 95) < 8
+    # Each split vertex's UV is a UV of its mesh vertex in the layout.
+    pairs = zip(recon.triangles.ravel(), ict_uv.tri_uv.ravel())
+    corners = {(int(v), tuple(np.round(ict_uv.uv[t], 6))) for v, t in pairs}
+    assert all((int(v), tuple(np.round(u, 6))) in corners for v, u in zip(vertex_ids, uv))
+
+
+def test_uv_seams_split_shared_vertices():
+    """Two triangles sharing the edge 1-2, whose corners have other UVs in the second triangle: a seam."""
+    triangles = np.array([[0, 1, 2], [2, 1, 3]])
+    layout = UVLayout(uv=np.array([[0, 0], [1, 0], [0, 1], [0.5, 0.5], [0.6, 0.5], [0.6, 0.6]], float),
+                      tri_uv=np.array([[0, 1, 2], [3, 4, 5]]))
+    vertex_ids, uv, faces = split_uv_seams(triangles, layout)
+    assert len(vertex_ids) == 6  # vertices 1 and 2 appear twice
+    np.testing.assert_array_equal(vertex_ids[faces], triangles)
+    np.testing.assert_array_equal(uv[faces], layout.uv[layout.tri_uv])
 
 
 def test_glb_loads_back_with_every_vertex_and_colour(written):
