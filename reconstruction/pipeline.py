@@ -14,16 +14,28 @@ Outputs go to ``out_dir/<image>/`` where ``<image>`` is the file's path relative
 found in (or its name, for a file given directly), extension kept so ``a.jpg`` and ``a.png`` never
 share a folder: meshes in model space (albedo colours) and posed in camera space (shaded colours), in
 millimetres unless ``ExportOptions(units="dm")``; a textured OBJ for the ICT model; coefficients
-(.npz, and Deep3D's .mat for BFM); landmarks; pose.json; overlay.png. `reconstruction.export` documents
+(.npz, and Deep3D's .mat for BFM); a binary glTF (mesh.glb); landmarks; pose.json; overlay.png (four 512 px
+panels: input, reconstruction over it, grey geometry, landmarks). `reconstruction.export` documents
 each file and the frames.
 
-Every image gets a record with a ``status`` (`preprocessing.pipeline.STATUSES`: ok, unreadable, too_small,
-too_large, no_face, bad_landmarks, error) and a ``reason``; a bad image never stops the run. Records are
+Every image gets a record with a ``status`` (`REPORT_STATUSES`: those of `preprocessing.pipeline.STATUSES`,
+ok, unreadable, too_small, too_large, no_face, bad_landmarks, error, plus ``diverged``) and a ``reason``; a bad
+image never stops the run. Records are
 appended to ``out_dir/report.jsonl`` as soon as each image is done, so an interrupted run keeps
 everything it finished (a new run into the same folder starts a new report); ``out_dir/summary.json`` is
 written at the end. An ok record also holds the output files, ``landmark_error_px`` (mean distance between
 the reconstruction's projected landmarks and the detected ones, in crop pixels) and the predictor's
-``details`` (seconds, final loss terms of a fit).
+``details`` (seconds, final loss terms of a fit); every record with a face names the detector stage that
+found it (``detected_by``) and its time (``detect_seconds``).
+
+**Diverged predictions.** Whatever the predictor, its answer is checked before anything is written
+(`divergence_reasons`, limits in `DivergenceLimits`): non-finite coefficients or details (a fit's loss
+terms), projected landmarks far from the detected ones, or identity / expression / albedo coefficients far
+outside their N(0, 1) prior. Such an image gets status ``diverged``, the reasons, and its ``checks`` (the
+measured values; ok records carry them too), and no output files. **Outputs are atomic**: an image's files
+are written into a hidden sibling folder (``.<name>.partial``) that is renamed onto ``<name>`` only when
+complete, so an error or an interrupted run never leaves a half-written folder (a stale ``.partial`` folder
+is removed by the next run of that image).
 
 Images go through one at a time. On a CPU, one image's tensors are small enough that extra torch threads
 gain little, and on a busy machine they mostly wait for each other (a fit step measured ten times slower
@@ -34,12 +46,15 @@ one thread unless told otherwise (``--threads``).
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
 import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -47,16 +62,108 @@ import torch
 from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
 from losses.hybrid import HybridLoss, LossWeights
-from preprocessing.align import AlignedFace, template_from_face_model
-from preprocessing.detect import FaceDetector, make_detector
+from preprocessing.align import AlignedFace, template_from_face_model, warp_image
+from preprocessing.detect import DEFAULT_DETECTOR, FaceDetector, make_detector
 from preprocessing.pipeline import ERROR, OK, STATUSES, UNREADABLE, PrepareConfig, list_images, process_image
-from reconstruction.export import ExportOptions, Reconstruction, UVLayout, ict_uv_layout, write_reconstruction
+from reconstruction.export import (
+    COEFFICIENT_FIELDS,
+    ExportOptions,
+    Reconstruction,
+    UVLayout,
+    ict_uv_layout,
+    write_reconstruction,
+)
 from reconstruction.fit import FitResult, FitSettings, ReferenceCache, fit_coefficients
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
+from renderers.visualize import OVERLAY_PANEL, render_overlay_views
+
+T = TypeVar("T")
 
 REPORT_NAME = "report.jsonl"
 SUMMARY_NAME = "summary.json"
+DIVERGED = "diverged"
+REPORT_STATUSES = (*STATUSES, DIVERGED)
+"""Statuses of report records: preprocessing's, and ``diverged`` for predictions that fail the checks."""
+_PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class DivergenceLimits:
+    """When a prediction counts as diverged (`divergence_reasons`); any one limit exceeded is enough.
+
+    max_landmark_error: mean distance between the projected and the detected 68 landmarks, as a fraction of
+        the crop side. Fits and trained R-Nets stay within ~0.03 (a few pixels at 224) and the mean face
+        with the pose of the template within ~0.08 even on turned heads; 0.15 (34 px at 224) means the face
+        is elsewhere.
+    max_coefficient_std: largest |coefficient| allowed for identity, expression and albedo, whose priors are
+        N(0, 1) (`face_model.coefficients.Coefficients`): a value beyond 6 standard deviations has
+        probability ~2e-9 under the prior, so it is the optimiser, not the face. Fits of real photos
+        (takeo, lenna, renders of a head scan at 60-75 degrees yaw) stayed below 4.
+    max_coefficient_rms: largest root-mean-square of each of those groups: many coefficients each a little
+        inside the first limit can still put the face far outside the prior (the RMS of N(0, 1) values is
+        about 1; 3 is a squared Mahalanobis distance of 9 per coefficient).
+    """
+
+    max_landmark_error: float = 0.15
+    max_coefficient_std: float = 6.0
+    max_coefficient_rms: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not (self.max_landmark_error > 0 and self.max_coefficient_std > 0 and self.max_coefficient_rms > 0):
+            raise ValueError(f"divergence limits must be positive, got {self}")
+
+
+_PRIOR_FIELDS = ("identity", "expression", "albedo")
+
+
+def prediction_checks(coeffs: Coefficients, landmarks: np.ndarray, detected: np.ndarray, crop_size: int,
+                      details: dict[str, float] | None = None) -> dict[str, float]:
+    """The numbers `divergence_reasons` judges, for one prediction (batch 1): ``landmark_error_px`` (mean
+    distance between (68, 2) ``landmarks`` and ``detected``, crop pixels; NaN when any is non-finite),
+    ``landmark_error_fraction`` (the same / ``crop_size``), ``max_abs_<field>`` and ``rms_<field>`` for
+    identity, expression and albedo, and ``non_finite`` (how many coefficients and details are NaN or
+    infinite)."""
+    landmarks, detected = np.asarray(landmarks, np.float64), np.asarray(detected, np.float64)
+    error = float(np.linalg.norm(landmarks - detected, axis=1).mean())
+    checks = {"landmark_error_px": error, "landmark_error_fraction": error / crop_size}
+    non_finite = 0
+    for name in COEFFICIENT_FIELDS:
+        values = getattr(coeffs, name).detach().double().cpu()
+        non_finite += int((~torch.isfinite(values)).sum())
+        if name in _PRIOR_FIELDS and values.numel():
+            checks[f"max_abs_{name}"] = float(values.abs().max())
+            checks[f"rms_{name}"] = float(values.pow(2).mean().sqrt())
+    non_finite += sum(1 for value in (details or {}).values() if not math.isfinite(float(value)))
+    checks["non_finite"] = float(non_finite)
+    return checks
+
+
+def divergence_reasons(checks: dict[str, float], details: dict[str, float] | None = None,
+                       limits: DivergenceLimits = DivergenceLimits()) -> list[str]:
+    """Why a prediction is unusable, from its `prediction_checks` (empty list: usable)."""
+    reasons = []
+    bad_details = sorted(k for k, v in (details or {}).items() if not math.isfinite(float(v)))
+    if bad_details:
+        reasons.append(f"non-finite {', '.join(bad_details)}")
+    if checks["non_finite"] > len(bad_details):
+        reasons.append(f"{int(checks['non_finite']) - len(bad_details)} non-finite coefficients")
+    fraction = checks["landmark_error_fraction"]
+    if not math.isfinite(fraction):
+        reasons.append("projected landmarks are not finite")
+    elif fraction > limits.max_landmark_error:
+        reasons.append(f"projected landmarks are {checks['landmark_error_px']:.1f} px from the detected ones on "
+                       f"average ({100 * fraction:.0f}% of the crop, limit {100 * limits.max_landmark_error:.0f}%)")
+    for name in _PRIOR_FIELDS:
+        value = checks.get(f"max_abs_{name}", 0.0)
+        if math.isfinite(value) and value > limits.max_coefficient_std:
+            reasons.append(f"{name} coefficient at {value:.1f} standard deviations of its prior "
+                           f"(limit {limits.max_coefficient_std:g})")
+        rms = checks.get(f"rms_{name}", 0.0)
+        if math.isfinite(rms) and rms > limits.max_coefficient_rms:
+            reasons.append(f"{name} coefficients at {rms:.1f} standard deviations on average (root mean square; "
+                           f"limit {limits.max_coefficient_rms:g})")
+    return reasons
 
 
 @dataclass(frozen=True)
@@ -236,12 +343,27 @@ def collect_images(paths: list[str | Path], exclude: Path | None = None) -> list
 
 
 def make_reconstruction(renderer: MeshRenderer, coeffs: Coefficients, aligned: AlignedFace,
-                        image_size: tuple[int, int]) -> Reconstruction:
-    """Render one image's coefficients (batch 1) and gather what the writers need."""
+                        image_size: tuple[int, int], source: np.ndarray | None = None,
+                        overlay_size: int = OVERLAY_PANEL) -> Reconstruction:
+    """Render one image's coefficients (batch 1) and gather what the writers need.
+
+    source: the (H, W, 3) uint8 photo the crop was aligned from; the overlay's input panel is re-sampled
+    from it at ``overlay_size`` (sharper than the enlarged crop, which is used without it).
+    overlay_size: side of the overlay panels (at least the crop's).
+    """
     model = renderer.face_model
+    crop_size = int(renderer.camera.image_size[0])
+    panel = max(int(overlay_size), crop_size)
+    if source is not None:
+        # Pixel centres at +0.5: the panel is the crop scaled by panel / crop_size, a pure scale of the warp.
+        panel_image, _ = warp_image(source, np.asarray(aligned.transform, np.float64) * (panel / crop_size),
+                                    (panel, panel))
+    else:
+        panel_image = aligned.crop
     with torch.no_grad():
         render = renderer(coeffs)
         vertices = model.shape(coeffs)
+        views = render_overlay_views(renderer, coeffs, panel_image, aligned.landmarks68, panel)
     coeffs = coeffs.detach().to("cpu")
     return Reconstruction(
         coeffs=coeffs,
@@ -260,6 +382,7 @@ def make_reconstruction(renderer: MeshRenderer, coeffs: Coefficients, aligned: A
         transform=np.asarray(aligned.transform, np.float64),
         image_size=(int(image_size[0]), int(image_size[1])),
         camera=renderer.camera,
+        views=views,
     )
 
 
@@ -274,8 +397,9 @@ def reconstruct_images(
     out_dir: str | Path,
     predictor: Predictor,
     *,
-    detector: str = "dlib-hog",
+    detector: str = DEFAULT_DETECTOR,
     options: ExportOptions = ExportOptions(),
+    limits: DivergenceLimits = DivergenceLimits(),
     on_record: Callable[[dict], None] | None = None,
 ) -> ReconstructionSummary:
     """Reconstruct every face photo under ``paths`` into ``out_dir`` (see the module docstring).
@@ -284,8 +408,10 @@ def reconstruct_images(
         paths: image files and/or folders (searched recursively for image extensions).
         out_dir: output folder (created).
         predictor: `RNetPredictor`, `FittingPredictor` or any `Predictor`.
-        detector: face detector + landmarks, `preprocessing.detect.DETECTORS` (dlib-hog by default).
+        detector: face detector + landmarks, `preprocessing.detect.DETECTORS` (dlib-cascade by default: HOG,
+            then MMOD where HOG finds nothing).
         options: units, PLY encoding, texture size.
+        limits: when a prediction counts as diverged (reported, nothing written).
         on_record: called with each image's record as soon as it is done (e.g. to print a line).
 
     Returns:
@@ -312,7 +438,7 @@ def reconstruct_images(
     with report_path.open("w") as report:
         for job in jobs:
             record = _reconstruct_one(job, out_dir, predictor, face_detector, template, config, device, options,
-                                      uv_layout)
+                                      uv_layout, limits)
             records.append(record)
             report.write(json.dumps(record, sort_keys=True) + "\n")
             report.flush()
@@ -322,7 +448,7 @@ def reconstruct_images(
     counts = Counter(record["status"] for record in records)
     summary = ReconstructionSummary(
         records=tuple(records),
-        status_counts={status: counts[status] for status in STATUSES if counts[status]},
+        status_counts={status: counts[status] for status in REPORT_STATUSES if counts[status]},
         out_dir=out_dir,
         seconds=time.perf_counter() - start,
     )
@@ -349,7 +475,7 @@ def _uv_layout_for(face_model: FaceModel) -> UVLayout | None:
 def _reconstruct_one(job: ImageJob, out_dir: Path, predictor: Predictor, face_detector: FaceDetector,
                      template: np.ndarray,
                      config: PrepareConfig, device: torch.device, options: ExportOptions,
-                     uv_layout: UVLayout | None) -> dict:
+                     uv_layout: UVLayout | None, limits: DivergenceLimits = DivergenceLimits()) -> dict:
     """Process one image into its record; every exception becomes a status, so a run never stops."""
     start = time.perf_counter()
     record: dict = {"source": str(job.source), "key": job.key, "predictor": predictor.name}
@@ -370,19 +496,79 @@ def _reconstruct_one(job: ImageJob, out_dir: Path, predictor: Predictor, face_de
         record["image_size"] = list(result.image.rgb.shape[:2])
     if result.n_faces is not None:
         record["n_faces"] = result.n_faces
+    if result.detection is not None:
+        record.update(detected_by=result.detection.detector, detect_seconds=round(result.detection.seconds, 4))
     if result.status != OK:
         return finish(result.status, result.reason)
+    record["align_scale"] = round(float(result.aligned.scale), 4)
     try:
         predicted = predictor.predict(CropBatch.from_aligned(result.aligned, result.skin, device))
-        recon = make_reconstruction(predictor.renderer, predicted.coeffs, result.aligned, result.image.rgb.shape[:2])
-        written = write_reconstruction(out_dir / job.key, recon, options, uv_layout)
+        record["details"] = {k: _rounded(v, 5) for k, v in predicted.details.items()}
+        recon = make_reconstruction(predictor.renderer, predicted.coeffs, result.aligned, result.image.rgb.shape[:2],
+                                    result.image.rgb, options.overlay_size)
+        checks = prediction_checks(predicted.coeffs, recon.landmarks, recon.detected, recon.crop.shape[0],
+                                   predicted.details)
+        record["checks"] = {k: _rounded(v, 4) for k, v in checks.items()}
+        reasons = divergence_reasons(checks, predicted.details, limits)
+        if reasons:
+            return finish(DIVERGED, "; ".join(reasons))
+        folder = out_dir / job.key
+        written = write_atomically(folder, lambda partial: write_reconstruction(partial, recon, options, uv_layout))
     except Exception as err:  # noqa: BLE001 - as above; the report keeps the reason
         return finish(ERROR, _reason_from(err))
     record.update(
-        output_dir=str(out_dir / job.key),
-        files={key: path.relative_to(out_dir).as_posix() for key, path in written.items()},
-        landmark_error_px=round(float(np.linalg.norm(recon.landmarks - recon.detected, axis=1).mean()), 3),
-        align_scale=round(float(result.aligned.scale), 4),
-        details={k: round(float(v), 5) for k, v in predicted.details.items()},
+        output_dir=str(folder),
+        files={key: (folder / path.relative_to(partial_folder(folder))).relative_to(out_dir).as_posix()
+               for key, path in written.items()},
+        landmark_error_px=round(checks["landmark_error_px"], 3),
     )
     return finish(OK, None)
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    """JSON has no NaN or infinity: such values are reported as null."""
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def partial_folder(folder: Path) -> Path:
+    """The hidden sibling an output folder is written into before it is renamed into place."""
+    return folder.with_name(f".{folder.name}{_PARTIAL_SUFFIX}")
+
+
+def write_atomically(folder: str | Path, write: Callable[[Path], T]) -> T:
+    """Run ``write(partial)`` on an empty hidden sibling folder of ``folder`` (`partial_folder`) and rename it
+    onto ``folder`` once ``write`` returns, so ``folder`` is either absent, the previous complete result, or
+    the new complete one; never half-written. A previous ``folder`` is replaced; on an exception the partial
+    folder is removed and the exception re-raised (``folder`` untouched). Returns what ``write`` returned
+    (paths in it point into the partial folder: map them with ``relative_to(partial_folder(folder))``)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_folder(folder)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        result = write(partial)
+        _fsync_folder(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if folder.exists():
+        # rename() replaces only an empty folder: move the old result aside, then drop it.
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(partial, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, folder)
+    return result
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush the files' data before the rename publishes them (a crash must not leave renamed empty files)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+

@@ -3,13 +3,14 @@
 `reconstruct_set` runs R-Net on every aligned picture, C-Net on R-Net's features, aggregates the identity
 (`networks.aggregation`) and writes, under its output folder:
 
-* ``identity.obj`` / ``identity.ply``: the aggregated identity, neutral expression, model space (mm by
-  default), coloured with the set's mean albedo;
-* ``pictures/<name>.obj`` and ``pictures/<name>_overlay.png``: every picture's mesh with the shared identity
-  and its own expression and pose (posed model space, coloured with its own albedo), and its render over
-  the crop;
-* ``confidences.csv``: one row per picture: its share of the aggregate, its confidence sum (or S1 scalar)
-  and every per-coefficient confidence, so a user sees which pictures were trusted;
+* ``identity.obj`` / ``identity.ply`` / ``identity.glb``: the aggregated identity, neutral expression, model
+  space (mm by default; the binary glTF in metres, glTF's unit), coloured with the set's mean albedo;
+* ``pictures/<name>.obj``, ``pictures/<name>.glb`` and ``pictures/<name>_overlay.png``: every picture's mesh with
+  the shared identity and its own expression and pose (posed model space, coloured with its own albedo), and
+  its four-panel overlay (512 px panels: input, reconstruction over it, grey geometry, landmarks);
+* ``confidences.csv``: one row per picture: its share of the aggregate, its confidence sum (or S1 scalar),
+  the detector (stage) that found its face, and every per-coefficient confidence, so a user sees which
+  pictures were trusted;
 * ``confidences.png``: the pictures with their shares, a bar plot of the shares and, for element-wise
   confidences, a pictures x coefficients heatmap;
 * ``coefficients.npz``: the aggregated identity, every picture's own coefficients and the confidences.
@@ -33,7 +34,8 @@ import torch
 
 from face_model.coefficients import Coefficients
 from networks.aggregation import GLOBAL_STRATEGIES, STRATEGIES, aggregate
-from reconstruction.export import UNIT_SCALES, overlay_image, write_obj, write_ply
+from reconstruction.export import GLB_SCALE, UNIT_SCALES, write_glb, write_obj, write_ply
+from renderers.visualize import OVERLAY_PANEL, overlay_panels, render_overlay_views, save_png
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 
@@ -45,11 +47,16 @@ class SetPicture:
     name:      a short unique name (used for output file names)
     crop:      (S, S, 3) uint8 RGB aligned crop (any square size; resized to R-Net's)
     landmarks: (68, 2) float32 detected landmarks in crop pixels, or None (drawn on the overlay when given)
+    overlay_input: (P, P, 3) uint8 the same view as ``crop`` at the overlay's panel size, re-sampled from the
+                   photo (sharper than the enlarged crop, which the overlay uses without it), or None
+    detected_by:   the detector (cascade stage) that found the face, e.g. "dlib-hog", or None
     """
 
     name: str
     crop: np.ndarray
     landmarks: Optional[np.ndarray] = None
+    overlay_input: Optional[np.ndarray] = None
+    detected_by: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class SetReconstruction:
     share:      (n,) each picture's share of the aggregate (its normalised weight, averaged over the
                 identity coefficients); sums to 1
     files:      output name -> path
+    detected_by: per picture, the detector (stage) that found its face, or None where not known
     """
 
     names: list[str]
@@ -73,6 +81,7 @@ class SetReconstruction:
     confidence: Optional[torch.Tensor]
     share: torch.Tensor
     files: dict[str, Path] = field(default_factory=dict)
+    detected_by: tuple[Optional[str], ...] = ()
 
 
 def default_strategy(cnet) -> str:
@@ -110,7 +119,8 @@ def _resize(picture: SetPicture, size: int) -> tuple[np.ndarray, np.ndarray | No
 
 @torch.no_grad()
 def reconstruct_set(pictures: Sequence[SetPicture], rnet_module, cnet, out_dir: str | Path,
-                    strategy: str | None = None, units: str = "mm", plots: bool = True) -> SetReconstruction:
+                    strategy: str | None = None, units: str = "mm", plots: bool = True,
+                    overlay_size: int = OVERLAY_PANEL) -> SetReconstruction:
     """Aggregate the identity of ``pictures`` (aligned crops of one person) and write the outputs listed in the
     module docstring under ``out_dir``.
 
@@ -121,6 +131,7 @@ def reconstruct_set(pictures: Sequence[SetPicture], rnet_module, cnet, out_dir: 
         strategy: one of `networks.aggregation.STRATEGIES`; default `default_strategy` of ``cnet``.
         units: "mm" (default) or "dm" for the meshes.
         plots: also draw ``confidences.png`` (matplotlib).
+        overlay_size: side of each overlay panel (at least R-Net's crop size).
     """
     if not pictures:
         raise ValueError("an image set needs at least one picture; none was given (no face found?)")
@@ -158,14 +169,19 @@ def reconstruct_set(pictures: Sequence[SetPicture], rnet_module, cnet, out_dir: 
     share = torch.full((n,), 1.0 / n) if confidence is None else aggregation_share(strategy, confidence.cpu(), n_id)
     shared = coeffs.replace(identity=identity.expand(n, -1))
     result = SetReconstruction(names=names, strategy=strategy, identity=identity.cpu(), coeffs=coeffs.detach().to("cpu"),
-                               confidence=None if confidence is None else confidence.cpu(), share=share)
+                               confidence=None if confidence is None else confidence.cpu(), share=share,
+                               detected_by=tuple(p.detected_by for p in pictures))
+    panel = max(int(overlay_size), size)
+    inputs = [p.overlay_input if p.overlay_input is not None and p.overlay_input.shape[:2] == (panel, panel) else c
+              for p, (c, _) in zip(pictures, resized)]
     files = _write_outputs(Path(out_dir), result, shared, [c for c, _ in resized], [lm for _, lm in resized],
-                           renderer, UNIT_SCALES[units], plots)
+                           renderer, UNIT_SCALES[units], plots, inputs, panel)
     return replace(result, files=files)
 
 
 def _write_outputs(out_dir: Path, result: SetReconstruction, shared: Coefficients, crops: list[np.ndarray],
-                   landmarks: list[np.ndarray | None], renderer, scale: float, plots: bool) -> dict[str, Path]:
+                   landmarks: list[np.ndarray | None], renderer, scale: float, plots: bool,
+                   overlay_inputs: list[np.ndarray], panel: int) -> dict[str, Path]:
     face_model = renderer.face_model
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "pictures").mkdir(exist_ok=True)
@@ -179,20 +195,20 @@ def _write_outputs(out_dir: Path, result: SetReconstruction, shared: Coefficient
     albedo = mesh.albedo[0].clamp(0, 1).cpu().numpy()
     files["identity_obj"] = write_obj(out_dir / "identity.obj", vertices, triangles, albedo)
     files["identity_ply"] = write_ply(out_dir / "identity.ply", vertices, triangles, albedo)
+    files["identity_glb"] = write_glb(out_dir / "identity.glb", vertices / scale * GLB_SCALE, triangles, albedo)
 
-    render = renderer(shared)
     posed = renderer.pose(face_model.shape(shared), shared)
     picture_albedo = face_model.albedo(shared).clamp(0, 1)
     for k, name in enumerate(result.names):
-        files[f"picture_{name}_obj"] = write_obj(out_dir / "pictures" / f"{name}.obj",
-                                                 (posed[k] * scale).cpu().numpy(), triangles,
-                                                 picture_albedo[k].cpu().numpy())
-        image = render.image[k].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
-        mask = render.mask[k, 0].cpu().numpy() > 0
-        detected = landmarks[k] if landmarks[k] is not None else np.zeros((0, 2), np.float32)
-        strip = overlay_image(crops[k], image, mask, render.landmarks[k].cpu().numpy(), detected)
+        picture_vertices = posed[k].cpu().numpy()
+        picture_colours = picture_albedo[k].cpu().numpy()
+        files[f"picture_{name}_obj"] = write_obj(out_dir / "pictures" / f"{name}.obj", picture_vertices * scale,
+                                                 triangles, picture_colours)
+        files[f"picture_{name}_glb"] = write_glb(out_dir / "pictures" / f"{name}.glb", picture_vertices * GLB_SCALE,
+                                                 triangles, picture_colours)
+        views = render_overlay_views(renderer, shared.index(k), overlay_inputs[k], landmarks[k], panel)
         path = out_dir / "pictures" / f"{name}_overlay.png"
-        cv2.imwrite(str(path), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+        save_png(path, overlay_panels(views))
         files[f"picture_{name}_overlay"] = path
 
     files["confidences_csv"] = write_confidence_table(out_dir / "confidences.csv", result)
@@ -208,19 +224,22 @@ def _write_outputs(out_dir: Path, result: SetReconstruction, shared: Coefficient
 
 
 def write_confidence_table(path: Path, result: SetReconstruction) -> Path:
-    """CSV with one row per picture: name, share, score (confidence sum or S1 scalar), per-coefficient values."""
+    """CSV with one row per picture: name, share, score (confidence sum or S1 scalar), the detector that found
+    the face (empty when not known), per-coefficient values."""
     conf = result.confidence
     width = 0 if conf is None else conf.shape[1]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         score_name = "s1_confidence" if width == 1 else "confidence_sum"
-        writer.writerow(["picture", "share", score_name] + [f"c{k:03d}" for k in range(width if width > 1 else 0)])
+        writer.writerow(["picture", "share", score_name, "detected_by"]
+                        + [f"c{k:03d}" for k in range(width if width > 1 else 0)])
         for j, name in enumerate(result.names):
             row = [name, f"{float(result.share[j]):.6f}"]
+            detector = result.detected_by[j] if j < len(result.detected_by) else None
             if conf is None:
-                row.append("")
+                row += ["", detector or ""]
             else:
-                row.append(f"{float(conf[j].sum()):.6f}")
+                row += [f"{float(conf[j].sum()):.6f}", detector or ""]
                 if width > 1:
                     row += [f"{float(v):.6f}" for v in conf[j]]
             writer.writerow(row)
@@ -323,9 +342,12 @@ class AlignedPictures:
     skipped: list[tuple[str, str]]
 
 
-def align_pictures(sources: Iterable[tuple[str, bytes]], detector, template: np.ndarray, config) -> AlignedPictures:
+def align_pictures(sources: Iterable[tuple[str, bytes]], detector, template: np.ndarray, config,
+                   overlay_size: int = OVERLAY_PANEL) -> AlignedPictures:
     """Run ``face3d prepare``'s per-image preprocessing (`preprocessing.pipeline.process_image`) on encoded
-    pictures; pictures without a usable face are skipped with their reason."""
+    pictures; pictures without a usable face are skipped with their reason. Each picture also keeps its
+    overlay input: the crop's view re-sampled from the photo at ``overlay_size`` (at least the crop's)."""
+    from preprocessing.align import warp_image
     from preprocessing.pipeline import OK, process_image
 
     pictures, skipped = [], []
@@ -334,5 +356,11 @@ def align_pictures(sources: Iterable[tuple[str, bytes]], detector, template: np.
         if result.status != OK:
             skipped.append((name, result.reason or result.status))
             continue
-        pictures.append(SetPicture(name=name, crop=result.aligned.crop, landmarks=result.aligned.landmarks68))
+        aligned = result.aligned
+        panel = max(int(overlay_size), aligned.crop.shape[0])
+        # Pixel centres at +0.5: the panel is the crop scaled by panel / crop side, a pure scale of the warp.
+        overlay_input, _ = warp_image(result.image.rgb, aligned.transform * (panel / aligned.crop.shape[0]),
+                                      (panel, panel))
+        pictures.append(SetPicture(name=name, crop=aligned.crop, landmarks=aligned.landmarks68,
+                                   overlay_input=overlay_input, detected_by=result.detection.detector))
     return AlignedPictures(pictures, skipped)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DETECTOR_CHOICES = ("dlib-hog", "dlib-mmod", "fan", "insightface")
+DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,11 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder of photos (recursive)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="dlib-hog",
-                        help="face detector + landmarks (default dlib-hog; fan and insightface need their "
-                             "packages and downloaded weights)")
+    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="dlib-cascade",
+                        help="face detector + landmarks (default dlib-cascade: dlib HOG, then dlib MMOD on images "
+                             "where HOG finds no face; fan and insightface need their packages and downloaded "
+                             "weights)")
     parser.add_argument("--upsample", type=int, default=None,
-                        help="dlib upsampling steps (default 1 for dlib-hog, 0 for dlib-mmod)")
+                        help="dlib upsampling steps (default 1 for dlib-hog and the cascade's HOG stage, 0 for "
+                             "dlib-mmod)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--face-model", default="ict", metavar="NAME|PATH",
                         help="face model whose projected 5 points are the alignment template: 'ict', or a "

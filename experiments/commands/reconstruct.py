@@ -7,20 +7,25 @@ import argparse
 import sys
 from pathlib import Path
 
-DETECTOR_CHOICES = ("dlib-hog", "dlib-mmod", "fan", "insightface")
+DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
 
 EPILOG = """\
 outputs, one folder per image under --out (named after the image file, extension kept):
   mesh.obj, mesh.ply                model space before pose (x right, y up, z to the viewer), albedo colours
   mesh_camera.obj, mesh_camera.ply  posed, OpenCV camera space (camera at the origin, y down, z = depth),
                                     shaded colours; pose.json's intrinsics project it onto the crop / photo
+  mesh.glb, mesh_textured.glb       binary glTF of mesh.obj / mesh_textured.obj for 3D viewers (metres, glTF's unit)
   mesh_textured.obj/.mtl, albedo.png  model space with UVs and the baked albedo (ICT model only)
   coeffs.npz                        coefficients per field + flat vector + layout (coeffs.mat: Deep3D's
                                     layout, BFM only)
   landmarks.txt                     68 landmarks, crop and source-image pixels
   pose.json                         angles (deg), translation, camera, intrinsics, alignment
-  overlay.png                       input | render over input | landmarks
-plus report.jsonl (one line per image, written as it goes) and summary.json.
+  overlay.png                       four 512 px panels: input | reconstruction over input | grey geometry |
+                                    detected (red) and projected (green) landmarks
+plus report.jsonl (one line per image, written as it goes: status, reason, the detector stage that found the
+face, checks) and summary.json. A prediction that diverged (non-finite values, landmarks far from the
+detected ones, coefficients far outside their prior) is reported as "diverged" and writes nothing; an image's
+folder appears only once all its files are complete.
 With --set DIR_OR_VIDEO (instead of --images) the pictures are one person: see `face3d reconstruct-set --help`
 for its outputs (aggregated identity mesh, per-picture meshes, confidences CSV + PNG).
 Meshes are in millimetres (--units mm, default) or the models' decimetres (--units dm, as Deep3D)."""
@@ -72,8 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "and a busy machine makes threads wait on each other)")
     parser.add_argument("--units", choices=("mm", "dm"), default="mm",
                         help="length unit of the mesh files and pose.json (default mm; dm = model units)")
-    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="dlib-hog",
-                        help="face detector + 68 landmarks (default dlib-hog)")
+    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="dlib-cascade",
+                        help="face detector + 68 landmarks (default dlib-cascade: dlib HOG, then dlib MMOD "
+                             "where HOG finds no face)")
     parser.add_argument("--texture-size", type=int, default=1024, metavar="PX",
                         help="side of the baked albedo texture (ICT model; default 1024)")
     parser.add_argument("--ply-ascii", action="store_true", help="write ASCII PLY instead of binary")
@@ -157,6 +163,8 @@ def format_record(record: dict) -> str:
     if status == "ok":
         details = record.get("details", {})
         extra = [f"{record['seconds']:.1f} s", f"landmark error {record['landmark_error_px']:.2f} px"]
+        if record.get("detected_by"):
+            extra.append(f"face found by {record['detected_by']}")
         if "loss/total" in details:
             extra.append(f"loss {details['loss/total']:.4f}")
         return f"{line} -> {record['output_dir']}/ ({', '.join(extra)})"

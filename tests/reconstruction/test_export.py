@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 import torch
 import trimesh
+from PIL import Image
 
 from face_model.model import FaceModel
 from face_model.sampling import sample_coefficients
@@ -22,6 +23,7 @@ from reconstruction.export import (
     ict_uv_layout,
     load_coefficients,
     save_coefficients,
+    split_uv_seams,
     write_obj,
     write_ply,
     write_reconstruction,
@@ -29,6 +31,7 @@ from reconstruction.export import (
 from reconstruction.pipeline import make_reconstruction
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
+from renderers.visualize import GEOMETRY_BACKGROUND
 
 CROP = 64
 # Source photo -> crop: the crop is the photo shrunk by 2 and shifted, as an alignment makes it.
@@ -43,13 +46,13 @@ def fake_aligned(landmarks: np.ndarray) -> AlignedFace:
                        five_points=np.zeros((5, 2), np.float32), transform=TRANSFORM, scale=0.5, residual=0.0)
 
 
-def reconstruct(model: FaceModel, seed: int = 0):
+def reconstruct(model: FaceModel, seed: int = 0, overlay_size: int = 512):
     renderer = MeshRenderer(model, PinholeCamera().resized(CROP, CROP), backend="torch")
     coeffs = sample_coefficients(model.layout, 1, generator=torch.Generator().manual_seed(seed))
     coeffs = coeffs.replace(angles=coeffs.angles * 0.3)
     with torch.no_grad():
         detected = renderer.project_landmarks(coeffs)[0].numpy() + 1.0
-    return make_reconstruction(renderer, coeffs, fake_aligned(detected), SOURCE_SIZE)
+    return make_reconstruction(renderer, coeffs, fake_aligned(detected), SOURCE_SIZE, overlay_size=overlay_size)
 
 
 @pytest.fixture(scope="module")
@@ -193,12 +196,80 @@ def test_uv_layout_only_for_the_bundled_mesh(ict_small):
     assert isinstance(layout, UVLayout) and layout.tri_uv.shape == tuple(ict_small.triangles.shape)
 
 
-def test_overlay_is_three_panels(written):
+def test_overlay_is_four_panels_of_512_pixels(written):
     import cv2
 
-    paths, _ = written
-    overlay = cv2.imread(str(paths["overlay"]))
-    assert overlay.shape == (CROP, 3 * CROP, 3)
+    paths, recon = written
+    overlay = cv2.cvtColor(cv2.imread(str(paths["overlay"])), cv2.COLOR_BGR2RGB)
+    assert overlay.shape == (512, 4 * 512, 3)
+    views = recon.views
+    assert views.image.shape == views.geometry.shape == (512, 512, 3) and views.mask.shape == (512, 512)
+    # The panels are the crop's view at 8x: the projected landmarks scale with it, and the grey geometry
+    # covers the same pixels as the textured render (same pose) and is grey where it covers them.
+    np.testing.assert_allclose(views.landmarks, recon.landmarks * 512 / CROP, atol=1e-3)
+    np.testing.assert_allclose(views.detected, recon.detected * 512 / CROP, atol=1e-4)
+    covered = np.any(views.geometry != np.array(GEOMETRY_BACKGROUND, np.uint8), axis=-1)
+    assert (covered == views.mask).mean() > 0.99 and views.mask.mean() > 0.05
+    face = views.geometry[views.mask].astype(int)
+    assert np.abs(face[:, 0] - face[:, 1]).max() == 0 and np.abs(face[:, 1] - face[:, 2]).max() == 0
+    assert face[:, 0].std() > 10  # shaded, not flat
+    # Panel 3 of the file is the geometry alone; panel 1 the input (here the crop, enlarged).
+    np.testing.assert_array_equal(overlay[100:, 2 * 512: 3 * 512], views.geometry[100:])
+
+
+def test_overlay_panel_size_follows_the_options(tmp_path, ict_small):
+    recon = reconstruct(ict_small, overlay_size=96)
+    paths = write_reconstruction(tmp_path, recon, ExportOptions(texture_size=16))
+    import cv2
+
+    assert cv2.imread(str(paths["overlay"])).shape == (96, 4 * 96, 3)
+    with pytest.raises(ValueError, match="overlay_size"):
+        ExportOptions(overlay_size=8)
+
+
+def test_textured_glb_splits_seams_and_carries_the_texture(written, ict_uv):
+    paths, recon = written
+    scene = trimesh.load(paths["textured_glb"], process=False)
+    (mesh,) = scene.geometry.values() if isinstance(scene, trimesh.Scene) else (scene,)
+    vertex_ids, uv, faces = split_uv_seams(recon.triangles, ict_uv)
+    # One vertex per distinct corner pair (the bundled face area is a single chart: one per mesh vertex).
+    assert len(mesh.vertices) == len(vertex_ids) >= len(recon.vertices_model)
+    np.testing.assert_allclose(mesh.vertices, recon.vertices_model[vertex_ids] * 0.1, atol=1e-6)
+    np.testing.assert_array_equal(mesh.faces, faces)
+    np.testing.assert_allclose(mesh.visual.uv, uv, atol=1e-6)
+    image = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"))
+    np.testing.assert_array_equal(image, np.asarray(Image.open(paths["texture"]).convert("RGB")))
+    # The texture read at each vertex's UV (trimesh's own lookup) is that vertex's albedo: UVs and image rows agree.
+    looked_up = np.asarray(mesh.visual.to_color().vertex_colors)[:, :3].astype(float)
+    error = np.abs(looked_up - np.clip(recon.albedo[vertex_ids], 0, 1) * 255)
+    assert np.median(error) < 2 and np.percentile(error, 95) < 8
+    # Each split vertex's UV is a UV of its mesh vertex in the layout.
+    pairs = zip(recon.triangles.ravel(), ict_uv.tri_uv.ravel())
+    corners = {(int(v), tuple(np.round(ict_uv.uv[t], 6))) for v, t in pairs}
+    assert all((int(v), tuple(np.round(u, 6))) in corners for v, u in zip(vertex_ids, uv))
+
+
+def test_uv_seams_split_shared_vertices():
+    """Two triangles sharing the edge 1-2, whose corners have other UVs in the second triangle: a seam."""
+    triangles = np.array([[0, 1, 2], [2, 1, 3]])
+    layout = UVLayout(uv=np.array([[0, 0], [1, 0], [0, 1], [0.5, 0.5], [0.6, 0.5], [0.6, 0.6]], float),
+                      tri_uv=np.array([[0, 1, 2], [3, 4, 5]]))
+    vertex_ids, uv, faces = split_uv_seams(triangles, layout)
+    assert len(vertex_ids) == 6  # vertices 1 and 2 appear twice
+    np.testing.assert_array_equal(vertex_ids[faces], triangles)
+    np.testing.assert_array_equal(uv[faces], layout.uv[layout.tri_uv])
+
+
+def test_glb_loads_back_with_every_vertex_and_colour(written):
+    paths, recon = written
+    scene = trimesh.load(paths["mesh_glb"], process=False)
+    (mesh,) = scene.geometry.values() if isinstance(scene, trimesh.Scene) else (scene,)
+    assert len(mesh.vertices) == len(recon.vertices_model) and len(mesh.faces) == len(recon.triangles)
+    # Metres (glTF's unit) from decimetres; the same triangles and 8-bit albedo colours.
+    np.testing.assert_allclose(mesh.vertices, recon.vertices_model * 0.1, atol=1e-6)
+    np.testing.assert_array_equal(mesh.faces, recon.triangles)
+    colours = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(int)
+    assert np.abs(colours - np.round(np.clip(recon.albedo, 0, 1) * 255)).max() <= 1
 
 
 def fake_bfm(n_id: int = 80, n_exp: int = 64, n_tex: int = 80) -> FaceModel:
