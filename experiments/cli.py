@@ -18,6 +18,7 @@ COMMANDS = (
     "preview",
     "prepare_bfm",
     "benchmark",
+    "export_weights",
 )
 
 

@@ -1,4 +1,5 @@
-"""``face3d reconstruct``: photos -> 3D faces, with a trained R-Net (``--ckpt``) or by fitting (``--fit``)."""
+"""``face3d reconstruct``: photos -> 3D faces, with the bundled R-Net (the default), a trained R-Net (``--ckpt``)
+or by fitting (``--fit``)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ Meshes are in millimetres (--units mm, default) or the models' decimetres (--uni
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reconstruct",
-        help="reconstruct 3D faces from photos (trained R-Net checkpoint, or fitting without a network)",
+        help="reconstruct 3D faces from photos (the bundled R-Net, a trained checkpoint, or fitting)",
         description=(
             "Detect the largest face in every image, align it to the face model's crop, predict its\n"
-            "coefficients with a trained R-Net (--ckpt) or fit them to the photo with the hybrid loss\n"
-            "(--fit), and write meshes, texture, coefficients, landmarks, pose and an overlay per image.\n"
+            "coefficients with the R-Net that ships in networks/weights/ (the default), a trained R-Net\n"
+            "(--ckpt) or fit them to the photo with the hybrid loss (--fit), and write meshes, texture,\n"
+            "coefficients, landmarks, pose and an overlay per image.\n"
             "Images without a usable face are reported and skipped; the run goes on."
         ),
         epilog=EPILOG,
@@ -47,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "averaging with --ckpt; same as `face3d reconstruct-set`")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--ckpt", type=Path, default=None, metavar="CKPT",
-                        help="R-Net checkpoint written by `face3d train` (its config sets face model and crop size)")
+                        help="R-Net checkpoint written by `face3d train`, or a `face3d export-weights` folder (its "
+                             "config sets face model and crop size); default: the bundled R-Net (networks/weights/, "
+                             "see its MODEL_CARD.md)")
     parser.add_argument("--fit", action="store_true",
                         help="fit coefficients per image with the hybrid loss (no network needed; about 20 s "
                              "an image on a 2-core CPU at the defaults)")
@@ -97,16 +101,16 @@ def run_set(args: argparse.Namespace) -> int:
 
 def check_predictor_args(args: argparse.Namespace) -> None:
     """Reject argument combinations that have no meaning, naming the fix."""
-    if (args.ckpt is None) == (not args.fit):
-        raise ValueError("choose exactly one predictor: --ckpt CKPT (a trained R-Net from `face3d train`) "
-                         "or --fit (fit each photo with the hybrid loss, no network)")
-    if args.ckpt is not None:
+    if args.ckpt is not None and args.fit:
+        raise ValueError("choose one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), --fit (fit each "
+                         "photo with the hybrid loss, no network), or neither for the bundled R-Net")
+    if not args.fit:
         given = [name for name, value in (("--face-model", args.face_model), ("--bfm-path", args.bfm_path),
                                           ("--iterations", args.iterations), ("--crop-size", args.crop_size))
                  if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply to --fit; a checkpoint brings its own face model and "
-                             "crop size (drop them, or use --fit)")
+            raise ValueError(f"{', '.join(given)} only apply to --fit; an R-Net (--ckpt or the bundled one) brings "
+                             "its own face model and crop size (drop them, or use --fit)")
     if args.iterations is not None and args.iterations < 0:
         raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
     if args.crop_size is not None and args.crop_size < 32:
@@ -119,8 +123,10 @@ def build_predictor(args: argparse.Namespace):
     """The `reconstruction.pipeline` predictor the arguments ask for."""
     from reconstruction.pipeline import FittingPredictor, RNetPredictor
 
-    if args.ckpt is not None:
-        return RNetPredictor.from_checkpoint(args.ckpt, device=args.device)
+    if not args.fit:
+        from experiments.build import BUNDLED
+
+        return RNetPredictor.from_checkpoint(args.ckpt if args.ckpt is not None else BUNDLED, device=args.device)
     from face_model import load_face_model
     from reconstruction.fit import FitSettings
 
