@@ -51,7 +51,15 @@ def build_rnet(cfg: ExperimentConfig, face_model: FaceModel):
     from networks.rnet import RNet, load_pretrained_backbone
 
     nc = cfg.network
-    rnet = RNet(face_model.layout, backbone=nc.backbone, frozen_layers=nc.frozen_layers, pooled_grid=nc.pooled_grid)
+    rnet = RNet(face_model.layout, backbone=nc.backbone, frozen_layers=nc.frozen_layers, pooled_grid=nc.pooled_grid,
+                landmark_input=nc.landmark_input, landmark_hidden=nc.landmark_hidden)
+    if nc.init is not None:
+        # A whole trained R-Net: it replaces the pretrained backbone, so that file is not read at all.
+        source = read_rnet_source(nc.init)
+        check_same_architecture(source.config, cfg, f"network.init={nc.init} ({source.origin})",
+                                "drop network.init, or")
+        load_rnet_state(rnet, source.state_dict, source.origin)
+        return rnet
     if nc.pretrained is not None:
         load_pretrained_backbone(rnet, nc.pretrained)
     if cfg.network.deep3d_checkpoint:
@@ -71,7 +79,8 @@ def build_rnet_module(cfg: ExperimentConfig, face_model: FaceModel | None = None
         renderer=build_renderer(cfg, face_model),
         loss=build_loss(cfg, face_model),
         optim=OptimSettings(lr=oc.lr, lr_step_epochs=oc.lr_step_epochs, lr_gamma=oc.lr_gamma,
-                            weight_decay=oc.weight_decay, identity_lr_scale=oc.identity_lr_scale),
+                            weight_decay=oc.weight_decay, identity_lr_scale=oc.identity_lr_scale,
+                            lr_step_steps=oc.lr_step_steps),
         use_skin_attention=cfg.loss.skin_attention,
         channels_last=cfg.trainer.channels_last,
         config=to_yaml(cfg),
@@ -137,18 +146,154 @@ def _read_checkpoint(path: Path, map_location: str | torch.device, missing: str)
 def _for_checkpoint_weights(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` without the weight files R-Net started from (pretrained backbone, Deep3D checkpoint): a checkpoint
     holds every weight, and those files need not exist on the machine that loads it."""
-    return dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, pretrained=None, deep3d_checkpoint=None))
+    return dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, pretrained=None, deep3d_checkpoint=None,
+                                                                init=None))
+
+
+# ------------------------------------------------------------------------------ trained R-Net weights
+
+BUNDLED = "bundled"
+"""``network.init`` / ``--ckpt`` value naming the R-Net that ships in ``networks/weights/``."""
+
+ARCHITECTURE_KEYS = ("face_model.name", "face_model.n_id", "face_model.n_exp", "face_model.n_tex",
+                     "face_model.sh_channels", "renderer.image_size", "network.backbone", "network.pooled_grid",
+                     "network.landmark_input", "network.landmark_hidden")
+"""Config entries that must agree between trained weights and the network they go into: the layout of the
+heads' outputs, the crop size the features were learned at, and the network's shape."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RNetSource:
+    """Trained R-Net weights from anywhere (bundled folder, exported folder, ``face3d train`` checkpoint).
+
+    state_dict: ``RNet.state_dict()`` keys
+    config:     the config they were trained with
+    origin:     how messages name them (a path)
+    step:       optimisation steps they were trained for, None when unknown
+    epoch:      epochs, None when unknown
+    card:       the model card of a weights folder, None for a checkpoint
+    """
+
+    state_dict: dict
+    config: ExperimentConfig
+    origin: str
+    step: int | None = None
+    epoch: int | None = None
+    card: dict | None = None
+
+
+def _architecture(cfg: ExperimentConfig) -> dict:
+    values = {}
+    for key in ARCHITECTURE_KEYS:
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        values[key] = node
+    return values
+
+
+def check_same_architecture(trained: ExperimentConfig, cfg: ExperimentConfig, what: str, fix: str) -> None:
+    """ValueError naming every `ARCHITECTURE_KEYS` entry where ``trained`` and ``cfg`` differ."""
+    ours, theirs = _architecture(cfg), _architecture(trained)
+    diff = [key for key in ARCHITECTURE_KEYS if ours[key] != theirs[key]]
+    if diff:
+        was = ", ".join(f"{key}={theirs[key]}" for key in diff)
+        now = ", ".join(f"{key}={ours[key]}" for key in diff)
+        raise ValueError(f"{what} was trained for another face model, crop size or network ({was}) than this run's "
+                         f"({now}); {fix} set {' '.join(f'{key}={theirs[key]}' for key in diff)}")
+
+
+def _weights_source(directory: Path) -> RNetSource:
+    from networks.bundled_weights import read_weights
+
+    weights = read_weights(directory)
+    return RNetSource(weights.state_dict, config_from_yaml(weights.config_yaml, weights.path), str(weights.path),
+                      step=weights.card.get("training", {}).get("steps"),
+                      epoch=weights.card.get("training", {}).get("epochs"), card=weights.card)
+
+
+def config_from_yaml(text: str, path: str | Path) -> ExperimentConfig:
+    try:
+        return load_config(base_yaml=text)
+    except Exception as err:  # noqa: BLE001 - an unreadable stored config means the same thing to the user
+        raise ValueError(f"the config stored in {path} does not fit this version's schema ({err})") from None
+
+
+def _refuse_other_files(checkpoint, path: Path) -> None:
+    """ValueError for an unpickled file that is not a ``face3d train`` R-Net checkpoint but something we know."""
+    from networks.bundled_weights import CARD_NAME, FORMAT
+
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path} is not a face3d-lightning R-Net checkpoint (it holds a {type(checkpoint).__name__})")
+    if checkpoint.get("format") == FORMAT:
+        raise ValueError(f"{path} is R-Net weights without their model card ({CARD_NAME}, which holds the checksum): "
+                         f"keep the folder written by `face3d export-weights` together and pass the folder")
+    if "face3d_cnet" in checkpoint:
+        raise ValueError(f"{path} is a C-Net checkpoint (`face3d train-aggregate`), not an R-Net one: it goes to "
+                         "--cnet-ckpt (with --set), and its R-Net comes with it")
+
+
+def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu") -> RNetSource:
+    """Trained R-Net weights: ``"bundled"`` (the R-Net shipped in ``networks/weights/``), a weights folder or its
+    ``rnet.pt`` (written by ``face3d export-weights``; checksum verified), or a ``face3d train`` checkpoint."""
+    from networks.bundled_weights import BUNDLED_DIR, CARD_NAME, WEIGHTS_NAME
+
+    if str(source) == BUNDLED:
+        return _weights_source(BUNDLED_DIR)
+    path = Path(source)
+    if path.is_dir():
+        return _weights_source(path)
+    if path.name == WEIGHTS_NAME and (path.parent / CARD_NAME).is_file():
+        return _weights_source(path.parent)
+    checkpoint = _read_checkpoint(path, map_location, f"checkpoint {path} not found; train one with `make "
+                                  "train-single` or `face3d train --config NAME` (checkpoints are under "
+                                  "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)")
+    _refuse_other_files(checkpoint, path)
+    cfg = config_from_checkpoint(checkpoint, path)
+    state = checkpoint.get("state_dict", {})
+    rnet_state = {k.removeprefix("rnet."): v for k, v in state.items() if k.startswith("rnet.")}
+    if not rnet_state:
+        raise ValueError(f"{path} holds no R-Net weights (no 'rnet.*' entries in its state_dict)")
+    return RNetSource(rnet_state, cfg, str(path), step=checkpoint.get("global_step"), epoch=checkpoint.get("epoch"))
+
+
+def load_rnet_state(rnet, state_dict: dict, origin: str) -> None:
+    """Load ``state_dict`` into ``rnet`` (every key, cast to the network's dtypes); ValueError naming ``origin``
+    when keys or shapes differ."""
+    own = rnet.state_dict()
+    missing = sorted(own.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - own.keys())
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own.keys() & state_dict.keys()
+             if state_dict[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{origin} does not fit this R-Net (another face model, crop size or network?): missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:3]}")
+    rnet.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 
 def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Rebuild an `RNetModule` from a checkpoint written by ``face3d train`` (config included)."""
-    path = Path(path)
+    """Rebuild an `RNetModule` and its config from a checkpoint written by ``face3d train``, or from R-Net weights
+    (``"bundled"`` or a ``face3d export-weights`` folder, see `read_rnet_source`)."""
+    from networks.bundled_weights import CARD_NAME, WEIGHTS_NAME
+
+    path_like = Path(path)
+    if str(path) == BUNDLED or path_like.is_dir() or (path_like.name == WEIGHTS_NAME
+                                                      and (path_like.parent / CARD_NAME).is_file()):
+        source = read_rnet_source(path, map_location)
+        module = build_rnet_module(_for_checkpoint_weights(source.config))
+        load_rnet_state(module.rnet, source.state_dict, source.origin)
+        return module.eval(), source.config
+    path = path_like
     checkpoint = _read_checkpoint(path, map_location, f"checkpoint {path} not found; train one with `make "
                                   "train-single` or `face3d train --config NAME` (checkpoints are under "
-                                  "outputs/<run>/checkpoints/)")
+                                  "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)")
+    _refuse_other_files(checkpoint, path)
     cfg = config_from_checkpoint(checkpoint, path)
     module = build_rnet_module(_for_checkpoint_weights(cfg))
-    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not match the model its config describes: {str(err).splitlines()[0]}") from None
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model its config describes: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")

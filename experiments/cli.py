@@ -19,6 +19,7 @@ COMMANDS = (
     "prepare_bfm",
     "benchmark",
     "export_onnx",
+    "export_weights",
 )
 
 

@@ -142,13 +142,24 @@ class NetworkConfig:
     """'sface' only: the heads read the final feature map averaged over this grid (1 = global average)."""
     deep3d_checkpoint: Optional[str] = None
     """Deep3DFaceRecon ``epoch_20.pth`` to start from (BFM layout only)."""
+    init: Optional[str] = None
+    """Start from a trained R-Net (all of it: backbone, heads, BatchNorm statistics) and fine-tune: 'bundled' (the
+    R-Net shipped in networks/weights/), a folder written by ``face3d export-weights``, or a ``face3d train``
+    checkpoint. Its face model, crop size and network must match this run's. Replaces ``pretrained``."""
+    landmark_input: bool = False
+    """The heads also read the crop's 68 detected landmarks, normalised (`networks.rnet.landmark_features`)."""
+    landmark_hidden: int = 0
+    """With ``landmark_input``: width of a two-layer MLP on the landmark features (0 = the features themselves)."""
 
 
 @dataclass
 class OptimConfig:
     lr: float = 1e-4
     lr_step_epochs: int = 10
-    """Step decay period in epochs, as Deep3DFaceRecon's 'step' policy."""
+    """Step decay period in epochs, as Deep3DFaceRecon's 'step' policy (used when ``lr_step_steps`` is None)."""
+    lr_step_steps: Optional[int] = None
+    """Step decay period in optimisation steps; replaces ``lr_step_epochs`` when set. A run bounded by
+    ``trainer.max_steps`` should decay by steps, so the schedule does not depend on the epoch length."""
     lr_gamma: float = 0.2
     weight_decay: float = 0.0
     identity_lr_scale: float = 1.0
@@ -160,8 +171,12 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_epochs: int = 20
+    """-1 = no epoch limit (then ``max_steps`` bounds the run)."""
     max_steps: int = -1
+    """Optimisation steps to train for (-1 = no step limit). A resumed run continues up to the same total."""
     max_time_minutes: Optional[float] = None
+    """Optional safety cap on the wall-clock time (None = off). A run that ends on it depends on the machine's
+    speed and load; bound runs by ``max_steps`` (or ``max_epochs``) so that they are reproducible."""
     accelerator: str = "auto"
     devices: Any = "auto"
     strategy: str = "auto"
@@ -309,6 +324,13 @@ def validate(config: ExperimentConfig) -> None:
     if config.data.sets.kind == "prepared" and not config.data.sets.root:
         raise ConfigError("data.sets.kind=prepared needs data.sets.root (a `face3d prepare` folder of photos "
                           "organised one subfolder per person)")
+    if config.network.init is not None and config.network.deep3d_checkpoint:
+        raise ConfigError("network.init and network.deep3d_checkpoint both say where R-Net starts: keep one")
+    tc = config.trainer
+    if tc.max_steps <= 0 and tc.max_epochs < 0 and not tc.max_time_minutes:
+        raise ConfigError("the run has no end: set trainer.max_steps (or trainer.max_epochs) to a positive number")
+    if config.optim.lr_step_steps is not None and config.optim.lr_step_steps < 1:
+        raise ConfigError(f"optim.lr_step_steps must be >= 1 or null, got {config.optim.lr_step_steps}")
     trainable = ("s1", "s2", "s4")
     bad = [s for s in config.cnet.strategies if s not in trainable]
     if bad:

@@ -73,7 +73,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int 
     from pytorch_lightning.loggers import CSVLogger
 
     from experiments.build import build_datamodule, build_face_model, build_rnet_module, resolve_precision
-    from lightning_modules.callbacks import FiniteLossGuard, OverlayImages
+    from lightning_modules.callbacks import FiniteLossGuard, OverlayImages, TrainingClock
 
     run_dir = run_dir_for(cfg)
     ckpt_dir = run_dir / "checkpoints"
@@ -125,8 +125,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int 
         gradient_clip_val=tc.gradient_clip_val,
         deterministic=tc.deterministic,
         logger=loggers,
-        callbacks=[FiniteLossGuard(tc.log_every_n_steps), best, latest, overlays,
-                   LearningRateMonitor(logging_interval="epoch"), TQDMProgressBar(refresh_rate=5),
+        callbacks=[FiniteLossGuard(tc.log_every_n_steps), TrainingClock(), best, latest, overlays,
+                   LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=5),
                    *extra_callbacks],
         fast_dev_run=fast_dev_run,
         enable_model_summary=False,

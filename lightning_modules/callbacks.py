@@ -1,7 +1,10 @@
-"""Training callbacks: a guard against non-finite losses and overlay images of predictions."""
+"""Training callbacks: a guard against non-finite losses, overlay images of predictions, and the clock and
+hardware record that a model card needs."""
 
 from __future__ import annotations
 
+import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +84,7 @@ class OverlayImages(pl.Callback):
     @staticmethod
     @torch.no_grad()
     def render_grid(pl_module: pl.LightningModule, batch: FaceBatch) -> np.ndarray:
-        prediction = pl_module(batch.images)
+        prediction = pl_module(batch.images, batch.landmarks)
         render = prediction.render
         overlay = composite(render.image, render.mask, batch.images)
         tiles = []
@@ -94,3 +97,54 @@ class OverlayImages(pl.Callback):
                                                                             0.35)[0]), target, TARGET_COLOUR),
                                         predicted))
         return image_grid(tiles, n_cols=6)
+
+
+TRAINING_RECORD_KEY = "face3d_training"
+"""Checkpoint entry written by `TrainingClock`."""
+
+
+def describe_hardware(accelerator: str, precision: str) -> str:
+    """One line naming where a run trained: the GPU, or the CPU model and torch's thread count."""
+    if accelerator in ("cuda", "gpu") and torch.cuda.is_available():
+        device = f"GPU {torch.cuda.get_device_name(0)}"
+    else:
+        cpu = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        device = f"CPU {cpu}, {torch.get_num_threads()} torch thread(s)"
+    return f"{device}, precision {precision}, torch {torch.__version__}"
+
+
+class TrainingClock(pl.Callback):
+    """Stores in every checkpoint (``checkpoint["face3d_training"]``) the training wall time summed over all
+    launches of a run (a resumed run continues the sum), the optimisation step, and the hardware of each launch,
+    so that an exported model card can say what the weights cost. Validation time counts too: it is part of
+    what a run takes."""
+
+    def __init__(self) -> None:
+        self._previous_seconds = 0.0
+        self._previous_hardware: list[str] = []
+        self._started: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        record = checkpoint.get(TRAINING_RECORD_KEY, {})
+        self._previous_seconds = float(record.get("wall_seconds", 0.0))
+        self._previous_hardware = list(record.get("hardware", []))
+
+    def record(self, trainer: pl.Trainer) -> dict:
+        elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
+        hardware = describe_hardware(trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
+                                     str(trainer.precision))
+        launches = self._previous_hardware + ([] if hardware in self._previous_hardware[-1:] else [hardware])
+        return {"wall_seconds": self._previous_seconds + elapsed, "step": trainer.global_step, "hardware": launches}
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[TRAINING_RECORD_KEY] = self.record(trainer)

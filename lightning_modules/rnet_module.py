@@ -22,7 +22,8 @@ from renderers.mesh_renderer import MeshRenderer, RenderOutput
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """Adam with step decay, as Deep3DFaceRecon ('step' policy).
+    """Adam with step decay, as Deep3DFaceRecon ('step' policy): the learning rate is multiplied by ``lr_gamma``
+    every ``lr_step_epochs`` epochs, or every ``lr_step_steps`` optimisation steps when that is set.
 
     identity_lr_scale: R-Net only: the identity head learns at ``lr * identity_lr_scale`` (1 = Deep3D). Identity is
                        the faintest signal in the weak loss; see `experiments.config.OptimConfig`.
@@ -33,6 +34,7 @@ class OptimSettings:
     lr_gamma: float = 0.2
     weight_decay: float = 0.0
     identity_lr_scale: float = 1.0
+    lr_step_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,12 @@ class RNetModule(pl.LightningModule):
     def face_model(self):
         return self.renderer.face_model
 
-    def forward(self, images: torch.Tensor) -> Prediction:
+    def forward(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> Prediction:
+        """(B, 3, S, S) crops in [0, 1] and their (B, 68, 2) landmarks in crop pixels (needed only by an R-Net
+        with landmark input) -> coefficients and their render."""
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        coeffs = self.rnet(images).coeffs
+        coeffs = self.rnet(images, landmarks).coeffs
         # Geometry, shading and rasterization stay in float32 under mixed precision: depth ordering and
         # barycentrics lose too much in half precision.
         coeffs = coeffs.to(torch.float32)
@@ -105,13 +109,13 @@ class RNetModule(pl.LightningModule):
                              target_landmarks=batch.landmarks, skin_attention=attention, coeffs=prediction.coeffs)
 
     def training_step(self, batch: FaceBatch, batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(batch, self(batch.images))
+        losses = self.compute_losses(batch, self(batch.images, batch.landmarks))
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=batch.batch_size)
         self.log("train/loss", losses["total"], prog_bar=True, batch_size=batch.batch_size, logger=False)
         return losses["total"]
 
     def _evaluate(self, batch: FaceBatch, stage: str) -> Prediction:
-        prediction = self(batch.images)
+        prediction = self(batch.images, batch.landmarks)
         losses = self.compute_losses(batch, prediction)
         self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=batch.batch_size, sync_dist=True)
         landmark_metric = getattr(self, f"{stage}_landmark_error")
@@ -147,9 +151,12 @@ class RNetModule(pl.LightningModule):
         if scaled:
             groups.append({"params": scaled, "lr": self.optim.lr * self.optim.identity_lr_scale})
         optimizer = torch.optim.Adam(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.optim.lr_step_epochs,
-                                                    gamma=self.optim.lr_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        by_steps = self.optim.lr_step_steps is not None
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=self.optim.lr_step_steps if by_steps else self.optim.lr_step_epochs,
+            gamma=self.optim.lr_gamma)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step" if by_steps else "epoch"}}
 
     def transfer_batch_to_device(self, batch: FaceBatch, device: torch.device, dataloader_idx: int) -> FaceBatch:
         return batch.to(device, non_blocking=True)

@@ -13,6 +13,11 @@ normalised input.
 Backbones: torchvision-layout ResNets (the paper's ResNet-50; 18/34 for small runs), or ``"sface"``, the
 face-pretrained SFace trunk (`networks.sface_backbone`) that the CPU default fine-tunes because no
 ImageNet weights can be downloaded here. Deep3D checkpoints need ``resnet50``.
+
+Landmark input (``landmark_input=True``, off in the paper): the heads also read the crop's 68 detected
+landmarks, normalised by `landmark_features`. Preprocessing always has them (they place the crop), and
+their layout carries much of the face's shape, which a few thousand CPU steps do not teach a CNN to see.
+The features join the pooled image features, optionally through a small MLP (``landmark_hidden``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,30 @@ class RNetOutput:
     coeffs: Coefficients
     flat: torch.Tensor
     features: ResNetFeatures
+
+
+N_LANDMARKS = 68
+LANDMARK_FEATURES = 2 * N_LANDMARKS + 3
+"""Size of `landmark_features`: the normalised 68 points, their centroid and their log scale."""
+
+
+def landmark_features(landmarks: torch.Tensor, image_size: int) -> torch.Tensor:
+    """(B, 68, 2) landmarks in crop pixels -> (B, 139) features that separate shape from placement.
+
+    The first 136 entries are the points centred on their centroid and divided by their RMS distance from it
+    (translation- and scale-free: the face's shape under its pose and expression); then the centroid relative
+    to the crop's centre, in crop sides (2), and the log of the RMS distance in crop sides (1), which tell the
+    pose and translation heads where the face sits. Every entry is of order one.
+    """
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (N_LANDMARKS, 2):
+        raise ValueError(f"expected landmarks of shape (B, {N_LANDMARKS}, 2) in crop pixels, got {tuple(landmarks.shape)}")
+    landmarks = landmarks.float()
+    centroid = landmarks.mean(dim=1, keepdim=True)
+    centred = landmarks - centroid
+    radius = centred.square().sum(-1).mean(-1).sqrt().clamp_min(1e-3)
+    shape = (centred / radius[:, None, None]).flatten(1)
+    placement = centroid[:, 0] / image_size - 0.5
+    return torch.cat([shape, placement, torch.log(radius / image_size)[:, None]], dim=1)
 
 
 HEAD_GROUPS = ("identity", "expression", "albedo", "angles", "lighting", "translation_xy", "translation_z")
@@ -76,6 +105,10 @@ class RNet(nn.Module):
             Deep3D also ships a ResNet-18 option).
         frozen_layers: ``"sface"`` only: leading trunk layers kept fixed (see `SFaceBackbone`).
         pooled_grid: ``"sface"`` only: the heads read the final map averaged over this grid (see `SFaceBackbone`).
+        landmark_input: the heads also read the crop's 68 landmarks (`landmark_features`); ``forward`` then
+            needs them.
+        landmark_hidden: with ``landmark_input``, width of a two-layer MLP (ReLU) applied to the landmark features
+            before they join the image features; 0 = the features themselves.
 
     Input: (B, 3, H, W) RGB in [0, 1], not ImageNet-normalised (see the module docstring). Deep3D uses
     224x224 aligned crops; other sizes run too, since the heads see globally pooled features.
@@ -84,8 +117,11 @@ class RNet(nn.Module):
     `load_pretrained_backbone` (what `experiments.build.build_rnet` does), checkpoints with ``load_state_dict``.
     """
 
-    def __init__(self, layout: CoeffLayout, backbone: str = "resnet50", frozen_layers: int = 0, pooled_grid: int = 2):
+    def __init__(self, layout: CoeffLayout, backbone: str = "resnet50", frozen_layers: int = 0, pooled_grid: int = 2,
+                 landmark_input: bool = False, landmark_hidden: int = 0):
         super().__init__()
+        if landmark_hidden < 0:
+            raise ValueError(f"landmark_hidden must be >= 0, got {landmark_hidden}")
         if backbone not in BACKBONES:
             raise ValueError(f"unknown R-Net backbone {backbone!r}; choose one of {list(BACKBONES)}")
         self.layout = layout
@@ -100,6 +136,13 @@ class RNet(nn.Module):
                                  "network.frozen_layers=0")
             self.backbone = build_resnet(backbone, num_classes=None)
         channels = self.backbone.out_channels
+        self.landmark_input = landmark_input
+        self.landmark_net: nn.Module | None = None
+        if landmark_input:
+            if landmark_hidden:
+                self.landmark_net = nn.Sequential(nn.Linear(LANDMARK_FEATURES, landmark_hidden), nn.ReLU(inplace=True),
+                                                  nn.Linear(landmark_hidden, landmark_hidden), nn.ReLU(inplace=True))
+            channels += landmark_hidden or LANDMARK_FEATURES
         self.final_layers = nn.ModuleList(
             nn.Conv2d(channels, size, kernel_size=1, bias=True) for size in head_sizes(layout)
         )
@@ -116,12 +159,23 @@ class RNet(nn.Module):
         names = [name for name, _ in _head_groups(self.layout)]
         return self.final_layers[names.index(group)] if group in names else None
 
-    def forward(self, images: torch.Tensor) -> RNetOutput:
-        """(B, 3, H, W) RGB in [0, 1] -> coefficients, their flat vector and the backbone features."""
+    def forward(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> RNetOutput:
+        """(B, 3, H, W) RGB in [0, 1] (and, with ``landmark_input``, the (B, 68, 2) landmarks in crop pixels) ->
+        coefficients, their flat vector and the backbone features. Without ``landmark_input`` the landmarks are
+        ignored, so callers may always pass them."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"R-Net expects RGB images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         features = self.backbone.forward_features(images)
-        pooled = features.pooled[:, :, None, None]
+        pooled = features.pooled
+        if self.landmark_input:
+            if landmarks is None:
+                raise ValueError("this R-Net reads the crop's 68 landmarks (network.landmark_input=true): pass them "
+                                 "as (B, 68, 2) crop pixels next to the images")
+            extra = landmark_features(landmarks.to(images.device), images.shape[-1]).to(pooled.dtype)
+            if self.landmark_net is not None:
+                extra = self.landmark_net(extra)
+            pooled = torch.cat([pooled, extra.to(pooled.dtype)], dim=1)
+        pooled = pooled[:, :, None, None]
         flat = torch.cat([layer(pooled) for layer in self.final_layers], dim=1).flatten(1)
         return RNetOutput(coeffs=self.layout.split(flat), flat=flat, features=features)
 

@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "upload).",
     )
     p.add_argument("--ckpt", type=Path, default=None, metavar="PATH",
-                   help="R-Net checkpoint of `face3d train` (default: the latest `make train-single` checkpoint, "
-                        "outputs/train-single/checkpoints/best-*.ckpt, else last.ckpt)")
+                   help="R-Net checkpoint of `face3d train`, a `face3d export-weights` folder, or `bundled` (the "
+                        "R-Net in networks/weights/). Default: the latest `make train-single` checkpoint "
+                        "(outputs/train-single/checkpoints/best-*.ckpt, else last.ckpt), else the bundled R-Net")
     p.add_argument("--cnet-ckpt", type=Path, default=None, metavar="PATH",
                    help="C-Net checkpoint of `face3d train-aggregate` for the S4 row (default: the latest "
                         "outputs/train-aggregate/s4 checkpoint; the row is skipped with a note without one)")
@@ -132,11 +133,23 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < (1 if name == "identities" else 0):
             raise ValueError(f"--{name.replace('_', '-')} must be >= {1 if name == 'identities' else 0}, "
                              f"got {getattr(args, name)}")
+    from experiments.build import BUNDLED
+    from networks.bundled_weights import BUNDLED_DIR, WEIGHTS_NAME
+
     default_rnet, default_cnet = default_checkpoints(args.outputs_dir)
-    checkpoint = args.ckpt or default_rnet
+    bundled = BUNDLED_DIR / WEIGHTS_NAME
+    # A user's own train-single run is what they want scored; a fresh clone scores the R-Net that ships with it.
+    checkpoint = bundled if str(args.ckpt) == BUNDLED else args.ckpt or default_rnet or (bundled if bundled.is_file()
+                                                                                          else None)
     if checkpoint is None:
-        raise FileNotFoundError(f"no R-Net checkpoint under {args.outputs_dir / 'train-single' / 'checkpoints'}: run "
-                                "`make train-single` first, or pass --ckpt PATH (a checkpoint written by `face3d train`)")
+        raise FileNotFoundError(f"no R-Net checkpoint under {args.outputs_dir / 'train-single' / 'checkpoints'} and no "
+                                f"bundled R-Net ({bundled}): run `make train-single` first, or pass --ckpt PATH (a "
+                                "checkpoint written by `face3d train`)")
+    if Path(checkpoint).is_dir():
+        checkpoint = Path(checkpoint) / WEIGHTS_NAME
+    if args.ckpt is None:
+        print(f"scoring {checkpoint}" + (" (the bundled R-Net: no `make train-single` checkpoint under "
+                                         f"{args.outputs_dir})" if checkpoint == bundled else ""), flush=True)
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"R-Net checkpoint {checkpoint} not found; pass a checkpoint written by `face3d "
                                 "train` (outputs/<run>/checkpoints/*.ckpt), or leave --ckpt out for the latest "

@@ -1,5 +1,5 @@
-"""``face3d reconstruct``: photos -> 3D faces, with a trained R-Net (``--ckpt``), an exported one run by
-onnxruntime (``--onnx``) or by fitting (``--fit``)."""
+"""``face3d reconstruct``: photos -> 3D faces, with the bundled R-Net (the default), a trained R-Net (``--ckpt``),
+an exported one run by onnxruntime (``--onnx``) or by fitting (``--fit``)."""
 
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ Meshes are in millimetres (--units mm, default) or the models' decimetres (--uni
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reconstruct",
-        help="reconstruct 3D faces from photos (trained R-Net checkpoint or ONNX export, or fitting without a network)",
+        help="reconstruct 3D faces from photos (the bundled R-Net, a trained checkpoint or ONNX export, or fitting)",
         description=(
             "Detect the largest face in every image, align it to the face model's crop, predict its\n"
-            "coefficients with a trained R-Net (--ckpt, or --onnx for one exported by `face3d export-onnx`)\n"
-            "or fit them to the photo with the hybrid loss (--fit), and write meshes, texture, coefficients,\n"
-            "landmarks, pose and an overlay per image.\n"
+            "coefficients with the R-Net that ships in networks/weights/ (the default), a trained R-Net\n"
+            "(--ckpt, or --onnx for one exported by `face3d export-onnx`) or fit them to the photo with the\n"
+            "hybrid loss (--fit), and write meshes, texture, coefficients, landmarks, pose and an overlay per image.\n"
             "Images without a usable face are reported and skipped; the run goes on."
         ),
         epilog=EPILOG,
@@ -54,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "averaging with --ckpt; same as `face3d reconstruct-set`")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--ckpt", type=Path, default=None, metavar="CKPT",
-                        help="R-Net checkpoint written by `face3d train` (its config sets face model and crop size)")
+                        help="R-Net checkpoint written by `face3d train`, or a `face3d export-weights` folder (its "
+                             "config sets face model and crop size); default: the bundled R-Net (networks/weights/, "
+                             "see its MODEL_CARD.md)")
     parser.add_argument("--onnx", type=Path, default=None, metavar="MODEL",
                         help="R-Net exported by `face3d export-onnx`, run with onnxruntime on the CPU (its metadata "
                              "sets face model and crop size; a BFM network also needs --bfm-path)")
@@ -110,10 +112,10 @@ def run_set(args: argparse.Namespace) -> int:
 
 def check_predictor_args(args: argparse.Namespace) -> None:
     """Reject argument combinations that have no meaning, naming the fix."""
-    if (args.ckpt is not None) + (args.onnx is not None) + bool(args.fit) != 1:
-        raise ValueError("choose exactly one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), "
-                         "--onnx MODEL (one exported by `face3d export-onnx`) or --fit (fit each photo with the "
-                         "hybrid loss, no network)")
+    if (args.ckpt is not None) + (args.onnx is not None) + bool(args.fit) > 1:
+        raise ValueError("choose one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), --onnx MODEL (one "
+                         "exported by `face3d export-onnx`), --fit (fit each photo with the hybrid loss, no network), "
+                         "or none of them for the bundled R-Net")
     if args.onnx is not None:
         given = [name for name, value in (("--face-model", args.face_model), ("--iterations", args.iterations),
                                           ("--crop-size", args.crop_size)) if value is not None]
@@ -122,13 +124,13 @@ def check_predictor_args(args: argparse.Namespace) -> None:
                              "crop size (drop them, or use --fit)")
         if args.device != "cpu":
             raise ValueError("--onnx runs on onnxruntime's CPU provider; drop --device cuda (or use --ckpt on the GPU)")
-    if args.ckpt is not None:
+    elif not args.fit:
         given = [name for name, value in (("--face-model", args.face_model), ("--bfm-path", args.bfm_path),
                                           ("--iterations", args.iterations), ("--crop-size", args.crop_size))
                  if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply to --fit; a checkpoint brings its own face model and "
-                             "crop size (drop them, or use --fit)")
+            raise ValueError(f"{', '.join(given)} only apply to --fit; an R-Net (--ckpt or the bundled one) brings "
+                             "its own face model and crop size (drop them, or use --fit)")
     if args.iterations is not None and args.iterations < 0:
         raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
     if args.crop_size is not None and args.crop_size < 32:
@@ -141,12 +143,14 @@ def build_predictor(args: argparse.Namespace):
     """The `reconstruction.pipeline` predictor the arguments ask for."""
     from reconstruction.pipeline import FittingPredictor, RNetPredictor
 
-    if args.ckpt is not None:
-        return RNetPredictor.from_checkpoint(args.ckpt, device=args.device)
     if args.onnx is not None:
         from reconstruction.onnx_predictor import OnnxRNetPredictor
 
         return OnnxRNetPredictor(args.onnx, face_model_path=args.bfm_path, threads=args.threads)
+    if not args.fit:
+        from experiments.build import BUNDLED
+
+        return RNetPredictor.from_checkpoint(args.ckpt if args.ckpt is not None else BUNDLED, device=args.device)
     from face_model import load_face_model
     from reconstruction.fit import FitSettings
 

@@ -286,8 +286,12 @@ def test_speed_rows_name_the_device_and_report_positive_rates(checkpoints):
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def test_without_a_checkpoint_the_command_says_to_train_one(checkpoints, tmp_path, capsys):
+def test_without_a_checkpoint_the_command_says_to_train_one(checkpoints, tmp_path, capsys, monkeypatch):
+    import networks.bundled_weights
+
     assert "benchmark" in cli.COMMANDS
+    # No bundled R-Net either (a checkout that ships one would score it instead).
+    monkeypatch.setattr(networks.bundled_weights, "BUNDLED_DIR", tmp_path / "no-weights")
     code = cli.main(["benchmark", "--outputs-dir", str(tmp_path / "outputs"), "--no-wandb"])
     err = capsys.readouterr().err
     assert code == 2 and "make train-single" in err and "--ckpt" in err and len(err.strip().splitlines()) == 1

@@ -61,3 +61,23 @@ def test_overrides_apply_last_and_round_trip_through_yaml():
 def test_missing_config_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="no_perceptual"):
         resolve_config_path("nonexistent")
+
+
+def test_the_default_is_bounded_by_steps_with_a_step_schedule_and_no_wall_clock_limit():
+    cfg = load_config(["default"])
+    assert cfg.trainer.max_steps > 0 and cfg.trainer.max_epochs == -1 and cfg.trainer.max_time_minutes is None
+    assert 0 < cfg.optim.lr_step_steps < cfg.trainer.max_steps
+    steps_per_epoch = cfg.data.synthetic.n_train // cfg.data.batch_size
+    assert cfg.trainer.max_steps % steps_per_epoch == 0, "the last steps would not be validated"
+    shipped = load_config(["shipped"])
+    assert shipped.trainer.max_steps > cfg.trainer.max_steps and shipped.trainer.max_time_minutes is None
+    assert shipped.trainer.max_steps % (shipped.data.synthetic.n_train // shipped.data.batch_size) == 0
+
+
+def test_a_run_without_an_end_and_contradicting_starts_are_refused():
+    with pytest.raises(ConfigError, match="set trainer.max_steps"):
+        load_config(overrides=["trainer.max_steps=-1", "trainer.max_epochs=-1"])
+    with pytest.raises(ConfigError, match="optim.lr_step_steps"):
+        load_config(overrides=["optim.lr_step_steps=0"])
+    with pytest.raises(ConfigError, match="network.init and network.deep3d_checkpoint"):
+        load_config(overrides=["network.init=bundled", "network.deep3d_checkpoint=x.pth"])

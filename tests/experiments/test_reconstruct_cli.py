@@ -140,9 +140,9 @@ def test_a_bad_checkpoint_is_one_clear_error_line(main, takeo, tmp_path, capsys,
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "exactly one"),
-    (["--fit", "--ckpt", "x.ckpt"], "exactly one"),
+    (["--fit", "--ckpt", "x.ckpt"], "choose one predictor"),
     (["--ckpt", "x.ckpt", "--iterations", "5"], "only apply to --fit"),
+    (["--crop-size", "96"], "only apply to --fit"),
     (["--fit", "--face-model", "bfm"], "BFM09"),
     (["--fit", "--threads", "0"], "--threads"),
 ])
@@ -171,3 +171,29 @@ def test_checkpoint_from_a_real_training_run(main, takeo, tmp_path, capsys):
                  str(result.last_checkpoint)]) == 0, capsys.readouterr().out
     (record,) = read_report(out)
     assert record["status"] == "ok" and (out / "takeo.ppm" / "mesh.obj").is_file()
+
+
+def test_without_ckpt_or_fit_the_bundled_rnet_reconstructs(main, tiny_checkpoint, takeo, tmp_path, capsys, monkeypatch):
+    """The default predictor is the R-Net in networks/weights/ (here a tiny one exported into a temporary folder)."""
+    import networks.bundled_weights as bw
+    from experiments.export_weights import export_weights
+
+    weights = tmp_path / "weights"
+    export_weights(tiny_checkpoint, weights, evaluate=False, log=lambda line: None)
+    monkeypatch.setattr(bw, "BUNDLED_DIR", weights.resolve())
+    out = tmp_path / "out"
+    code = main(["reconstruct", "--images", str(takeo), "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    (record,) = read_report(out)
+    assert record["status"] == "ok" and record["predictor"] == "rnet:bundled"
+    assert (out / "takeo.ppm" / "mesh.obj").is_file()
+
+
+def test_a_missing_or_damaged_bundled_rnet_is_one_line_naming_the_fix(main, takeo, tmp_path, capsys, monkeypatch):
+    import networks.bundled_weights as bw
+
+    monkeypatch.setattr(bw, "BUNDLED_DIR", (tmp_path / "weights").resolve())
+    assert main(["reconstruct", "--images", str(takeo), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bundled R-Net is missing" in err and "git checkout --" in err

@@ -55,11 +55,18 @@ def test_bf16_mixed_channels_last_trains_and_measures_shape_error_in_float32(tmp
 
 def test_resume_continues_where_the_run_stopped_and_refuses_to_overwrite(tmp_path):
     first = train(tiny_config(tmp_path, "trainer.max_steps=2", "trainer.max_epochs=5"))
+    first_clock = torch.load(first.last_checkpoint, weights_only=False)["face3d_training"]
     assert torch.load(first.last_checkpoint, weights_only=False)["global_step"] == 2
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_config(tmp_path, "trainer.max_steps=4", "trainer.max_epochs=5"))
     second = train(tiny_config(tmp_path, "trainer.max_steps=4", "trainer.max_epochs=5"), resume=True)
     assert torch.load(second.last_checkpoint, weights_only=False)["global_step"] == 4
+    # The training clock (for model cards) adds wall time over launches and names the hardware once per machine.
+    from lightning_modules.callbacks import TRAINING_RECORD_KEY
+
+    clock = [first_clock, torch.load(second.last_checkpoint, weights_only=False)[TRAINING_RECORD_KEY]]
+    assert clock[0]["step"] == 2 and clock[1]["step"] == 4 and 0 < clock[0]["wall_seconds"] < clock[1]["wall_seconds"]
+    assert len(clock[1]["hardware"]) == 1 and "CPU" in clock[1]["hardware"][0]
     assert "test/shape_error_mm" in second.test_metrics and "test/mean_face_error_mm" in second.test_metrics
 
     module, cfg = load_rnet_checkpoint(second.last_checkpoint)
@@ -159,3 +166,30 @@ def test_identity_lr_scale_gives_the_identity_head_its_own_learning_rate(tmp_pat
     assert lr_of[id(identity.weight)] == pytest.approx(2e-4 * scale)
     assert lr_of[id(module.rnet.head("expression").weight)] == pytest.approx(2e-4)
     assert len(optimizer.param_groups) == (1 if scale == 1.0 else 2)
+
+
+@pytest.mark.parametrize("by_steps", [False, True])
+def test_the_learning_rate_decays_by_steps_or_by_epochs(tmp_path, by_steps):
+    from experiments.build import build_rnet_module
+
+    extra = ["optim.lr_step_steps=3"] if by_steps else ["optim.lr_step_steps=null", "optim.lr_step_epochs=2"]
+    module = build_rnet_module(tiny_config(tmp_path, "optim.lr=1e-3", "optim.lr_gamma=0.5", *extra))
+    config = module.configure_optimizers()
+    scheduler = config["lr_scheduler"]
+    assert scheduler["interval"] == ("step" if by_steps else "epoch")
+    lrs = []
+    for _ in range(4):
+        lrs.append(config["optimizer"].param_groups[0]["lr"])
+        config["optimizer"].step()
+        scheduler["scheduler"].step()
+    expected = [1e-3, 1e-3, 1e-3, 5e-4] if by_steps else [1e-3, 1e-3, 5e-4, 5e-4]
+    assert lrs == pytest.approx(expected)
+
+
+def test_a_landmark_input_rnet_trains_and_reloads(tmp_path):
+    result = train(tiny_config(tmp_path, "network.landmark_input=true", "network.landmark_hidden=8",
+                               "trainer.max_steps=1"))
+    module, cfg = load_rnet_checkpoint(result.last_checkpoint)
+    assert cfg.network.landmark_input and module.rnet.landmark_net is not None
+    prediction = module(torch.rand(2, 3, 64, 64), torch.rand(2, 68, 2) * 64)
+    assert prediction.render.image.shape == (2, 3, 64, 64)

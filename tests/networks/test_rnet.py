@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,45 @@ def test_head_lookup_follows_the_layout() -> None:
     assert rnet.head("translation_z").out_channels == 1
     with pytest.raises(ValueError, match="unknown head 'shape'"):
         rnet.head("shape")
+
+
+def test_landmark_features_separate_shape_from_placement() -> None:
+    from networks.rnet import LANDMARK_FEATURES, landmark_features
+
+    points = torch.rand(2, 68, 2) * 40 + 10
+    features = landmark_features(points, 64)
+    assert features.shape == (2, LANDMARK_FEATURES)
+    # Independent reference in numpy: centre on the centroid, divide by the RMS distance to it.
+    p = points.double().numpy()
+    centred = p - p.mean(axis=1, keepdims=True)
+    rms = np.sqrt((centred ** 2).sum(-1).mean(-1))
+    np.testing.assert_allclose(features[:, :136].numpy(), (centred / rms[:, None, None]).reshape(2, -1), atol=1e-5)
+    np.testing.assert_allclose(features[:, 136:138].numpy(), p.mean(axis=1) / 64 - 0.5, atol=1e-6)
+    np.testing.assert_allclose(features[:, 138].numpy(), np.log(rms / 64), atol=1e-5)
+    # Moving and scaling the face about its centroid changes only the placement entries.
+    moved = (points - points.mean(1, keepdim=True)) * 1.7 + points.mean(1, keepdim=True) + torch.tensor([3.0, -5.0])
+    torch.testing.assert_close(landmark_features(moved, 64)[:, :136], features[:, :136], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"\(B, 68, 2\)"):
+        landmark_features(torch.rand(2, 5, 2), 64)
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_landmark_input_heads_read_the_landmarks(hidden: int) -> None:
+    rnet = RNet(SMALL, backbone="resnet18", landmark_input=True, landmark_hidden=hidden).train()
+    images, landmarks = torch.rand(2, 3, 64, 64), torch.rand(2, 68, 2) * 64
+    out = rnet(images, landmarks)
+    # Zero heads: still the mean face at the start.
+    assert torch.equal(out.flat, torch.zeros(2, SMALL.size))
+    assert rnet.head("identity").in_channels == 512 + (hidden or 139)
+    with torch.no_grad():
+        rnet.head("identity").weight.normal_(std=0.1)
+    a = rnet(images, landmarks).coeffs.identity
+    b = rnet(images, landmarks + torch.randn(2, 68, 2)).coeffs.identity
+    assert not torch.allclose(a, b)
+    a.sum().backward()
+    assert rnet.head("identity").weight.grad[:, 512:].abs().sum() > 0
+    with pytest.raises(ValueError, match="landmark_input=true"):
+        rnet(images)
+    # Without landmark input the landmarks are ignored, so callers may always pass them.
+    plain = RNet(SMALL, backbone="resnet18").eval()
+    torch.testing.assert_close(plain(images, landmarks).flat, plain(images).flat)
