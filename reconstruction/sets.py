@@ -179,6 +179,55 @@ def reconstruct_set(pictures: Sequence[SetPicture], rnet_module, cnet, out_dir: 
     return replace(result, files=files)
 
 
+def fit_set(pictures: Sequence[SetPicture], fitter, out_dir: str | Path, units: str = "mm", plots: bool = True,
+            overlay_size: int = OVERLAY_PANEL) -> SetReconstruction:
+    """Fit one identity and one albedo to all ``pictures`` (aligned crops of one person, e.g. the frames of a video),
+    each picture with its own pose, expression and lighting (`reconstruction.fit.fit_coefficients` with
+    ``shared=("identity", "albedo")``), and write the outputs of `reconstruct_set` (strategy "fit": every picture
+    weighs the same, there are no confidences).
+
+    Args:
+        pictures: the set (at least one picture with landmarks; names must be unique).
+        fitter: a `reconstruction.pipeline.FittingPredictor` (renderer at the crop size to fit at, objective and
+            settings).
+        units, plots, overlay_size: as `reconstruct_set`.
+    """
+    from preprocessing.skin import skin_posterior_torch
+    from reconstruction.fit import fit_coefficients
+
+    if not pictures:
+        raise ValueError("an image set needs at least one picture; none was given (no face found?)")
+    names = [p.name for p in pictures]
+    if len(set(names)) != len(names):
+        raise ValueError(f"picture names must be unique (they name the output files), got {names}")
+    missing = [p.name for p in pictures if p.landmarks is None]
+    if missing:
+        raise ValueError(f"fitting needs each picture's 68 detected landmarks; {missing} have none")
+    if units not in UNIT_SCALES:
+        raise ValueError(f"units must be one of {sorted(UNIT_SCALES)}, got {units!r}")
+    renderer = fitter.renderer
+    device = renderer.face_model.mean_shape.device
+    size = renderer.camera.image_size[0]
+    resized = [_resize(p, size) for p in pictures]
+    crops = np.stack([c for c, _ in resized])
+    images = torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()).float().div(255.0).to(device)
+    landmarks = torch.from_numpy(np.stack([lm for _, lm in resized])).float().to(device)
+    skin = skin_posterior_torch(images).unsqueeze(1)
+    fitted = fit_coefficients(images, landmarks, skin, renderer, fitter.loss, fitter.settings,
+                              shared=("identity", "albedo")).coeffs
+    n = len(pictures)
+    result = SetReconstruction(names=names, strategy="fit", identity=fitted.identity[0].cpu(),
+                               coeffs=fitted.detach().to("cpu"), confidence=None, share=torch.full((n,), 1.0 / n),
+                               detected_by=tuple(p.detected_by for p in pictures))
+    panel = max(int(overlay_size), size)
+    inputs = [p.overlay_input if p.overlay_input is not None and p.overlay_input.shape[:2] == (panel, panel) else c
+              for p, (c, _) in zip(pictures, resized)]
+    with torch.no_grad():
+        files = _write_outputs(Path(out_dir), result, fitted, list(crops), [lm for _, lm in resized], renderer,
+                               UNIT_SCALES[units], plots, inputs, panel)
+    return replace(result, files=files)
+
+
 def _write_outputs(out_dir: Path, result: SetReconstruction, shared: Coefficients, crops: list[np.ndarray],
                    landmarks: list[np.ndarray | None], renderer, scale: float, plots: bool,
                    overlay_inputs: list[np.ndarray], panel: int) -> dict[str, Path]:

@@ -88,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cnet-ckpt", type=Path, default=None, metavar="PATH",
                         help="--set: C-Net checkpoint of `face3d train-aggregate` (it holds its R-Net)")
     parser.add_argument("--strategy", choices=("s4", "s3", "s2", "s1", "mean"), default=None,
-                        help="--set: aggregation (default s4 with an element-wise C-Net, mean without one)")
+                        help="--set: aggregation (default s4 with an element-wise C-Net, mean without one); with --set --fit "
+                             "the pictures are fitted together with one identity and albedo instead")
     parser.set_defaults(func=run)
 
 
@@ -96,17 +97,27 @@ def run_set(args: argparse.Namespace) -> int:
     """``--set``: hand over to ``face3d reconstruct-set`` with the options that mean the same there."""
     from experiments.commands import reconstruct_set
 
-    unsupported = [name for name, value in (("--fit", args.fit), ("--onnx", args.onnx),
-                                            ("--face-model", args.face_model),
-                                            ("--bfm-path", args.bfm_path), ("--iterations", args.iterations),
-                                            ("--crop-size", args.crop_size)) if value]
-    if unsupported:
-        raise ValueError(f"{', '.join(unsupported)} do not apply to --set: a set is reconstructed with a trained "
-                         "R-Net (--ckpt) or C-Net (--cnet-ckpt), or the latest ones under outputs/")
+    if args.fit:
+        unsupported = [name for name, value in (("--ckpt", args.ckpt), ("--onnx", args.onnx),
+                                                ("--cnet-ckpt", args.cnet_ckpt), ("--strategy", args.strategy))
+                       if value]
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)} do not apply to --set --fit: the set is fitted with one shared "
+                             "identity and albedo, no network (drop them, or drop --fit)")
+        check_predictor_args(args)
+    else:
+        unsupported = [name for name, value in (("--onnx", args.onnx), ("--face-model", args.face_model),
+                                                ("--bfm-path", args.bfm_path), ("--iterations", args.iterations),
+                                                ("--crop-size", args.crop_size)) if value]
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)} do not apply to --set: a set is reconstructed with a trained "
+                             "R-Net (--ckpt) or C-Net (--cnet-ckpt), the latest ones under outputs/, or by fitting "
+                             "(--fit)")
     set_args = argparse.Namespace(
         source=args.set_source, out=args.out, cnet_ckpt=str(args.cnet_ckpt) if args.cnet_ckpt else None,
         rnet_ckpt=str(args.ckpt) if args.ckpt else None, strategy=args.strategy, every=10, max_frames=None,
-        detector=args.detector, units=args.units, outputs_dir="outputs")
+        detector=args.detector, units=args.units, outputs_dir="outputs",
+        fitter=build_predictor(args) if args.fit else None)
     return reconstruct_set.run(set_args)
 
 

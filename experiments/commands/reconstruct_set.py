@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 STRATEGY_CHOICES = ("s4", "s3", "s2", "s1", "mean")
@@ -72,19 +73,35 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports here, so `face3d --help` stays fast.
     from preprocessing.detect import make_detector
     from preprocessing.pipeline import PrepareConfig, resolve_template
-    from reconstruction.sets import align_pictures, frames_from_folder, frames_from_video, is_video, reconstruct_set
+    from reconstruction.sets import (align_pictures, fit_set, frames_from_folder, frames_from_video, is_video,
+                                     reconstruct_set)
 
     if args.every < 1:
         raise ValueError(f"--every must be >= 1, got {args.every}")
-    module, cnet, cfg, description = load_models(args.cnet_ckpt, args.rnet_ckpt, args.outputs_dir)
+    fitter = getattr(args, "fitter", None)
+    if fitter is None:
+        module, cnet, cfg, description = load_models(args.cnet_ckpt, args.rnet_ckpt, args.outputs_dir)
+        template_source = cfg.face_model.path if cfg.face_model.name == "bfm" else cfg.face_model.name
+        crop_size = 224
+    else:
+        face_model = fitter.renderer.face_model
+        template_source = None
+        crop_size = int(fitter.renderer.camera.image_size[0])
+        description = (f"fitting ({face_model.name} model, {crop_size}-pixel crops): one identity and albedo shared "
+                       "by every picture")
     print(f"model: {description}")
     if args.source.is_file() and is_video(args.source):
         sources = frames_from_video(args.source, args.every, args.max_frames)
     else:
         sources = frames_from_folder(args.source)
-    config = PrepareConfig(detector=args.detector, workers=0,
-                           template_source=cfg.face_model.path if cfg.face_model.name == "bfm" else cfg.face_model.name)
-    template = resolve_template(config.template_source, config.crop_size)
+    config = PrepareConfig(detector=args.detector, workers=0, crop_size=crop_size)
+    if fitter is None:
+        config = replace(config, template_source=template_source)
+        template = resolve_template(config.template_source, config.crop_size)
+    else:
+        from preprocessing.align import template_from_face_model
+
+        template = template_from_face_model(fitter.renderer.face_model, fitter.renderer.camera)
     aligned = align_pictures(sources, make_detector(args.detector, config.resolved_upsample), template, config)
     for name, reason in aligned.skipped:
         print(f"skipped {name}: {reason}")
@@ -93,11 +110,15 @@ def run(args: argparse.Namespace) -> int:
         print("faces found by " + ", ".join(f"{stage} {count}" for stage, count in sorted(stages.items())))
     if not aligned.pictures:
         raise ValueError(f"no face found in any picture of {args.source} ({len(aligned.skipped)} tried)")
-    result = reconstruct_set(aligned.pictures, module, cnet, args.out, strategy=args.strategy, units=args.units)
-    print(f"{len(aligned.pictures)} pictures aggregated with {result.strategy.upper()} "
-          f"({len(aligned.skipped)} skipped); share of each picture in the identity:")
-    for name, share in sorted(zip(result.names, result.share.tolist()), key=lambda item: -item[1]):
-        print(f"  {100 * share:5.1f}%  {name}")
+    if fitter is not None:
+        result = fit_set(aligned.pictures, fitter, args.out, units=args.units)
+        print(f"{len(aligned.pictures)} pictures fitted together with one identity ({len(aligned.skipped)} skipped)")
+    else:
+        result = reconstruct_set(aligned.pictures, module, cnet, args.out, strategy=args.strategy, units=args.units)
+        print(f"{len(aligned.pictures)} pictures aggregated with {result.strategy.upper()} "
+              f"({len(aligned.skipped)} skipped); share of each picture in the identity:")
+        for name, share in sorted(zip(result.names, result.share.tolist()), key=lambda item: -item[1]):
+            print(f"  {100 * share:5.1f}%  {name}")
     print(f"identity mesh: {result.files['identity_obj']}")
     print(f"confidences:   {result.files['confidences_csv']}" +
           (f" and {result.files['confidences_png']}" if "confidences_png" in result.files else ""))

@@ -189,9 +189,34 @@ def test_reconstruct_with_set_option_is_the_set_command(aggregate_run, main, tmp
     assert main(["reconstruct", "--set", str(folder), "--out", str(out), "--cnet-ckpt", str(checkpoint)]) == 0
     assert "2 pictures aggregated with S4" in capsys.readouterr().out
     assert (out / "identity.obj").is_file() and (out / "confidences.csv").is_file()
-    assert main(["reconstruct", "--set", str(folder), "--out", str(out), "--fit"]) == 2
-    assert "--fit do not apply to --set" in capsys.readouterr().err
+    assert main(["reconstruct", "--set", str(folder), "--out", str(out), "--fit", "--cnet-ckpt", str(checkpoint)]) == 2
+    assert "--cnet-ckpt do not apply to --set --fit" in capsys.readouterr().err
     assert main(["reconstruct", "--images", str(folder), "--out", str(out), "--cnet-ckpt", str(checkpoint)]) == 2
+
+
+def test_reconstruct_set_by_fitting_shares_one_identity(main, tmp_path, capsys):
+    """`reconstruct --set DIR --fit`: every picture gets its own pose and expression, one identity and albedo."""
+    folder = tmp_path / "person"
+    folder.mkdir()
+    for k, picture in enumerate(_takeo_variants()[:2]):
+        cv2.imwrite(str(folder / f"photo{k}.png"), picture)
+    out = tmp_path / "fitted"
+    assert main(["reconstruct", "--set", str(folder), "--out", str(out), "--fit", "--iterations", "2",
+                 "--crop-size", "64"]) == 0
+    assert "2 pictures fitted together with one identity" in capsys.readouterr().out
+    stored = np.load(out / "coefficients.npz")
+    assert str(stored["strategy"]) == "fit"
+    from face_model import load_face_model
+
+    layout = load_face_model("ict").layout
+    pictures = layout.split(torch.from_numpy(stored["pictures"]))
+    np.testing.assert_array_equal(pictures.identity[0].numpy(), pictures.identity[1].numpy())
+    np.testing.assert_array_equal(pictures.albedo[0].numpy(), pictures.albedo[1].numpy())
+    np.testing.assert_array_equal(stored["identity"], pictures.identity[0].numpy())
+    assert not np.array_equal(pictures.expression[0].numpy(), pictures.expression[1].numpy())
+    assert np.abs(stored["identity"]).max() > 0, "the fit moved the identity"
+    for name in ("identity.obj", "identity.glb", "confidences.csv", "pictures/photo0_overlay.png"):
+        assert (out / name).is_file(), name
 
 
 def _write_video(path, frames):
