@@ -138,6 +138,7 @@ class HybridLoss(nn.Module):
         skin_attention: torch.Tensor,
         coeffs: Coefficients,
         five_points: torch.Tensor | None = None,
+        landmark_scale: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Compute the enabled terms.
 
@@ -150,6 +151,8 @@ class HybridLoss(nn.Module):
             coeffs: the predicted coefficients.
             five_points: (B, 5, 2) alignment points for the perceptual term; default: derived from
                 ``target_landmarks`` (eye centres, nose tip, mouth corners).
+            landmark_scale: (B,) factor on each image's landmark term (how far its detected landmarks are
+                trusted, e.g. less at large yaw); default 1 for every image.
         """
         w = self.weights
         raw: dict[str, torch.Tensor] = {}
@@ -157,10 +160,14 @@ class HybridLoss(nn.Module):
             raw["photometric"] = photometric_loss(images, render.image, render.mask, skin_attention)
         if w.landmark:
             height, width = images.shape[-2:]
+            point_weights = self.landmark_point_weights
+            if landmark_scale is not None:
+                check_shape("landmark_scale", landmark_scale, (images.shape[0],))
+                point_weights = landmark_scale[:, None] * point_weights
             raw["landmark"] = landmark_loss(
                 render.landmarks,
                 target_landmarks,
-                self.landmark_point_weights,
+                point_weights,
                 image_size=float(height * width) ** 0.5,
                 reference_size=self.landmark_reference_size,
             )
