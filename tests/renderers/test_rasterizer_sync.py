@@ -1,0 +1,183 @@
+"""The sync-free rasterizer path (`rasterize(sync_free=True)`, the CUDA default) and the R-Net training step
+never wait for the device.
+
+On the CPU a host sync cannot be observed directly, so `HostSyncCounter` records every operation that would
+be one on CUDA: the aten ops that read a device value on the host (``_local_scalar_dense`` behind
+``.item()``/``int()``/``bool()``, ``nonzero`` and boolean-mask indexing, ``unique``, ``masked_select``,
+``repeat_interleave`` without ``output_size``), ``lift_fresh`` (``torch.tensor(data)``, a blocking
+host-to-device copy on CUDA), and the Python-level reads ``tolist``/``numpy``/``cpu`` that never reach the
+dispatcher on CPU tensors. The GPU tests check the same under ``torch.cuda.set_sync_debug_mode("error")``.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import traceback
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from renderers.rasterizer import interpolate, rasterize
+
+rasterize_module = importlib.import_module("renderers.rasterizer.rasterize")
+
+_SYNC_OPS = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique", "aten._unique",
+             "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.is_nonzero", "aten.equal",
+             "aten.lift_fresh", "aten.masked_scatter", "aten.nonzero_static_fallback"}
+_INDEX_OPS = {"aten.index", "aten.index_put", "aten.index_put_", "aten._index_put_impl_"}
+
+
+class HostSyncCounter(TorchDispatchMode):
+    """Counts the operations that synchronise with a CUDA device, keyed by (op, first line of ours that ran it)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__()
+        self.hits: collections.Counter = collections.Counter()
+        for method in ("tolist", "numpy", "cpu"):
+            monkeypatch.setattr(torch.Tensor, method, self._wrap(method, getattr(torch.Tensor, method)))
+
+    def _record(self, name: str) -> None:
+        ours = [f for f in traceback.extract_stack()[:-2] if "/tests/" not in f.filename and "torch/" not in f.filename]
+        where = f"{ours[-1].filename.rsplit('/', 2)[-1]}:{ours[-1].lineno}" if ours else "?"
+        self.hits[(name, where)] += 1
+
+    def _wrap(self, name, method):
+        def wrapped(tensor, *args, **kwargs):
+            self._record(f"Tensor.{name}")
+            return method(tensor, *args, **kwargs)
+        return wrapped
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func.overloadpacket)
+        syncs = name in _SYNC_OPS
+        if name in _INDEX_OPS:
+            syncs = any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1])
+        if name == "aten.repeat_interleave" and kwargs.get("output_size") is None and len(args) < 3:
+            syncs = True
+        if syncs:
+            self._record(name)
+        return func(*args, **kwargs)
+
+
+def _soup(batch=2, n_faces=40, size=48, seed=0):
+    """Random triangles of every size up to the whole image (many boxes past the 4-pixel grid), overlapping
+    in depth, some behind the near plane."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.rand(batch, n_faces, 1, 2, generator=gen) * size
+    spread = torch.rand(batch, n_faces, 1, 1, generator=gen) ** 3 * size
+    xy = centres + (torch.rand(batch, n_faces, 3, 2, generator=gen) - 0.5) * spread
+    z = 1 + torch.rand(batch, n_faces, 3, 1, generator=gen)
+    z[:, :3] -= 1.5  # a few faces reach behind the camera plane
+    screen = torch.cat([xy, z], dim=-1).reshape(batch, 3 * n_faces, 3).double()
+    faces = torch.arange(3 * n_faces).view(n_faces, 3)
+    return screen, faces
+
+
+def _render(screen, faces, size, **kwargs):
+    screen = screen.detach().requires_grad_(True)
+    colors = torch.linspace(0, 1, screen.shape[1] * 3, dtype=screen.dtype).view(1, -1, 3).expand(screen.shape[0], -1, -1)
+    colors = colors.detach().clone().requires_grad_(True)
+    fragments = rasterize(screen, faces, (size, size + 5), **kwargs)
+    image = interpolate(colors, faces, fragments)
+    (image.square().sum() + fragments.depth.sum()).backward()
+    return fragments, image.detach(), screen.grad, colors.grad
+
+
+def test_the_sync_free_path_is_bit_identical_to_the_data_sized_one():
+    screen, faces = _soup()
+    exact = _render(screen, faces, 48, sync_free=False)
+    fixed = _render(screen, faces, 48, sync_free=True)
+    assert exact[0].dropped_pairs is None and int(fixed[0].dropped_pairs) == 0
+    assert (exact[0].pix_to_face >= 0).float().mean() > 0.15
+    for name in ("pix_to_face", "bary", "depth"):
+        assert torch.equal(getattr(exact[0], name), getattr(fixed[0], name)), name
+    for a, b in zip(exact[1:], fixed[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_pair_budget_counts_what_it_could_not_draw():
+    screen, faces = _soup(seed=1)
+    exact = rasterize(screen, faces, (48, 53), sync_free=False).pix_to_face
+    total = int(rasterize(screen, faces, (48, 53), sync_free=True, pair_budget=0).dropped_pairs)
+    assert total > 1000, "the soup must have boxes past the 4-pixel grid"
+    enough = rasterize(screen, faces, (48, 53), sync_free=True, pair_budget=total, max_pairs=777)
+    assert int(enough.dropped_pairs) == 0 and torch.equal(enough.pix_to_face, exact)
+    short = rasterize(screen, faces, (48, 53), sync_free=True, pair_budget=total - 5, max_pairs=777)
+    assert int(short.dropped_pairs) == 5
+    with pytest.raises(ValueError, match="pair_budget"):
+        rasterize(screen, faces, (48, 53), sync_free=True, pair_budget=-1)
+
+
+def test_a_remembered_face_list_is_checked_again_once_modified():
+    screen, faces = _soup(n_faces=4)
+    rasterize(screen, faces, (8, 8), sync_free=True)
+    faces[0, 0] = 99
+    with pytest.raises(ValueError, match="faces index vertices"):
+        rasterize(screen, faces, (8, 8), sync_free=True)
+
+
+def test_rasterizing_forward_and_backward_has_no_host_sync(monkeypatch):
+    screen, faces = _soup()
+    _render(screen, faces, 48, sync_free=True)  # the face list's index range is checked once, here
+    with HostSyncCounter(monkeypatch) as counter:
+        _render(screen, faces, 48, sync_free=True)
+    assert not counter.hits, dict(counter.hits)
+    with HostSyncCounter(monkeypatch) as counter:  # the counter sees the data-sized path's syncs
+        _render(screen, faces, 48, sync_free=False)
+    assert {name for name, _ in counter.hits} >= {"aten.nonzero", "Tensor.tolist"}, dict(counter.hits)
+
+
+def _smoke_module_and_batch(tmp_path, *overrides):
+    from datamodules.batch import FaceBatch
+    from experiments.build import build_rnet_module
+    from experiments.config import load_config
+
+    cfg = load_config(["default", "smoke"], [f"logging.output_dir={tmp_path}", "renderer.backend=torch", *overrides])
+    module = build_rnet_module(cfg)
+    size, batch = cfg.renderer.image_size, cfg.data.batch_size
+    gen = torch.Generator().manual_seed(0)
+    # Targets at the mean face's landmarks, so the landmark term is of the usual size.
+    landmarks = module.renderer.project_landmarks(module.rnet.layout.zeros(batch)).detach()
+    faces = FaceBatch(images=torch.rand(batch, 3, size, size, generator=gen), landmarks=landmarks,
+                      skin=torch.rand(batch, 1, size, size, generator=gen), index=torch.arange(batch))
+    return module, faces
+
+
+def test_one_training_step_has_no_host_sync(tmp_path, monkeypatch):
+    """The CUDA training step's path (`sync_free` is what CUDA tensors get), run on the CPU."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(rasterize_module, "_sync_free_by_default", lambda screen_vertices: True)
+    module, batch = _smoke_module_and_batch(tmp_path)
+    module.training_step(batch, 0).backward()  # warm-up: the face list's range check
+    with HostSyncCounter(monkeypatch) as counter:
+        loss = module.training_step(batch, 1)
+        loss.backward()
+    assert not counter.hits, dict(counter.hits)
+
+
+@pytest.mark.gpu
+def test_rasterizer_and_training_step_run_under_cuda_sync_debug_error(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from benchmarks.bench_renderer import DEFAULT_CAMERA, bfm_sized_mesh, posed_screen
+
+    vertices, faces = bfm_sized_mesh()
+    screen = posed_screen(vertices, 8, DEFAULT_CAMERA.resized(224, 224)).cuda()
+    faces = faces.cuda()
+    module, batch = _smoke_module_and_batch(tmp_path, "renderer.image_size=112")
+    module, batch = module.cuda(), batch.to("cuda")
+    _render(screen, faces, 224)
+    module.training_step(batch, 0).backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fragments = _render(screen, faces, 224)[0]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = module.training_step(batch, 1)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(fragments.dropped_pairs) == 0 and torch.isfinite(loss)
