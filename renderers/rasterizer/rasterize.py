@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -86,8 +87,25 @@ def rasterize(
 
 
 def _sync_free_by_default(screen_vertices: torch.Tensor) -> bool:
-    """What ``sync_free=None`` means: the sync-free path where syncs stall the device (CUDA)."""
-    return screen_vertices.is_cuda
+    """What ``sync_free=None`` means: the sync-free path where syncs stall the device (CUDA), or everywhere
+    inside `sync_free_everywhere`."""
+    return _SYNC_FREE_EVERYWHERE[0] or screen_vertices.is_cuda
+
+
+_SYNC_FREE_EVERYWHERE = [False]
+
+
+@contextlib.contextmanager
+def sync_free_everywhere():
+    """Within this block ``rasterize(sync_free=None)`` takes the sync-free path on every device, so that the
+    CUDA training path (which reaches `rasterize` through `MeshRenderer`) can be run and checked on a CPU.
+    Not thread-safe: it changes a module-wide default for the block's duration."""
+    previous = _SYNC_FREE_EVERYWHERE[0]
+    _SYNC_FREE_EVERYWHERE[0] = True
+    try:
+        yield
+    finally:
+        _SYNC_FREE_EVERYWHERE[0] = previous
 
 
 def interpolate(attributes: torch.Tensor, faces: torch.Tensor, fragments: Fragments) -> torch.Tensor:

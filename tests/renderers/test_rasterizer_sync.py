@@ -1,66 +1,22 @@
 """The sync-free rasterizer path (`rasterize(sync_free=True)`, the CUDA default) and the R-Net training step
 never wait for the device.
 
-On the CPU a host sync cannot be observed directly, so `HostSyncCounter` records every operation that would
-be one on CUDA: the aten ops that read a device value on the host (``_local_scalar_dense`` behind
-``.item()``/``int()``/``bool()``, ``nonzero`` and boolean-mask indexing, ``unique``, ``masked_select``,
-``repeat_interleave`` without ``output_size``), ``lift_fresh`` (``torch.tensor(data)``, a blocking
-host-to-device copy on CUDA), and the Python-level reads ``tolist``/``numpy``/``cpu`` that never reach the
-dispatcher on CPU tensors. The GPU tests check the same under ``torch.cuda.set_sync_debug_mode("error")``.
+On the CPU a host sync cannot be observed directly, so `benchmarks.device_check.HostSyncCounter` records every
+operation that would be one on CUDA (``.item()``, ``nonzero``, boolean masks, ``unique``, ``torch.tensor``
+copies, ``tolist``, ...). The GPU test checks the same under ``torch.cuda.set_sync_debug_mode("error")``.
 """
 
 from __future__ import annotations
 
-import collections
 import importlib
-import traceback
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.device_check import HostSyncCounter
 from renderers.rasterizer import interpolate, rasterize
 
 rasterize_module = importlib.import_module("renderers.rasterizer.rasterize")
-
-_SYNC_OPS = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique", "aten._unique",
-             "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.is_nonzero", "aten.equal",
-             "aten.lift_fresh", "aten.masked_scatter", "aten.nonzero_static_fallback"}
-_INDEX_OPS = {"aten.index", "aten.index_put", "aten.index_put_", "aten._index_put_impl_"}
-
-
-class HostSyncCounter(TorchDispatchMode):
-    """Counts the operations that synchronise with a CUDA device, keyed by (op, first line of ours that ran it)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        super().__init__()
-        self.hits: collections.Counter = collections.Counter()
-        for method in ("tolist", "numpy", "cpu"):
-            monkeypatch.setattr(torch.Tensor, method, self._wrap(method, getattr(torch.Tensor, method)))
-
-    def _record(self, name: str) -> None:
-        ours = [f for f in traceback.extract_stack()[:-2] if "/tests/" not in f.filename and "torch/" not in f.filename]
-        where = f"{'/'.join(ours[-1].filename.rsplit('/', 2)[-2:])}:{ours[-1].lineno}" if ours else "?"
-        self.hits[(name, where)] += 1
-
-    def _wrap(self, name, method):
-        def wrapped(tensor, *args, **kwargs):
-            self._record(f"Tensor.{name}")
-            return method(tensor, *args, **kwargs)
-        return wrapped
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = str(func.overloadpacket)
-        syncs = name in _SYNC_OPS
-        if name in _INDEX_OPS:
-            syncs = any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1])
-        if name == "aten.repeat_interleave" and kwargs.get("output_size") is None and len(args) < 3:
-            syncs = True
-        if syncs:
-            self._record(name)
-        return func(*args, **kwargs)
-
 
 def _soup(batch=2, n_faces=40, size=48, seed=0):
     """Random triangles of every size up to the whole image (many boxes past the 4-pixel grid), overlapping
@@ -119,13 +75,13 @@ def test_a_remembered_face_list_is_checked_again_once_modified():
         rasterize(screen, faces, (8, 8), sync_free=True)
 
 
-def test_rasterizing_forward_and_backward_has_no_host_sync(monkeypatch):
+def test_rasterizing_forward_and_backward_has_no_host_sync():
     screen, faces = _soup()
     _render(screen, faces, 48, sync_free=True)  # the face list's index range is checked once, here
-    with HostSyncCounter(monkeypatch) as counter:
+    with HostSyncCounter() as counter:
         _render(screen, faces, 48, sync_free=True)
     assert not counter.hits, dict(counter.hits)
-    with HostSyncCounter(monkeypatch) as counter:  # the counter sees the data-sized path's syncs
+    with HostSyncCounter() as counter:  # the counter sees the data-sized path's syncs
         _render(screen, faces, 48, sync_free=False)
     assert {name for name, _ in counter.hits} >= {"aten.nonzero", "Tensor.tolist"}, dict(counter.hits)
 
@@ -146,17 +102,20 @@ def _smoke_module_and_batch(tmp_path, *overrides):
     return module, faces
 
 
-def test_one_training_step_has_no_host_sync(tmp_path, monkeypatch):
+def test_one_training_step_has_no_host_sync(tmp_path):
     """The CUDA training step's path (`sync_free` is what CUDA tensors get), run on the CPU."""
     torch.manual_seed(0)
-    monkeypatch.setattr(rasterize_module, "_sync_free_by_default", lambda screen_vertices: True)
     # With the perceptual term (off in the smoke config): its alignment runs in the step too.
     module, batch = _smoke_module_and_batch(tmp_path, "loss.perceptual=0.2")
-    module.training_step(batch, 0).backward()  # warm-up: the face list's range check
-    with HostSyncCounter(monkeypatch) as counter:
-        loss = module.training_step(batch, 1)
-        loss.backward()
+    with rasterize_module.sync_free_everywhere():
+        module.training_step(batch, 0).backward()  # warm-up: the face list's range check
+        with HostSyncCounter() as counter:
+            loss = module.training_step(batch, 1)
+            loss.backward()
     assert not counter.hits, dict(counter.hits)
+    with HostSyncCounter() as counter:  # outside the block the CPU takes the data-sized path, which syncs
+        module.training_step(batch, 2)
+    assert ("aten.nonzero", "rasterizer/triangles.py:135") in counter.hits, dict(counter.hits)
 
 
 @pytest.mark.gpu
