@@ -13,7 +13,7 @@ Measures, on one device:
   ``torch.cuda.set_sync_debug_mode("error")``;
 * R-Net training images/s for the ``default`` and ``paper_ict`` configs: bf16 autocast, channels-last, Adam,
   synthetic batches already on the device (the step, not the data loading), a fixed number of steps after
-  warm-up.
+  warm-up, at the config's batch size and at 128.
 
 ``--quick`` shrinks everything (a 24 x 24 grid mesh, batch 2, 32 pixels; the smoke config's tiny R-Net) so the
 whole driver runs on a CPU in seconds; its numbers only show that the driver works. ``benchmarks/device_check.sh``
@@ -122,13 +122,15 @@ class CheckSettings:
     extra_configs: tuple[str, ...] = ()
     train_warmup: int = 10
     train_steps: int = 30
-    train_batch: int | None = None
+    train_batches: tuple[int | None, ...] = (None, 128)
+    """Batch sizes timed per config; None is the config's own (16 for default, 32 for paper_ict). The larger
+    one shows how far the per-step launch overhead, not the arithmetic, bounds small batches."""
     precision: str = "bf16"
 
     @staticmethod
     def quick() -> CheckSettings:
         return CheckSettings(raster_grid=24, raster_batch=2, raster_size=32, raster_warmup=1, raster_repeats=1,
-                             extra_configs=("smoke",), train_warmup=1, train_steps=1, train_batch=2)
+                             extra_configs=("smoke",), train_warmup=1, train_steps=1, train_batches=(2,))
 
 
 @dataclass
@@ -215,13 +217,13 @@ def rasterizer_check(settings: CheckSettings, device: torch.device) -> dict:
     }
 
 
-def _config(name: str, settings: CheckSettings):
+def _config(name: str, settings: CheckSettings, batch: int | None = None):
     from experiments.config import load_config
 
     overrides = ["renderer.backend=auto", "trainer.channels_last=true", "logging.wandb=false",
                  "data.kind=synthetic"]
-    if settings.train_batch is not None:
-        overrides.append(f"data.batch_size={settings.train_batch}")
+    if batch is not None:
+        overrides.append(f"data.batch_size={batch}")
     return load_config([name, *settings.extra_configs], overrides)
 
 
@@ -247,9 +249,10 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def training_check(name: str, settings: CheckSettings, device: torch.device) -> dict:
-    """images/s of R-Net training steps (forward, hybrid loss, backward, Adam) for config ``name``."""
-    cfg = _config(name, settings)
+def training_check(name: str, settings: CheckSettings, device: torch.device, batch_size: int | None = None) -> dict:
+    """images/s of R-Net training steps (forward, hybrid loss, backward, Adam) for config ``name`` at
+    ``batch_size`` (None: the config's)."""
+    cfg = _config(name, settings, batch_size)
     module, batch = _module_and_batch(cfg, device)
     optimizer = module.configure_optimizers()["optimizer"]
 
@@ -291,7 +294,7 @@ def sync_check(settings: CheckSettings, device: torch.device) -> dict:
     screen = posed_screen(vertices, 2, DEFAULT_CAMERA.resized(size, size)).to(device).requires_grad_(True)
     faces = faces.to(device)
     colors = torch.rand(2, vertices.shape[0], 3).to(device).requires_grad_(True)
-    cfg = _config(settings.configs[0], settings)
+    cfg = _config(settings.configs[0], settings, settings.train_batches[0])
     module, batch = _module_and_batch(cfg, device)
 
     def render():
@@ -327,8 +330,10 @@ def sync_check(settings: CheckSettings, device: torch.device) -> dict:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def run_check(settings: CheckSettings, device: torch.device, quick: bool, gpu_tests: str | None = None) -> Report:
-    """Every measurement; a failing section is recorded in ``errors`` and the rest still runs."""
+def run_check(settings: CheckSettings, device: torch.device, quick: bool, gpu_tests: str | None = None,
+              out: Path | None = None) -> Report:
+    """Every measurement; a failing section is recorded in ``errors`` and the rest still runs. With ``out`` the
+    report is rewritten there after each section, so a run stopped by a time limit keeps what it measured."""
     cuda = torch.version.cuda if device.type == "cuda" else None
     from benchmarks.speed import device_name
 
@@ -339,14 +344,18 @@ def run_check(settings: CheckSettings, device: torch.device, quick: bool, gpu_te
     sections = [("rasterizer", lambda: setattr(report, "rasterizer", rasterizer_check(settings, device))),
                 ("host syncs", lambda: setattr(report, "host_syncs", sync_check(settings, device)))]
     for name in settings.configs:
-        sections.append((f"training {name}", lambda name=name: report.training.append(
-            training_check(name, settings, device))))
+        for batch in settings.train_batches:
+            sections.append((f"training {name} batch {batch or 'of the config'}",
+                             lambda name=name, batch=batch: report.training.append(
+                                 training_check(name, settings, device, batch))))
     for title, section in sections:
         try:
             section()
         except Exception as error:  # noqa: BLE001 - one failing section must not lose the others' numbers
             report.errors.append(f"{title}: {type(error).__name__}: {error}")
             print(f"device check: {title} failed: {error}", file=sys.stderr)
+        if out is not None:
+            write_report(report, out)
     return report
 
 
@@ -372,7 +381,7 @@ def render_markdown(report: Report) -> str:
                  f"{'-' if raster is None else f'{raster:,.0f}'} | "
                  f"{_verdict(raster, RASTER_GOAL_FACES_PER_S, report.quick)} |")
     for row in report.training:
-        lines.append(f"| training `{row['config']}` >= {TRAIN_GOAL_IMAGES_PER_S:,} images/s | "
+        lines.append(f"| training `{row['config']}`, batch {row['batch']} >= {TRAIN_GOAL_IMAGES_PER_S:,} images/s | "
                      f"{row['images_per_s']:,.1f} | "
                      f"{_verdict(row['images_per_s'], TRAIN_GOAL_IMAGES_PER_S, report.quick)} |")
     if report.rasterizer:
@@ -434,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_tests = None
     if args.gpu_tests_log and args.gpu_tests_log.is_file():
         gpu_tests = "\n".join(args.gpu_tests_log.read_text(errors="replace").strip().splitlines()[-15:])
-    report = run_check(settings, torch.device(args.device), args.quick, gpu_tests)
+    report = run_check(settings, torch.device(args.device), args.quick, gpu_tests, args.out)
     md_path, json_path = write_report(report, args.out)
     print(render_markdown(report))
     print(f"report: {md_path} and {json_path}")

@@ -3,9 +3,9 @@
 #   benchmarks/device_check.sh [REPORT_DIR]        (default benchmarks/reports/device_check/)
 #
 # 1. creates a separate venv (.venv-cuda, so a CPU .venv is left alone) through the Makefile with a CUDA build of
-#    torch 2.13.0 (at most 4.5 minutes; skipped when the venv is already installed);
+#    torch 2.13.0 (at most 4 minutes; skipped when the venv is already installed);
 # 2. runs the `gpu`-marked tests (at most 1 minute);
-# 3. runs benchmarks/device_check.py (at most 2.5 minutes): rasterizer faces/s, host syncs, R-Net training
+# 3. runs benchmarks/device_check.py (at most 3 minutes): rasterizer faces/s, host syncs, R-Net training
 #    images/s for `default` and `paper_ict`, and writes device_check.md + device_check.json into REPORT_DIR.
 #
 # The torch build: TORCH_SPEC defaults to torch==2.13.0 from PyPI, whose Linux x86-64 wheel is a CUDA build that
@@ -26,8 +26,8 @@ mkdir -p "$OUT"
 start=$(date +%s)
 
 echo "== 1/3 venv $VENV with TORCH_SPEC='$TORCH_SPEC'"
-if ! timeout 270 make setup VENV="$VENV" TORCH_SPEC="$TORCH_SPEC" PYTHON="$PYTHON" >"$OUT/setup.log" 2>&1; then
-    echo "make setup failed or ran past 270 s; see $OUT/setup.log" >&2
+if ! timeout 240 make setup VENV="$VENV" TORCH_SPEC="$TORCH_SPEC" PYTHON="$PYTHON" >"$OUT/setup.log" 2>&1; then
+    echo "make setup failed or ran past 240 s; see $OUT/setup.log" >&2
     tail -n 20 "$OUT/setup.log" >&2
     exit 2
 fi
@@ -39,12 +39,12 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 echo "== 2/3 gpu-marked tests"
-timeout 60 "$VENV/bin/pytest" -q -m gpu -p no:cacheprovider tests/ >"$OUT/gpu_tests.log" 2>&1
+timeout 60 "$VENV/bin/pytest" -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests/ >"$OUT/gpu_tests.log" 2>&1
 tests_rc=$?
 tail -n 5 "$OUT/gpu_tests.log"
 
 echo "== 3/3 device check"
-timeout 150 "$PY" -m benchmarks.device_check --device cuda --out "$OUT" --gpu-tests-log "$OUT/gpu_tests.log"
+timeout 180 "$PY" -m benchmarks.device_check --device cuda --out "$OUT" --gpu-tests-log "$OUT/gpu_tests.log"
 check_rc=$?
 
 echo "== done in $(( $(date +%s) - start )) s: gpu tests exit $tests_rc, device check exit $check_rc; report in $OUT/"

@@ -42,16 +42,18 @@ def _render(screen, faces, size, **kwargs):
     return fragments, image.detach(), screen.grad, colors.grad
 
 
-def test_the_sync_free_path_is_bit_identical_to_the_data_sized_one():
+@pytest.mark.parametrize("dtype, cull_backfaces", [(torch.float64, False), (torch.float32, True)])
+def test_the_sync_free_path_is_bit_identical_to_the_data_sized_one(dtype, cull_backfaces):
     screen, faces = _soup()
-    exact = _render(screen, faces, 48, sync_free=False)
-    fixed = _render(screen, faces, 48, sync_free=True)
+    screen = screen.to(dtype)
+    exact = _render(screen, faces, 48, sync_free=False, cull_backfaces=cull_backfaces)
+    fixed = _render(screen, faces, 48, sync_free=True, cull_backfaces=cull_backfaces)
     assert exact[0].dropped_pairs is None and int(fixed[0].dropped_pairs) == 0
-    assert (exact[0].pix_to_face >= 0).float().mean() > 0.15
+    assert (exact[0].pix_to_face >= 0).float().mean() > 0.1
     for name in ("pix_to_face", "bary", "depth"):
         assert torch.equal(getattr(exact[0], name), getattr(fixed[0], name)), name
     for a, b in zip(exact[1:], fixed[1:]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6)
 
 
 def test_the_pair_budget_counts_what_it_could_not_draw():
