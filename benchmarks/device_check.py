@@ -389,7 +389,8 @@ def render_markdown(report: Report) -> str:
         lines += ["", "## Rasterizer", "",
                   f"{r['mesh']}, batch {r['batch']}, {r['image_size']}x{r['image_size']}, median of {r['repeats']} "
                   f"after {r['warmup']} warm-up runs; coverage {r['coverage']:.0%}.", "",
-                  "| forward ms | forward+backward ms | faces/s | images/s | dropped pairs |", "|---:|---:|---:|---:|---:|",
+                  "| forward ms | forward+backward ms | faces/s | images/s | dropped pairs |",
+                  "|---:|---:|---:|---:|---:|",
                   f"| {r['forward_ms']:.1f} | {r['forward_backward_ms']:.1f} | {r['faces_per_s']:,.0f} | "
                   f"{r['images_per_s']:,.1f} | {r['dropped_pairs']} |"]
     if report.host_syncs:

@@ -174,8 +174,11 @@ def _draw_fixed(
     ends = extra.cumsum(0)
     starts = ends - extra
     box_width = columns[18].nan_to_num(0).long().clamp_(min=1)
-    for lo in range(0, pair_budget, max_pairs):
-        pair = torch.arange(lo, min(lo + max_pairs, pair_budget), device=device)
+    # The whole budget is evaluated whether used or not, so on accelerators the chunks are as large as the
+    # blocks above (same memory) to keep the number of kernel launches down.
+    chunk = max_pairs if device.type == "cpu" else max(max_pairs, _GPU_BLOCK)
+    for lo in range(0, pair_budget, chunk):
+        pair = torch.arange(lo, min(lo + chunk, pair_budget), device=device)
         owner = torch.searchsorted(ends, pair, right=True)
         valid = owner < n
         owner.clamp_(max=n - 1)

@@ -34,8 +34,8 @@ def _soup(batch=2, n_faces=40, size=48, seed=0):
 
 def _render(screen, faces, size, **kwargs):
     screen = screen.detach().requires_grad_(True)
-    colors = torch.linspace(0, 1, screen.shape[1] * 3, dtype=screen.dtype).view(1, -1, 3).expand(screen.shape[0], -1, -1)
-    colors = colors.detach().clone().requires_grad_(True)
+    colors = torch.linspace(0, 1, screen.shape[1] * 3, dtype=screen.dtype).view(1, -1, 3)
+    colors = colors.expand(screen.shape[0], -1, -1).clone().requires_grad_(True)
     fragments = rasterize(screen, faces, (size, size + 5), **kwargs)
     image = interpolate(colors, faces, fragments)
     (image.square().sum() + fragments.depth.sum()).backward()
