@@ -53,8 +53,8 @@ class HostSyncCounter(TorchDispatchMode):
     Recorded, keyed by (operation, the last file:line outside torch and the tests that ran it): the aten ops that
     read device values on the host (``_local_scalar_dense`` behind ``.item()``, ``int()``, ``bool()``; ``nonzero``
     and boolean-mask indexing; ``unique``; ``masked_select``; ``repeat_interleave`` without ``output_size``),
-    ``lift_fresh`` (``torch.tensor(data)`` or a list index: a blocking host-to-device copy on CUDA), and the
-    Python-level reads ``Tensor.tolist``/``numpy``/``cpu``, which never reach the dispatcher for CPU tensors.
+    ``lift_fresh`` (``torch.tensor(data)`` or a list index: a blocking host-to-device copy on CUDA), blocking copies
+    between host and device (visible on CUDA runs), and the Python-level reads ``Tensor.tolist``/``numpy``/``cpu``, which never reach the dispatcher for CPU tensors.
     """
 
     def __init__(self) -> None:
@@ -97,6 +97,11 @@ class HostSyncCounter(TorchDispatchMode):
             syncs = any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1])
         if name == "aten.repeat_interleave" and kwargs.get("output_size") is None and len(args) < 3:
             syncs = True
+        if name in ("aten._to_copy", "aten.copy_") and not kwargs.get("non_blocking", False):
+            # A blocking copy between host and device (seen on CUDA runs; on a CPU run both sides are the host).
+            source = args[1] if name == "aten.copy_" else args[0]
+            target = args[0].device if name == "aten.copy_" else kwargs.get("device") or source.device
+            syncs = isinstance(source, torch.Tensor) and torch.device(target).type != source.device.type
         if syncs:
             self._record(name)
         return func(*args, **kwargs)

@@ -8,6 +8,7 @@ copies, ``tolist``, ...). The GPU test checks the same under ``torch.cuda.set_sy
 
 from __future__ import annotations
 
+import collections
 import importlib
 
 import pytest
@@ -17,6 +18,26 @@ from benchmarks.device_check import HostSyncCounter
 from renderers.rasterizer import interpolate, rasterize
 
 rasterize_module = importlib.import_module("renderers.rasterizer.rasterize")
+
+def test_the_counter_sees_each_kind_of_sync_and_nothing_else():
+    x = torch.tensor([1.0, -2.0, 3.0])
+    with HostSyncCounter() as counter:
+        x.sum().item()
+        bool(x[0] > 0)
+        x[x > 0]
+        x.nonzero()
+        torch.unique(x)
+        x.tolist()
+        torch.tensor([1.0])
+        torch.repeat_interleave(torch.tensor([1, 2]))
+        torch.where(x > 0, x, 0).index_select(0, torch.arange(2)).cumsum(0)
+        torch.repeat_interleave(torch.arange(2), torch.full((2,), 2), output_size=4)
+    ops = collections.Counter(op for op, _ in counter.hits.elements())
+    assert ops["aten._local_scalar_dense"] == 2 and ops["aten.lift_fresh"] == 2 and ops["Tensor.tolist"] == 1
+    assert ops["aten.index"] == 1 and ops["aten.nonzero"] == 1 and ops["aten.repeat_interleave"] == 1
+    assert {"aten.unique", "aten._unique2"} & set(ops), ops
+    assert sum(ops.values()) == 9, ops  # the where, index_select, cumsum and sized repeat_interleave: none
+
 
 def _soup(batch=2, n_faces=40, size=48, seed=0):
     """Random triangles of every size up to the whole image (many boxes past the 4-pixel grid), overlapping
