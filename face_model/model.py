@@ -19,7 +19,7 @@ from renderers.geometry import vertex_normals
 N_LANDMARKS = 68
 
 # iBUG 68-point indices used to form the 5 alignment points.
-LEFT_EYE_68 = tuple(range(36, 42))
+LEFT_EYE_68 = tuple(range(36, 42))  # consecutive, as `five_points_from_68` relies on
 RIGHT_EYE_68 = tuple(range(42, 48))
 NOSE_TIP_68 = 30
 MOUTH_CORNERS_68 = (48, 54)
@@ -39,10 +39,13 @@ class FaceMesh:
 
 def five_points_from_68(points: torch.Tensor) -> torch.Tensor:
     """(..., 68, D) landmarks -> (..., 5, D): eye centres, nose tip, mouth corners (image left first)."""
+    # Slices, not list indices: a list index becomes a host tensor copied to the device, a sync on CUDA
+    # in every training step with the perceptual loss. The eyes are consecutive points.
+    left, right = slice(LEFT_EYE_68[0], LEFT_EYE_68[-1] + 1), slice(RIGHT_EYE_68[0], RIGHT_EYE_68[-1] + 1)
     return torch.stack(
         [
-            points[..., list(LEFT_EYE_68), :].mean(-2),
-            points[..., list(RIGHT_EYE_68), :].mean(-2),
+            points[..., left, :].mean(-2),
+            points[..., right, :].mean(-2),
             points[..., NOSE_TIP_68, :],
             points[..., MOUTH_CORNERS_68[0], :],
             points[..., MOUTH_CORNERS_68[1], :],

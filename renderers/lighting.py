@@ -55,9 +55,9 @@ def lighting_to_rgb(lighting: torch.Tensor, ambient: float = DEFAULT_AMBIENT) ->
         gamma = lighting.reshape(batch, 3, SH_BANDS)
     else:
         raise ValueError(f"lighting must have 9 (monochrome) or 27 (RGB) coefficients, got {n}")
-    offset = torch.zeros(SH_BANDS, dtype=lighting.dtype, device=lighting.device)
-    offset[0] = ambient
-    return gamma + offset
+    # Adding the ambient term to band 0 alone: writing it into a zero offset (offset[0] = ambient) would
+    # copy a host scalar to the device, a sync on CUDA in every training step.
+    return torch.cat([gamma[..., :1] + ambient, gamma[..., 1:]], dim=-1)
 
 
 def irradiance(normals: torch.Tensor, lighting: torch.Tensor, ambient: float = DEFAULT_AMBIENT) -> torch.Tensor:

@@ -43,12 +43,16 @@ class Fragments:
     covered:     the covered pixels as `rasterize` found them, so that `interpolate` need not search
                  again; None for fragments made by hand. Ignored unless it was derived from these very
                  ``pix_to_face`` and ``bary`` tensors (see `covered_pixels`).
+    dropped_pairs: () long tensor from a sync-free rasterization: candidate (face, pixel) pairs past
+                 its budget that were not drawn, 0 when ``pix_to_face`` is exact; None otherwise.
+                 Reading it is a host sync, so check it outside the training step.
     """
 
     pix_to_face: torch.Tensor
     bary: torch.Tensor
     depth: torch.Tensor
     covered: CoveredPixels | None = field(default=None, repr=False, compare=False)
+    dropped_pairs: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def mask(self) -> torch.Tensor:

@@ -23,7 +23,8 @@ Pipeline, vectorised over (batch, face), in cache-sized blocks of faces on CPU:
    result is deterministic on every device.
 
 Host syncs (each sizes tensors that follow): one per block of faces, one for the size groups, and
-one per chunk of large boxes.
+one per chunk of large boxes. `visible_faces_sync_free` has none: it evaluates the first pixels of
+every box on a fixed grid and expands the rest of the larger boxes within a fixed budget of pairs.
 
 Watertightness: a pixel centre exactly on an edge shared by two faces must go to exactly one of them.
 Corners are sorted by vertex id (`sort_corners`), so both faces evaluate a shared edge from the same
@@ -52,6 +53,9 @@ _FACE_BITS = 32
 _FACE_MASK = (1 << _FACE_BITS) - 1
 _SLOT_GROUPS = 6
 """Boxes of up to 2^_SLOT_GROUPS pixels are evaluated slot by slot; larger ones pair by pair."""
+_FIXED_SLOTS = 4
+"""`visible_faces_sync_free` evaluates pixels 1 .. 3 of every box as a grid: the boxes of dense meshes
+at crop resolution rarely hold more, so few pairs remain for the budgeted expansion."""
 _CPU_BLOCK = 1 << 17
 """(batch x face) elements culled and tested per block on CPU: the ~40 arrays of a block stay in
 cache, which makes the memory-bound elementwise steps about 1.5x faster than one pass over all."""
@@ -90,6 +94,104 @@ def visible_faces(
             _draw(best, screen_vertices.detach(), faces, height, width, near, cull_backfaces, max_pairs)
     pix_to_face = torch.where(best != _EMPTY, best & _FACE_MASK, -1)
     return pix_to_face.view(batch, height, width)
+
+
+def visible_faces_sync_free(
+    screen_vertices: torch.Tensor,
+    faces: torch.Tensor,
+    image_size: tuple[int, int],
+    near: float,
+    cull_backfaces: bool,
+    max_pairs: int,
+    pair_budget: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`visible_faces` with a fixed schedule: every tensor's size follows from the input shapes, so
+    nothing waits for the device (no host sync; what a CUDA training step needs).
+
+    Instead of collecting the boxes with more pixels (whose number only the device knows), pixels
+    1 .. `_FIXED_SLOTS` - 1 of every box are evaluated as a (slot, face) grid, and the further pixels
+    of larger boxes are expanded into at most ``pair_budget`` (face, pixel) pairs, found by binary
+    search in the running total of their pixels. Candidates and depth keys are the same as
+    `visible_faces`', so the result is bit-identical to it unless the budget runs out.
+
+    Returns:
+        pix_to_face: (B, H, W) long, -1 on background.
+        dropped: () long, candidate pairs beyond the budget that were not drawn (0 when the result is
+            exact); read it outside the training step (reading it is a host sync).
+    """
+    height, width = image_size
+    batch, n_faces = screen_vertices.shape[0], faces.shape[0]
+    device = screen_vertices.device
+    best = torch.full((batch * height * width,), _EMPTY, dtype=torch.int64, device=device)
+    dropped = torch.zeros((), dtype=torch.int64, device=device)
+    if batch * n_faces > 0 and screen_vertices.shape[1] > 0:
+        with torch.no_grad():
+            dropped = _draw_fixed(best, screen_vertices.detach(), faces, height, width, near, cull_backfaces,
+                                  max_pairs, pair_budget)
+    pix_to_face = torch.where(best != _EMPTY, best & _FACE_MASK, -1)
+    return pix_to_face.view(batch, height, width), dropped
+
+
+def _draw_fixed(
+    best: torch.Tensor,
+    screen: torch.Tensor,
+    faces: torch.Tensor,
+    height: int,
+    width: int,
+    near: float,
+    cull_backfaces: bool,
+    max_pairs: int,
+    pair_budget: int,
+) -> torch.Tensor:
+    """`_draw` without host syncs (see `visible_faces_sync_free`); returns the () long dropped pairs."""
+    batch, n_faces = screen.shape[0], faces.shape[0]
+    device = screen.device
+    n = batch * n_faces
+    sorted_faces, flipped = sort_corners(faces)
+    tables = corner_tables(screen, 0.5)
+    block = max(1, (_CPU_BLOCK if device.type == "cpu" else _GPU_BLOCK) // batch)
+    # Per face, block after block (each block's faces in (batch, face) order): the 19 per-face values,
+    # the flat index of the box's first pixel, the face index and the pixels past the slot grid.
+    columns = screen.new_empty(19, n)
+    bases = torch.empty(n, dtype=torch.int64, device=device)
+    face_ids = torch.empty(n, dtype=torch.int64, device=device)
+    extra = torch.empty(n, dtype=torch.int64, device=device)
+    for lo in range(0, n_faces, block):
+        hi = min(lo + block, n_faces)
+        part = slice(batch * lo, batch * hi)
+        per_face, n_pixels, first_pixel = _first_pixels(
+            best, planar_corners(tables, sorted_faces[lo:hi], batch), flipped[lo:hi], lo, height, width,
+            near, cull_backfaces,
+        )
+        for row, values in zip(columns[:, part], per_face):
+            row.copy_(values.reshape(-1))
+        bases[part] = first_pixel.reshape(-1)
+        face_ids[part] = torch.arange(lo, hi, device=device).repeat(batch)
+        counts = n_pixels.reshape(-1)
+        _draw_slots(best, columns[:, part], counts, bases[part], face_ids[part], _FIXED_SLOTS, width, max_pairs)
+        # NaN counts (non-finite corners) fail the comparison: nothing more to draw for those faces.
+        extra[part] = torch.where(counts > _FIXED_SLOTS, counts - _FIXED_SLOTS, 0).long()
+    ends = extra.cumsum(0)
+    starts = ends - extra
+    box_width = columns[18].nan_to_num(0).long().clamp_(min=1)
+    # The whole budget is evaluated whether used or not, so on accelerators the chunks are as large as the
+    # blocks above (same memory) to keep the number of kernel launches down.
+    chunk = max_pairs if device.type == "cpu" else max(max_pairs, _GPU_BLOCK)
+    for lo in range(0, pair_budget, chunk):
+        pair = torch.arange(lo, min(lo + chunk, pair_budget), device=device)
+        owner = torch.searchsorted(ends, pair, right=True)
+        valid = owner < n
+        owner.clamp_(max=n - 1)
+        # Pair k of a face is pixel _FIXED_SLOTS + k - start of its box.
+        local = pair - starts.index_select(0, owner) + _FIXED_SLOTS
+        cols = box_width.index_select(0, owner)
+        row = torch.div(local, cols, rounding_mode="floor")
+        col = local - row * cols
+        rows = [c.index_select(0, owner) for c in columns[:18]]
+        keys = _depth_keys(rows[16] + col, rows[17] + row, rows[:16], face_ids.index_select(0, owner), valid)
+        pixels = torch.where(valid, bases.index_select(0, owner) + row * width + col, 0)
+        best.scatter_reduce_(0, pixels, keys, reduce="amin")
+    return (ends[-1] - pair_budget).clamp(min=0)
 
 
 def _draw(
@@ -164,6 +266,49 @@ def _draw_first_pixels(
         of the box's first pixel; face_ids (N,) long; and (_SLOT_GROUPS + 2,) long faces per group.
     """
     batch, n_faces = corners.shape[2:]
+    per_face, n_pixels, first_pixel = _first_pixels(
+        best, corners, flipped, first_face, height, width, near, cull_backfaces
+    )
+
+    # Host sync: the number of boxes holding more than one pixel sizes what follows.
+    multi = (n_pixels > 1).view(-1).nonzero().squeeze(1)
+    if multi.numel() == 0:
+        return None
+    counts = n_pixels.view(-1).index_select(0, multi)
+    # Group g (1 <= g <= _SLOT_GROUPS) holds boxes of 2^(g-1) + 1 .. 2^g pixels and evaluates their
+    # pixels 1 .. 2^g - 1 together: at most half the work is wasted on pixels past a box's end, and
+    # nothing is gathered per pixel. Larger boxes form the last group and are expanded pair by pair.
+    group = counts.log2().ceil_().clamp_(max=_SLOT_GROUPS + 1).long()
+    order = torch.argsort(group, stable=True)
+    multi, counts = multi.index_select(0, order), counts.index_select(0, order)
+    if batch * n_faces < 2**31:
+        multi = multi.int()  # int32 ids gather about twice as fast on CPU
+    columns = counts.new_empty(len(per_face), multi.numel())
+    for row, values in zip(columns, per_face):
+        torch.index_select(values.reshape(-1), 0, multi, out=row)
+    bases = first_pixel.view(-1).index_select(0, multi)
+    face_ids = (multi % n_faces + first_face).long()
+    return columns, counts, bases, face_ids, torch.bincount(group, minlength=_SLOT_GROUPS + 2)
+
+
+def _first_pixels(
+    best: torch.Tensor,
+    corners: torch.Tensor,
+    flipped: torch.Tensor,
+    first_face: int,
+    height: int,
+    width: int,
+    near: float,
+    cull_backfaces: bool,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """Cull a block of faces and draw the first pixel of each box (no host sync).
+
+    Same arguments as `_draw_first_pixels`. Returns, each per (B, Fb) face: the 19 per-face values
+    (the 16 `_depth_keys` coefficients, the box's first column and row and its width), the pixels in
+    its box (float, 0 for faces not drawn, NaN for non-finite corners) and the flat index of the
+    box's first pixel (long).
+    """
+    batch, n_faces = corners.shape[2:]
     device, dtype = corners.device, corners.dtype
     x, y, z = corners
     differences = corner_differences(x, y)
@@ -188,7 +333,8 @@ def _draw_first_pixels(
     ns = -s
     dx01, dy01, dx02, dy02 = differences
     edges = (s * dx01, s * dy01, ns * dx02, ns * dy02, s * (x2 - x1), s * (y2 - y1))
-    tiny = torch.tensor(-torch.finfo(dtype).tiny, device=device, dtype=dtype)
+    # torch.full, not torch.tensor: no host-to-device copy (a sync on CUDA).
+    tiny = torch.full((), -torch.finfo(dtype).tiny, device=device, dtype=dtype)
     zero = torch.zeros((), device=device, dtype=dtype)
     thresholds = []
     for k in range(3):
@@ -207,27 +353,7 @@ def _draw_first_pixels(
     # Exact in float: row * W + col < H * W, far below 2^24 for any image this is used with.
     first_pixel = torch.where(live, row_lo * width + col_lo, zero).long() + batch_base
     best.scatter_reduce_(0, first_pixel.view(-1), keys.view(-1), reduce="amin")
-
-    # Host sync: the number of boxes holding more than one pixel sizes what follows.
-    multi = (n_pixels > 1).view(-1).nonzero().squeeze(1)
-    if multi.numel() == 0:
-        return None
-    counts = n_pixels.view(-1).index_select(0, multi)
-    # Group g (1 <= g <= _SLOT_GROUPS) holds boxes of 2^(g-1) + 1 .. 2^g pixels and evaluates their
-    # pixels 1 .. 2^g - 1 together: at most half the work is wasted on pixels past a box's end, and
-    # nothing is gathered per pixel. Larger boxes form the last group and are expanded pair by pair.
-    group = counts.log2().ceil_().clamp_(max=_SLOT_GROUPS + 1).long()
-    order = torch.argsort(group, stable=True)
-    multi, counts = multi.index_select(0, order), counts.index_select(0, order)
-    if batch * n_faces < 2**31:
-        multi = multi.int()  # int32 ids gather about twice as fast on CPU
-    per_face = (*coefficients, col_lo, row_lo, n_cols)
-    columns = counts.new_empty(len(per_face), multi.numel())
-    for row, values in zip(columns, per_face):
-        torch.index_select(values.reshape(-1), 0, multi, out=row)
-    bases = first_pixel.view(-1).index_select(0, multi)
-    face_ids = (multi % n_faces + first_face).long()
-    return columns, counts, bases, face_ids, torch.bincount(group, minlength=_SLOT_GROUPS + 2)
+    return (*coefficients, col_lo, row_lo, n_cols), n_pixels, first_pixel
 
 
 def _draw_slots(
