@@ -493,8 +493,10 @@ def reconstruct_video(source: str | Path, out_dir: str | Path, predictor: Predic
     files = {"frames": out_dir / FRAMES_NAME, "report": out_dir / REPORT_NAME}
     ok = [r for r in results if r.status in OK_STATUSES]
     if not ok:
-        raise ValueError(f"no face in any of the {len(results)} frames of {source} "
-                         f"({_status_summary(results)}); see {out_dir / FRAMES_NAME}")
+        found = any(r.status == DIVERGED for r in results)
+        what = "no usable coefficients" if found else "no face"
+        raise ValueError(f"{what} in any of the {len(results)} frames of {source} "
+                         f"({_status_summary(results)}; reasons per frame in {out_dir / FRAMES_NAME})")
     files["coefficients"] = out_dir / COEFFICIENTS_NAME
     if settings.overlay or settings.meshes:
         wall, cpu = time.perf_counter(), time.process_time()

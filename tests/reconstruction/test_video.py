@@ -219,7 +219,7 @@ def test_a_clip_without_a_face_is_an_error_naming_the_frames(predictor, detector
     clip = write_clip(tmp_path / "noface.avi",
                       [cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (9, 9), 3)
                        for _ in range(4)])
-    with pytest.raises(ValueError, match="no face in any of the 4 frames"):
+    with pytest.raises(ValueError, match="no face in any of the 4 frames of"):
         reconstruct_video(clip, tmp_path / "out", predictor, SETTINGS, face_detector=detector)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["frames"][LOST] == "0-3" and report["n_with_coefficients"] == 0
@@ -244,3 +244,43 @@ def test_the_default_bundled_rnet_fails_with_the_loaders_message_when_absent(tmp
     with pytest.raises((FileNotFoundError, ValueError)) as err:
         RNetPredictor.from_checkpoint(BUNDLED)
     assert WEIGHTS_NAME in str(err.value) or "bundled" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+
+
+def test_command_reconstructs_a_clip_and_reports_problems(takeo, predictor, tmp_path, monkeypatch, capsys):
+    import functools
+
+    import experiments.commands.reconstruct as command
+    import reconstruction.video as video
+    from experiments.cli import main
+
+    frames = [moving_face(takeo, k) for k in range(4)]
+    clip = write_clip(tmp_path / "clip.avi", frames)
+    monkeypatch.setattr(command, "build_predictor", lambda args: predictor)
+    monkeypatch.setattr(video, "VideoSettings", functools.partial(VideoSettings, limits=SETTINGS.limits))
+    assert main(["reconstruct", "--video", str(clip), "--out", str(tmp_path / "out"), "--detector", "dlib-hog",
+                 "--meshes"]) == 0
+    out = capsys.readouterr().out
+    assert "4 frames (detected 1, tracked 3)" in out and "frames/s" in out
+    assert (tmp_path / "out" / "overlay.mp4").is_file() and len(list((tmp_path / "out" / "meshes").glob("*.obj"))) == 4
+
+    assert main(["reconstruct", "--video", str(clip), "--out", str(tmp_path / "x"), "--fit"]) == 2
+    assert "--set VIDEO --fit" in capsys.readouterr().err
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(b"\0" * 1000)
+    assert main(["reconstruct", "--frames", str(broken), "--out", str(tmp_path / "y"), "--detector", "dlib-hog"]) == 2
+    assert "cannot decode" in capsys.readouterr().err
+
+
+def test_command_without_bundled_weights_names_the_missing_file(tmp_path, capsys, takeo):
+    from experiments.cli import main
+    from networks.bundled_weights import BUNDLED_DIR, WEIGHTS_NAME
+
+    if (Path(BUNDLED_DIR) / WEIGHTS_NAME).is_file():
+        pytest.skip("the bundled R-Net ships in this checkout")
+    clip = write_clip(tmp_path / "clip.avi", [moving_face(takeo, 0)])
+    assert main(["reconstruct", "--video", str(clip), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert WEIGHTS_NAME in err or "bundled" in err
