@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_video_args(args)
     check_predictor_args(args)
+    if not args.video.exists():
+        raise FileNotFoundError(f"{args.video} not found (give a video file or a folder of frames)")
     import torch
 
     from reconstruction.video import VideoSettings, reconstruct_video
