@@ -437,7 +437,8 @@ class VideoSettings:
 
 
 def reconstruct_video(source: str | Path, out_dir: str | Path, predictor: Predictor,
-                      settings: VideoSettings = VideoSettings(), face_detector: FaceDetector | None = None) -> VideoResult:
+                      settings: VideoSettings = VideoSettings(),
+                      face_detector: FaceDetector | None = None) -> VideoResult:
     """Reconstruct every frame of a video file or folder of frames into ``out_dir`` (see the module docstring).
 
     Raises FileNotFoundError / ValueError for a source that cannot be read (nothing is written), and ValueError
@@ -580,7 +581,7 @@ def _write_coefficients(out_dir: Path, results: list[FrameResult], layout, fps: 
                       landmarks=np.zeros((0, 68, 2), np.float32))
     fields = np.array([f"{name}:{size}" for name, size in layout.sizes.items()])
     _atomic_write_bytes(out_dir / COEFFICIENTS_NAME, lambda partial: np.savez(
-        open(partial, "wb"), frames=frames, all_frames=indices, status=statuses, fps=np.float64(fps),
+        partial, frames=frames, all_frames=indices, status=statuses, fps=np.float64(fps),
         layout=fields, **arrays))
     return smoothed
 
@@ -659,7 +660,8 @@ def _write_outputs(source: Path, out_dir: Path, renderer, results: list[FrameRes
                     write_obj(stem.with_suffix(".obj"), posed, triangles, colours)
                     write_ply(stem.with_suffix(".ply"), posed, triangles, colours)
                 if settings.overlay:
-                    strip = overlay_strip(renderer, coeffs, rgb, by_index[index].transform, crop_size)
+                    strip = overlay_strip(renderer, coeffs, rgb, by_index[index].transform, crop_size,
+                                          by_index[index].status)
                     if writer is None:
                         writer = cv2.VideoWriter(str(overlay_partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                                  (strip.shape[1], strip.shape[0]))
@@ -688,16 +690,18 @@ def _write_outputs(source: Path, out_dir: Path, renderer, results: list[FrameRes
 
 
 def overlay_strip(renderer, coeffs: Coefficients | None, frame: np.ndarray, transform: np.ndarray | None,
-                  crop_size: int) -> np.ndarray:
+                  crop_size: int, status: str = LOST) -> np.ndarray:
     """(H, 3W, 3) uint8: the frame | the reconstruction over it | the grey geometry alone, in the frame's pixels.
 
     The reconstruction is rendered in the crop's view at about the frame's resolution and warped back with the
-    inverse of the crop ``transform``; a frame without coefficients shows the input and two empty panels."""
+    inverse of the crop ``transform``; a frame without coefficients shows the input and two empty panels, the
+    second labelled with its ``status``."""
     height, width = frame.shape[:2]
     if coeffs is None:
         empty = np.empty_like(frame)
         empty[:] = GEOMETRY_BACKGROUND
-        return np.concatenate([label(frame, "input"), label(frame, "no face"), label(empty, "geometry")], axis=1)
+        caption = "no face" if status == LOST else status
+        return np.concatenate([label(frame, "input"), label(frame, caption), label(empty, "geometry")], axis=1)
     crop_scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
     # The panel has the frame's resolution over the crop (capped: a huge face needs no 4k render).
     panel = int(np.clip(round(crop_size / crop_scale), crop_size, 1024))

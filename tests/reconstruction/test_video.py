@@ -165,8 +165,8 @@ SETTINGS = VideoSettings(detector="dlib-hog", limits=DivergenceLimits(max_landma
 
 def test_clip_is_detected_once_then_tracked_with_every_output(takeo, predictor, detector, tmp_path):
     clip = write_clip(tmp_path / "clip.avi", [moving_face(takeo, k) for k in range(10)])
-    result = reconstruct_video(clip, tmp_path / "out", predictor, VideoSettings(**{**SETTINGS.__dict__, "meshes": True}),
-                               face_detector=detector)
+    settings = VideoSettings(**{**SETTINGS.__dict__, "meshes": True})
+    result = reconstruct_video(clip, tmp_path / "out", predictor, settings, face_detector=detector)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report == result.report and report["complete"]
     assert report["n_frames"] == 10 and report["n_with_coefficients"] == 10
@@ -284,3 +284,26 @@ def test_command_without_bundled_weights_names_the_missing_file(tmp_path, capsys
     assert main(["reconstruct", "--video", str(clip), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert WEIGHTS_NAME in err or "bundled" in err
+
+
+def test_a_run_that_stops_keeps_the_frames_it_finished(takeo, predictor, detector, tmp_path):
+    clip = write_clip(tmp_path / "clip.avi", [moving_face(takeo, k) for k in range(8)])
+
+    class Failing:
+        name, renderer, calls = "failing", predictor.renderer, 0
+
+        def predict(self, crops):
+            self.calls += 1
+            if self.calls == 6:
+                raise RuntimeError("out of memory")
+            return predictor.predict(crops)
+
+    settings = VideoSettings(**{**SETTINGS.__dict__, "overlay": False})
+    with pytest.raises(RuntimeError, match="out of memory"):
+        reconstruct_video(clip, tmp_path / "out", Failing(), settings, face_detector=detector)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert not report["complete"] and report["n_with_coefficients"] == 5
+    data = np.load(tmp_path / "out" / "coefficients.npz")
+    assert data["frames"].tolist() == [0, 1, 2, 3, 4] and data["smoothed"].shape[0] == 5
+    assert len((tmp_path / "out" / "frames.jsonl").read_text().splitlines()) == 5
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["coefficients.npz", "frames.jsonl", "report.json"]
