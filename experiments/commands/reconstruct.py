@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments.commands.reconstruct_video import EPILOG as VIDEO_EPILOG
+
 DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
 
 EPILOG = """\
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "hybrid loss (--fit), and write meshes, texture, coefficients, landmarks, pose and an overlay per image.\n"
             "Images without a usable face are reported and skipped; the run goes on."
         ),
-        epilog=EPILOG,
+        epilog=EPILOG + "\n\n" + VIDEO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -52,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="one person's pictures (a folder) or a video: one identity aggregated over all of "
                              "them with C-Net (--cnet-ckpt, default the latest `make train-aggregate` one) or by "
                              "averaging with --ckpt; same as `face3d reconstruct-set`")
+    source.add_argument("--video", "--frames", type=Path, metavar="FILE_OR_DIR", dest="video",
+                        help="a video file or a folder of frames: every frame tracked and reconstructed, one identity "
+                             "over the clip, smoothed pose and expression, overlay.mp4 (see the end of this help)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument("--ckpt", type=Path, default=None, metavar="CKPT",
                         help="R-Net checkpoint written by `face3d train`, or a `face3d export-weights` folder (its "
@@ -85,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--texture-size", type=int, default=1024, metavar="PX",
                         help="side of the baked albedo texture (ICT model; default 1024)")
     parser.add_argument("--ply-ascii", action="store_true", help="write ASCII PLY instead of binary")
+    parser.add_argument("--meshes", action="store_true", help="--video: also write every frame's OBJ and PLY")
     parser.add_argument("--cnet-ckpt", type=Path, default=None, metavar="PATH",
                         help="--set: C-Net checkpoint of `face3d train-aggregate` (it holds its R-Net)")
     parser.add_argument("--strategy", choices=("s4", "s3", "s2", "s1", "mean"), default=None,
@@ -189,6 +195,12 @@ def format_record(record: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.set_source is not None:
         return run_set(args)
+    if getattr(args, "video", None) is not None:
+        from experiments.commands import reconstruct_video
+
+        return reconstruct_video.run(args)
+    if getattr(args, "meshes", False):
+        raise ValueError("--meshes applies to --video (photos always get their meshes)")
     if args.cnet_ckpt is not None or args.strategy is not None:
         raise ValueError("--cnet-ckpt and --strategy only apply to --set (one person's pictures aggregated)")
     check_predictor_args(args)

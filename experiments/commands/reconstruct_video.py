@@ -1,0 +1,69 @@
+"""``face3d reconstruct --video FILE_OR_DIR --out DIR``: a video (or a folder of frames) -> per-frame coefficients
+with one identity and smoothed motion, an overlay video, meshes on request (`reconstruction.video`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+with --video (a video file, or a folder of frames sorted by name), under --out:
+  frames.jsonl        one line per frame as it is done: status (detected / tracked / lost / diverged) and reason
+  coefficients.npz    frames, raw and smoothed coefficients (one identity and albedo over the clip; pose and
+                      expression one-euro filtered), landmarks (frame pixels), status of every frame, fps
+  overlay.mp4         input | reconstruction over the input | grey geometry (mp4v)
+  meshes/             with --meshes: frame_NNNNNN.obj / .ply, posed (smoothed), in --units
+  report.json         counts, which frames were detected / tracked / lost (ranges), lost stretches, timings
+The detector runs on the first frame and where tracking fails; in between the previous frame's landmarks give
+the box for the 68-point model. --detector dlib-hog avoids the cascade's slow CNN stage on faceless frames."""
+
+
+def check_video_args(args: argparse.Namespace) -> None:
+    """What --video cannot be combined with, naming the fix."""
+    if args.fit:
+        raise ValueError("--video reconstructs every frame with an R-Net (the bundled one, --ckpt or --onnx); to fit "
+                         "one identity to a video's frames use --set VIDEO --fit")
+    if args.cnet_ckpt is not None or args.strategy is not None:
+        raise ValueError("--cnet-ckpt and --strategy apply to --set; --video averages the frames' identities (use "
+                         "--set VIDEO for a C-Net aggregate)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from experiments.commands.reconstruct import build_predictor, check_predictor_args
+
+    check_video_args(args)
+    check_predictor_args(args)
+    if not args.video.exists():
+        raise FileNotFoundError(f"{args.video} not found (give a video file or a folder of frames)")
+    import torch
+
+    from reconstruction.video import VideoSettings, reconstruct_video
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch sees no CUDA device here; use --device cpu")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        predictor = build_predictor(args)
+        print(f"reconstructing the frames of {args.video} with {predictor.name} "
+              f"({predictor.renderer.face_model.name} model, {predictor.renderer.camera.image_size[0]}-pixel crops)",
+              flush=True)
+        settings = VideoSettings(detector=args.detector, meshes=args.meshes, units=args.units)
+        result = reconstruct_video(args.video, args.out, predictor, settings)
+    except ImportError as err:
+        print(f"face3d reconstruct: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(previous_threads)
+    report = result.report
+    counts = ", ".join(f"{status} {n}" for status, n in report["counts"].items() if n)
+    print(f"{report['n_frames']} frames ({counts}): {report['frames_per_second_wall']} frames/s, "
+          f"{report['cpu_ms_per_frame']} ms CPU a frame")
+    for stretch in report["lost_stretches"]:
+        print(f"warning: no face in frames {stretch['first']}-{stretch['last']} ({stretch['n_frames']} frames)")
+    for problem in report["problems"][:10]:
+        print(f"  frame {problem['frame']}: {problem['status']}: {problem['reason']}")
+    if len(report["problems"]) > 10:
+        print(f"  ... {len(report['problems']) - 10} more in {args.out}/frames.jsonl")
+    print("outputs: " + ", ".join(str(path) for path in result.files.values()))
+    return 0
