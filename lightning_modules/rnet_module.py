@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
-
 from torchmetrics.regression import PearsonCorrCoef
 
 from benchmarks.metrics import FractionCloser, LandmarkError, ShapeError
