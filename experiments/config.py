@@ -147,7 +147,10 @@ class NetworkConfig:
     R-Net shipped in networks/weights/), a folder written by ``face3d export-weights``, or a ``face3d train``
     checkpoint. Its face model, crop size and network must match this run's. Replaces ``pretrained``."""
     landmark_input: bool = False
-    """The heads also read the crop's 68 detected landmarks, normalised (`networks.rnet.landmark_features`)."""
+    """The heads also read the crop's 68 detected landmarks, normalised (`networks.rnet.landmark_features`).
+    ``face3d train`` and ``face3d reconstruct --images`` pass them; C-Net (train-aggregate, ``--set``) and the
+    benchmark do not yet, and stop with a message on such an R-Net. Off: at 384 steps it was not significantly
+    better (see default.yaml)."""
     landmark_hidden: int = 0
     """With ``landmark_input``: width of a two-layer MLP on the landmark features (0 = the features themselves)."""
 

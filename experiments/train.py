@@ -47,6 +47,9 @@ class TrainResult:
             if "test/better_than_mean_face" in m:
                 lines.append(f"                  closer to the truth than the mean face on "
                              f"{100 * m['test/better_than_mean_face']:.0f}% of them")
+        if "test/identity_r" in m:
+            lines.append(f"                  identity coefficients vs the truth: mean r {m['test/identity_r']:.2f} over "
+                         "the first ten modes")
         if "test/landmark_error_px" in m:
             lines.append(f"test landmark error: {m['test/landmark_error_px']:.2f} px")
         return "\n".join(lines)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
+from torchmetrics.regression import PearsonCorrCoef
 
 from benchmarks.metrics import FractionCloser, LandmarkError, ShapeError
 from datamodules.batch import FaceBatch
@@ -18,6 +19,10 @@ from losses.hybrid import HybridLoss
 from losses.photometric import skin_attention
 from networks.rnet import RNet
 from renderers.mesh_renderer import MeshRenderer, RenderOutput
+
+
+IDENTITY_MODES = 10
+"""Identity coefficients (the strongest modes) whose correlation with the truth the test reports."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,10 @@ class RNetModule(pl.LightningModule):
         self.test_mean_face_error = ShapeError("rigid")
         self.test_landmark_error = LandmarkError()
         self.test_better_than_mean_face = FractionCloser("rigid")
+        # How much identity R-Net learned, which the shape error mixes with expression: the correlation of the
+        # strongest identity coefficients with the truth, one per mode, reported as their mean.
+        self.identity_modes = min(IDENTITY_MODES, rnet.layout.n_id)
+        self.test_identity_r = PearsonCorrCoef(num_outputs=self.identity_modes) if self.identity_modes > 1 else None
 
     @property
     def face_model(self):
@@ -135,7 +144,16 @@ class RNetModule(pl.LightningModule):
             self.log(f"{stage}/shape_error_mm", shape_metric, batch_size=batch.batch_size, prog_bar=stage == "val")
             self.log(f"{stage}/mean_face_error_mm", baseline_metric, batch_size=batch.batch_size)
             self.log(f"{stage}/better_than_mean_face", closer_metric, batch_size=batch.batch_size)
+            if stage == "test" and self.test_identity_r is not None:
+                truth = self.face_model.layout.split(batch.ground_truth.coefficients).identity
+                self.test_identity_r.update(prediction.coeffs.identity[:, :self.identity_modes].float(),
+                                            truth[:, :self.identity_modes].float())
         return prediction
+
+    def on_test_epoch_end(self) -> None:
+        if self.test_identity_r is not None and self.test_identity_r.n_total.sum() > 0:
+            self.log("test/identity_r", self.test_identity_r.compute().mean())
+            self.test_identity_r.reset()
 
     def validation_step(self, batch: FaceBatch, batch_idx: int) -> None:
         self._evaluate(batch, "val")

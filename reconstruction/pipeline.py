@@ -214,8 +214,8 @@ class RNetPredictor:
     """A trained R-Net: coefficients in one forward pass.
 
     Args:
-        module: a callable ``images (B, 3, S, S) -> object with .coeffs`` with a ``renderer`` attribute,
-            e.g. the `lightning_modules.rnet_module.RNetModule` of a checkpoint.
+        module: a callable ``(images (B, 3, S, S), landmarks (B, 68, 2)) -> object with .coeffs`` with a
+            ``renderer`` attribute, e.g. the `lightning_modules.rnet_module.RNetModule` of a checkpoint.
         name: how the report names it.
     """
 
@@ -240,7 +240,8 @@ class RNetPredictor:
     def predict(self, crops: CropBatch) -> Predicted:
         start = time.perf_counter()
         with torch.no_grad():
-            coeffs = self.module(crops.images).coeffs
+            # The landmarks matter only to an R-Net trained with landmark input; the others ignore them.
+            coeffs = self.module(crops.images, crops.landmarks).coeffs
         return Predicted(coeffs.detach(), {"seconds": time.perf_counter() - start})
 
 

@@ -36,8 +36,9 @@ def test_the_default_pretrained_sface_backbone_trains_with_its_frozen_weights_fi
 
 def test_the_summary_puts_the_shape_error_next_to_the_mean_face_baseline(tmp_path):
     metrics = {"test/shape_error_mm": 4.6, "test/mean_face_error_mm": 4.9, "test/better_than_mean_face": 0.72,
-               "test/landmark_error_px": 3.05}
+               "test/landmark_error_px": 3.05, "test/identity_r": 0.126}
     text = TrainResult(tmp_path, None, None, None, None, metrics, test_samples=256).summary()
+    assert "identity coefficients vs the truth: mean r 0.13 over the first ten modes" in text
     assert "4.60 mm after rigid alignment, 6.1% lower than the mean-face baseline (4.90 mm) on 256" in text
     assert "closer to the truth than the mean face on 72% of them" in text
     worse = TrainResult(tmp_path, None, None, None, None, {**metrics, "test/shape_error_mm": 5.0}).summary()
@@ -68,6 +69,7 @@ def test_resume_continues_where_the_run_stopped_and_refuses_to_overwrite(tmp_pat
     assert clock[0]["step"] == 2 and clock[1]["step"] == 4 and 0 < clock[0]["wall_seconds"] < clock[1]["wall_seconds"]
     assert len(clock[1]["hardware"]) == 1 and "CPU" in clock[1]["hardware"][0]
     assert "test/shape_error_mm" in second.test_metrics and "test/mean_face_error_mm" in second.test_metrics
+    assert -1 <= second.test_metrics["test/identity_r"] <= 1
 
     module, cfg = load_rnet_checkpoint(second.last_checkpoint)
     assert cfg.renderer.image_size == 64 and module.face_model.layout.n_id == 8
