@@ -66,6 +66,14 @@ class FitSettings:
     landmark_yaw_falloff: how fast trust in the detected landmarks falls with the yaw stage 1 found
                       (`landmark_yaw_scale`): a detector's error grows from a few pixels on a frontal face to
                       tens of pixels in profile, where its points are guesses; 0 trusts every pose equally.
+    landmark_noise_px: a detector's typical landmark error on a 224-pixel crop. An image whose landmarks stage 1
+                      cannot fit better than this (root mean square, scaled to 224 pixels) has its landmark term
+                      scaled by (landmark_noise_px / residual)^2: a detector that is lost (a profile it draws as a
+                      frontal face, an occluded or blurred face) then pulls less (`landmark_trust`).
+    untrusted_identity_prior: the identity prior of an image is multiplied by ``1 + this * (1 - trust)``, trust
+                      being its landmark trust (yaw and residual): when the landmarks cannot be believed, the
+                      photometric term alone would bend identity to explain the appearance, so the fit stays
+                      nearer the mean face; 0 keeps one prior for every image.
     shape_iterations: stage 2 steps (pose, identity, expression from landmarks; cheap).
     iterations:       stage 3 steps under the full hybrid loss (each renders and runs the perceptual
                       network: this sets the fit time).
@@ -78,6 +86,8 @@ class FitSettings:
     rigid_iterations: int = 100
     rigid_starts_deg: tuple[float, ...] = (-60.0, -30.0, 0.0, 30.0, 60.0)
     landmark_yaw_falloff: float = 5.0
+    landmark_noise_px: float = 4.0
+    untrusted_identity_prior: float = 0.0
     shape_iterations: int = 200
     iterations: int = 100
     lr_angles: float = 0.01
@@ -94,6 +104,10 @@ class FitSettings:
                 raise ValueError(f"FitSettings.{f.name} must be a whole number >= 0, got {value!r}")
             if f.name.startswith("lr_") and not value > 0:
                 raise ValueError(f"FitSettings.{f.name} must be > 0, got {value!r}")
+        if self.untrusted_identity_prior < 0:
+            raise ValueError(f"FitSettings.untrusted_identity_prior must be >= 0, got {self.untrusted_identity_prior!r}")
+        if not self.landmark_noise_px > 0:
+            raise ValueError(f"FitSettings.landmark_noise_px must be > 0, got {self.landmark_noise_px!r}")
         if self.landmark_yaw_falloff < 0:
             raise ValueError(f"FitSettings.landmark_yaw_falloff must be >= 0, got {self.landmark_yaw_falloff!r}")
         if not self.rigid_starts_deg:
@@ -207,6 +221,24 @@ def landmark_yaw_scale(yaw: torch.Tensor, falloff: float) -> torch.Tensor:
     return 1.0 / (1.0 + falloff * torch.sin(yaw).pow(4)).square()
 
 
+def landmark_trust(params: dict[str, torch.Tensor], landmarks: torch.Tensor, renderer: MeshRenderer,
+                   settings: FitSettings, batch: int) -> torch.Tensor:
+    """(B,) factor on each image's landmark term after stage 1, in (0, 1]: `landmark_yaw_scale` of the yaw found,
+    times ``(landmark_noise_px / residual)^2`` when the root-mean-square distance between the posed mean face's
+    landmarks and the detected ones (scaled to a 224-pixel crop) exceeds ``landmark_noise_px``.
+
+    Measured with dlib on the appearance-gap renders: after stage 1 the residual is 3-5 px on frontal faces, 4-9 px
+    at 40 degrees of yaw and up to 15 px at 80 degrees, where dlib draws a frontal-looking face that stage 1 poses
+    near frontal, so the yaw alone cannot tell.
+    """
+    with torch.no_grad():
+        coeffs = _batch_coefficients(params, batch)
+        side = float(renderer.camera.image_size[0])
+        residual = (renderer.project_landmarks(coeffs) - landmarks).square().sum(-1).mean(-1).sqrt() * (224.0 / side)
+        noise = (settings.landmark_noise_px / residual.clamp_min(1e-6)).square().clamp(max=1.0)
+        return noise * landmark_yaw_scale(coeffs.angles[:, 1], settings.landmark_yaw_falloff)
+
+
 def detector_landmark_weights() -> torch.Tensor:
     """(68,) landmark weights for fitting to a detector's points: inverse squared typical error per region,
     relative to the nose and eyes.
@@ -305,7 +337,11 @@ def fit_coefficients(
     if settings.rigid_iterations:
         params = _rigid_multistart(params, landmarks, renderer, loss, settings, crop_side, history)
     # Fixed after stage 1: a trust that followed the pose while it is fitted would reward turning the face away.
-    scale = landmark_yaw_scale(params["angles"].detach().expand(batch, -1)[:, 1], settings.landmark_yaw_falloff)
+    scale = landmark_trust(params, landmarks, renderer, settings, batch)
+    # Extra identity prior beyond the loss's own (which every image has once): images whose landmarks are not
+    # believed get more.
+    extra_prior = (loss.weights.regularization * loss.weights.reg_id * settings.untrusted_identity_prior
+                   * (1.0 - scale))
     for stage, n_steps in settings.stage_iterations().items():
         if n_steps == 0 or stage == "rigid":
             continue
@@ -328,6 +364,9 @@ def fit_coefficients(
                              coeffs=coeffs, landmark_scale=scale)
             else:
                 terms = landmark_terms(loss, renderer.project_landmarks(coeffs), landmarks, coeffs, crop_side, scale)
+            if settings.untrusted_identity_prior and "identity" in groups:
+                terms["untrusted_prior"] = (extra_prior * coeffs.identity.square().sum(-1)).mean()
+                terms["total"] = terms["total"] + terms["untrusted_prior"]
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -187,3 +188,53 @@ def test_a_shared_identity_uses_every_picture_of_the_person(renderer, ict_small)
     assert float(error(together.identity[:1])) < float(error(alone.identity).mean())
     with pytest.raises(ValueError, match="shared"):
         fit_coefficients(images, target, skin, renderer, loss, settings, shared=("angles",))
+
+
+def test_landmark_trust_falls_with_yaw_and_with_landmarks_no_pose_explains(renderer, ict_small):
+    """Stage 1's pose decides how far each image's landmarks are believed: exact landmarks of a frontal face keep
+    full trust, a profile keeps little, and landmarks that no pose of the mean face explains (a detector that
+    is lost) lose trust in proportion to their squared residual."""
+    from reconstruction.fit import FitSettings, landmark_trust, landmark_yaw_scale
+
+    assert float(landmark_yaw_scale(torch.tensor([0.0]), 5.0)) == 1.0
+    torch.testing.assert_close(landmark_yaw_scale(torch.tensor([1.2]), 0.0), torch.tensor([1.0]))
+    profile = float(landmark_yaw_scale(torch.tensor([math.radians(80)]), 5.0))
+    assert profile == pytest.approx(1 / (1 + 5 * math.sin(math.radians(80)) ** 4) ** 2)
+
+    coeffs = ict_small.layout.zeros(2)
+    params = {f.name: getattr(coeffs, f.name) for f in dataclasses.fields(coeffs)}
+    exact = renderer.project_landmarks(coeffs).detach()
+    generator = torch.Generator().manual_seed(0)
+    lost = exact + 20.0 * torch.randn(exact.shape, generator=generator)
+    settings = FitSettings(landmark_noise_px=4.0)
+    trust = landmark_trust(params, torch.cat([exact[:1], lost[1:]]), renderer, settings, 2)
+    assert float(trust[0]) == 1.0
+    residual = (lost[1] - exact[1]).square().sum(-1).mean().sqrt() * 224.0 / CROP
+    assert float(trust[1]) == pytest.approx(float((4.0 / residual) ** 2), rel=1e-4)
+
+
+def test_detector_weights_trust_nose_and_eyes_most():
+    from reconstruction.fit import detector_landmark_weights
+
+    weights = detector_landmark_weights()
+    assert weights.shape == (68,) and float(weights.max()) == 1.0
+    assert float(weights[30]) == 1.0 and float(weights[0]) < 0.3 and float(weights[19]) < float(weights[0])
+
+
+def test_untrusted_landmarks_keep_the_identity_near_the_mean_face(renderer, ict_small):
+    """Landmarks no pose explains, fitted with and without the extra identity prior for untrusted images: the
+    prior keeps the identity smaller."""
+    generator = torch.Generator().manual_seed(1)
+    target = renderer.project_landmarks(ict_small.layout.zeros(1)).detach() + 15.0 * torch.randn(
+        1, 68, 2, generator=generator)
+    images, skin = torch.zeros(1, 3, CROP, CROP), torch.zeros(1, 1, CROP, CROP)
+    loss = HybridLoss(LossWeights(perceptual=0.0, regularization=1e-3), ict_small.skin_mask)
+    plain = FitSettings(rigid_iterations=30, shape_iterations=60, iterations=0, untrusted_identity_prior=0.0)
+    guarded = dataclasses.replace(plain, untrusted_identity_prior=30.0)
+    free = fit_coefficients(images, target, skin, renderer, loss, plain).coeffs.identity.norm()
+    held = fit_coefficients(images, target, skin, renderer, loss, guarded).coeffs.identity.norm()
+    assert float(held) < 0.5 * float(free)
+    with pytest.raises(ValueError, match="untrusted_identity_prior"):
+        FitSettings(untrusted_identity_prior=-1.0)
+    with pytest.raises(ValueError, match="landmark_noise_px"):
+        FitSettings(landmark_noise_px=0.0)
