@@ -73,7 +73,8 @@ from reconstruction.export import (
     ict_uv_layout,
     write_reconstruction,
 )
-from reconstruction.fit import FitResult, FitSettings, ReferenceCache, fit_coefficients
+from reconstruction.fit import (FIT_LOSS_WEIGHTS, FitResult, FitSettings, ReferenceCache, detector_landmark_weights,
+                               fit_coefficients)
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
 from renderers.visualize import OVERLAY_PANEL, render_overlay_views
@@ -263,16 +264,20 @@ class FittingPredictor:
 
     @classmethod
     def build(cls, face_model: FaceModel, settings: FitSettings = FitSettings(), crop_size: int = 224,
-              weights: LossWeights = LossWeights(), recognition: str | None = "sface",
-              recognition_weights: str | Path | None = None, device: str | torch.device = "cpu") -> FittingPredictor:
-        """The training objective (paper weights by default) with the SFace perceptual network; ``recognition``
-        None leaves the perceptual term out."""
+              weights: LossWeights = FIT_LOSS_WEIGHTS, recognition: str | None = "sface",
+              recognition_weights: str | Path | None = None, device: str | torch.device = "cpu",
+              detector_weights: bool = True) -> FittingPredictor:
+        """The fitting objective (`reconstruction.fit.FIT_LOSS_WEIGHTS` by default; pass ``LossWeights()`` for the
+        training loss's), with the SFace perceptual network when ``weights.perceptual`` > 0 (``recognition`` None
+        leaves it out) and, with ``detector_weights``, landmarks weighted by a detector's error per region
+        (`reconstruction.fit.detector_landmark_weights`; else the loss's nose and inner-mouth weighting)."""
         net = None
         if recognition is not None and weights.perceptual > 0:
             from networks.recognition import build_recognition_net
 
             net = ReferenceCache(build_recognition_net(recognition, recognition_weights))
-        loss = HybridLoss(weights, face_model.skin_mask, net).to(device)
+        point_weights = detector_landmark_weights() if detector_weights else None
+        loss = HybridLoss(weights, face_model.skin_mask, net, landmark_point_weights=point_weights).to(device)
         renderer = MeshRenderer(face_model, PinholeCamera().resized(crop_size, crop_size)).to(device)
         return cls(renderer, loss, settings)
 

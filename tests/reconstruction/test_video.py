@@ -139,7 +139,7 @@ class _Net(torch.nn.Module):
         self.rnet = rnet
         self.renderer = renderer
 
-    def forward(self, images):
+    def forward(self, images, landmarks=None):
         return self.rnet(images)
 
 
