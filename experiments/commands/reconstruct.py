@@ -66,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="R-Net exported by `face3d export-onnx`, run with onnxruntime on the CPU (its metadata "
                              "sets face model and crop size; a BFM network also needs --bfm-path)")
     parser.add_argument("--fit", action="store_true",
-                        help="fit coefficients per image with the hybrid loss (no network needed; about 20 s "
-                             "an image on a 2-core CPU at the defaults)")
+                        help="fit coefficients per image (no network needed; a few seconds an image on a 2-core "
+                             "CPU at the defaults; README 'Fitting' says what the objective is and why)")
     parser.add_argument("--face-model", choices=("ict", "bfm"), default=None,
                         help="face model for --fit (default ict; a checkpoint brings its own)")
     parser.add_argument("--bfm-path", type=Path, default=None, metavar="P",
