@@ -13,6 +13,7 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
+  face3d export-onnx --out r_net.onnx       (the bundled R-Net)
   face3d export-onnx --ckpt outputs/train-single/checkpoints/last.ckpt --out r_net.onnx
   face3d export-onnx --ckpt CKPT --out r_net_int8.onnx --quantize int8
   face3d reconstruct --images photos/ --out recon/ --onnx r_net.onnx"""
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--ckpt", type=Path, default=None, metavar="CKPT",
-                        help="R-Net checkpoint written by `face3d train`")
+                        help="R-Net checkpoint written by `face3d train`, or an export-weights folder (default: the bundled R-Net)")
     parser.add_argument("--out", type=Path, default=Path("r_net.onnx"), metavar="FILE",
                         help="the ONNX file to write (default r_net.onnx)")
     parser.add_argument("--quantize", choices=("int8",), default=None,
@@ -42,14 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def default_checkpoint() -> Path:
-    """The R-Net exported when --ckpt is not given.
+def default_checkpoint() -> str:
+    """The R-Net exported when --ckpt is not given: the one that ships in networks/weights/ (its loader names the
+    missing file and how to restore it when it is absent)."""
+    from experiments.build import BUNDLED
 
-    This is where the R-Net that ships with the package becomes the default once it exists; until then
-    a checkpoint must be named.
-    """
-    raise ValueError("--ckpt CKPT is required: no R-Net weights ship with this version yet. Train one with "
-                     "`make train-single` (checkpoints are under outputs/<run>/checkpoints/)")
+    return BUNDLED
 
 
 def run(args: argparse.Namespace) -> int:

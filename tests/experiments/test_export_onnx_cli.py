@@ -61,9 +61,13 @@ def test_export_prints_the_deviation_from_pytorch(checkpoint, tmp_path, capsys):
     assert "onnxruntime vs PyTorch on 2 rendered faces: largest coefficient difference" in stdout
 
 
-def test_export_without_a_checkpoint_says_what_to_pass(tmp_path, capsys):
+def test_export_without_a_checkpoint_exports_the_bundled_rnet_or_names_its_file(tmp_path, capsys, monkeypatch):
+    import networks.bundled_weights
+    from networks.bundled_weights import WEIGHTS_NAME
+
+    monkeypatch.setattr(networks.bundled_weights, "BUNDLED_DIR", tmp_path / "no-weights")
     assert cli.main(["export-onnx", "--out", str(tmp_path / "r.onnx")]) == 2
-    assert "--ckpt CKPT is required" in capsys.readouterr().err
+    assert WEIGHTS_NAME in capsys.readouterr().err
     assert cli.main(["export-onnx", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "r.onnx")]) == 2
     assert "missing.ckpt not found" in capsys.readouterr().err
     assert not (tmp_path / "r.onnx").exists()
