@@ -58,7 +58,9 @@ def test_fit_moves_the_mean_face_onto_a_real_photo(photo, renderer, ict_small):
 
     before = mean_landmark_error(renderer, ict_small.layout.zeros(1), photo.landmarks)
     after = mean_landmark_error(renderer, result.coeffs, photo.landmarks)
-    assert after < 0.6 * before, f"landmark error {before:.2f} px -> {after:.2f} px"
+    # The fit trusts a detector's points only so far (`landmark_trust`, `untrusted_identity_prior`): it need not
+    # meet them exactly, but it must move well towards them.
+    assert after < 0.7 * before, f"landmark error {before:.2f} px -> {after:.2f} px"
 
     assert [stage.name for stage in result.history] == ["rigid", "shape", "full"]
     rigid, shape, full = result.history
