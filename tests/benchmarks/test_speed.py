@@ -56,3 +56,21 @@ def test_onnx_rows_time_pytorch_onnx_int8_and_a_whole_photo(smoke_rnet):
     for stage in ("detection", "landmarks", "R-Net", "mesh"):
         assert f"{stage} " in rows[3].note
     assert torch.get_num_threads() == threads, "the thread setting must not outlive the measurement"
+
+
+@pytest.mark.slow
+def test_video_row_reconstructs_a_generated_clip(smoke_rnet):
+    pytest.importorskip("menpo.io")
+    from benchmarks.speed import video_speed_rows
+    from reconstruction.pipeline import DivergenceLimits
+    from reconstruction.video import VideoSettings
+
+    rnet, face_model, cfg = smoke_rnet
+    threads = torch.get_num_threads()
+    # The untrained smoke R-Net's coefficients are far outside the prior; a trained one passes the real limits.
+    loose = DivergenceLimits(max_landmark_error=10.0, max_coefficient_std=1e3, max_coefficient_rms=1e3)
+    settings = VideoSettings(detector="dlib-hog", limits=loose, overlay=False, progress=False)
+    (row,) = video_speed_rows(rnet, face_model, cfg.renderer.image_size, frames=6, settings=settings)
+    assert row.unit == "frames/s" and row.value is not None and row.value > 0, row.note
+    assert "tracked 5" in row.setting and "detected 1" in row.setting and "thread CPU time" in row.note
+    assert torch.get_num_threads() == threads
