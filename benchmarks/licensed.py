@@ -32,6 +32,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from preprocessing.detect import DEFAULT_DETECTOR
+
 from benchmarks.datasets import (DatasetFormatError, open_bu3dfe, open_facewarehouse, open_micc, open_now)
 from benchmarks.datasets.paths import PATHS_FILE
 from benchmarks.metrics import (DM_TO_MM, NOW_LANDMARKS_68, ErrorStats, now_scan_to_mesh, region_point_to_point,
@@ -63,7 +65,7 @@ class RNetPicturePredictor:
         device: where R-Net runs.
     """
 
-    def __init__(self, rnet_module, detector: str = "dlib-hog", device: str | torch.device = "cpu") -> None:
+    def __init__(self, rnet_module, detector: str = DEFAULT_DETECTOR, device: str | torch.device = "cpu") -> None:
         from preprocessing.align import template_from_face_model
         from preprocessing.detect import make_detector
         from preprocessing.pipeline import PrepareConfig

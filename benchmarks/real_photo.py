@@ -39,6 +39,7 @@ from benchmarks.metrics.protocols import GENOVA_CROP_RADIUS_MM
 from benchmarks.scan_render import LIGHTS, ScanRenderSettings, prepare_scan, render_scan
 from benchmarks.textured_scan import (JAMES_DIR, TexturedScan, frontal_transform, load_textured_scan,
                                       rotation_angle_deg)
+from preprocessing.detect import DEFAULT_DETECTOR
 
 MEAN_FACE = "mean face"
 CEILING = "ceiling (identity + expression)"
@@ -77,7 +78,7 @@ class RealPhotoSettings:
     fit_photos: bool = True
     fit_renders: int = 1
     ceiling: CeilingSettings = CeilingSettings()
-    detector: str = "dlib-hog"
+    detector: str = DEFAULT_DETECTOR
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.lights if name not in LIGHTS]
