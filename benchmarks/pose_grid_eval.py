@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.ceiling import share_of_gain as ceiling_share
 from benchmarks.cnet_analysis import collect_set_evaluation, neutral_shape, strategy_errors
 from benchmarks.metrics import ErrorStats, summarise, vertex_error
 from benchmarks.pose_grid import PoseGridDataset, fit_subset, pose_grid
@@ -119,15 +120,12 @@ class PoseGridResult:
 
 
 def share_of_gain(mean_face: np.ndarray, method: np.ndarray, ceiling: float = CEILING_MM) -> Optional[float]:
-    """(mean face - method) / (mean face - ceiling) of the mean errors over the entries both have (NaN = missing);
-    None when the mean face is already at the ceiling."""
+    """`benchmarks.ceiling.share_of_gain` of the mean errors over the entries both arrays have (NaN = missing);
+    None when there are none or the mean face is already at the ceiling."""
     keep = ~np.isnan(method) & ~np.isnan(mean_face)
     if not keep.any():
         return None
-    reference = float(mean_face[keep].mean())
-    if reference - ceiling <= 1e-12:
-        return None
-    return (reference - float(method[keep].mean())) / (reference - ceiling)
+    return ceiling_share(float(mean_face[keep].mean()), float(method[keep].mean()), ceiling)
 
 
 def rows_from(picture_errors: Mapping[str, np.ndarray], identity_errors: Mapping[str, np.ndarray]) -> tuple[MethodRow, ...]:
