@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Lint first (seconds), then the fast suite; the 15 slowest tests are listed so that creep is seen.
 test: $(STAMP)
-	$(BIN)/pytest -q -m "not slow and not gpu and not weights and not data"
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
+	$(BIN)/pytest -q -m "not slow and not gpu and not weights and not data" --durations=15
 
 test-all: $(STAMP)
 	$(BIN)/pytest -q

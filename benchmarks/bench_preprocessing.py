@@ -74,8 +74,13 @@ def time_prepare(images: Path, out: Path, config, template) -> PrepareTiming:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=8, help="copies of each of the 4 photos (default 8)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, os.cpu_count() or 1],
-                        help="worker counts to time (default: 1 and all cores)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, os.cpu_count() or 1],
+        help="worker counts to time (default: 1 and all cores)",
+    )
     parser.add_argument("--detector", default="dlib-hog")
     parser.add_argument("--face-model", default="ict", help="template source (default ict)")
     args = parser.parse_args(argv)
@@ -88,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         images.mkdir()
         photos = build_folder(images, args.replicas)
         n_images = len(photos) * args.replicas
-        print(f"# preprocessing throughput: {n_images} images ({args.replicas} x {', '.join(photos)}), "
-              f"detector {args.detector}, {os.cpu_count()} CPU cores\n")
+        print(
+            f"# preprocessing throughput: {n_images} images ({args.replicas} x {', '.join(photos)}), "
+            f"detector {args.detector}, {os.cpu_count()} CPU cores\n"
+        )
         print("| workers | images | seconds | images/s | ok |")
         print("|---:|---:|---:|---:|---:|")
         first_out = None
@@ -97,20 +104,24 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / f"out_w{workers}"
             config = PrepareConfig(detector=args.detector, workers=workers)
             timing = time_prepare(images, out, config, template)
-            print(f"| {workers} | {timing.images} | {timing.seconds:.2f} | {timing.images_per_second:.2f} | "
-                  f"{timing.ok} |")
+            print(
+                f"| {workers} | {timing.images} | {timing.seconds:.2f} | {timing.images_per_second:.2f} | {timing.ok} |"
+            )
             first_out = first_out or (out, config)
         out, config = first_out
         cached = time_prepare(images, out, config, template)
-        print(f"| cached re-run | {cached.images} | {cached.seconds:.3f} | {cached.images_per_second:.0f} | "
-              f"{cached.ok} |")
+        print(
+            f"| cached re-run | {cached.images} | {cached.seconds:.3f} | {cached.images_per_second:.0f} | {cached.ok} |"
+        )
 
         per_photo = defaultdict(list)
         for line in (out / MANIFEST_NAME).read_text().splitlines():
             record = json.loads(line)
             per_photo[record["source"].rsplit("_", 1)[0]].append(record["seconds"])
-        print(f"\nmean seconds per image with {config.resolved_workers} worker(s) (decode, detect, landmarks, align, "
-              "skin, write):\n")
+        print(
+            f"\nmean seconds per image with {config.resolved_workers} worker(s) (decode, detect, landmarks, align, "
+            "skin, write):\n"
+        )
         print("| photo | size | s/image |")
         print("|---|---|---:|")
         for name in photos:

@@ -37,8 +37,7 @@ def ict_mesh() -> tuple[torch.Tensor, torch.Tensor]:
         model = load_face_model("ict")
         return model.mean_shape.detach().clone(), model.triangles.clone()
     except Exception as error:  # the face model package may be mid-change; the raw asset suffices here
-        print(f"note: face_model.load_face_model('ict') unavailable ({error}); reading {ICT_NPZ.name}",
-              file=sys.stderr)
+        print(f"note: face_model.load_face_model('ict') unavailable ({error}); reading {ICT_NPZ.name}", file=sys.stderr)
     data = np.load(ICT_NPZ)
     vertices = torch.from_numpy(data["mean"].astype(np.float32)) / 10.0  # cm -> dm
     vertices = vertices - vertices.mean(0)
@@ -52,7 +51,7 @@ def bfm_sized_mesh(n: int = 189) -> tuple[torch.Tensor, torch.Tensor]:
     y, x = torch.meshgrid(lin_y, lin_x, indexing="ij")
     # An ellipsoidal dome with a nose-like ridge, so faces overlap in depth near the silhouette.
     dome = (1 - (x / 0.85) ** 2 - (y / 1.05) ** 2).clamp(min=0).sqrt()
-    nose = 0.25 * torch.exp(-(x / 0.12) ** 2 - ((y + 0.05) / 0.35) ** 2)
+    nose = 0.25 * torch.exp(-((x / 0.12) ** 2) - ((y + 0.05) / 0.35) ** 2)
     z = 0.9 * dome + nose - 0.5
     vertices = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
     ids = torch.arange(n * n).view(n, n)
@@ -75,8 +74,13 @@ def _sync(device: torch.device) -> None:
 
 
 def time_backend(
-    screen: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor, size: tuple[int, int],
-    backend: str, warmup: int, repeats: int,
+    screen: torch.Tensor,
+    faces: torch.Tensor,
+    colors: torch.Tensor,
+    size: tuple[int, int],
+    backend: str,
+    warmup: int,
+    repeats: int,
 ) -> tuple[float, float, float]:
     """Median forward ms, median forward+backward ms, and covered-pixel fraction."""
     screen = screen.detach().requires_grad_(True)
@@ -112,11 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224, help="square image side in pixels")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        choices=("cpu", "cuda"))
-    parser.add_argument("--backends", default=None,
-                        help="comma-separated subset of the installed backends; default: all of them, except "
-                             "pytorch3d on CPU (its CPU rasterizer takes over a minute per step here)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated subset of the installed backends; default: all of them, except "
+        "pytorch3d on CPU (its CPU rasterizer takes over a minute per step here)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
@@ -131,8 +137,10 @@ def main(argv: list[str] | None = None) -> None:
 
     camera = DEFAULT_CAMERA.resized(args.size, args.size)
     meshes = {"ICT face": ict_mesh(), "BFM-sized synthetic": bfm_sized_mesh()}
-    print(f"device {device}, batch {args.batch}, {args.size}x{args.size}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} after {args.warmup} warm-up runs\n")
+    print(
+        f"device {device}, batch {args.batch}, {args.size}x{args.size}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} after {args.warmup} warm-up runs\n"
+    )
     print("| mesh | vertices | triangles | backend | forward ms | forward+backward ms | coverage |")
     print("|---|---:|---:|---|---:|---:|---:|")
     for name, (vertices, faces) in meshes.items():
@@ -144,8 +152,11 @@ def main(argv: list[str] | None = None) -> None:
             fwd, total, coverage = time_backend(
                 screen, faces, colors, (args.size, args.size), backend, args.warmup, args.repeats
             )
-            print(f"| {name} | {vertices.shape[0]} | {faces.shape[0]} | {backend} | {fwd:.1f} | {total:.1f} "
-                  f"| {coverage:.0%} |", flush=True)
+            print(
+                f"| {name} | {vertices.shape[0]} | {faces.shape[0]} | {backend} | {fwd:.1f} | {total:.1f} "
+                f"| {coverage:.0%} |",
+                flush=True,
+            )
     if device.type == "cpu" and "pytorch3d" in present and args.backends is None:
         print("\npytorch3d skipped on CPU; pass --backends torch,pytorch3d to time it anyway")
 

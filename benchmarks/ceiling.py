@@ -25,7 +25,7 @@ model's. The cost is a few closest-point queries per iteration (SciPy, CPU): sec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ class CeilingSettings:
 
     iterations: int = 8
     expression: bool = True
-    crop_radius: Optional[float] = GENOVA_CROP_RADIUS_MM
+    crop_radius: float | None = GENOVA_CROP_RADIUS_MM
     regularization: float = 0.01
     trim_mm: float = 10.0
     max_points: int = 5000
@@ -122,9 +122,16 @@ def _subset(count: int, limit: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(count, size=limit, replace=False))
 
 
-def fit_model_to_mesh(face_model, target_vertices: Any, target_faces: Any, target_landmarks: Any | None = None, *,
-                      crop_center: Any | None = None, init: SimilarityTransform | None = None,
-                      settings: CeilingSettings = CeilingSettings()) -> CeilingFit:
+def fit_model_to_mesh(
+    face_model,
+    target_vertices: Any,
+    target_faces: Any,
+    target_landmarks: Any | None = None,
+    *,
+    crop_center: Any | None = None,
+    init: SimilarityTransform | None = None,
+    settings: CeilingSettings = CeilingSettings(),
+) -> CeilingFit:
     """Fit the face model's identity (and expression) and a similarity to a target mesh (module docstring).
 
     face_model: a `face_model.model.FaceModel`.
@@ -151,8 +158,10 @@ def fit_model_to_mesh(face_model, target_vertices: Any, target_faces: Any, targe
     if crop_center is None and landmarks is not None and len(landmarks) == 68:
         crop_center = landmarks[NOSE_TIP_68]
     if settings.crop_radius is not None and crop_center is None:
-        raise ValueError("the ceiling fit crops the target around a centre: pass 68 target landmarks (their nose "
-                         "tip is the centre), crop_center, or CeilingSettings(crop_radius=None) for the whole mesh")
+        raise ValueError(
+            "the ceiling fit crops the target around a centre: pass 68 target landmarks (their nose "
+            "tip is the centre), crop_center, or CeilingSettings(crop_radius=None) for the whole mesh"
+        )
     if init is not None:
         transform = init
     elif landmarks is not None:
@@ -168,8 +177,10 @@ def fit_model_to_mesh(face_model, target_vertices: Any, target_faces: Any, targe
     else:
         cropped = target[radius_mask(target, np.asarray(crop_center, np.float64), settings.crop_radius)]
     if len(cropped) < 3:
-        raise ValueError(f"only {len(cropped)} target vertices within {settings.crop_radius} of the crop centre: "
-                         "check the units and the landmarks")
+        raise ValueError(
+            f"only {len(cropped)} target vertices within {settings.crop_radius} of the crop centre: "
+            "check the units and the landmarks"
+        )
     cropped = cropped[_subset(len(cropped), settings.max_points)]
     target_mesh = TriangleMesh(target, faces_t)
     coeffs = np.zeros(n_coeffs)
@@ -185,7 +196,7 @@ def fit_model_to_mesh(face_model, target_vertices: Any, target_faces: Any, targe
         query = model_mesh.closest_points(current.inverse().apply(cropped))
         tri = model_faces[query.triangle]  # (N, 3)
         weights = _barycentrics(query.closest, shape[tri])
-        rms = float(np.sqrt(np.mean(query.distances ** 2))) * current.scale
+        rms = float(np.sqrt(np.mean(query.distances**2))) * current.scale
         rows_a = sum(weights[:, k, None, None] * basis[tri[:, k]] for k in range(3))
         mean_a = sum(weights[:, k, None] * mean[tri[:, k]] for k in range(3))
         normals_a = model_mesh.face_normals[query.triangle] @ current.rotation.T
@@ -240,10 +251,19 @@ def fit_model_to_mesh(face_model, target_vertices: Any, target_faces: Any, targe
     layout = face_model.layout
     zeros = layout.zeros(1)
     identity = torch.as_tensor(coeffs[:n_id], dtype=torch.float32)[None]
-    expression = (torch.as_tensor(coeffs[n_id:n_id + n_exp], dtype=torch.float32)[None] if settings.expression
-                  else zeros.expression)
-    return CeilingFit(zeros.replace(identity=identity, expression=expression), shape, transform,
-                      transform.apply(shape), rms, np.asarray(history))
+    expression = (
+        torch.as_tensor(coeffs[n_id : n_id + n_exp], dtype=torch.float32)[None]
+        if settings.expression
+        else zeros.expression
+    )
+    return CeilingFit(
+        zeros.replace(identity=identity, expression=expression),
+        shape,
+        transform,
+        transform.apply(shape),
+        rms,
+        np.asarray(history),
+    )
 
 
 def share_of_gain(mean_face: float, method: float, ceiling: float) -> float | None:

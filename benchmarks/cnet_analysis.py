@@ -15,7 +15,7 @@ import csv
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -55,10 +55,10 @@ class SetEvaluation:
     identity: torch.Tensor
     valid: torch.Tensor
     confidences: dict[str, torch.Tensor]
-    truth_vertices: Optional[torch.Tensor]
-    yaw_deg: Optional[torch.Tensor]
-    occluded: Optional[torch.Tensor]
-    degradation: Optional[torch.Tensor]
+    truth_vertices: torch.Tensor | None
+    yaw_deg: torch.Tensor | None
+    occluded: torch.Tensor | None
+    degradation: torch.Tensor | None
 
     @property
     def elementwise(self) -> torch.Tensor | None:
@@ -73,8 +73,9 @@ def _pad_cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect_set_evaluation(modules: Mapping[str, CNetModule], batches: Iterable[SetBatch],
-                           device: str | torch.device = "cpu") -> SetEvaluation:
+def collect_set_evaluation(
+    modules: Mapping[str, CNetModule], batches: Iterable[SetBatch], device: str | torch.device = "cpu"
+) -> SetEvaluation:
     """Run every module (strategy -> trained `CNetModule`, all on the same R-Net) over ``batches``.
 
     The identities come from the first module (R-Net is shared); confidences from each module's C-Net.
@@ -102,7 +103,8 @@ def collect_set_evaluation(modules: Mapping[str, CNetModule], batches: Iterable[
             for name in meta:
                 meta[name].append(getattr(batch.metadata, name).cpu())
     return SetEvaluation(
-        identity=_pad_cat(identity), valid=_pad_cat(valid),
+        identity=_pad_cat(identity),
+        valid=_pad_cat(valid),
         confidences={s: _pad_cat(c) for s, c in confidences.items()},
         truth_vertices=torch.cat(truth) if len(truth) == len(valid) else None,
         **{name: _pad_cat(parts) if len(parts) == len(valid) else None for name, parts in meta.items()},
@@ -133,8 +135,12 @@ def strategy_errors(evaluation: SetEvaluation, face_model, chunk: int = 64) -> d
             aggregated[strategy] = aggregate(strategy, ev.identity, ev.valid, ev.elementwise)
 
     def errors(identity: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
-        out = [vertex_error(neutral_shape(face_model, identity[k:k + chunk]), truth[k:k + chunk].to(face_model.mean_shape))
-               for k in range(0, len(identity), chunk)]
+        out = [
+            vertex_error(
+                neutral_shape(face_model, identity[k : k + chunk]), truth[k : k + chunk].to(face_model.mean_shape)
+            )
+            for k in range(0, len(identity), chunk)
+        ]
         return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
     per_picture = ev.identity[ev.valid]
@@ -142,8 +148,9 @@ def strategy_errors(evaluation: SetEvaluation, face_model, chunk: int = 64) -> d
     result = {"per_image": errors(per_picture, truth_per_picture)}
     set_of_picture = torch.arange(len(ev.valid)).unsqueeze(1).expand_as(ev.valid)[ev.valid].numpy()
     counts = np.bincount(set_of_picture, minlength=len(ev.valid))
-    result["per_image_by_set"] = np.bincount(set_of_picture, weights=result["per_image"],
-                                             minlength=len(ev.valid)) / np.maximum(counts, 1)
+    result["per_image_by_set"] = np.bincount(
+        set_of_picture, weights=result["per_image"], minlength=len(ev.valid)
+    ) / np.maximum(counts, 1)
     result.update({name: errors(identity, ev.truth_vertices) for name, identity in aggregated.items()})
     return result
 
@@ -158,8 +165,8 @@ class TableRow:
     mean_mm: float
     std_mm: float
     count: int
-    diff_mm: Optional[float] = None
-    diff_se_mm: Optional[float] = None
+    diff_mm: float | None = None
+    diff_se_mm: float | None = None
 
 
 def strategy_table(errors: Mapping[str, np.ndarray]) -> list[TableRow]:
@@ -174,15 +181,20 @@ def strategy_table(errors: Mapping[str, np.ndarray]) -> list[TableRow]:
             delta = paired - errors["mean"]
             diff = float(delta.mean())
             diff_se = float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else float("nan")
-        rows.append(TableRow(key, name, float(np.mean(errors[key])), float(np.std(errors[key])), len(errors[key]),
-                             diff, diff_se))
+        rows.append(
+            TableRow(
+                key, name, float(np.mean(errors[key])), float(np.std(errors[key])), len(errors[key]), diff, diff_se
+            )
+        )
     return rows
 
 
 def table_markdown(rows: list[TableRow]) -> str:
     baseline = next((r.mean_mm for r in rows if r.key == "mean"), None)
-    lines = ["| strategy | shape error (mm), mean ± std | vs shape averaging, per set (mm, mean ± s.e.) | n |",
-             "|---|---|---|---|"]
+    lines = [
+        "| strategy | shape error (mm), mean ± std | vs shape averaging, per set (mm, mean ± s.e.) | n |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         change = ""
         if r.diff_mm is not None and baseline:
@@ -198,9 +210,17 @@ def write_table(rows: list[TableRow], markdown_path: Path, csv_path: Path) -> No
         writer = csv.writer(handle)
         writer.writerow(["strategy", "name", "mean_mm", "std_mm", "count", "diff_vs_averaging_mm", "diff_se_mm"])
         for r in rows:
-            writer.writerow([r.key, r.name, f"{r.mean_mm:.4f}", f"{r.std_mm:.4f}", r.count,
-                             "" if r.diff_mm is None else f"{r.diff_mm:.4f}",
-                             "" if r.diff_se_mm is None else f"{r.diff_se_mm:.4f}"])
+            writer.writerow(
+                [
+                    r.key,
+                    r.name,
+                    f"{r.mean_mm:.4f}",
+                    f"{r.std_mm:.4f}",
+                    r.count,
+                    "" if r.diff_mm is None else f"{r.diff_mm:.4f}",
+                    "" if r.diff_se_mm is None else f"{r.diff_se_mm:.4f}",
+                ]
+            )
 
 
 # ------------------------------------------------------------------------------------------------- plots
@@ -228,8 +248,13 @@ def yaw_bins(yaw_deg: np.ndarray, edges: np.ndarray, values: np.ndarray) -> tupl
     return mean, sem
 
 
-def plot_confidence_vs_yaw(evaluation: SetEvaluation, path: Path, coefficients: tuple[int, ...] = (0, 1, 2, 3, 4),
-                           n_bins: int = 8, clean_only: bool = True) -> Path:
+def plot_confidence_vs_yaw(
+    evaluation: SetEvaluation,
+    path: Path,
+    coefficients: tuple[int, ...] = (0, 1, 2, 3, 4),
+    n_bins: int = 8,
+    clean_only: bool = True,
+) -> Path:
     """Mean confidence per yaw bin: a few identity coefficients, their sum (S2/S3's score), S1's scalar, and a
     heatmap of every coefficient's confidence relative to its own mean (profile vs frontal at a glance).
 
@@ -261,8 +286,14 @@ def plot_confidence_vs_yaw(evaluation: SetEvaluation, path: Path, coefficients: 
         axes[1].errorbar(centres, total_mean, yerr=total_sem, marker="o", capsize=2, color="k", label="sum (S2/S3)")
         axes[1].set(xlabel="yaw (degrees)", ylabel="sum of confidences", title="confidence sum vs yaw")
         relative, _ = yaw_bins(yaw, edges, conf / np.maximum(conf.mean(0, keepdims=True), 1e-12))
-        image = axes[2].imshow(relative.T, aspect="auto", cmap="coolwarm", vmin=0.5, vmax=1.5,
-                               extent=(edges[0], edges[-1], conf.shape[1] - 0.5, -0.5))
+        image = axes[2].imshow(
+            relative.T,
+            aspect="auto",
+            cmap="coolwarm",
+            vmin=0.5,
+            vmax=1.5,
+            extent=(edges[0], edges[-1], conf.shape[1] - 0.5, -0.5),
+        )
         axes[2].set(xlabel="yaw (degrees)", ylabel="identity coefficient", title="confidence / its mean")
         fig.colorbar(image, ax=axes[2])
     if "s1" in ev.confidences:
@@ -332,8 +363,9 @@ def plot_confidence_vs_occlusion(evaluation: SetEvaluation, path: Path, n_coeffi
         ratio = (elementwise[occluded].mean(0) / elementwise[clean].mean(0).clamp_min(1e-12))[:n].numpy()
         axes[1].bar(np.arange(n), ratio, color=np.where(ratio < 1.0, "tab:blue", "tab:orange"))
         axes[1].axhline(1.0, color="grey", lw=0.8)
-        axes[1].set(xlabel="identity coefficient", ylabel="occluded / clean",
-                    title="element-wise confidence, occluded vs clean")
+        axes[1].set(
+            xlabel="identity coefficient", ylabel="occluded / clean", title="element-wise confidence, occluded vs clean"
+        )
     else:
         axes[1].set_axis_off()
     fig.tight_layout()
@@ -365,5 +397,6 @@ def analyse(evaluation: SetEvaluation, face_model, out_dir: str | Path, plots: b
     if plots and evaluation.confidences and evaluation.yaw_deg is not None:
         written.append(plot_confidence_vs_yaw(evaluation, out_dir / "confidence_vs_yaw.png"))
         written.append(plot_confidence_vs_occlusion(evaluation, out_dir / "confidence_vs_occlusion.png"))
-    return AnalysisResult(rows=rows, table_markdown=md, table_csv=table_csv, plots=written,
-                          confidence_by_degradation=trust)
+    return AnalysisResult(
+        rows=rows, table_markdown=md, table_csv=table_csv, plots=written, confidence_by_degradation=trust
+    )

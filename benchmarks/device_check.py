@@ -41,9 +41,20 @@ TRAIN_GOAL_IMAGES_PER_S = 1_000
 """Goal on one modern GPU: R-Net training images per second."""
 DEFAULT_OUT = Path("benchmarks/reports/device_check")
 
-_SYNC_OPS = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique", "aten._unique",
-             "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.is_nonzero", "aten.equal",
-             "aten.lift_fresh", "aten.masked_scatter"}
+_SYNC_OPS = {
+    "aten._local_scalar_dense",
+    "aten.nonzero",
+    "aten.masked_select",
+    "aten.unique",
+    "aten._unique",
+    "aten._unique2",
+    "aten.unique_dim",
+    "aten.unique_consecutive",
+    "aten.is_nonzero",
+    "aten.equal",
+    "aten.lift_fresh",
+    "aten.masked_scatter",
+}
 _INDEX_OPS = {"aten.index", "aten.index_put", "aten.index_put_", "aten._index_put_impl_"}
 
 
@@ -78,8 +89,11 @@ class HostSyncCounter(TorchDispatchMode):
             self._patched.clear()
 
     def _record(self, name: str) -> None:
-        ours = [f for f in traceback.extract_stack()[:-2]
-                if "/tests/" not in f.filename and "/torch/" not in f.filename and f.filename != __file__]
+        ours = [
+            f
+            for f in traceback.extract_stack()[:-2]
+            if "/tests/" not in f.filename and "/torch/" not in f.filename and f.filename != __file__
+        ]
         where = f"{'/'.join(ours[-1].filename.rsplit('/', 2)[-2:])}:{ours[-1].lineno}" if ours else "?"
         self.hits[(name, where)] += 1
 
@@ -87,6 +101,7 @@ class HostSyncCounter(TorchDispatchMode):
         def wrapped(tensor, *args, **kwargs):
             self._record(f"Tensor.{name}")
             return method(tensor, *args, **kwargs)
+
         return wrapped
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -134,8 +149,17 @@ class CheckSettings:
 
     @staticmethod
     def quick() -> CheckSettings:
-        return CheckSettings(raster_grid=24, raster_batch=2, raster_size=32, raster_warmup=1, raster_repeats=1,
-                             extra_configs=("smoke",), train_warmup=1, train_steps=1, train_batches=(2,))
+        return CheckSettings(
+            raster_grid=24,
+            raster_batch=2,
+            raster_size=32,
+            raster_warmup=1,
+            raster_repeats=1,
+            extra_configs=("smoke",),
+            train_warmup=1,
+            train_steps=1,
+            train_batches=(2,),
+        )
 
 
 @dataclass
@@ -172,8 +196,11 @@ def backend_description(device: torch.device) -> str:
     name = _resolve_backend("auto", probe)
     if name == "pytorch3d":
         return "pytorch3d (PyTorch3D's rasterizer for visibility; barycentrics by the shared autograd code)"
-    schedule = ("sync-free fixed schedule" if _sync_free_by_default(probe)
-                else "data-sized schedule (host syncs; the CPU default)")
+    schedule = (
+        "sync-free fixed schedule"
+        if _sync_free_by_default(probe)
+        else "data-sized schedule (host syncs; the CPU default)"
+    )
     return f"torch (portable PyTorch), {schedule}"
 
 
@@ -213,10 +240,16 @@ def rasterizer_check(settings: CheckSettings, device: torch.device) -> dict:
     dropped = fragments.dropped_pairs
     return {
         "mesh": f"procedural BFM-sized grid ({vertices.shape[0]} vertices, {faces.shape[0]} triangles)",
-        "vertices": vertices.shape[0], "triangles": faces.shape[0], "batch": settings.raster_batch,
-        "image_size": size, "repeats": settings.raster_repeats, "warmup": settings.raster_warmup,
-        "forward_ms": 1e3 * forward_s, "forward_backward_ms": 1e3 * total_s,
-        "faces_per_s": rendered / total_s, "images_per_s": settings.raster_batch / total_s,
+        "vertices": vertices.shape[0],
+        "triangles": faces.shape[0],
+        "batch": settings.raster_batch,
+        "image_size": size,
+        "repeats": settings.raster_repeats,
+        "warmup": settings.raster_warmup,
+        "forward_ms": 1e3 * forward_s,
+        "forward_backward_ms": 1e3 * total_s,
+        "faces_per_s": rendered / total_s,
+        "images_per_s": settings.raster_batch / total_s,
         "coverage": float(fragments.mask.float().mean()),
         "dropped_pairs": None if dropped is None else int(dropped),
     }
@@ -225,8 +258,7 @@ def rasterizer_check(settings: CheckSettings, device: torch.device) -> dict:
 def _config(name: str, settings: CheckSettings, batch: int | None = None):
     from experiments.config import load_config
 
-    overrides = ["renderer.backend=auto", "trainer.channels_last=true", "logging.wandb=false",
-                 "data.kind=synthetic"]
+    overrides = ["renderer.backend=auto", "trainer.channels_last=true", "logging.wandb=false", "data.kind=synthetic"]
     if batch is not None:
         overrides.append(f"data.batch_size={batch}")
     return load_config([name, *settings.extra_configs], overrides)
@@ -244,8 +276,12 @@ def _module_and_batch(cfg, device: torch.device):
     # Targets near the mean face's landmarks, so that the landmark term has its usual size.
     landmarks = module.renderer.project_landmarks(coeffs).detach()
     landmarks = landmarks + torch.randn(landmarks.shape, generator=gen).to(device)
-    faces = FaceBatch(images=torch.rand(batch, 3, size, size, generator=gen), landmarks=landmarks.cpu(),
-                      skin=torch.rand(batch, 1, size, size, generator=gen), index=torch.arange(batch))
+    faces = FaceBatch(
+        images=torch.rand(batch, 3, size, size, generator=gen),
+        landmarks=landmarks.cpu(),
+        skin=torch.rand(batch, 1, size, size, generator=gen),
+        index=torch.arange(batch),
+    )
     return module, faces.to(device)
 
 
@@ -280,10 +316,17 @@ def training_check(name: str, settings: CheckSettings, device: torch.device, bat
     images = settings.train_steps * batch.batch_size
     return {
         "config": name + "".join(f" + {extra}" for extra in settings.extra_configs),
-        "backbone": cfg.network.backbone, "image_size": cfg.renderer.image_size, "batch": batch.batch_size,
-        "perceptual": cfg.loss.perceptual, "precision": settings.precision, "channels_last": True,
-        "warmup_steps": settings.train_warmup, "timed_steps": settings.train_steps,
-        "seconds": elapsed, "images_per_s": images / elapsed, "last_loss": float(loss.detach()),
+        "backbone": cfg.network.backbone,
+        "image_size": cfg.renderer.image_size,
+        "batch": batch.batch_size,
+        "perceptual": cfg.loss.perceptual,
+        "precision": settings.precision,
+        "channels_last": True,
+        "warmup_steps": settings.train_warmup,
+        "timed_steps": settings.train_steps,
+        "seconds": elapsed,
+        "images_per_s": images / elapsed,
+        "last_loss": float(loss.detach()),
     }
 
 
@@ -335,24 +378,38 @@ def sync_check(settings: CheckSettings, device: torch.device) -> dict:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def run_check(settings: CheckSettings, device: torch.device, quick: bool, gpu_tests: str | None = None,
-              out: Path | None = None) -> Report:
+def run_check(
+    settings: CheckSettings, device: torch.device, quick: bool, gpu_tests: str | None = None, out: Path | None = None
+) -> Report:
     """Every measurement; a failing section is recorded in ``errors`` and the rest still runs. With ``out`` the
     report is rewritten there after each section, so a run stopped by a time limit keeps what it measured."""
     cuda = torch.version.cuda if device.type == "cuda" else None
     from benchmarks.speed import device_name
 
-    report = Report(device=str(device), device_name=device_name(device), torch=torch.__version__, cuda=cuda,
-                    quick=quick, rasterizer_backend=backend_description(device), gpu_tests=gpu_tests,
-                    goals={"rasterizer_faces_per_s": RASTER_GOAL_FACES_PER_S,
-                           "training_images_per_s": TRAIN_GOAL_IMAGES_PER_S})
-    sections = [("rasterizer", lambda: setattr(report, "rasterizer", rasterizer_check(settings, device))),
-                ("host syncs", lambda: setattr(report, "host_syncs", sync_check(settings, device)))]
+    report = Report(
+        device=str(device),
+        device_name=device_name(device),
+        torch=torch.__version__,
+        cuda=cuda,
+        quick=quick,
+        rasterizer_backend=backend_description(device),
+        gpu_tests=gpu_tests,
+        goals={"rasterizer_faces_per_s": RASTER_GOAL_FACES_PER_S, "training_images_per_s": TRAIN_GOAL_IMAGES_PER_S},
+    )
+    sections = [
+        ("rasterizer", lambda: setattr(report, "rasterizer", rasterizer_check(settings, device))),
+        ("host syncs", lambda: setattr(report, "host_syncs", sync_check(settings, device))),
+    ]
     for name in settings.configs:
         for batch in settings.train_batches:
-            sections.append((f"training {name} batch {batch or 'of the config'}",
-                             lambda name=name, batch=batch: report.training.append(
-                                 training_check(name, settings, device, batch))))
+            sections.append(
+                (
+                    f"training {name} batch {batch or 'of the config'}",
+                    lambda name=name, batch=batch: report.training.append(
+                        training_check(name, settings, device, batch)
+                    ),
+                )
+            )
     for title, section in sections:
         try:
             section()
@@ -373,31 +430,43 @@ def _verdict(value: float | None, goal: float, quick: bool) -> str:
 
 
 def render_markdown(report: Report) -> str:
-    lines = ["# Device check", "",
-             f"- device: {report.device_name} (`{report.device}`), torch {report.torch}"
-             + (f", CUDA {report.cuda}" if report.cuda else ""),
-             f"- rasterizer backend: {report.rasterizer_backend}",
-             f"- platform: {platform.platform()}, Python {platform.python_version()}"]
+    lines = [
+        "# Device check",
+        "",
+        f"- device: {report.device_name} (`{report.device}`), torch {report.torch}"
+        + (f", CUDA {report.cuda}" if report.cuda else ""),
+        f"- rasterizer backend: {report.rasterizer_backend}",
+        f"- platform: {platform.platform()}, Python {platform.python_version()}",
+    ]
     if report.quick:
         lines.append("- **quick run** (tiny sizes): the numbers only show that the check works")
     lines += ["", "## Goals (one modern GPU)", "", "| goal | measured | verdict |", "|---|---:|---|"]
     raster = report.rasterizer.get("faces_per_s")
-    lines.append(f"| rasterizer forward+backward >= {RASTER_GOAL_FACES_PER_S:,} faces/s | "
-                 f"{'-' if raster is None else f'{raster:,.0f}'} | "
-                 f"{_verdict(raster, RASTER_GOAL_FACES_PER_S, report.quick)} |")
+    lines.append(
+        f"| rasterizer forward+backward >= {RASTER_GOAL_FACES_PER_S:,} faces/s | "
+        f"{'-' if raster is None else f'{raster:,.0f}'} | "
+        f"{_verdict(raster, RASTER_GOAL_FACES_PER_S, report.quick)} |"
+    )
     for row in report.training:
-        lines.append(f"| training `{row['config']}`, batch {row['batch']} >= {TRAIN_GOAL_IMAGES_PER_S:,} images/s | "
-                     f"{row['images_per_s']:,.1f} | "
-                     f"{_verdict(row['images_per_s'], TRAIN_GOAL_IMAGES_PER_S, report.quick)} |")
+        lines.append(
+            f"| training `{row['config']}`, batch {row['batch']} >= {TRAIN_GOAL_IMAGES_PER_S:,} images/s | "
+            f"{row['images_per_s']:,.1f} | "
+            f"{_verdict(row['images_per_s'], TRAIN_GOAL_IMAGES_PER_S, report.quick)} |"
+        )
     if report.rasterizer:
         r = report.rasterizer
-        lines += ["", "## Rasterizer", "",
-                  f"{r['mesh']}, batch {r['batch']}, {r['image_size']}x{r['image_size']}, median of {r['repeats']} "
-                  f"after {r['warmup']} warm-up runs; coverage {r['coverage']:.0%}.", "",
-                  "| forward ms | forward+backward ms | faces/s | images/s | dropped pairs |",
-                  "|---:|---:|---:|---:|---:|",
-                  f"| {r['forward_ms']:.1f} | {r['forward_backward_ms']:.1f} | {r['faces_per_s']:,.0f} | "
-                  f"{r['images_per_s']:,.1f} | {r['dropped_pairs']} |"]
+        lines += [
+            "",
+            "## Rasterizer",
+            "",
+            f"{r['mesh']}, batch {r['batch']}, {r['image_size']}x{r['image_size']}, median of {r['repeats']} "
+            f"after {r['warmup']} warm-up runs; coverage {r['coverage']:.0%}.",
+            "",
+            "| forward ms | forward+backward ms | faces/s | images/s | dropped pairs |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {r['forward_ms']:.1f} | {r['forward_backward_ms']:.1f} | {r['faces_per_s']:,.0f} | "
+            f"{r['images_per_s']:,.1f} | {r['dropped_pairs']} |",
+        ]
     if report.host_syncs:
         lines += ["", "## Host syncs", "", "| what | counted sync operations | CUDA sync debug mode |", "|---|---|---|"]
         for what, found in report.host_syncs.items():
@@ -405,14 +474,21 @@ def render_markdown(report: Report) -> str:
             debug = found["cuda_sync_debug_error"] or ("passed" if report.device.startswith("cuda") else "n/a (CPU)")
             lines.append(f"| {what} | {counted} | {debug} |")
     if report.training:
-        lines += ["", "## R-Net training", "",
-                  "Synthetic batches already on the device; forward, hybrid loss, backward and Adam per step.", "",
-                  "| config | backbone | crop | batch | perceptual | precision | steps | images/s |",
-                  "|---|---|---:|---:|---:|---|---:|---:|"]
+        lines += [
+            "",
+            "## R-Net training",
+            "",
+            "Synthetic batches already on the device; forward, hybrid loss, backward and Adam per step.",
+            "",
+            "| config | backbone | crop | batch | perceptual | precision | steps | images/s |",
+            "|---|---|---:|---:|---:|---|---:|---:|",
+        ]
         for t in report.training:
-            lines.append(f"| {t['config']} | {t['backbone']} | {t['image_size']} | {t['batch']} | {t['perceptual']} | "
-                         f"{t['precision']}, channels-last | {t['timed_steps']} after {t['warmup_steps']} | "
-                         f"{t['images_per_s']:,.1f} |")
+            lines.append(
+                f"| {t['config']} | {t['backbone']} | {t['image_size']} | {t['batch']} | {t['perceptual']} | "
+                f"{t['precision']}, channels-last | {t['timed_steps']} after {t['warmup_steps']} | "
+                f"{t['images_per_s']:,.1f} |"
+            )
     if report.gpu_tests:
         lines += ["", "## gpu-marked tests", "", "```", report.gpu_tests.strip(), "```"]
     if report.errors:
@@ -435,12 +511,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds on a CPU)")
     parser.add_argument("--configs", default=None, help="comma-separated configs (default: default,paper_ict)")
     parser.add_argument("--train-steps", type=int, default=None, help="timed training steps per config")
-    parser.add_argument("--gpu-tests-log", type=Path, default=None,
-                        help="pytest output of the gpu-marked tests; its last lines go into the report")
+    parser.add_argument(
+        "--gpu-tests-log",
+        type=Path,
+        default=None,
+        help="pytest output of the gpu-marked tests; its last lines go into the report",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device cuda but torch {torch.__version__} sees no CUDA device; install a CUDA wheel "
-                     "(see benchmarks/device_check.sh) or pass --device cpu --quick")
+        parser.error(
+            f"--device cuda but torch {torch.__version__} sees no CUDA device; install a CUDA wheel "
+            "(see benchmarks/device_check.sh) or pass --device cpu --quick"
+        )
     settings = CheckSettings.quick() if args.quick else CheckSettings()
     if args.configs:
         settings = CheckSettings(**{**asdict(settings), "configs": tuple(args.configs.split(","))})

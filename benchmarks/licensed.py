@@ -32,13 +32,19 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from preprocessing.detect import DEFAULT_DETECTOR
-
-from benchmarks.datasets import (DatasetFormatError, open_bu3dfe, open_facewarehouse, open_micc, open_now)
+from benchmarks.datasets import DatasetFormatError, open_bu3dfe, open_facewarehouse, open_micc, open_now
 from benchmarks.datasets.paths import PATHS_FILE
-from benchmarks.metrics import (DM_TO_MM, NOW_LANDMARKS_68, ErrorStats, now_scan_to_mesh, region_point_to_point,
-                                scan_to_mesh, summarise)
+from benchmarks.metrics import (
+    DM_TO_MM,
+    NOW_LANDMARKS_68,
+    ErrorStats,
+    now_scan_to_mesh,
+    region_point_to_point,
+    scan_to_mesh,
+    summarise,
+)
 from face_model.coefficients import Coefficients
+from preprocessing.detect import DEFAULT_DETECTOR
 
 DATASETS = ("micc", "facewarehouse", "bu3dfe", "now")
 TITLES = {"micc": "MICC Florence", "facewarehouse": "FaceWarehouse", "bu3dfe": "BU-3DFE", "now": "NoW (validation)"}
@@ -100,8 +106,14 @@ class DatasetRow:
     stats: ErrorStats
 
     def as_dict(self) -> dict:
-        return {"label": self.label, "level": self.level, "mean_mm": self.stats.mean, "std_mm": self.stats.std,
-                "median_mm": self.stats.median, "count": self.stats.count}
+        return {
+            "label": self.label,
+            "level": self.level,
+            "mean_mm": self.stats.mean,
+            "std_mm": self.stats.std,
+            "median_mm": self.stats.median,
+            "count": self.stats.count,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,8 +132,13 @@ class DatasetResult:
         return TITLES.get(self.name, self.name)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "note": self.note, "skipped": self.skipped,
-                "rows": [row.as_dict() for row in self.rows], "failed": [list(f) for f in self.failed]}
+        return {
+            "name": self.name,
+            "note": self.note,
+            "skipped": self.skipped,
+            "rows": [row.as_dict() for row in self.rows],
+            "failed": [list(f) for f in self.failed],
+        }
 
 
 def _mesh_mm(face_model, coeffs: Coefficients, keep_expression: bool) -> np.ndarray:
@@ -143,8 +160,13 @@ def _stats_rows(values: Mapping[str, list[float]], level: str) -> tuple[DatasetR
     return tuple(DatasetRow(label, level, summarise(v)) for label, v in values.items() if v)
 
 
-def evaluate_micc(dataset, predictor: PicturePredictor, limit: int | None = None, every: int = MICC_EVERY,
-                  max_frames: int = MICC_MAX_FRAMES) -> tuple[tuple[DatasetRow, ...], list[tuple[str, str]]]:
+def evaluate_micc(
+    dataset,
+    predictor: PicturePredictor,
+    limit: int | None = None,
+    every: int = MICC_EVERY,
+    max_frames: int = MICC_MAX_FRAMES,
+) -> tuple[tuple[DatasetRow, ...], list[tuple[str, str]]]:
     """Rows per video setting (mean error of each subject) and the failures (see the module docstring)."""
     from benchmarks.datasets.micc import SETTINGS
     from reconstruction.sets import frames_from_video
@@ -168,8 +190,9 @@ def evaluate_micc(dataset, predictor: PicturePredictor, limit: int | None = None
                     failed.append((item, f"no usable face in any of {len(sources)} frames"))
                     continue
                 mesh = _mesh_mm(predictor.face_model, coeffs, keep_expression=False)
-                errors = scan_to_mesh(sample.vertices, mesh, faces, crop_center=sample.nose_tip(),
-                                      mesh_crop_center=mesh[nose])
+                errors = scan_to_mesh(
+                    sample.vertices, mesh, faces, crop_center=sample.nose_tip(), mesh_crop_center=mesh[nose]
+                )
             except ValueError as error:
                 failed.append((item, str(error)))
                 continue
@@ -177,8 +200,9 @@ def evaluate_micc(dataset, predictor: PicturePredictor, limit: int | None = None
     return _stats_rows(per_setting, "subject"), failed
 
 
-def evaluate_bu3dfe(dataset, predictor: PicturePredictor,
-                    limit: int | None = None) -> tuple[tuple[DatasetRow, ...], list[tuple[str, str]]]:
+def evaluate_bu3dfe(
+    dataset, predictor: PicturePredictor, limit: int | None = None
+) -> tuple[tuple[DatasetRow, ...], list[tuple[str, str]]]:
     """One row: the mean error of each subject's neutral F2D picture (see the module docstring)."""
     faces = predictor.face_model.triangles.cpu().numpy()
     nose = int(predictor.face_model.landmark_ids[NOSE_TIP_68])
@@ -198,8 +222,9 @@ def evaluate_bu3dfe(dataset, predictor: PicturePredictor,
     return _stats_rows({"neutral face (NE00), frontal F2D picture": values}, "subject"), failed
 
 
-def evaluate_facewarehouse(dataset, predictor: PicturePredictor,
-                           limit: int | None = None) -> tuple[tuple[DatasetRow, ...], list[tuple[str, str]]]:
+def evaluate_facewarehouse(
+    dataset, predictor: PicturePredictor, limit: int | None = None
+) -> tuple[tuple[DatasetRow, ...], list[tuple[str, str]]]:
     """One row: the mean error of each picture, whole predicted face (see the module docstring)."""
     everything = np.arange(predictor.face_model.n_vertices)
     values, failed = [], []
@@ -219,8 +244,9 @@ def evaluate_facewarehouse(dataset, predictor: PicturePredictor,
     return _stats_rows({"whole predicted face, expression kept": values}, "picture"), failed
 
 
-def evaluate_now(dataset, predictor: PicturePredictor,
-                 limit: int | None = None) -> tuple[tuple[DatasetRow, ...], list[tuple[str, str]]]:
+def evaluate_now(
+    dataset, predictor: PicturePredictor, limit: int | None = None
+) -> tuple[tuple[DatasetRow, ...], list[tuple[str, str]]]:
     """Rows over all pictures and per challenge: scan-point distances pooled over pictures (NoW's convention)."""
     faces = predictor.face_model.triangles.cpu().numpy()
     ids = predictor.face_model.landmark_ids.cpu().numpy()[list(NOW_LANDMARKS_68)]
@@ -240,13 +266,18 @@ def evaluate_now(dataset, predictor: PicturePredictor,
             continue
         pooled["all challenges"].append(errors.distances)
         pooled.setdefault(sample.image.challenge, []).append(errors.distances)
-    return tuple(DatasetRow(label, "scan point", summarise(np.concatenate(parts)))
-                 for label, parts in pooled.items() if parts), failed
+    return tuple(
+        DatasetRow(label, "scan point", summarise(np.concatenate(parts))) for label, parts in pooled.items() if parts
+    ), failed
 
 
 _OPEN = {"micc": open_micc, "facewarehouse": open_facewarehouse, "bu3dfe": open_bu3dfe, "now": open_now}
-_EVALUATE = {"micc": evaluate_micc, "facewarehouse": evaluate_facewarehouse, "bu3dfe": evaluate_bu3dfe,
-             "now": evaluate_now}
+_EVALUATE = {
+    "micc": evaluate_micc,
+    "facewarehouse": evaluate_facewarehouse,
+    "bu3dfe": evaluate_bu3dfe,
+    "now": evaluate_now,
+}
 
 
 @dataclass(frozen=True)
@@ -263,8 +294,9 @@ class DatasetSettings:
     environ: Mapping[str, str] | None = field(default=None, compare=False)
 
 
-def evaluate_datasets(settings: DatasetSettings, predictor_factory: Callable[[], PicturePredictor],
-                      log: Callable[[str], None] = print) -> list[DatasetResult]:
+def evaluate_datasets(
+    settings: DatasetSettings, predictor_factory: Callable[[], PicturePredictor], log: Callable[[str], None] = print
+) -> list[DatasetResult]:
     """Every dataset of ``settings``: run when configured (the predictor is built on first need), else a skip note.
     A dataset whose files do not match its documented layout is reported with the loader's error, not raised."""
     unknown = [name for name in settings.names if name not in DATASETS]

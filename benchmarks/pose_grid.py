@@ -59,22 +59,24 @@ BENCHMARK_SEED_BASE = 2019_0603
 """Added to the benchmark's ``--seed`` to form the generator's base seed (see the module docstring)."""
 
 
-def pose_grid(pitches_deg: Sequence[float] = PITCHES_DEG,
-              yaws_deg: Sequence[float] = YAWS_DEG) -> tuple[np.ndarray, np.ndarray]:
+def pose_grid(
+    pitches_deg: Sequence[float] = PITCHES_DEG, yaws_deg: Sequence[float] = YAWS_DEG
+) -> tuple[np.ndarray, np.ndarray]:
     """(pitch, yaw) in degrees of each picture of one identity, pitch-major: two (P * Y,) arrays."""
     pitch, yaw = np.meshgrid(np.asarray(pitches_deg, float), np.asarray(yaws_deg, float), indexing="ij")
     return pitch.ravel(), yaw.ravel()
 
 
-def fit_subset(n_identities: int, count: int, pitches_deg: Sequence[float] = PITCHES_DEG,
-               yaws_deg: Sequence[float] = YAWS_DEG) -> list[tuple[int, int]]:
+def fit_subset(
+    n_identities: int, count: int, pitches_deg: Sequence[float] = PITCHES_DEG, yaws_deg: Sequence[float] = YAWS_DEG
+) -> list[tuple[int, int]]:
     """The (identity, picture) pairs fitted by analysis-by-synthesis: the first ``count`` of all pictures
     taken pitch row by pitch row, rows closest to 0 degrees first (ties: the lower pitch), and within a row
     identity by identity, every yaw of an identity in turn. So 5 pictures are identity 0's five yaws at the
     pitch nearest frontal, 10 add identity 1's, and so on."""
     rows = sorted(range(len(pitches_deg)), key=lambda p: (abs(pitches_deg[p]), pitches_deg[p]))
     order = [(i, p * len(yaws_deg) + y) for p in rows for i in range(n_identities) for y in range(len(yaws_deg))]
-    return order[:max(count, 0)]
+    return order[: max(count, 0)]
 
 
 class PoseGridDataset(SyntheticImageSetDataset):
@@ -92,15 +94,27 @@ class PoseGridDataset(SyntheticImageSetDataset):
         render_batch_size, device, backend: rendering settings.
     """
 
-    def __init__(self, face_model: FaceModel, n_identities: int, seed: int = 0, image_size: int = 224,
-                 pitches_deg: Sequence[float] = PITCHES_DEG, yaws_deg: Sequence[float] = YAWS_DEG,
-                 landmark_noise_px: float = 1.5, prior: CoefficientPrior = CoefficientPrior(),
-                 look: str | AppearanceSettings = "matched", render_batch_size: int = 32,
-                 device: str | torch.device = "cpu", backend: str = "auto") -> None:
+    def __init__(
+        self,
+        face_model: FaceModel,
+        n_identities: int,
+        seed: int = 0,
+        image_size: int = 224,
+        pitches_deg: Sequence[float] = PITCHES_DEG,
+        yaws_deg: Sequence[float] = YAWS_DEG,
+        landmark_noise_px: float = 1.5,
+        prior: CoefficientPrior = CoefficientPrior(),
+        look: str | AppearanceSettings = "matched",
+        render_batch_size: int = 32,
+        device: str | torch.device = "cpu",
+        backend: str = "auto",
+    ) -> None:
         if isinstance(look, str):
             if look not in POSE_GRID_LOOKS:
-                raise ValueError(f"unknown pose-grid look {look!r}; choose one of {sorted(POSE_GRID_LOOKS)} or pass "
-                                 "AppearanceSettings")
+                raise ValueError(
+                    f"unknown pose-grid look {look!r}; choose one of {sorted(POSE_GRID_LOOKS)} or pass "
+                    "AppearanceSettings"
+                )
             self.look_name, appearance = look, POSE_GRID_LOOKS[look]
         else:
             self.look_name, appearance = "custom", look
@@ -111,19 +125,34 @@ class PoseGridDataset(SyntheticImageSetDataset):
         self.pitches_deg = tuple(float(p) for p in pitches_deg)
         self.yaws_deg = tuple(float(y) for y in yaws_deg)
         super().__init__(
-            face_model, n_identities, set_size=len(self.pitches_deg) * len(self.yaws_deg), split="test",
-            seed=BENCHMARK_SEED_BASE + seed, image_size=image_size,
-            max_yaw_deg=max(abs(y) for y in self.yaws_deg), max_pitch_deg=max(abs(p) for p in self.pitches_deg),
+            face_model,
+            n_identities,
+            set_size=len(self.pitches_deg) * len(self.yaws_deg),
+            split="test",
+            seed=BENCHMARK_SEED_BASE + seed,
+            image_size=image_size,
+            max_yaw_deg=max(abs(y) for y in self.yaws_deg),
+            max_pitch_deg=max(abs(p) for p in self.pitches_deg),
             max_roll_deg=0.0,
             # The plan's albedo is zero, so each picture's albedo is a full draw from the prior.
-            albedo_jitter=prior.albedo_std, degrade_probability=0.0, degradations=(),
-            landmark_noise_px=landmark_noise_px, prior=prior, cache_dir=None, appearance=appearance,
-            render_batch_size=render_batch_size, device=device, backend=backend,
+            albedo_jitter=prior.albedo_std,
+            degrade_probability=0.0,
+            degradations=(),
+            landmark_noise_px=landmark_noise_px,
+            prior=prior,
+            cache_dir=None,
+            appearance=appearance,
+            render_batch_size=render_batch_size,
+            device=device,
+            backend=backend,
         )
 
     def generation_parameters(self) -> dict:
-        return {**super().generation_parameters(), "pitches_deg": list(self.pitches_deg),
-                "yaws_deg": list(self.yaws_deg)}
+        return {
+            **super().generation_parameters(),
+            "pitches_deg": list(self.pitches_deg),
+            "yaws_deg": list(self.yaws_deg),
+        }
 
     def set_plan(self, set_index: int) -> dict:
         plan = super().set_plan(set_index)
@@ -138,8 +167,17 @@ class PoseGridDataset(SyntheticImageSetDataset):
 
     def describe(self) -> dict:
         """The protocol's parameters, for the report."""
-        return {"identities": self.n_sets, "pictures_per_identity": self.set_size, "pitches_deg": list(self.pitches_deg),
-                "yaws_deg": list(self.yaws_deg), "roll_deg": 0.0, "image_size": self.image_size,
-                "split": self.split, "generator_seed": self.seed, "landmark_noise_px": self.landmark_noise_px,
-                "prior": dataclasses.asdict(self.prior), "look": self.look_name,
-                "appearance": self.appearance.as_dict()}
+        return {
+            "identities": self.n_sets,
+            "pictures_per_identity": self.set_size,
+            "pitches_deg": list(self.pitches_deg),
+            "yaws_deg": list(self.yaws_deg),
+            "roll_deg": 0.0,
+            "image_size": self.image_size,
+            "split": self.split,
+            "generator_seed": self.seed,
+            "landmark_noise_px": self.landmark_noise_px,
+            "prior": dataclasses.asdict(self.prior),
+            "look": self.look_name,
+            "appearance": self.appearance.as_dict(),
+        }

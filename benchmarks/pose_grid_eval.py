@@ -26,7 +26,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -51,8 +50,17 @@ METHODS = (
 )
 """(key, name, level) of every method, in table order; ``level`` says what one error value is."""
 
-_COLOURS = {"mean_face": "grey", "rnet": "tab:blue", "averaging": "tab:green", "s1": "tab:purple", "s4": "tab:red",
-            "rnet_fit_subset": "tab:cyan", "fit": "tab:orange", "fit_averaging": "tab:olive", "fit_set": "tab:brown"}
+_COLOURS = {
+    "mean_face": "grey",
+    "rnet": "tab:blue",
+    "averaging": "tab:green",
+    "s1": "tab:purple",
+    "s4": "tab:red",
+    "rnet_fit_subset": "tab:cyan",
+    "fit": "tab:orange",
+    "fit_averaging": "tab:olive",
+    "fit_set": "tab:brown",
+}
 
 CEILING_MM = 0.0
 """The model's ceiling on this protocol: the truth is a face-model identity, so fitting it in 3D is exact."""
@@ -67,7 +75,7 @@ class MethodRow:
     level: str
     stats: ErrorStats
 
-    share_of_gain: Optional[float] = None
+    share_of_gain: float | None = None
     """(mean face - this row) / (mean face - ceiling), both on the same pictures (identities)."""
 
     @property
@@ -75,9 +83,17 @@ class MethodRow:
         return self.stats.std / max(self.stats.count, 1) ** 0.5
 
     def as_dict(self) -> dict:
-        return {"key": self.key, "name": self.name, "level": self.level, "mean_mm": self.stats.mean,
-                "std_mm": self.stats.std, "standard_error_mm": self.standard_error, "median_mm": self.stats.median,
-                "count": self.stats.count, "share_of_gain": self.share_of_gain}
+        return {
+            "key": self.key,
+            "name": self.name,
+            "level": self.level,
+            "mean_mm": self.stats.mean,
+            "std_mm": self.stats.std,
+            "standard_error_mm": self.standard_error,
+            "median_mm": self.stats.median,
+            "count": self.stats.count,
+            "share_of_gain": self.share_of_gain,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +118,7 @@ class PoseGridResult:
     identity_errors: dict[str, np.ndarray]
     rows: tuple[MethodRow, ...]
     notes: tuple[str, ...] = ()
-    fit_seconds: Optional[float] = None
+    fit_seconds: float | None = None
 
     def accuracy_dict(self) -> dict:
         """Everything deterministic (no timing), as plain JSON types."""
@@ -110,16 +126,21 @@ class PoseGridResult:
             "protocol": self.protocol,
             "rows": [row.as_dict() for row in self.rows],
             "per_yaw": per_yaw_table(self)[1],
-            "pictures": {"identity": self.identity.tolist(), "pitch_deg": self.pitch_deg.tolist(),
-                         "yaw_deg": self.yaw_deg.tolist(),
-                         **{key: [None if np.isnan(v) else float(v) for v in values]
-                            for key, values in self.picture_errors.items()}},
+            "pictures": {
+                "identity": self.identity.tolist(),
+                "pitch_deg": self.pitch_deg.tolist(),
+                "yaw_deg": self.yaw_deg.tolist(),
+                **{
+                    key: [None if np.isnan(v) else float(v) for v in values]
+                    for key, values in self.picture_errors.items()
+                },
+            },
             "identities": {key: values.tolist() for key, values in self.identity_errors.items()},
             "notes": list(self.notes),
         }
 
 
-def share_of_gain(mean_face: np.ndarray, method: np.ndarray, ceiling: float = CEILING_MM) -> Optional[float]:
+def share_of_gain(mean_face: np.ndarray, method: np.ndarray, ceiling: float = CEILING_MM) -> float | None:
     """`benchmarks.ceiling.share_of_gain` of the mean errors over the entries both arrays have (NaN = missing);
     None when there are none or the mean face is already at the ceiling."""
     keep = ~np.isnan(method) & ~np.isnan(mean_face)
@@ -128,7 +149,9 @@ def share_of_gain(mean_face: np.ndarray, method: np.ndarray, ceiling: float = CE
     return ceiling_share(float(mean_face[keep].mean()), float(method[keep].mean()), ceiling)
 
 
-def rows_from(picture_errors: Mapping[str, np.ndarray], identity_errors: Mapping[str, np.ndarray]) -> tuple[MethodRow, ...]:
+def rows_from(
+    picture_errors: Mapping[str, np.ndarray], identity_errors: Mapping[str, np.ndarray]
+) -> tuple[MethodRow, ...]:
     """Table rows of the methods present, in `METHODS` order (NaN entries = pictures a method skipped), each with
     its share of the possible gain against the mean face on the same entries."""
     rows = []
@@ -143,10 +166,16 @@ def rows_from(picture_errors: Mapping[str, np.ndarray], identity_errors: Mapping
     return tuple(rows)
 
 
-def evaluate_pose_grid(dataset: PoseGridDataset, modules: Mapping[str, torch.nn.Module], fitter=None,
-                       fit_count: int = 0, fit_dataset: Optional[PoseGridDataset] = None,
-                       device: str | torch.device = "cpu", sets_per_batch: int = 2,
-                       notes: Sequence[str] = ()) -> PoseGridResult:
+def evaluate_pose_grid(
+    dataset: PoseGridDataset,
+    modules: Mapping[str, torch.nn.Module],
+    fitter=None,
+    fit_count: int = 0,
+    fit_dataset: PoseGridDataset | None = None,
+    device: str | torch.device = "cpu",
+    sets_per_batch: int = 2,
+    notes: Sequence[str] = (),
+) -> PoseGridResult:
     """Run every method on ``dataset`` and score it.
 
     Args:
@@ -197,20 +226,31 @@ def evaluate_pose_grid(dataset: PoseGridDataset, modules: Mapping[str, torch.nn.
     protocol = dataset.describe()
     protocol["ceiling_mm"] = CEILING_MM
     if subset:
-        protocol["fit"] = {"pictures": [{"identity": i, "picture": j, "pitch_deg": float(pitch[j]),
-                                         "yaw_deg": float(yaw[j])} for i, j in subset],
-                           "settings": dataclasses.asdict(fitter.settings),
-                           "weights": dataclasses.asdict(fitter.loss.weights),
-                           "crop_size": int(fitter.renderer.camera.image_size[0]),
-                           "objective": "the objective of `face3d reconstruct --fit`"}
-    return PoseGridResult(protocol=protocol, identity=identity_index, pitch_deg=np.tile(pitch, n_sets),
-                          yaw_deg=np.tile(yaw, n_sets), picture_errors=picture_errors,
-                          identity_errors=identity_errors, rows=rows_from(picture_errors, identity_errors),
-                          notes=tuple(notes), fit_seconds=fit_seconds)
+        protocol["fit"] = {
+            "pictures": [
+                {"identity": i, "picture": j, "pitch_deg": float(pitch[j]), "yaw_deg": float(yaw[j])} for i, j in subset
+            ],
+            "settings": dataclasses.asdict(fitter.settings),
+            "weights": dataclasses.asdict(fitter.loss.weights),
+            "crop_size": int(fitter.renderer.camera.image_size[0]),
+            "objective": "the objective of `face3d reconstruct --fit`",
+        }
+    return PoseGridResult(
+        protocol=protocol,
+        identity=identity_index,
+        pitch_deg=np.tile(pitch, n_sets),
+        yaw_deg=np.tile(yaw, n_sets),
+        picture_errors=picture_errors,
+        identity_errors=identity_errors,
+        rows=rows_from(picture_errors, identity_errors),
+        notes=tuple(notes),
+        fit_seconds=fit_seconds,
+    )
 
 
-def _fit_errors(dataset: PoseGridDataset, subset: list[tuple[int, int]], fitter,
-                truth: torch.Tensor) -> tuple[np.ndarray, dict[int, float], dict[int, float], float]:
+def _fit_errors(
+    dataset: PoseGridDataset, subset: list[tuple[int, int]], fitter, truth: torch.Tensor
+) -> tuple[np.ndarray, dict[int, float], dict[int, float], float]:
     """Fit the subset's pictures one by one (as one batch: pictures do not interact, see `reconstruction.fit`),
     then each identity's pictures with one shared identity.
 
@@ -230,8 +270,14 @@ def _fit_errors(dataset: PoseGridDataset, subset: list[tuple[int, int]], fitter,
             shapes = neutral_shape(fitter.renderer.face_model, identity)
             return vertex_error(shapes, truth[identities].to(shapes)).cpu().numpy()
 
-    result = fit_coefficients(stack("images", subset), stack("landmarks", subset), stack("skin", subset),
-                              fitter.renderer, fitter.loss, fitter.settings)
+    result = fit_coefficients(
+        stack("images", subset),
+        stack("landmarks", subset),
+        stack("skin", subset),
+        fitter.renderer,
+        fitter.loss,
+        fitter.settings,
+    )
     single = score(result.coeffs.identity, [i for i, _ in subset])
     per_set, averaged = {}, {}
     for identity in samples:
@@ -240,8 +286,15 @@ def _fit_errors(dataset: PoseGridDataset, subset: list[tuple[int, int]], fitter,
         averaged[identity] = float(score(result.coeffs.identity[rows].mean(0, keepdim=True), [identity])[0])
         if len(pairs) < 2:
             continue
-        together = fit_coefficients(stack("images", pairs), stack("landmarks", pairs), stack("skin", pairs),
-                                    fitter.renderer, fitter.loss, fitter.settings, shared=("identity",))
+        together = fit_coefficients(
+            stack("images", pairs),
+            stack("landmarks", pairs),
+            stack("skin", pairs),
+            fitter.renderer,
+            fitter.loss,
+            fitter.settings,
+            shared=("identity",),
+        )
         per_set[identity] = float(score(together.coeffs.identity[:1], [identity])[0])
     return single, per_set, averaged, result.seconds / len(subset)
 
@@ -329,13 +382,31 @@ def plot_error_vs_yaw(result: PoseGridResult, path: str | Path) -> Path:
                     present.append(yaw)
                     mean.append(chosen.mean())
                     sem.append(chosen.std() / np.sqrt(chosen.size))
-            ax.errorbar(present, mean, yerr=sem, marker="o", ms=4, capsize=3, label=name, color=_COLOURS[key],
-                        linestyle=":" if key == "mean_face" else "-")
+            ax.errorbar(
+                present,
+                mean,
+                yerr=sem,
+                marker="o",
+                ms=4,
+                capsize=3,
+                label=name,
+                color=_COLOURS[key],
+                linestyle=":" if key == "mean_face" else "-",
+            )
         elif level == "identity" and key in result.identity_errors:
-            ax.axhline(float(np.mean(result.identity_errors[key])), linestyle="--", linewidth=1.2, label=name,
-                       color=_COLOURS[key])
-    ax.set(xlabel="yaw (degrees)", ylabel="shape error (mm, rigid alignment)", xticks=yaws,
-           title=f"neutral identity shape error vs yaw ({len(np.unique(result.identity))} identities)")
+            ax.axhline(
+                float(np.mean(result.identity_errors[key])),
+                linestyle="--",
+                linewidth=1.2,
+                label=name,
+                color=_COLOURS[key],
+            )
+    ax.set(
+        xlabel="yaw (degrees)",
+        ylabel="shape error (mm, rigid alignment)",
+        xticks=yaws,
+        title=f"neutral identity shape error vs yaw ({len(np.unique(result.identity))} identities)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

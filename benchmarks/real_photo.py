@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -37,8 +36,7 @@ from benchmarks.ceiling import INNER_LANDMARKS, CeilingSettings, fit_model_to_me
 from benchmarks.metrics import DM_TO_MM, ErrorStats, scan_to_mesh, summarise
 from benchmarks.metrics.protocols import GENOVA_CROP_RADIUS_MM
 from benchmarks.scan_render import LIGHTS, ScanRenderSettings, prepare_scan, render_scan
-from benchmarks.textured_scan import (JAMES_DIR, TexturedScan, frontal_transform, load_textured_scan,
-                                      rotation_angle_deg)
+from benchmarks.textured_scan import JAMES_DIR, TexturedScan, frontal_transform, load_textured_scan, rotation_angle_deg
 from preprocessing.detect import DEFAULT_DETECTOR
 
 MEAN_FACE = "mean face"
@@ -121,9 +119,9 @@ class Picture:
     section: str
     name: str
     data: bytes
-    pitch_deg: Optional[float] = None
-    yaw_deg: Optional[float] = None
-    light: Optional[str] = None
+    pitch_deg: float | None = None
+    yaw_deg: float | None = None
+    light: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,9 +133,9 @@ class PictureScore:
     method: str
     mean_mm: float
     median_mm: float
-    pitch_deg: Optional[float] = None
-    yaw_deg: Optional[float] = None
-    light: Optional[str] = None
+    pitch_deg: float | None = None
+    yaw_deg: float | None = None
+    light: str | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -150,12 +148,18 @@ class MethodRow:
     method: str
     level: str
     stats: ErrorStats
-    share_of_gain: Optional[float]
+    share_of_gain: float | None
 
     def as_dict(self) -> dict:
-        return {"method": self.method, "one value per": self.level, "count": self.stats.count,
-                "mean_mm": self.stats.mean, "std_mm": self.stats.std, "median_mm": self.stats.median,
-                "share_of_gain": self.share_of_gain}
+        return {
+            "method": self.method,
+            "one value per": self.level,
+            "count": self.stats.count,
+            "mean_mm": self.stats.mean,
+            "std_mm": self.stats.std,
+            "median_mm": self.stats.median,
+            "share_of_gain": self.share_of_gain,
+        }
 
 
 @dataclass(frozen=True)
@@ -192,15 +196,17 @@ class RealPhotoResult:
 
     def rows(self, section: str) -> list[MethodRow]:
         """Mean face, ceilings, then every method with pictures in ``section``."""
-        rows = [MethodRow(name, "scan", ErrorStats(mean, 0.0, median, 1),
-                          share_of_gain(self.mean_face, mean, self.ceiling))
-                for name, (mean, median) in self.references.items()]
+        rows = [
+            MethodRow(name, "scan", ErrorStats(mean, 0.0, median, 1), share_of_gain(self.mean_face, mean, self.ceiling))
+            for name, (mean, median) in self.references.items()
+        ]
         for method in self.methods:
             values = [s.mean_mm for s in self.scores if s.section == section and s.method == method]
             if values:
                 stats = summarise(values)
-                rows.append(MethodRow(method, "picture", stats, share_of_gain(self.mean_face, stats.mean,
-                                                                               self.ceiling)))
+                rows.append(
+                    MethodRow(method, "picture", stats, share_of_gain(self.mean_face, stats.mean, self.ceiling))
+                )
         return rows
 
     def per_yaw(self, key: str = "yaw_deg") -> tuple[list[str], list[list]]:
@@ -208,8 +214,9 @@ class RealPhotoResult:
         counting the renders where detection found no face (no method has a reconstruction of them)."""
         renders = [s for s in self.scores if s.section == "renders"]
         listed = self.protocol.get("render_list", [])
-        values = sorted({entry[key] for entry in listed} | {getattr(s, key) for s in renders},
-                        key=lambda v: (isinstance(v, str), v))
+        values = sorted(
+            {entry[key] for entry in listed} | {getattr(s, key) for s in renders}, key=lambda v: (isinstance(v, str), v)
+        )
         columns = ["method"] + [f"{v:g}°" if isinstance(v, float) else str(v) for v in values] + ["all"]
         rows = []
         for method in self.methods:
@@ -271,9 +278,15 @@ def score_shape(scan: TexturedScan, vertices_mm: np.ndarray, face_model) -> tupl
     similarity ICP from the inner landmarks (module docstring)."""
     ids = list(INNER_LANDMARKS)
     landmark_ids = face_model.landmark_ids.detach().cpu().numpy()
-    errors = scan_to_mesh(scan.vertices, vertices_mm, face_model.triangles.detach().cpu().numpy(),
-                          crop_center=scan.nose_tip, scan_landmarks=scan.landmarks[ids],
-                          mesh_landmarks=vertices_mm[landmark_ids[ids]], distance="surface")
+    errors = scan_to_mesh(
+        scan.vertices,
+        vertices_mm,
+        face_model.triangles.detach().cpu().numpy(),
+        crop_center=scan.nose_tip,
+        scan_landmarks=scan.landmarks[ids],
+        mesh_landmarks=vertices_mm[landmark_ids[ids]],
+        distance="surface",
+    )
     return errors.stats.mean, errors.stats.median
 
 
@@ -282,8 +295,10 @@ def make_pictures(scan: TexturedScan, face_model, settings: RealPhotoSettings) -
     empty without renders)."""
     pictures = []
     if settings.photos:
-        pictures += [Picture("photos", name, encode_png(np.ascontiguousarray(rgb)))
-                     for name, rgb in split_photographs(scan.texture)]
+        pictures += [
+            Picture("photos", name, encode_png(np.ascontiguousarray(rgb)))
+            for name, rgb in split_photographs(scan.texture)
+        ]
     grid = settings.render_grid()
     thumbs = []
     if grid:
@@ -296,14 +311,19 @@ def make_pictures(scan: TexturedScan, face_model, settings: RealPhotoSettings) -
     sheet = np.zeros((0, 0, 3), np.uint8)
     if thumbs:
         columns = len(settings.yaws_deg) * (len(settings.lights) if settings.all_lights else 1)
-        rows = [np.concatenate(thumbs[i:i + columns], axis=1) for i in range(0, len(thumbs), columns)]
+        rows = [np.concatenate(thumbs[i : i + columns], axis=1) for i in range(0, len(thumbs), columns)]
         sheet = np.concatenate(rows, axis=0)
     return pictures, sheet
 
 
-def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Mapping[str, object],
-                        log: Callable[[str], None] = print, out_dir: Path | None = None,
-                        fitting: Sequence[str] = ("fit",)) -> RealPhotoResult:
+def evaluate_real_photo(
+    settings: RealPhotoSettings,
+    face_model,
+    predictors: Mapping[str, object],
+    log: Callable[[str], None] = print,
+    out_dir: Path | None = None,
+    fitting: Sequence[str] = ("fit",),
+) -> RealPhotoResult:
     """Run the protocol (module docstring).
 
     face_model: the model whose mean face and ceiling are scored (the predictors' model).
@@ -321,19 +341,28 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
     scan = load_textured_scan(settings.scan_dir)
     frontal = frontal_transform(scan, face_model)
     crop_points = int((np.linalg.norm(scan.vertices - scan.nose_tip, axis=1) <= GENOVA_CROP_RADIUS_MM).sum())
-    scan_facts = {"name": scan.name, "vertices": int(len(scan.vertices)), "triangles": int(len(scan.faces)),
-                  "unit_to_mm": scan.unit_to_mm, "eye_centre_distance_mm": round(scan.eye_centre_distance(), 2),
-                  "outer_eye_corner_distance_mm": round(float(np.linalg.norm(scan.landmarks[36] - scan.landmarks[45])),
-                                                        2),
-                  "tilt_from_model_frame_deg": round(rotation_angle_deg(frontal.rotation), 2),
-                  "crop_points": crop_points}
+    scan_facts = {
+        "name": scan.name,
+        "vertices": int(len(scan.vertices)),
+        "triangles": int(len(scan.faces)),
+        "unit_to_mm": scan.unit_to_mm,
+        "eye_centre_distance_mm": round(scan.eye_centre_distance(), 2),
+        "outer_eye_corner_distance_mm": round(float(np.linalg.norm(scan.landmarks[36] - scan.landmarks[45])), 2),
+        "tilt_from_model_frame_deg": round(rotation_angle_deg(frontal.rotation), 2),
+        "crop_points": crop_points,
+    }
     log(f"real-photo protocol on the {scan.name} scan: mean face and model ceiling")
     mean_mm = face_model.mean_shape.detach().double().cpu().numpy() * DM_TO_MM
     references = {MEAN_FACE: score_shape(scan, mean_mm, face_model)}
     ceiling_start = time.perf_counter()
     for name, expression in ((CEILING, True), (CEILING_IDENTITY, False)):
-        fit = fit_model_to_mesh(face_model, scan.vertices, scan.faces, scan.landmarks,
-                                settings=dataclasses.replace(settings.ceiling, expression=expression))
+        fit = fit_model_to_mesh(
+            face_model,
+            scan.vertices,
+            scan.faces,
+            scan.landmarks,
+            settings=dataclasses.replace(settings.ceiling, expression=expression),
+        )
         references[name] = score_shape(scan, fit.vertices_model * DM_TO_MM, face_model)
     ceiling_seconds = time.perf_counter() - ceiling_start
 
@@ -355,9 +384,11 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
         return (picture.pitch_deg, picture.yaw_deg, picture.light) in fitted
 
     n_fit = sum(runs(next(iter(fitting), ""), p) for p in pictures) if set(fitting) & set(predictors) else 0
-    log(f"real-photo protocol: {sum(p.section == 'photos' for p in pictures)} photographs, "
+    log(
+        f"real-photo protocol: {sum(p.section == 'photos' for p in pictures)} photographs, "
         f"{sum(p.section == 'renders' for p in pictures)} renders at {settings.render.image_size} px; "
-        f"methods {list(predictors)} (fitting {n_fit} of them)")
+        f"methods {list(predictors)} (fitting {n_fit} of them)"
+    )
     config = PrepareConfig(detector=settings.detector, workers=0)
     detector = make_detector(settings.detector, upsample=config.resolved_upsample)
     aligned_cache: dict[tuple, object] = {}
@@ -384,26 +415,52 @@ def evaluate_real_photo(settings: RealPhotoSettings, face_model, predictors: Map
             seconds.setdefault(method, []).append(time.perf_counter() - tic)
             shape = neutral_shape_mm(predictor.renderer.face_model, predicted.coeffs)
             mean, median = score_shape(scan, shape, predictor.renderer.face_model)
-            scores.append(PictureScore(picture.section, picture.name, method, mean, median, picture.pitch_deg,
-                                       picture.yaw_deg, picture.light))
+            scores.append(
+                PictureScore(
+                    picture.section,
+                    picture.name,
+                    method,
+                    mean,
+                    median,
+                    picture.pitch_deg,
+                    picture.yaw_deg,
+                    picture.light,
+                )
+            )
     protocol = {
         "photos": [p.name for p in pictures if p.section == "photos"],
-        "pitches_deg": list(settings.pitches_deg), "yaws_deg": list(settings.yaws_deg),
+        "pitches_deg": list(settings.pitches_deg),
+        "yaws_deg": list(settings.yaws_deg),
         "lights": {name: dataclasses.asdict(LIGHTS[name]) for name in settings.lights},
-        "all_lights": settings.all_lights, "renders": len(settings.render_grid()),
-        "render_list": [{"name": p.name, "pitch_deg": p.pitch_deg, "yaw_deg": p.yaw_deg, "light": p.light}
-                        for p in pictures if p.section == "renders"],
-        "image_size": settings.render.image_size, "focal_px": settings.render.focal,
+        "all_lights": settings.all_lights,
+        "renders": len(settings.render_grid()),
+        "render_list": [
+            {"name": p.name, "pitch_deg": p.pitch_deg, "yaw_deg": p.yaw_deg, "light": p.light}
+            for p in pictures
+            if p.section == "renders"
+        ],
+        "image_size": settings.render.image_size,
+        "focal_px": settings.render.focal,
         "fit_photos": settings.fit_photos,
         "fitted_renders": [list(r) for r in settings.fitted_renders()],
         "ceiling": dataclasses.asdict(settings.ceiling),
-        "crop_radius_mm": GENOVA_CROP_RADIUS_MM, "distance": "point-to-surface",
+        "crop_radius_mm": GENOVA_CROP_RADIUS_MM,
+        "distance": "point-to-surface",
         "alignment": "similarity ICP from the inner 51 landmarks",
         "shape": "neutral identity (expression zero)",
     }
-    return RealPhotoResult(scan_facts, references, tuple(scores), tuple(failed), protocol, tuple(predictors),
-                           {name: float(np.mean(v)) for name, v in seconds.items()}, ceiling_seconds,
-                           time.perf_counter() - start, files)
+    return RealPhotoResult(
+        scan_facts,
+        references,
+        tuple(scores),
+        tuple(failed),
+        protocol,
+        tuple(predictors),
+        {name: float(np.mean(v)) for name, v in seconds.items()},
+        ceiling_seconds,
+        time.perf_counter() - start,
+        files,
+    )
 
 
 def percent(share: float | None) -> str | None:
@@ -416,7 +473,8 @@ def real_photo_markdown(result: RealPhotoResult, table: Callable[..., str]) -> l
     scan, protocol = result.scan, result.protocol
     n_renders = protocol["renders"]
     lines = [
-        "## Real photographs with ground truth (one scanned person)", "",
+        "## Real photographs with ground truth (one scanned person)",
+        "",
         f"The `{scan['name']}` scan (`benchmarks/assets/{scan['name']}`, BSD-3, menpo3d; {scan['vertices']} "
         f"vertices), settled from its own data: unit {scan['unit_to_mm']:g} mm (eye centres "
         f"{scan['eye_centre_distance_mm']:.1f} mm apart, outer eye corners {scan['outer_eye_corner_distance_mm']:.1f} "
@@ -426,41 +484,75 @@ def real_photo_markdown(result: RealPhotoResult, table: Callable[..., str]) -> l
         "distance in mm (`benchmarks.metrics.scan_to_mesh`, as MICC and BU-3DFE); one value per picture (its mean "
         "distance). References: the mean face and the model's ceiling (`benchmarks.ceiling`: identity + "
         "expression fitted to the scan in 3D); share of gain = (mean face − method) / (mean face − ceiling). One "
-        "person: a check, not a tuning target.", "",
+        "person: a check, not a tuning target.",
+        "",
     ]
 
     def section(name: str, title: str, text: str) -> list[str]:
-        rows = [[r.method, r.level, r.stats.count, f"{r.stats.mean:.3f} ± {r.stats.std:.3f}", f"{r.stats.median:.3f}",
-                 percent(r.share_of_gain)] for r in result.rows(name)]
-        return [f"### {title}", "", text, "",
-                table(["method", "one value per", "n", "mean ± std (mm)", "median (mm)", "share of gain"], rows)]
+        rows = [
+            [
+                r.method,
+                r.level,
+                r.stats.count,
+                f"{r.stats.mean:.3f} ± {r.stats.std:.3f}",
+                f"{r.stats.median:.3f}",
+                percent(r.share_of_gain),
+            ]
+            for r in result.rows(name)
+        ]
+        return [
+            f"### {title}",
+            "",
+            text,
+            "",
+            table(["method", "one value per", "n", "mean ± std (mm)", "median (mm)", "share of gain"], rows),
+        ]
 
     if protocol["photos"]:
-        lines += section("photos", "The two photographs",
-                         f"The texture image's two halves ({', '.join(protocol['photos'])}), each through detection, "
-                         "68 landmarks, alignment and the predictor.")
+        lines += section(
+            "photos",
+            "The two photographs",
+            f"The texture image's two halves ({', '.join(protocol['photos'])}), each through detection, "
+            "68 landmarks, alignment and the predictor.",
+        )
     if n_renders:
         lights = ", ".join(protocol["lights"])
         fitted = ", ".join(f"pitch {p:g}, yaw {y:g}, {light}" for p, y, light in protocol["fitted_renders"])
-        lines += section("renders", "Renders of the textured scan",
-                         f"{n_renders} renders at {protocol['image_size']}x{protocol['image_size']} (focal "
-                         f"{protocol['focal_px']:g} px, camera 1 m away, gradient background): pitches "
-                         f"{', '.join(f'{p:g}' for p in protocol['pitches_deg'])}° x yaws "
-                         f"{', '.join(f'{y:g}' for y in protocol['yaws_deg'])}°, "
-                         + (f"each under every light ({lights})" if protocol["all_lights"] else
-                            f"the lights ({lights}) taken in turn along the pitch-major grid")
-                         + "; every other method on all, "
-                         f"fitting on {len(protocol['fitted_renders'])} ({fitted or 'none'}).")
-        lines += ["Mean error per yaw (mm; n pictures):", "", table(*result.per_yaw("yaw_deg")),
-                  "Mean error per light (mm; n pictures):", "", table(*result.per_yaw("light"))]
+        lines += section(
+            "renders",
+            "Renders of the textured scan",
+            f"{n_renders} renders at {protocol['image_size']}x{protocol['image_size']} (focal "
+            f"{protocol['focal_px']:g} px, camera 1 m away, gradient background): pitches "
+            f"{', '.join(f'{p:g}' for p in protocol['pitches_deg'])}° x yaws "
+            f"{', '.join(f'{y:g}' for y in protocol['yaws_deg'])}°, "
+            + (
+                f"each under every light ({lights})"
+                if protocol["all_lights"]
+                else f"the lights ({lights}) taken in turn along the pitch-major grid"
+            )
+            + "; every other method on all, "
+            f"fitting on {len(protocol['fitted_renders'])} ({fitted or 'none'}).",
+        )
+        lines += [
+            "Mean error per yaw (mm; n pictures):",
+            "",
+            table(*result.per_yaw("yaw_deg")),
+            "Mean error per light (mm; n pictures):",
+            "",
+            table(*result.per_yaw("light")),
+        ]
         if "real_photo_renders" in result.files:
             lines += ["![renders](real_photo_renders.png)", ""]
     if result.failed:
-        lines.append(f"No reconstruction for {len(result.failed)} (picture, method) pairs, e.g. "
-                     f"{result.failed[0][1]} ({result.failed[0][2]}): {result.failed[0][3]}.")
+        lines.append(
+            f"No reconstruction for {len(result.failed)} (picture, method) pairs, e.g. "
+            f"{result.failed[0][1]} ({result.failed[0][2]}): {result.failed[0][3]}."
+        )
         lines.append("")
     per_picture = ", ".join(f"{name} {value:.2f} s" for name, value in result.seconds_per_picture.items())
-    lines.append(f"Time per picture: {per_picture or 'none'}; the two ceiling fits {result.ceiling_seconds:.1f} s; "
-                 f"the whole protocol {result.seconds:.0f} s (timings vary with the machine's load).")
+    lines.append(
+        f"Time per picture: {per_picture or 'none'}; the two ceiling fits {result.ceiling_seconds:.1f} s; "
+        f"the whole protocol {result.seconds:.0f} s (timings vary with the machine's load)."
+    )
     lines.append("")
     return lines

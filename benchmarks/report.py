@@ -16,9 +16,11 @@ from benchmarks.pose_grid_eval import per_yaw_share_table, per_yaw_table, pitch_
 if TYPE_CHECKING:
     from benchmarks.suite import BenchmarkResult
 
-METRIC_TEXT = ("shape error in mm of the NEUTRAL identity shape against the ground-truth identity shape, after "
-               "rigid alignment (`benchmarks.metrics.vertex_error`, 'rigid': the training logs' metric, "
-               "restricted to identity)")
+METRIC_TEXT = (
+    "shape error in mm of the NEUTRAL identity shape against the ground-truth identity shape, after "
+    "rigid alignment (`benchmarks.metrics.vertex_error`, 'rigid': the training logs' metric, "
+    "restricted to identity)"
+)
 
 
 def number(value: float | None, digits: int = 2) -> str:
@@ -27,6 +29,7 @@ def number(value: float | None, digits: int = 2) -> str:
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 2) -> str:
     """A Markdown table; floats get ``digits`` decimals, None becomes a dash."""
+
     def cell(value: Any) -> str:
         if value is None or isinstance(value, float):
             return number(value, digits)
@@ -42,9 +45,18 @@ def accuracy_table(result: BenchmarkResult, pose_grid=None) -> tuple[list[str], 
     share of the possible gain from the mean face to the model's ceiling."""
     pose_grid = pose_grid if pose_grid is not None else result.pose_grid
     columns = ["method", "one value per", "n", "mean ± s.e. (mm)", "std (mm)", "median (mm)", "share of gain"]
-    rows = [[row.name, row.level, row.stats.count, f"{row.stats.mean:.3f} ± {row.standard_error:.3f}",
-             f"{row.stats.std:.3f}", f"{row.stats.median:.3f}",
-             "" if row.share_of_gain is None else f"{100 * row.share_of_gain:.0f} %"] for row in pose_grid.rows]
+    rows = [
+        [
+            row.name,
+            row.level,
+            row.stats.count,
+            f"{row.stats.mean:.3f} ± {row.standard_error:.3f}",
+            f"{row.stats.std:.3f}",
+            f"{row.stats.median:.3f}",
+            "" if row.share_of_gain is None else f"{100 * row.share_of_gain:.0f} %",
+        ]
+        for row in pose_grid.rows
+    ]
     return columns, rows
 
 
@@ -68,8 +80,17 @@ def dataset_table(result: BenchmarkResult) -> tuple[list[str], list[list]]:
     rows = []
     for dataset in result.datasets:
         for row in dataset.rows:
-            rows.append([dataset.title, row.label, row.level, row.stats.count,
-                         f"{row.stats.mean:.3f} ± {row.stats.std:.3f}", f"{row.stats.median:.3f}", len(dataset.failed)])
+            rows.append(
+                [
+                    dataset.title,
+                    row.label,
+                    row.level,
+                    row.stats.count,
+                    f"{row.stats.mean:.3f} ± {row.stats.std:.3f}",
+                    f"{row.stats.median:.3f}",
+                    len(dataset.failed),
+                ]
+            )
     return columns, rows
 
 
@@ -79,8 +100,10 @@ def real_photo_tables(result: BenchmarkResult) -> dict[str, tuple[list[str], lis
     columns = ["method", "one value per", "n", "mean (mm)", "std (mm)", "median (mm)", "share of gain"]
     tables = {}
     for section in ("photos", "renders"):
-        rows = [[r.method, r.level, r.stats.count, r.stats.mean, r.stats.std, r.stats.median, r.share_of_gain]
-                for r in rp.rows(section)]
+        rows = [
+            [r.method, r.level, r.stats.count, r.stats.mean, r.stats.std, r.stats.median, r.share_of_gain]
+            for r in rp.rows(section)
+        ]
         if any(r[1] == "picture" for r in rows):
             tables[f"real_photo_{section}"] = (columns, rows)
     if any(s.section == "renders" for s in rp.scores):
@@ -96,19 +119,32 @@ def speed_table(result: BenchmarkResult) -> tuple[list[str], list[list]]:
 def report_markdown(result: BenchmarkResult) -> str:
     s, pg, info = result.settings, result.pose_grid, result.checkpoint
     protocol = pg.protocol
-    trained = ", ".join(part for part in (f"epoch {info.epoch}" if info.epoch is not None else "",
-                                          f"step {info.global_step}" if info.global_step is not None else "") if part)
+    trained = ", ".join(
+        part
+        for part in (
+            f"epoch {info.epoch}" if info.epoch is not None else "",
+            f"step {info.global_step}" if info.global_step is not None else "",
+        )
+        if part
+    )
     lines = [
-        "# face3d benchmark", "",
+        "# face3d benchmark",
+        "",
         f"- date: {result.date}",
         f"- device: {result.device}",
         f"- seed: {s.seed}",
         f"- R-Net checkpoint: `{info.path}`" + (f" ({trained})" if trained else ""),
-        f"- C-Net checkpoint: " + (f"`{result.cnet_checkpoint}`" if result.cnet_checkpoint else "none"),
-        f"- run time: {result.seconds:.1f} s", "",
-        "## Checkpoint configuration", "",
-        "```json", json.dumps(info.config, indent=2), "```", "",
-        "## Synthetic 20-pose protocol", "",
+        "- C-Net checkpoint: " + (f"`{result.cnet_checkpoint}`" if result.cnet_checkpoint else "none"),
+        f"- run time: {result.seconds:.1f} s",
+        "",
+        "## Checkpoint configuration",
+        "",
+        "```json",
+        json.dumps(info.config, indent=2),
+        "```",
+        "",
+        "## Synthetic 20-pose protocol",
+        "",
         f"{protocol['identities']} held-out synthetic identities, each rendered with the checkpoint's face model at "
         f"{protocol['image_size']}x{protocol['image_size']} at every pose of a grid of "
         f"{len(protocol['pitches_deg'])} pitches ({', '.join(f'{p:g}' for p in protocol['pitches_deg'])} degrees) x "
@@ -117,63 +153,100 @@ def report_markdown(result: BenchmarkResult) -> str:
         "and albedo, rendered as the synthetic training data is (after the rendered-MICC test of Deng et al. 2019, "
         f"Fig. 6). Identities come from the image-set generator's `{protocol['split']}` split with base seed "
         f"{protocol['generator_seed']} (benchmark seed + `BENCHMARK_SEED_BASE`), streams no training split draws "
-        "from (`benchmarks/pose_grid.py`).", "",
-        f"Metric: {METRIC_TEXT}.", "",
-        "### Shape error", "",
+        "from (`benchmarks/pose_grid.py`).",
+        "",
+        f"Metric: {METRIC_TEXT}.",
+        "",
+        "### Shape error",
+        "",
         markdown_table(*accuracy_table(result)),
         f"The model's ceiling on this protocol is {pg.protocol.get('ceiling_mm', 0.0):g} mm: the truth is itself a "
-        "face-model identity. Share of gain = (mean face - method) / (mean face - ceiling) on the same pictures.", "",
-        "### Shape error per yaw (mm)", "",
+        "face-model identity. Share of gain = (mean face - method) / (mean face - ceiling) on the same pictures.",
+        "",
+        "### Shape error per yaw (mm)",
+        "",
         markdown_table(*per_yaw_table(pg)),
-        "### Share of the possible gain per yaw (%)", "",
+        "### Share of the possible gain per yaw (%)",
+        "",
         markdown_table(*per_yaw_share_table(pg)),
-        "![shape error vs yaw](error_vs_yaw.png)", "",
+        "![shape error vs yaw](error_vs_yaw.png)",
+        "",
         "Identity-level rows (shape averaging, C-Net) give one value per identity from all 20 pictures; the plot "
-        "draws them as dashed horizontal lines.", "",
-        "### R-Net, single image: shape error per pitch and yaw (mm)", "",
+        "draws them as dashed horizontal lines.",
+        "",
+        "### R-Net, single image: shape error per pitch and yaw (mm)",
+        "",
         markdown_table(*pitch_yaw_table(pg)),
     ]
     if result.appearance_gap is not None:
         gap = result.appearance_gap
-        lines += ["## Appearance-gap protocol", "",
-                  "The same identities, poses and expressions rendered in a look neither the fit nor the face model's "
-                  "own renders assume (`benchmarks/pose_grid.py`, `datamodules.appearance.APPEARANCE_GAP`): the whole "
-                  "head with eyeballs, skin albedo without the prior's lip and brow colours, in several tones, lights "
-                  "that are not second-order SH (directional with shadows, coloured), other backgrounds. Same metric.",
-                  "", "### Shape error", "", markdown_table(*accuracy_table(result, gap)),
-                  "### Shape error per yaw (mm)", "", markdown_table(*per_yaw_table(gap)),
-                  "### Share of the possible gain per yaw (%)", "", markdown_table(*per_yaw_share_table(gap)),
-                  "### Matched and appearance-gap protocols side by side (mm; share of gain)", "",
-                  markdown_table(*side_by_side_table(result)), ""]
+        lines += [
+            "## Appearance-gap protocol",
+            "",
+            "The same identities, poses and expressions rendered in a look neither the fit nor the face model's "
+            "own renders assume (`benchmarks/pose_grid.py`, `datamodules.appearance.APPEARANCE_GAP`): the whole "
+            "head with eyeballs, skin albedo without the prior's lip and brow colours, in several tones, lights "
+            "that are not second-order SH (directional with shadows, coloured), other backgrounds. Same metric.",
+            "",
+            "### Shape error",
+            "",
+            markdown_table(*accuracy_table(result, gap)),
+            "### Shape error per yaw (mm)",
+            "",
+            markdown_table(*per_yaw_table(gap)),
+            "### Share of the possible gain per yaw (%)",
+            "",
+            markdown_table(*per_yaw_share_table(gap)),
+            "### Matched and appearance-gap protocols side by side (mm; share of gain)",
+            "",
+            markdown_table(*side_by_side_table(result)),
+            "",
+        ]
     if "fit" in protocol:
-        fitted = "; ".join(f"identity {p['identity']} at pitch {p['pitch_deg']:g}, yaw {p['yaw_deg']:g}"
-                           for p in protocol["fit"]["pictures"])
+        fitted = "; ".join(
+            f"identity {p['identity']} at pitch {p['pitch_deg']:g}, yaw {p['yaw_deg']:g}"
+            for p in protocol["fit"]["pictures"]
+        )
         settings = protocol["fit"]["settings"]
-        lines += ["### Fitting", "",
-                  f"Analysis-by-synthesis (`reconstruction.fit.fit_coefficients`) from the mean face, minimising "
-                  f"{protocol['fit']['objective']} at {protocol['fit']['crop_size']} px, on "
-                  f"{len(protocol['fit']['pictures'])} pictures ({fitted}); {settings['rigid_iterations']} landmark "
-                  f"steps from each of the yaws {settings['rigid_starts_deg']}, {settings['shape_iterations']} landmark "
-                  f"steps, then {settings['iterations']} full-loss steps. The fitting rows above compare it with "
-                  "R-Net on the same pictures (R-Net at its own crop size). The set rows fit each identity's fitted "
-                  "pictures together with one shared identity, and average its single-picture identities.", "",
-                  "Loss weights: `" + json.dumps(protocol["fit"]["weights"]) + "`", ""]
+        lines += [
+            "### Fitting",
+            "",
+            f"Analysis-by-synthesis (`reconstruction.fit.fit_coefficients`) from the mean face, minimising "
+            f"{protocol['fit']['objective']} at {protocol['fit']['crop_size']} px, on "
+            f"{len(protocol['fit']['pictures'])} pictures ({fitted}); {settings['rigid_iterations']} landmark "
+            f"steps from each of the yaws {settings['rigid_starts_deg']}, {settings['shape_iterations']} landmark "
+            f"steps, then {settings['iterations']} full-loss steps. The fitting rows above compare it with "
+            "R-Net on the same pictures (R-Net at its own crop size). The set rows fit each identity's fitted "
+            "pictures together with one shared identity, and average its single-picture identities.",
+            "",
+            "Loss weights: `" + json.dumps(protocol["fit"]["weights"]) + "`",
+            "",
+        ]
     lines += ["## Licensed datasets", ""]
     ran = [d for d in result.datasets if not d.skipped]
     if ran:
         lines += [markdown_table(*dataset_table(result))]
     for dataset in result.datasets:
-        lines.append(f"- {dataset.title}: {dataset.note}" +
-                     (f"; {len(dataset.failed)} item(s) failed, e.g. {dataset.failed[0][0]}: {dataset.failed[0][1]}"
-                      if dataset.failed else ""))
+        lines.append(
+            f"- {dataset.title}: {dataset.note}"
+            + (
+                f"; {len(dataset.failed)} item(s) failed, e.g. {dataset.failed[0][0]}: {dataset.failed[0][1]}"
+                if dataset.failed
+                else ""
+            )
+        )
     if result.real_photo is not None:
         from benchmarks.real_photo import real_photo_markdown
 
         lines += [""] + real_photo_markdown(result.real_photo, markdown_table)
     lines += ["", "## Speed", ""]
     if result.speed:
-        lines += [f"Device: {result.device}. Medians of {s.speed_repeats} timed runs after a warm-up; other work "
-                  "on the machine slows them.", "", markdown_table(*speed_table(result))]
+        lines += [
+            f"Device: {result.device}. Medians of {s.speed_repeats} timed runs after a warm-up; other work "
+            "on the machine slows them.",
+            "",
+            markdown_table(*speed_table(result)),
+        ]
     else:
         lines.append("Not measured (--no-speed).")
     if result.notes:
@@ -187,8 +260,12 @@ def metrics_dict(result: BenchmarkResult) -> dict:
         "date": result.date,
         "seed": result.settings.seed,
         "device": result.device,
-        "checkpoint": {"path": str(info.path), "epoch": info.epoch, "global_step": info.global_step,
-                       "config": info.config},
+        "checkpoint": {
+            "path": str(info.path),
+            "epoch": info.epoch,
+            "global_step": info.global_step,
+            "config": info.config,
+        },
         "cnet_checkpoint": None if result.cnet_checkpoint is None else str(result.cnet_checkpoint),
         "accuracy": result.accuracy_dict(),
         "speed": [row.as_dict() for row in result.speed],
@@ -210,25 +287,46 @@ def log_to_wandb(result: BenchmarkResult, out_dir: Path) -> Path | None:
 
     from experiments.config import LoggingConfig
 
-    tables = {"accuracy": accuracy_table(result), "error_per_yaw": per_yaw_table(result.pose_grid),
-              "share_per_yaw": per_yaw_share_table(result.pose_grid), "error_pitch_yaw": pitch_yaw_table(result.pose_grid)}
+    tables = {
+        "accuracy": accuracy_table(result),
+        "error_per_yaw": per_yaw_table(result.pose_grid),
+        "share_per_yaw": per_yaw_share_table(result.pose_grid),
+        "error_pitch_yaw": pitch_yaw_table(result.pose_grid),
+    }
     if result.appearance_gap is not None:
-        tables.update({"appearance_gap_accuracy": accuracy_table(result, result.appearance_gap),
-                       "appearance_gap_error_per_yaw": per_yaw_table(result.appearance_gap),
-                       "appearance_gap_share_per_yaw": per_yaw_share_table(result.appearance_gap)})
+        tables.update(
+            {
+                "appearance_gap_accuracy": accuracy_table(result, result.appearance_gap),
+                "appearance_gap_error_per_yaw": per_yaw_table(result.appearance_gap),
+                "appearance_gap_share_per_yaw": per_yaw_share_table(result.appearance_gap),
+            }
+        )
     if any(not d.skipped for d in result.datasets):
         tables["datasets"] = dataset_table(result)
     if result.speed:
         tables["speed"] = speed_table(result)
     if result.real_photo is not None:
         tables.update(real_photo_tables(result))
-    config = {"seed": result.settings.seed, "identities": result.settings.identities,
-              "checkpoint": str(result.checkpoint.path), "device": result.device, **result.checkpoint.config}
-    run = wandb.init(project=LoggingConfig().wandb_project, name=f"benchmark-{out_dir.name}", job_type="benchmark",
-                     dir=str(out_dir), mode=mode, config=config)
+    config = {
+        "seed": result.settings.seed,
+        "identities": result.settings.identities,
+        "checkpoint": str(result.checkpoint.path),
+        "device": result.device,
+        **result.checkpoint.config,
+    }
+    run = wandb.init(
+        project=LoggingConfig().wandb_project,
+        name=f"benchmark-{out_dir.name}",
+        job_type="benchmark",
+        dir=str(out_dir),
+        mode=mode,
+        config=config,
+    )
     try:
-        payload = {name: wandb.Table(columns=list(columns), data=[list(row) for row in rows])
-                   for name, (columns, rows) in tables.items()}
+        payload = {
+            name: wandb.Table(columns=list(columns), data=[list(row) for row in rows])
+            for name, (columns, rows) in tables.items()
+        }
         payload.update({name: wandb.Image(str(path)) for name, path in result.files.items() if path.suffix == ".png"})
         run.log(payload)
         run.summary.update({f"shape_error_mm/{row.key}": row.stats.mean for row in result.pose_grid.rows})
@@ -264,12 +362,19 @@ def write_outputs(result: BenchmarkResult, log: Callable[[str], None] = print) -
 def summary_text(result: BenchmarkResult) -> str:
     """What ``face3d benchmark`` prints: the accuracy table, dataset notes, speed, and where the report is."""
     pg = result.pose_grid
-    lines = [f"shape error on the synthetic 20-pose protocol ({pg.protocol['identities']} identities x "
-             f"{pg.protocol['pictures_per_identity']} pictures; neutral identity shape, rigid alignment, mm):", "",
-             markdown_table(*accuracy_table(result)).rstrip()]
+    lines = [
+        f"shape error on the synthetic 20-pose protocol ({pg.protocol['identities']} identities x "
+        f"{pg.protocol['pictures_per_identity']} pictures; neutral identity shape, rigid alignment, mm):",
+        "",
+        markdown_table(*accuracy_table(result)).rstrip(),
+    ]
     if result.appearance_gap is not None:
-        lines += ["", "the same grid in the appearance-gap look (what the fit and the model's renders do not assume):", "",
-                  markdown_table(*accuracy_table(result, result.appearance_gap)).rstrip()]
+        lines += [
+            "",
+            "the same grid in the appearance-gap look (what the fit and the model's renders do not assume):",
+            "",
+            markdown_table(*accuracy_table(result, result.appearance_gap)).rstrip(),
+        ]
     lines += [""] + [f"{d.title}: {d.note}" for d in result.datasets]
     if result.real_photo is not None:
         from benchmarks.real_photo import percent
@@ -279,15 +384,22 @@ def summary_text(result: BenchmarkResult) -> str:
             rows = rp.rows(section)
             if not any(r.level == "picture" for r in rows):
                 continue
-            lines += ["", f"real-photo protocol, {section} of the {rp.scan['name']} scan (point-to-surface mm, 95 mm "
-                          "crop; share of the gain from the mean face to the model's ceiling):"]
-            lines += [f"  {r.method}: {r.stats.mean:.3f} mm (n={r.stats.count})"
-                      + ("" if r.share_of_gain is None else f", {percent(r.share_of_gain)} of the gain")
-                      for r in rows]
+            lines += [
+                "",
+                f"real-photo protocol, {section} of the {rp.scan['name']} scan (point-to-surface mm, 95 mm "
+                "crop; share of the gain from the mean face to the model's ceiling):",
+            ]
+            lines += [
+                f"  {r.method}: {r.stats.mean:.3f} mm (n={r.stats.count})"
+                + ("" if r.share_of_gain is None else f", {percent(r.share_of_gain)} of the gain")
+                for r in rows
+            ]
     if result.speed:
         lines += ["", f"speed on {result.device}:"]
-        lines += [f"  {r.task} ({r.setting}): " + (f"{r.value:.2f} {r.unit}" if r.value is not None else r.note)
-                  for r in result.speed]
+        lines += [
+            f"  {r.task} ({r.setting}): " + (f"{r.value:.2f} {r.unit}" if r.value is not None else r.note)
+            for r in result.speed
+        ]
     lines += [""] + [f"note: {note}" for note in result.notes]
     lines.append(f"report: {result.files.get('report')}  (metrics.json and plots beside it; {result.seconds:.0f} s)")
     return "\n".join(lines)

@@ -91,13 +91,22 @@ class PreparedScan:
 def prepare_scan(scan: TexturedScan, frontal: SimilarityTransform) -> PreparedScan:
     """Tensors of ``scan`` turned into the model frame by ``frontal`` (scan mm -> model-frame mm)."""
     vertices = frontal.apply(scan.vertices) / DM_TO_MM
-    return PreparedScan(torch.as_tensor(vertices, dtype=torch.float32), torch.as_tensor(scan.faces).long(),
-                        torch.as_tensor(scan.uvs, dtype=torch.float32), torch.as_tensor(scan.uv_faces).long(),
-                        torch.from_numpy(np.ascontiguousarray(scan.texture.transpose(2, 0, 1))).float() / 255.0)
+    return PreparedScan(
+        torch.as_tensor(vertices, dtype=torch.float32),
+        torch.as_tensor(scan.faces).long(),
+        torch.as_tensor(scan.uvs, dtype=torch.float32),
+        torch.as_tensor(scan.uv_faces).long(),
+        torch.from_numpy(np.ascontiguousarray(scan.texture.transpose(2, 0, 1))).float() / 255.0,
+    )
 
 
-def render_scan(prepared: PreparedScan, pitch_deg: float, yaw_deg: float, light: Light,
-                settings: ScanRenderSettings = ScanRenderSettings()) -> np.ndarray:
+def render_scan(
+    prepared: PreparedScan,
+    pitch_deg: float,
+    yaw_deg: float,
+    light: Light,
+    settings: ScanRenderSettings = ScanRenderSettings(),
+) -> np.ndarray:
     """(S, S, 3) uint8 RGB picture of the scan at the pose under ``light``. Angles in degrees, as the face model's
     pose: positive yaw turns the nose towards the image right, positive pitch turns it down."""
     camera = settings.camera

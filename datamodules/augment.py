@@ -24,16 +24,74 @@ import torch.nn.functional as F
 # map to themselves; nostrils 31..35 reverse; eyes swap with their corners mirrored (36 <-> 45: outer
 # corners); the outer and inner lips reverse about the vertical axis.
 FLIP_PERMUTATION_68: tuple[int, ...] = (
-    16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,   # jaw
-    26, 25, 24, 23, 22, 21, 20, 19, 18, 17,                     # brows
-    27, 28, 29, 30,                                             # nose bridge
-    35, 34, 33, 32, 31,                                         # nostrils
-    45, 44, 43, 42, 47, 46,                                     # right eye (image left) <- left eye
-    39, 38, 37, 36, 41, 40,                                     # left eye <- right eye
-    54, 53, 52, 51, 50, 49, 48,                                 # outer lip, top
-    59, 58, 57, 56, 55,                                         # outer lip, bottom
-    64, 63, 62, 61, 60,                                         # inner lip, top
-    67, 66, 65,                                                 # inner lip, bottom
+    16,
+    15,
+    14,
+    13,
+    12,
+    11,
+    10,
+    9,
+    8,
+    7,
+    6,
+    5,
+    4,
+    3,
+    2,
+    1,
+    0,  # jaw
+    26,
+    25,
+    24,
+    23,
+    22,
+    21,
+    20,
+    19,
+    18,
+    17,  # brows
+    27,
+    28,
+    29,
+    30,  # nose bridge
+    35,
+    34,
+    33,
+    32,
+    31,  # nostrils
+    45,
+    44,
+    43,
+    42,
+    47,
+    46,  # right eye (image left) <- left eye
+    39,
+    38,
+    37,
+    36,
+    41,
+    40,  # left eye <- right eye
+    54,
+    53,
+    52,
+    51,
+    50,
+    49,
+    48,  # outer lip, top
+    59,
+    58,
+    57,
+    56,
+    55,  # outer lip, bottom
+    64,
+    63,
+    62,
+    61,
+    60,  # inner lip, top
+    67,
+    66,
+    65,  # inner lip, bottom
 )
 
 
@@ -49,8 +107,14 @@ class Augmentation:
     flipped: bool
 
 
-def similarity_matrix(height: int, width: int, shift: tuple[float, float] = (0.0, 0.0), scale: float = 1.0,
-                      rotation_deg: float = 0.0, flip: bool = False) -> torch.Tensor:
+def similarity_matrix(
+    height: int,
+    width: int,
+    shift: tuple[float, float] = (0.0, 0.0),
+    scale: float = 1.0,
+    rotation_deg: float = 0.0,
+    flip: bool = False,
+) -> torch.Tensor:
     """(2, 3) float64 transform: optional mirror about the vertical centre line, then rotation and scale
     about the image centre, then ``shift`` pixels (x, y). Positive rotations turn the picture
     counter-clockwise as seen on screen."""
@@ -65,9 +129,15 @@ def similarity_matrix(height: int, width: int, shift: tuple[float, float] = (0.0
     return torch.cat([linear, offset[:, None]], dim=1)
 
 
-def sample_augmentation(height: int, width: int, generator: torch.Generator | None = None,
-                        max_shift_px: float = 10.0, max_scale: float = 0.1, max_rotation_deg: float = 10.0,
-                        flip_probability: float = 0.5) -> Augmentation:
+def sample_augmentation(
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    max_shift_px: float = 10.0,
+    max_scale: float = 0.1,
+    max_rotation_deg: float = 10.0,
+    flip_probability: float = 0.5,
+) -> Augmentation:
     """Draw a transform: shift uniform in +-``max_shift_px`` per axis, scale uniform in 1 +- ``max_scale``,
     rotation uniform in +-``max_rotation_deg``, a flip with ``flip_probability``. Deep3D's ranges at 224x224
     are the defaults; shifts are in pixels of the image being augmented. ``generator`` None uses torch's
@@ -79,9 +149,14 @@ def sample_augmentation(height: int, width: int, generator: torch.Generator | No
     u = torch.rand(5, generator=generator, dtype=torch.float64) * 2.0 - 1.0
     flip = bool(torch.rand(1, generator=generator).item() < flip_probability)
     return Augmentation(
-        matrix=similarity_matrix(height, width, shift=(float(u[0]) * max_shift_px, float(u[1]) * max_shift_px),
-                                 scale=1.0 + float(u[2]) * max_scale, rotation_deg=float(u[3]) * max_rotation_deg,
-                                 flip=flip),
+        matrix=similarity_matrix(
+            height,
+            width,
+            shift=(float(u[0]) * max_shift_px, float(u[1]) * max_shift_px),
+            scale=1.0 + float(u[2]) * max_scale,
+            rotation_deg=float(u[3]) * max_rotation_deg,
+            flip=flip,
+        ),
         flipped=flip,
     )
 
@@ -93,15 +168,17 @@ def warp_images(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     batch = images.unsqueeze(0) if single else images
     matrices = matrix.unsqueeze(0) if matrix.ndim == 2 else matrix
     if batch.ndim != 4 or matrices.shape[1:] != (2, 3) or matrices.shape[0] not in (1, batch.shape[0]):
-        raise ValueError(f"expected (C, H, W) / (B, C, H, W) images with (2, 3) / (B, 2, 3) matrices, got "
-                         f"{tuple(images.shape)} and {tuple(matrix.shape)}")
+        raise ValueError(
+            f"expected (C, H, W) / (B, C, H, W) images with (2, 3) / (B, 2, 3) matrices, got "
+            f"{tuple(images.shape)} and {tuple(matrix.shape)}"
+        )
     height, width = batch.shape[-2:]
     matrices = matrices.to(device=batch.device, dtype=torch.float64).expand(batch.shape[0], 2, 3)
     # Each output pixel centre q reads the input at p = L^-1 (q - b).
     inverse = torch.linalg.inv(matrices[:, :, :2])
     ys = torch.arange(height, device=batch.device, dtype=torch.float64) + 0.5
     xs = torch.arange(width, device=batch.device, dtype=torch.float64) + 0.5
-    q = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)              # (H, W, 2)
+    q = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2)
     p = torch.einsum("bij,bhwj->bhwi", inverse, q.unsqueeze(0) - matrices[:, None, None, :, 2])
     # With align_corners=False, -1 and +1 are the outer edges of the border pixels: u = 2 x / W - 1.
     grid = torch.stack([2.0 * p[..., 0] / width - 1.0, 2.0 * p[..., 1] / height - 1.0], dim=-1)
@@ -118,8 +195,9 @@ def transform_landmarks(landmarks: torch.Tensor, augmentation: Augmentation) -> 
     return moved.to(landmarks.dtype)
 
 
-def apply_augmentation(image: torch.Tensor, landmarks: torch.Tensor, skin: torch.Tensor,
-                       augmentation: Augmentation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def apply_augmentation(
+    image: torch.Tensor, landmarks: torch.Tensor, skin: torch.Tensor, augmentation: Augmentation
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply one transform to a sample: image (3, H, W), landmarks (68, 2), skin (1, H, W) -> same shapes.
 
     Image and skin go through one warp (stacked as channels), so they stay pixel-aligned.
@@ -128,16 +206,26 @@ def apply_augmentation(image: torch.Tensor, landmarks: torch.Tensor, skin: torch
         raise ValueError(f"image {tuple(image.shape)} and skin {tuple(skin.shape)} differ in size")
     channels = image.shape[-3]
     warped = warp_images(torch.cat([image, skin.to(image.dtype)], dim=-3), augmentation.matrix)
-    return (warped[..., :channels, :, :], transform_landmarks(landmarks, augmentation),
-            warped[..., channels:, :, :].to(skin.dtype))
+    return (
+        warped[..., :channels, :, :],
+        transform_landmarks(landmarks, augmentation),
+        warped[..., channels:, :, :].to(skin.dtype),
+    )
 
 
-def augment_sample(image: torch.Tensor, landmarks: torch.Tensor, skin: torch.Tensor,
-                   generator: torch.Generator | None = None, max_shift_px: float = 10.0, max_scale: float = 0.1,
-                   max_rotation_deg: float = 10.0, flip_probability: float = 0.5,
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def augment_sample(
+    image: torch.Tensor,
+    landmarks: torch.Tensor,
+    skin: torch.Tensor,
+    generator: torch.Generator | None = None,
+    max_shift_px: float = 10.0,
+    max_scale: float = 0.1,
+    max_rotation_deg: float = 10.0,
+    flip_probability: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw a transform (`sample_augmentation`) and apply it (`apply_augmentation`)."""
     height, width = image.shape[-2:]
-    augmentation = sample_augmentation(height, width, generator, max_shift_px, max_scale, max_rotation_deg,
-                                       flip_probability)
+    augmentation = sample_augmentation(
+        height, width, generator, max_shift_px, max_scale, max_rotation_deg, flip_probability
+    )
     return apply_augmentation(image, landmarks, skin, augmentation)

@@ -234,16 +234,22 @@ def _to_canvas(points: np.ndarray, scale: int) -> np.ndarray:
 
 def _ellipse(height: int, width: int, centre, axes, angle_deg: float) -> np.ndarray:
     def draw(canvas: np.ndarray, s: int) -> None:
-        cv2.ellipse(canvas, tuple(int(v) for v in _to_canvas(centre, s)),
-                    (max(1, int(round(axes[0] * s))), max(1, int(round(axes[1] * s)))),
-                    float(angle_deg), 0.0, 360.0, 255, -1)
+        cv2.ellipse(
+            canvas,
+            tuple(int(v) for v in _to_canvas(centre, s)),
+            (max(1, int(round(axes[0] * s))), max(1, int(round(axes[1] * s)))),
+            float(angle_deg),
+            0.0,
+            360.0,
+            255,
+            -1,
+        )
 
     return _draw_supersampled(height, width, draw)
 
 
 def _rotated_rectangle(height: int, width: int, centre, size, angle_deg: float) -> np.ndarray:
-    corners = cv2.boxPoints(((float(centre[0]), float(centre[1])), (float(size[0]), float(size[1])),
-                             float(angle_deg)))
+    corners = cv2.boxPoints(((float(centre[0]), float(centre[1])), (float(size[0]), float(size[1])), float(angle_deg)))
 
     def draw(canvas: np.ndarray, s: int) -> None:
         cv2.fillPoly(canvas, [_to_canvas(corners, s)], 255)
@@ -253,16 +259,15 @@ def _rotated_rectangle(height: int, width: int, centre, size, angle_deg: float) 
 
 def _capsule(height: int, width: int, start, end, thickness: float) -> np.ndarray:
     """A thick line with round caps from ``start`` to ``end`` (fingers, bars)."""
+
     def draw(canvas: np.ndarray, s: int) -> None:
         a, b = _to_canvas(start, s), _to_canvas(end, s)
-        cv2.line(canvas, tuple(int(v) for v in a), tuple(int(v) for v in b), 255,
-                 max(1, int(round(thickness * s))))
+        cv2.line(canvas, tuple(int(v) for v in a), tuple(int(v) for v in b), 255, max(1, int(round(thickness * s))))
 
     return _draw_supersampled(height, width, draw)
 
 
-def _shaded_fill(rng: np.random.Generator, height: int, width: int, colour: np.ndarray,
-                 texture: float) -> np.ndarray:
+def _shaded_fill(rng: np.random.Generator, height: int, width: int, colour: np.ndarray, texture: float) -> np.ndarray:
     """(H, W, 3) a colour with a soft lighting gradient and some surface texture, so occluders are not flat."""
     x, y = _pixel_grid(height, width)
     angle = rng.uniform(0.0, 2.0 * math.pi)
@@ -282,13 +287,13 @@ def _face_frame(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
 # Occluder painters: (rng, height, width, (68, 2) landmarks) -> ((H, W) coverage in [0, 1], (H, W, 3) fill colour).
 
 
-def _hand(rng: np.random.Generator, height: int, width: int,
-          landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _hand(rng: np.random.Generator, height: int, width: int, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, size = _face_frame(landmarks)
     # The palm comes from below or from a side and covers the mouth, a cheek or the chin.
     target = landmarks[rng.choice([8, 57, 3, 13, 48, 54, 30])] + rng.normal(0.0, 0.08 * size, 2)
-    direction = rng.uniform(0.25 * math.pi, 0.75 * math.pi) + (0.0 if rng.random() < 0.6 else
-                                                              rng.choice([-0.5, 0.5]) * math.pi)
+    direction = rng.uniform(0.25 * math.pi, 0.75 * math.pi) + (
+        0.0 if rng.random() < 0.6 else rng.choice([-0.5, 0.5]) * math.pi
+    )
     to_wrist = np.array([math.cos(direction), math.sin(direction)])  # from the covered point to the wrist
     palm_length, palm_width = size * rng.uniform(0.35, 0.5), size * rng.uniform(0.25, 0.35)
     palm_centre = target + to_wrist * palm_length * 0.3
@@ -306,8 +311,9 @@ def _hand(rng: np.random.Generator, height: int, width: int,
     return alpha, _shaded_fill(rng, height, width, skin_tone(rng), texture=0.05)
 
 
-def _sunglasses(rng: np.random.Generator, height: int, width: int,
-                landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sunglasses(
+    rng: np.random.Generator, height: int, width: int, landmarks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     left, right = landmarks[36:42].mean(0), landmarks[42:48].mean(0)
     _, size = _face_frame(landmarks)
     span = right - left
@@ -315,16 +321,17 @@ def _sunglasses(rng: np.random.Generator, height: int, width: int,
     lens = max(float(np.linalg.norm(span)) * 0.42, 0.12 * size) * rng.uniform(0.9, 1.2)
     angle = math.degrees(math.atan2(span[1], span[0])) if np.linalg.norm(span) > 1e-3 else 0.0
     shape = rng.uniform(0.6, 0.9)
-    alpha = np.maximum(_ellipse(height, width, left, (lens, lens * shape), angle),
-                       _ellipse(height, width, right, (lens, lens * shape), angle))
+    alpha = np.maximum(
+        _ellipse(height, width, left, (lens, lens * shape), angle),
+        _ellipse(height, width, right, (lens, lens * shape), angle),
+    )
     bar = max(1.0, 0.04 * size)
     alpha = np.maximum(alpha, _capsule(height, width, left, right, bar))
     colour = np.full(3, rng.uniform(0.02, 0.2), np.float32) + rng.uniform(0.0, 0.1, 3).astype(np.float32)
     return alpha, _shaded_fill(rng, height, width, colour, texture=0.02)
 
 
-def _bar(rng: np.random.Generator, height: int, width: int,
-         landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _bar(rng: np.random.Generator, height: int, width: int, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     centre, size = _face_frame(landmarks)
     through = centre + rng.normal(0.0, 0.2 * size, 2)
     angle = rng.uniform(0.0, math.pi)
@@ -334,8 +341,7 @@ def _bar(rng: np.random.Generator, height: int, width: int,
     return alpha, _shaded_fill(rng, height, width, random_colour(rng, skin_probability=0.0), texture=0.1)
 
 
-def _object(rng: np.random.Generator, height: int, width: int,
-            landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _object(rng: np.random.Generator, height: int, width: int, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     centre, size = _face_frame(landmarks)
     # Anchored at a random side of the face so that it covers a part of it, not all of it.
     direction = rng.uniform(0.0, 2.0 * math.pi)
@@ -351,8 +357,9 @@ def _object(rng: np.random.Generator, height: int, width: int,
 _OCCLUDERS = {"hand": _hand, "sunglasses": _sunglasses, "bar": _bar, "object": _object}
 
 
-def draw_occluder(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-                  kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def draw_occluder(
+    image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator, kind: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Paint one occluder over a face.
 
     image: (H, W, 3) float32 RGB in [0, 1]; landmarks: (68, 2) pixel positions of the face; kind: one of

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Optional
 
 import torch
 
@@ -38,7 +37,7 @@ class FaceBatch:
     landmarks: torch.Tensor
     skin: torch.Tensor
     index: torch.Tensor
-    ground_truth: Optional[GroundTruth] = None
+    ground_truth: GroundTruth | None = None
 
     @property
     def batch_size(self) -> int:
@@ -53,8 +52,12 @@ class FaceBatch:
 
     def to_memory_format(self, memory_format: torch.memory_format) -> FaceBatch:
         """The same batch with images in ``memory_format`` (channels_last for faster convolutions)."""
-        return FaceBatch(**{**{f.name: getattr(self, f.name) for f in fields(self)},
-                            "images": self.images.contiguous(memory_format=memory_format)})
+        return FaceBatch(
+            **{
+                **{f.name: getattr(self, f.name) for f in fields(self)},
+                "images": self.images.contiguous(memory_format=memory_format),
+            }
+        )
 
 
 def collate_face_samples(samples: list[dict]) -> FaceBatch:
@@ -64,5 +67,10 @@ def collate_face_samples(samples: list[dict]) -> FaceBatch:
     gt = None
     if "coefficients" in samples[0]:
         gt = GroundTruth(coefficients=stack("coefficients"), vertices=stack("vertices"))
-    return FaceBatch(images=stack("image"), landmarks=stack("landmarks"), skin=stack("skin"),
-                     index=stack("index").long(), ground_truth=gt)
+    return FaceBatch(
+        images=stack("image"),
+        landmarks=stack("landmarks"),
+        skin=stack("skin"),
+        index=stack("index").long(),
+        ground_truth=gt,
+    )

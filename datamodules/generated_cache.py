@@ -81,8 +81,9 @@ class CachedGeneration:
                 self._arrays = arrays
                 rank_zero_info(f"read {what} from {path}")
                 return arrays
-            warnings.warn(f"cache {path} is unreadable or does not match its parameters; generating it again",
-                          stacklevel=2)
+            warnings.warn(
+                f"cache {path} is unreadable or does not match its parameters; generating it again", stacklevel=2
+            )
         rank_zero_info(f"generating {what}" + (f" (cached in {path})" if path else ""))
         start = time.perf_counter()
         arrays = self.generate()

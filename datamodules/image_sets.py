@@ -33,7 +33,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -41,13 +40,27 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.appearance import (AppearanceSettings, HeadScene, degrade_picture, render_photo, sample_focal_scale,
-                                    sample_identity_look, sample_picture_light, side_light)
+from datamodules.appearance import (
+    AppearanceSettings,
+    HeadScene,
+    degrade_picture,
+    render_photo,
+    sample_focal_scale,
+    sample_identity_look,
+    sample_picture_light,
+    side_light,
+)
 from datamodules.backgrounds import draw_background, draw_occluder
 from datamodules.generated_cache import CachedGeneration
 from datamodules.prepared import PreparedRecord, is_validation, load_prepared_sample
-from datamodules.synthetic import (SPLITS, model_digest, place_faces, project_landmarks, shared_head_scene,
-                                   soft_composite)
+from datamodules.synthetic import (
+    SPLITS,
+    model_digest,
+    place_faces,
+    project_landmarks,
+    shared_head_scene,
+    soft_composite,
+)
 from face_model.coefficients import SH_BANDS, Coefficients
 from face_model.model import FaceModel
 from face_model.sampling import CoefficientPrior, sample_lighting
@@ -64,8 +77,17 @@ CACHE_VERSION = 2
 
 # Independent random streams; appending a name keeps existing sets unchanged.
 _SET_STREAMS = ("identity", "look")
-_IMAGE_STREAMS = ("coefficients", "degradation", "background", "landmarks", "pixels", "damage", "light", "sensor",
-                  "camera")
+_IMAGE_STREAMS = (
+    "coefficients",
+    "degradation",
+    "background",
+    "landmarks",
+    "pixels",
+    "damage",
+    "light",
+    "sensor",
+    "camera",
+)
 # Keeps these streams apart from the single-image data's (whose spawn keys are (split, index, stream)).
 _DOMAIN = 1
 
@@ -137,8 +159,8 @@ class SetBatch:
     skin: torch.Tensor
     valid: torch.Tensor
     index: torch.Tensor
-    ground_truth: Optional[SetGroundTruth] = None
-    metadata: Optional[SetMetadata] = None
+    ground_truth: SetGroundTruth | None = None
+    metadata: SetMetadata | None = None
     full: bool = False
 
     @property
@@ -176,7 +198,7 @@ def collate_image_sets(samples: list[dict]) -> SetBatch:
         out = torch.zeros((len(samples), n, *first.shape[1:]), dtype=dtype or first.dtype)
         for b, sample in enumerate(samples):
             value = torch.as_tensor(sample[key])
-            out[b, :len(value)] = value.to(out.dtype)
+            out[b, : len(value)] = value.to(out.dtype)
         return out
 
     valid = torch.zeros(len(samples), n, dtype=torch.bool)
@@ -184,15 +206,26 @@ def collate_image_sets(samples: list[dict]) -> SetBatch:
         valid[b, :size] = True
     ground_truth = metadata = None
     if "identity" in samples[0]:
-        ground_truth = SetGroundTruth(identity=torch.stack([torch.as_tensor(s["identity"]) for s in samples]),
-                                      vertices=torch.stack([torch.as_tensor(s["vertices"]) for s in samples]))
+        ground_truth = SetGroundTruth(
+            identity=torch.stack([torch.as_tensor(s["identity"]) for s in samples]),
+            vertices=torch.stack([torch.as_tensor(s["vertices"]) for s in samples]),
+        )
     if "yaw_deg" in samples[0]:
-        metadata = SetMetadata(yaw_deg=pad("yaw_deg", torch.float32), occluded=pad("occluded", torch.bool),
-                               degradation=pad("degradation", torch.long))
-    return SetBatch(images=pad("images", torch.float32), landmarks=pad("landmarks", torch.float32),
-                    skin=pad("skin", torch.float32), valid=valid,
-                    index=torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
-                    ground_truth=ground_truth, metadata=metadata, full=min(sizes) == n)
+        metadata = SetMetadata(
+            yaw_deg=pad("yaw_deg", torch.float32),
+            occluded=pad("occluded", torch.bool),
+            degradation=pad("degradation", torch.long),
+        )
+    return SetBatch(
+        images=pad("images", torch.float32),
+        landmarks=pad("landmarks", torch.float32),
+        skin=pad("skin", torch.float32),
+        valid=valid,
+        index=torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
+        ground_truth=ground_truth,
+        metadata=metadata,
+        full=min(sizes) == n,
+    )
 
 
 # ---------------------------------------------------------------------------------------- synthetic sets
@@ -299,17 +332,21 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         if n_sets < 0 or seed < 0:
             raise ValueError(f"n_sets and seed must be >= 0, got {n_sets} and {seed}")
         if set_size < 1 or (min_set_size is not None and not 1 <= min_set_size <= set_size):
-            raise ValueError(f"need 1 <= min_set_size <= set_size, got min_set_size={min_set_size}, "
-                             f"set_size={set_size}")
+            raise ValueError(
+                f"need 1 <= min_set_size <= set_size, got min_set_size={min_set_size}, set_size={set_size}"
+            )
         unknown = [k for k in degradations if k not in DEGRADATIONS[1:]]
         if unknown:
             raise ValueError(f"unknown degradations {unknown}; choose from {DEGRADATIONS[1:]}")
         if not 0.0 <= degrade_probability <= 1.0 or (degrade_probability > 0 and not degradations):
-            raise ValueError(f"degrade_probability must be in [0, 1] (and needs degradations to draw from), got "
-                             f"{degrade_probability} with {tuple(degradations)}")
+            raise ValueError(
+                f"degrade_probability must be in [0, 1] (and needs degradations to draw from), got "
+                f"{degrade_probability} with {tuple(degradations)}"
+            )
         if image_size < 8 or render_batch_size < 1:
-            raise ValueError(f"image_size must be >= 8 and render_batch_size >= 1, got {image_size}, "
-                             f"{render_batch_size}")
+            raise ValueError(
+                f"image_size must be >= 8 and render_batch_size >= 1, got {image_size}, {render_batch_size}"
+            )
         self.face_model = copy.deepcopy(face_model).cpu()
         self.layout = self.face_model.layout
         self.n_sets = n_sets
@@ -341,15 +378,26 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
     def generation_parameters(self) -> dict:
         """Everything that decides the generated pictures (the cache key hashes it)."""
         return {
-            "version": CACHE_VERSION, "n_sets": self.n_sets, "set_size": self.set_size,
-            "min_set_size": self.min_set_size, "split": self.split, "seed": self.seed,
-            "image_size": self.image_size, "albedo_jitter": self.albedo_jitter,
-            "degrade_probability": self.degrade_probability, "degradations": list(self.degradations),
-            "degradation": dataclasses.asdict(self.degradation), "landmark_noise_px": self.landmark_noise_px,
-            "pixel_noise_std": self.pixel_noise_std, "prior": dataclasses.asdict(self.prior),
+            "version": CACHE_VERSION,
+            "n_sets": self.n_sets,
+            "set_size": self.set_size,
+            "min_set_size": self.min_set_size,
+            "split": self.split,
+            "seed": self.seed,
+            "image_size": self.image_size,
+            "albedo_jitter": self.albedo_jitter,
+            "degrade_probability": self.degrade_probability,
+            "degradations": list(self.degradations),
+            "degradation": dataclasses.asdict(self.degradation),
+            "landmark_noise_px": self.landmark_noise_px,
+            "pixel_noise_std": self.pixel_noise_std,
+            "prior": dataclasses.asdict(self.prior),
             "appearance": self.appearance.as_dict(),
-            "face_model": {"name": self.face_model.name, "layout": dataclasses.asdict(self.layout),
-                           "digest": model_digest(self.face_model)},
+            "face_model": {
+                "name": self.face_model.name,
+                "layout": dataclasses.asdict(self.layout),
+                "digest": model_digest(self.face_model),
+            },
         }
 
     def cache_stem(self) -> str:
@@ -357,8 +405,10 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         return f"imagesets-{self.face_model.name}-{self.split}-{size}"
 
     def describe(self) -> str:
-        return (f"{self.n_sets} synthetic {self.split} image sets of up to {self.set_size} pictures at "
-                f"{self.image_size}x{self.image_size}")
+        return (
+            f"{self.n_sets} synthetic {self.split} image sets of up to {self.set_size} pictures at "
+            f"{self.image_size}x{self.image_size}"
+        )
 
     def matches(self, arrays: SyntheticSetArrays) -> bool:
         return len(arrays.offsets) == self.n_sets + 1
@@ -372,8 +422,11 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         albedo = rng.standard_normal(self.layout.n_tex) * self.prior.albedo_std
         # Drawn whatever min_set_size is, so that the later draws do not depend on it.
         size_draw = rng.random()
-        size = self.set_size if self.min_set_size is None else \
-            self.min_set_size + int(size_draw * (self.set_size - self.min_set_size + 1))
+        size = (
+            self.set_size
+            if self.min_set_size is None
+            else self.min_set_size + int(size_draw * (self.set_size - self.min_set_size + 1))
+        )
         # Stratified yaws: one picture per equal bin of [-max, max], in random order.
         bins = rng.permutation(size)
         yaw = (-1.0 + 2.0 * (bins + rng.random(size)) / size) * self.prior.yaw_deg
@@ -398,12 +451,18 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         if degrade < self.degrade_probability:
             kind = DEGRADATIONS.index(self.degradations[choice % len(self.degradations)])
         if DEGRADATIONS[kind] == "side_light":
-            lighting = side_lit(lighting, side * self.degradation.side_light,
-                                self.degradation.side_ambient, layout.sh_channels)
+            lighting = side_lit(
+                lighting, side * self.degradation.side_light, self.degradation.side_ambient, layout.sh_channels
+            )
         as_row = lambda values: torch.as_tensor(np.asarray(values), dtype=torch.float32).reshape(1, -1)  # noqa: E731
-        coeffs = Coefficients(identity=as_row(plan["identity"]), expression=as_row(expression),
-                              albedo=as_row(albedo), angles=as_row(angles), lighting=lighting.float(),
-                              translation=as_row(translation))
+        coeffs = Coefficients(
+            identity=as_row(plan["identity"]),
+            expression=as_row(expression),
+            albedo=as_row(albedo),
+            angles=as_row(angles),
+            lighting=lighting.float(),
+            translation=as_row(translation),
+        )
         return coeffs, kind
 
     def generate(self) -> SyntheticSetArrays:
@@ -416,13 +475,20 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         model = self.face_model if self.device.type == "cpu" else copy.deepcopy(self.face_model).to(self.device)
         renderer = MeshRenderer(model, self.camera, backend=self.backend)
         template = template_from_face_model(model, self.camera)
-        parts = [self._generate_batch(renderer, template, jobs[start:start + self.render_batch_size])
-                 for start in range(0, len(jobs), self.render_batch_size)]
+        parts = [
+            self._generate_batch(renderer, template, jobs[start : start + self.render_batch_size])
+            for start in range(0, len(jobs), self.render_batch_size)
+        ]
         size = self.image_size
         if not parts:
-            return SyntheticSetArrays(offsets, np.zeros((0, 3, size, size), np.uint8), np.zeros((0, size, size), np.float16),
-                                      np.zeros((0, 68, 2), np.float32), np.zeros((0, self.layout.size), np.float32),
-                                      np.zeros((0,), np.int8))
+            return SyntheticSetArrays(
+                offsets,
+                np.zeros((0, 3, size, size), np.uint8),
+                np.zeros((0, size, size), np.float16),
+                np.zeros((0, 68, 2), np.float32),
+                np.zeros((0, self.layout.size), np.float32),
+                np.zeros((0,), np.int8),
+            )
         return SyntheticSetArrays(offsets, *(np.concatenate([p[k] for p in parts]) for k in range(5)))
 
     @property
@@ -432,8 +498,9 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
             self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
         return self._scene
 
-    def _render(self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera],
-                jobs: list) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    def _render(
+        self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera], jobs: list
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
         if self.appearance.look == "model":
             with torch.no_grad():
@@ -451,21 +518,36 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
                 band = float(coeffs.lighting[k].reshape(-1, SH_BANDS)[0, 3])
                 light = side_light(light, -1.0 if band > 0 else 1.0)
             lights.append(light)
-        image, mask = render_photo(self.scene, renderer.face_model, coeffs, [looks[job[0]] for job in jobs], lights,
-                                   cameras, settings, self.backend)
+        image, mask = render_photo(
+            self.scene,
+            renderer.face_model,
+            coeffs,
+            [looks[job[0]] for job in jobs],
+            lights,
+            cameras,
+            settings,
+            self.backend,
+        )
         return image, mask, project_landmarks(renderer, coeffs, cameras)
 
     def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, jobs: list) -> tuple:
         size = self.image_size
-        focal = [1.0 if self.appearance.look == "model" else
-                 sample_focal_scale(set_rng(self.seed, self.split, i, "camera", j), self.appearance)
-                 for i, j, _, _ in jobs]
+        focal = [
+            1.0
+            if self.appearance.look == "model"
+            else sample_focal_scale(set_rng(self.seed, self.split, i, "camera", j), self.appearance)
+            for i, j, _, _ in jobs
+        ]
         drawn = Coefficients.cat([job[2] for job in jobs]).to(self.device)
         shown, coeffs, cameras = place_faces(renderer.face_model, drawn, self.camera, template, focal)
         render, mask, clean = self._render(renderer, shown, cameras, jobs)
         style = "procedural" if self.appearance.look == "model" else self.appearance.background
-        backgrounds = np.stack([draw_background(set_rng(self.seed, self.split, i, "background", j), size, size, style)
-                                for i, j, _, _ in jobs])
+        backgrounds = np.stack(
+            [
+                draw_background(set_rng(self.seed, self.split, i, "background", j), size, size, style)
+                for i, j, _, _ in jobs
+            ]
+        )
         images = soft_composite(render, mask, torch.from_numpy(backgrounds).permute(0, 3, 1, 2))
         images = images.permute(0, 2, 3, 1).numpy().copy()
         noisy = np.empty_like(clean)
@@ -479,15 +561,22 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
                 images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
                 images_u8[k] = np.clip(np.rint(images[k] * 255.0), 0, 255).astype(np.uint8)
             else:
-                images_u8[k] = degrade_picture(np.clip(images[k], 0.0, 1.0),
-                                               set_rng(self.seed, self.split, i, "sensor", j), self.appearance)
+                images_u8[k] = degrade_picture(
+                    np.clip(images[k], 0.0, 1.0), set_rng(self.seed, self.split, i, "sensor", j), self.appearance
+                )
             noisy[k] = clean[k] + set_rng(self.seed, self.split, i, "landmarks", j).normal(
-                0.0, self.landmark_noise_px, clean[k].shape)
+                0.0, self.landmark_noise_px, clean[k].shape
+            )
         images_u8 = images_u8.transpose(0, 3, 1, 2)
         with torch.no_grad():
             skin = skin_posterior_torch(torch.from_numpy(images_u8))
-        return (np.ascontiguousarray(images_u8), skin.numpy().astype(np.float16), noisy.astype(np.float32),
-                self.layout.join(coeffs).float().cpu().numpy(), kinds)
+        return (
+            np.ascontiguousarray(images_u8),
+            skin.numpy().astype(np.float16),
+            noisy.astype(np.float32),
+            self.layout.join(coeffs).float().cpu().numpy(),
+            kinds,
+        )
 
     def _degrade(self, image: np.ndarray, landmarks: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
         """Apply a picture-level degradation to an (H, W, 3) float32 image; side light is in the coefficients."""
@@ -564,18 +653,24 @@ def group_by_identity(records: Sequence[PreparedRecord], min_images: int = 1) ->
             loose += 1
             continue
         groups.setdefault(name, []).append(record)
-    kept = {name: sorted(group, key=lambda r: r.source) for name, group in sorted(groups.items())
-            if len(group) >= min_images}
+    kept = {
+        name: sorted(group, key=lambda r: r.source)
+        for name, group in sorted(groups.items())
+        if len(group) >= min_images
+    }
     if not kept:
         raise ValueError(
             f"no identity with at least {min_images} photos among {len(records)} prepared photos ({loose} lie in "
             "the root folder and have no identity). Image sets need one folder per person: prepare "
-            "`people/<name>/*.jpg` with `face3d prepare --images people --out DIR`.")
+            "`people/<name>/*.jpg` with `face3d prepare --images people --out DIR`."
+        )
     return kept
 
 
-def split_identities(groups: Mapping[str, Sequence[PreparedRecord]], val_fraction: float,
-                     ) -> tuple[dict[str, list[PreparedRecord]], dict[str, list[PreparedRecord]]]:
+def split_identities(
+    groups: Mapping[str, Sequence[PreparedRecord]],
+    val_fraction: float,
+) -> tuple[dict[str, list[PreparedRecord]], dict[str, list[PreparedRecord]]]:
     """(train, val) by a hash of the identity's name, so a person is never in both and the split is stable."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -598,9 +693,15 @@ class PreparedImageSetDataset(Dataset):
         seed: seeds the fixed subsets.
     """
 
-    def __init__(self, groups: Mapping[str, Sequence[PreparedRecord]], set_size: int = 5,
-                 image_size: int | None = 224, sets_per_identity: int = 1, random_sets: bool = True,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        groups: Mapping[str, Sequence[PreparedRecord]],
+        set_size: int = 5,
+        image_size: int | None = 224,
+        sets_per_identity: int = 1,
+        random_sets: bool = True,
+        seed: int = 0,
+    ) -> None:
         if set_size < 1 or sets_per_identity < 1:
             raise ValueError(f"set_size and sets_per_identity must be >= 1, got {set_size}, {sets_per_identity}")
         self.names = sorted(groups)
@@ -622,7 +723,9 @@ class PreparedImageSetDataset(Dataset):
         if self.random_sets:
             picks = torch.randperm(len(records))[:n].tolist()
         else:
-            key = int.from_bytes(hashlib.sha256(f"{name}/{index % self.sets_per_identity}".encode()).digest()[:8], "big")
+            key = int.from_bytes(
+                hashlib.sha256(f"{name}/{index % self.sets_per_identity}".encode()).digest()[:8], "big"
+            )
             picks = np.random.default_rng([self.seed, key]).permutation(len(records))[:n].tolist()
         return [records[k] for k in sorted(picks)]
 
@@ -631,8 +734,12 @@ class PreparedImageSetDataset(Dataset):
             raise IndexError(f"set {index} out of range for {len(self)} sets")
         crops, landmarks, skins = zip(*(load_prepared_sample(r, self.image_size) for r in self.choose(index)))
         images = torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2).copy()).float().div_(255.0)
-        return {"images": images, "landmarks": torch.from_numpy(np.stack(landmarks)),
-                "skin": torch.from_numpy(np.stack(skins)).unsqueeze(1), "index": index}
+        return {
+            "images": images,
+            "landmarks": torch.from_numpy(np.stack(landmarks)),
+            "skin": torch.from_numpy(np.stack(skins)).unsqueeze(1),
+            "index": index,
+        }
 
 
 # ------------------------------------------------------------------------------------------- datamodule
@@ -650,8 +757,9 @@ class ImageSetDataModule(pl.LightningDataModule):
     Synthetic datasets are generated (or read from their cache) in `setup`, in the main process.
     """
 
-    def __init__(self, datasets: Mapping[str, Dataset], batch_size: int = 4, num_workers: int = 0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, datasets: Mapping[str, Dataset], batch_size: int = 4, num_workers: int = 0, seed: int = 0
+    ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
@@ -681,11 +789,14 @@ class ImageSetDataModule(pl.LightningDataModule):
             # Generating inside workers would repeat the work in each of them.
             dataset.materialise()
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle,
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             # A last batch of a single set (a few pictures) makes noisy batch-norm statistics in C-Net.
             drop_last=shuffle and len(dataset) > self.batch_size,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             collate_fn=collate_image_sets,
         )
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -73,26 +73,30 @@ def read_prepared(root: str | Path) -> list[PreparedRecord]:
             entry = json.loads(line)
             status = entry["status"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{manifest}, line {number}: not a prepare record ({err}); re-run `face3d prepare` "
-                             f"to rewrite the manifest") from err
+            raise ValueError(
+                f"{manifest}, line {number}: not a prepare record ({err}); re-run `face3d prepare` "
+                f"to rewrite the manifest"
+            ) from err
         statuses[status] = statuses.get(status, 0) + 1
         if status != STATUS_OK:
             continue
         outputs = entry.get("outputs") or {}
         missing = [key for key in ("crop", "landmarks", "skin") if key not in outputs]
         if missing:
-            raise ValueError(f"{manifest}, line {number}: ok record of {entry.get('source')!r} has no "
-                             f"{missing} outputs; re-run `face3d prepare` with the current code")
+            raise ValueError(
+                f"{manifest}, line {number}: ok record of {entry.get('source')!r} has no "
+                f"{missing} outputs; re-run `face3d prepare` with the current code"
+            )
         source = str(entry.get("source", outputs["crop"]))
         crop = root / outputs["crop"]
         # Old or hand-made records may lack the source hash; the crop's bytes identify the photo as well.
         content_hash = entry.get("sha256") or _file_sha256(crop)
-        records.append(PreparedRecord(source, crop, root / outputs["landmarks"], root / outputs["skin"],
-                                      content_hash))
+        records.append(PreparedRecord(source, crop, root / outputs["landmarks"], root / outputs["skin"], content_hash))
     if not records:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "no records"
-        raise ValueError(f"{manifest} lists no usable photo ({counts}); `face3d prepare` found no aligned face "
-                         "in the input folder")
+        raise ValueError(
+            f"{manifest} lists no usable photo ({counts}); `face3d prepare` found no aligned face in the input folder"
+        )
     return sorted(records, key=lambda r: r.source)
 
 
@@ -100,8 +104,9 @@ def _file_sha256(path: Path) -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as err:
-        raise FileNotFoundError(f"prepared crop {path} is missing; re-run `face3d prepare` on the same "
-                                "folders to restore it") from err
+        raise FileNotFoundError(
+            f"prepared crop {path} is missing; re-run `face3d prepare` on the same folders to restore it"
+        ) from err
 
 
 def is_validation(content_hash: str, val_fraction: float) -> bool:
@@ -114,8 +119,10 @@ def is_validation(content_hash: str, val_fraction: float) -> bool:
     return value / 2.0**64 < val_fraction
 
 
-def split_records(records: Sequence[PreparedRecord], val_fraction: float,
-                  ) -> tuple[list[PreparedRecord], list[PreparedRecord]]:
+def split_records(
+    records: Sequence[PreparedRecord],
+    val_fraction: float,
+) -> tuple[list[PreparedRecord], list[PreparedRecord]]:
     """(train, val) by content hash; order within each split is kept."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -127,21 +134,25 @@ def split_records(records: Sequence[PreparedRecord], val_fraction: float,
 def read_rgb(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise FileNotFoundError(f"cannot read prepared image {path}; re-run `face3d prepare` on the same folders "
-                                "to restore it")
+        raise FileNotFoundError(
+            f"cannot read prepared image {path}; re-run `face3d prepare` on the same folders to restore it"
+        )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_grey(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise FileNotFoundError(f"cannot read prepared skin map {path}; re-run `face3d prepare` on the same "
-                                "folders to restore it")
+        raise FileNotFoundError(
+            f"cannot read prepared skin map {path}; re-run `face3d prepare` on the same folders to restore it"
+        )
     return image
 
 
-def load_prepared_sample(record: PreparedRecord, image_size: int | None = None,
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_prepared_sample(
+    record: PreparedRecord,
+    image_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read one photo: (H, W, 3) uint8 crop, (68, 2) float32 landmarks, (H, W) float32 skin in [0, 1].
 
     With ``image_size`` the crop and skin are area-resized to that square size and the landmarks scaled
@@ -152,8 +163,10 @@ def load_prepared_sample(record: PreparedRecord, image_size: int | None = None,
     try:
         landmarks = np.load(record.landmarks).astype(np.float32)
     except OSError as err:
-        raise FileNotFoundError(f"cannot read prepared landmarks {record.landmarks}; re-run `face3d prepare` on "
-                                "the same folders to restore them") from err
+        raise FileNotFoundError(
+            f"cannot read prepared landmarks {record.landmarks}; re-run `face3d prepare` on "
+            "the same folders to restore them"
+        ) from err
     if landmarks.shape != (68, 2):
         raise ValueError(f"{record.landmarks} holds shape {landmarks.shape}, expected (68, 2) crop pixels")
     if skin.shape != crop.shape[:2]:
@@ -180,9 +193,16 @@ class PreparedImagesDataset(Dataset):
         max_scale, max_rotation_deg, flip_probability: see `datamodules.augment.sample_augmentation`.
     """
 
-    def __init__(self, records: Sequence[PreparedRecord], image_size: int | None = None, augment: bool = False,
-                 max_shift_px: float = 10.0, max_scale: float = 0.1, max_rotation_deg: float = 10.0,
-                 flip_probability: float = 0.5) -> None:
+    def __init__(
+        self,
+        records: Sequence[PreparedRecord],
+        image_size: int | None = None,
+        augment: bool = False,
+        max_shift_px: float = 10.0,
+        max_scale: float = 0.1,
+        max_rotation_deg: float = 10.0,
+        flip_probability: float = 0.5,
+    ) -> None:
         self.records = list(records)
         self.image_size = image_size
         self.augment = augment
@@ -202,9 +222,14 @@ class PreparedImagesDataset(Dataset):
         if self.augment:
             # torch's global generator: DataLoader seeds it differently in each worker.
             image, landmarks_t, skin_t = augment_sample(
-                image, landmarks_t, skin_t, max_shift_px=self.max_shift_px * image.shape[-1] / REFERENCE_CROP_SIZE,
-                max_scale=self.max_scale, max_rotation_deg=self.max_rotation_deg,
-                flip_probability=self.flip_probability)
+                image,
+                landmarks_t,
+                skin_t,
+                max_shift_px=self.max_shift_px * image.shape[-1] / REFERENCE_CROP_SIZE,
+                max_scale=self.max_scale,
+                max_rotation_deg=self.max_rotation_deg,
+                flip_probability=self.flip_probability,
+            )
         return {"image": image, "landmarks": landmarks_t, "skin": skin_t, "index": index}
 
 
@@ -247,8 +272,12 @@ class PreparedImagesDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.augment = augment
         self.seed = seed
-        self.augmentation = dict(max_shift_px=max_shift_px, max_scale=max_scale, max_rotation_deg=max_rotation_deg,
-                                 flip_probability=flip_probability)
+        self.augmentation = dict(
+            max_shift_px=max_shift_px,
+            max_scale=max_scale,
+            max_rotation_deg=max_rotation_deg,
+            flip_probability=flip_probability,
+        )
         self.train_dataset: PreparedImagesDataset | None = None
         self.val_dataset: PreparedImagesDataset | None = None
 
@@ -257,8 +286,10 @@ class PreparedImagesDataModule(pl.LightningDataModule):
             return
         train, val = split_records(read_prepared(self.root), self.val_fraction)
         if not train:
-            raise ValueError(f"all {len(val)} photos of {self.root} fell into the validation split; lower "
-                             f"val_fraction ({self.val_fraction}) or prepare more photos")
+            raise ValueError(
+                f"all {len(val)} photos of {self.root} fell into the validation split; lower "
+                f"val_fraction ({self.val_fraction}) or prepare more photos"
+            )
         self.train_dataset = PreparedImagesDataset(train, self.image_size, augment=self.augment, **self.augmentation)
         self.val_dataset = PreparedImagesDataset(val, self.image_size, augment=False)
 

@@ -37,12 +37,21 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datamodules.appearance import (AppearanceSettings, HeadScene, build_head_scene, camera_for_focal, degrade_picture,
-                                    render_photo, sample_focal_scale, sample_identity_look, sample_picture_light)
+from datamodules.appearance import (
+    AppearanceSettings,
+    HeadScene,
+    build_head_scene,
+    camera_for_focal,
+    degrade_picture,
+    render_photo,
+    sample_focal_scale,
+    sample_identity_look,
+    sample_picture_light,
+)
 from datamodules.backgrounds import OCCLUDER_KINDS, draw_background, draw_occluder
 from datamodules.batch import collate_face_samples
 from datamodules.generated_cache import CachedGeneration
-from face_model.coefficients import SH_BANDS, CoeffLayout, Coefficients
+from face_model.coefficients import SH_BANDS, Coefficients, CoeffLayout
 from face_model.model import FaceModel, five_points_from_68
 from face_model.sampling import CoefficientPrior, sample_coefficients
 from preprocessing.align import fit_scale_translation, template_from_face_model
@@ -60,8 +69,9 @@ _ALIGN_ITERATIONS = 4
 
 def sample_rng(seed: int, split: str, index: int, stream: str) -> np.random.Generator:
     """The NumPy generator of one random stream of one sample (see the module docstring)."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index,
-                                                                         _STREAMS.index(stream))))
+    return np.random.default_rng(
+        np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index, _STREAMS.index(stream)))
+    )
 
 
 def _torch_generator(rng: np.random.Generator) -> torch.Generator:
@@ -90,8 +100,13 @@ def coefficient_prior_std(layout: CoeffLayout, prior: CoefficientPrior) -> torch
     return torch.tensor([v for name in layout.slices for v in parts[name]], dtype=torch.float32)
 
 
-def aligned_translation(face_model: FaceModel, coeffs: Coefficients, camera: PinholeCamera,
-                        template: np.ndarray, iterations: int = _ALIGN_ITERATIONS) -> torch.Tensor:
+def aligned_translation(
+    face_model: FaceModel,
+    coeffs: Coefficients,
+    camera: PinholeCamera,
+    template: np.ndarray,
+    iterations: int = _ALIGN_ITERATIONS,
+) -> torch.Tensor:
     """(B, 3) model-space translation that puts each face's 5 alignment points onto ``template``.
 
     ``face3d prepare`` fits a scale and a 2D shift from the detected 5 points to the template; here the
@@ -121,8 +136,9 @@ def aligned_translation(face_model: FaceModel, coeffs: Coefficients, camera: Pin
         return translation.to(coeffs.translation.dtype)
 
 
-def place_faces(face_model: FaceModel, coeffs: Coefficients, camera: PinholeCamera, template: np.ndarray,
-                focal_scales: list[float]) -> tuple[Coefficients, Coefficients, list[PinholeCamera]]:
+def place_faces(
+    face_model: FaceModel, coeffs: Coefficients, camera: PinholeCamera, template: np.ndarray, focal_scales: list[float]
+) -> tuple[Coefficients, Coefficients, list[PinholeCamera]]:
     """Align B faces to the crop template through per-picture focal lengths.
 
     ``coeffs.translation`` holds the prior's jitter only. Picture b is taken with
@@ -133,13 +149,18 @@ def place_faces(face_model: FaceModel, coeffs: Coefficients, camera: PinholeCame
     With every scale 1 both coefficient sets are those of one `aligned_translation` under ``camera``.
     """
     if all(k == 1.0 for k in focal_scales):
-        placed = coeffs.replace(translation=aligned_translation(face_model, coeffs, camera, template)
-                                + coeffs.translation)
+        placed = coeffs.replace(
+            translation=aligned_translation(face_model, coeffs, camera, template) + coeffs.translation
+        )
         return placed, placed, [camera] * len(focal_scales)
     cameras = [camera_for_focal(camera, k) for k in focal_scales]
-    translation = torch.cat([
-        aligned_translation(face_model, coeffs.index(slice(b, b + 1)), cameras[b], template)
-        + focal_scales[b] * coeffs.translation[b:b + 1] for b in range(len(cameras))])
+    translation = torch.cat(
+        [
+            aligned_translation(face_model, coeffs.index(slice(b, b + 1)), cameras[b], template)
+            + focal_scales[b] * coeffs.translation[b : b + 1]
+            for b in range(len(cameras))
+        ]
+    )
     scales = torch.tensor(focal_scales, dtype=translation.dtype, device=translation.device)[:, None]
     return coeffs.replace(translation=translation), coeffs.replace(translation=translation / scales), cameras
 
@@ -149,8 +170,12 @@ def project_landmarks(renderer: MeshRenderer, coeffs: Coefficients, cameras: lis
     with torch.no_grad():
         if all(c is cameras[0] for c in cameras):
             return renderer.project_landmarks(coeffs, cameras[0]).float().cpu().numpy()
-        return torch.cat([renderer.project_landmarks(coeffs.index(slice(b, b + 1)), c) for b, c in enumerate(cameras)]
-                         ).float().cpu().numpy()
+        return (
+            torch.cat([renderer.project_landmarks(coeffs.index(slice(b, b + 1)), c) for b, c in enumerate(cameras)])
+            .float()
+            .cpu()
+            .numpy()
+        )
 
 
 def soft_composite(render: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
@@ -192,8 +217,9 @@ class SyntheticArrays:
 
     @staticmethod
     def concatenate(parts: list[SyntheticArrays]) -> SyntheticArrays:
-        return SyntheticArrays(*(np.concatenate([getattr(p, f.name) for p in parts])
-                                 for f in dataclasses.fields(SyntheticArrays)))
+        return SyntheticArrays(
+            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(SyntheticArrays))
+        )
 
 
 class SyntheticFaceDataset(CachedGeneration, Dataset):
@@ -275,8 +301,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         self.occluder_probability = occluder_probability
         self.landmark_noise_px = landmark_noise_px
         self.pixel_noise_std = pixel_noise_std
-        self.prior = dataclasses.replace(prior, yaw_deg=max_yaw_deg, pitch_deg=max_pitch_deg,
-                                         roll_deg=max_roll_deg)
+        self.prior = dataclasses.replace(prior, yaw_deg=max_yaw_deg, pitch_deg=max_pitch_deg, roll_deg=max_roll_deg)
         self.camera = PinholeCamera().resized(image_size, image_size)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.appearance = appearance
@@ -308,9 +333,13 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             "pixel_noise_std": self.pixel_noise_std,
             "prior": dataclasses.asdict(self.prior),
             "appearance": self.appearance.as_dict(),
-            "face_model": {"name": self.face_model.name, "vertices": self.face_model.n_vertices,
-                           "triangles": int(self.face_model.triangles.shape[0]),
-                           "layout": dataclasses.asdict(self.layout), "digest": model_digest(self.face_model)},
+            "face_model": {
+                "name": self.face_model.name,
+                "vertices": self.face_model.n_vertices,
+                "triangles": int(self.face_model.triangles.shape[0]),
+                "layout": dataclasses.asdict(self.layout),
+                "digest": model_digest(self.face_model),
+            },
         }
 
     def cache_stem(self) -> str:
@@ -323,8 +352,10 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
 
     def matches(self, arrays: SyntheticArrays) -> bool:
         size = self.image_size
-        return (arrays.images.shape == (self.n_samples, 3, size, size)
-                and arrays.coefficients.shape == (self.n_samples, self.layout.size))
+        return arrays.images.shape == (self.n_samples, 3, size, size) and arrays.coefficients.shape == (
+            self.n_samples,
+            self.layout.size,
+        )
 
     def generate(self) -> SyntheticArrays:
         model = self.face_model if self.device.type == "cpu" else copy.deepcopy(self.face_model).to(self.device)
@@ -332,8 +363,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         template = template_from_face_model(model, self.camera)
         parts = []
         # tqdm hides itself when the output is not a terminal (logs, CI).
-        with tqdm(total=self.n_samples, desc=f"synthetic {self.split}", unit="face", disable=None,
-                  leave=False) as bar:
+        with tqdm(total=self.n_samples, desc=f"synthetic {self.split}", unit="face", disable=None, leave=False) as bar:
             for start in range(0, self.n_samples, self.render_batch_size):
                 indices = range(start, min(start + self.render_batch_size, self.n_samples))
                 parts.append(self._generate_batch(renderer, template, indices))
@@ -345,19 +375,26 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
     def _empty_arrays(self) -> SyntheticArrays:
         size = self.image_size
         return SyntheticArrays(
-            images=np.zeros((0, 3, size, size), np.uint8), skin=np.zeros((0, size, size), np.float16),
-            landmarks=np.zeros((0, 68, 2), np.float32), clean_landmarks=np.zeros((0, 68, 2), np.float32),
-            coefficients=np.zeros((0, self.layout.size), np.float32), occluder=np.zeros((0,), np.int8),
-            occlusion=np.zeros((0, (size * size + 7) // 8), np.uint8), focal_scale=np.zeros((0,), np.float32),
+            images=np.zeros((0, 3, size, size), np.uint8),
+            skin=np.zeros((0, size, size), np.float16),
+            landmarks=np.zeros((0, 68, 2), np.float32),
+            clean_landmarks=np.zeros((0, 68, 2), np.float32),
+            coefficients=np.zeros((0, self.layout.size), np.float32),
+            occluder=np.zeros((0,), np.int8),
+            occlusion=np.zeros((0, (size * size + 7) // 8), np.uint8),
+            focal_scale=np.zeros((0,), np.float32),
         )
 
     def sample_coefficients(self, indices: range | list[int]) -> Coefficients:
         """Coefficients of the given samples before alignment (translation = the prior's jitter only)."""
-        return Coefficients.cat([
-            sample_coefficients(self.layout, 1, self.prior,
-                                _torch_generator(sample_rng(self.seed, self.split, i, "coefficients")))
-            for i in indices
-        ])
+        return Coefficients.cat(
+            [
+                sample_coefficients(
+                    self.layout, 1, self.prior, _torch_generator(sample_rng(self.seed, self.split, i, "coefficients"))
+                )
+                for i in indices
+            ]
+        )
 
     @property
     def scene(self) -> HeadScene:
@@ -372,8 +409,9 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             return [1.0] * len(indices)
         return [sample_focal_scale(sample_rng(self.seed, self.split, i, "camera"), self.appearance) for i in indices]
 
-    def _render(self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera],
-                indices: range) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    def _render(
+        self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera], indices: range
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
         if self.appearance.look == "model":
             with torch.no_grad():
@@ -382,20 +420,23 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         settings = self.appearance
         looks = [sample_identity_look(sample_rng(self.seed, self.split, i, "look"), settings) for i in indices]
         lights = [sample_picture_light(sample_rng(self.seed, self.split, i, "light"), settings) for i in indices]
-        image, mask = render_photo(self.scene, renderer.face_model, coeffs, looks, lights, cameras, settings,
-                                   self.backend)
+        image, mask = render_photo(
+            self.scene, renderer.face_model, coeffs, looks, lights, cameras, settings, self.backend
+        )
         return image, mask, project_landmarks(renderer, coeffs, cameras)
 
     def _generate_batch(self, renderer: MeshRenderer, template: np.ndarray, indices: range) -> SyntheticArrays:
         size = self.image_size
         focal = self.focal_scales(indices)
-        shown, coeffs, cameras = place_faces(renderer.face_model, self.sample_coefficients(indices).to(self.device),
-                                             self.camera, template, focal)
+        shown, coeffs, cameras = place_faces(
+            renderer.face_model, self.sample_coefficients(indices).to(self.device), self.camera, template, focal
+        )
         render, mask, clean = self._render(renderer, shown, cameras, indices)
         # The model look keeps its procedural backgrounds (what it always had).
         style = "procedural" if self.appearance.look == "model" else self.appearance.background
-        backgrounds = np.stack([draw_background(sample_rng(self.seed, self.split, i, "background"), size, size, style)
-                                for i in indices])
+        backgrounds = np.stack(
+            [draw_background(sample_rng(self.seed, self.split, i, "background"), size, size, style) for i in indices]
+        )
         images = soft_composite(render, mask, torch.from_numpy(backgrounds).permute(0, 3, 1, 2))
         images = images.permute(0, 2, 3, 1).numpy()
 
@@ -418,9 +459,12 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
                 images[k] = images[k] + pixels.normal(0.0, self.pixel_noise_std, images[k].shape).astype(np.float32)
             images_u8 = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
         else:
-            images_u8 = np.stack([
-                degrade_picture(images[k], sample_rng(self.seed, self.split, i, "sensor"), self.appearance)
-                for k, i in enumerate(indices)]).transpose(0, 3, 1, 2)
+            images_u8 = np.stack(
+                [
+                    degrade_picture(images[k], sample_rng(self.seed, self.split, i, "sensor"), self.appearance)
+                    for k, i in enumerate(indices)
+                ]
+            ).transpose(0, 3, 1, 2)
         with torch.no_grad():
             skin = skin_posterior_torch(torch.from_numpy(images_u8))
         return SyntheticArrays(
@@ -534,10 +578,19 @@ class SyntheticFaceDataModule(pl.LightningDataModule):
         self.seed = seed
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self._dataset_args = dict(
-            seed=seed, image_size=image_size, max_yaw_deg=max_yaw_deg, max_pitch_deg=max_pitch_deg,
-            max_roll_deg=max_roll_deg, occluder_probability=occluder_probability,
-            landmark_noise_px=landmark_noise_px, pixel_noise_std=pixel_noise_std, prior=prior,
-            cache_dir=cache_dir, appearance=appearance, render_batch_size=render_batch_size, device=device,
+            seed=seed,
+            image_size=image_size,
+            max_yaw_deg=max_yaw_deg,
+            max_pitch_deg=max_pitch_deg,
+            max_roll_deg=max_roll_deg,
+            occluder_probability=occluder_probability,
+            landmark_noise_px=landmark_noise_px,
+            pixel_noise_std=pixel_noise_std,
+            prior=prior,
+            cache_dir=cache_dir,
+            appearance=appearance,
+            render_batch_size=render_batch_size,
+            device=device,
             backend=backend,
         )
         self.cache_dir = cache_dir
@@ -546,8 +599,9 @@ class SyntheticFaceDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> SyntheticFaceDataset:
         """The split's dataset, built (not yet generated) on first use."""
         if split not in self.datasets:
-            self.datasets[split] = SyntheticFaceDataset(self.face_model, self.sizes[split], split=split,
-                                                        **self._dataset_args)
+            self.datasets[split] = SyntheticFaceDataset(
+                self.face_model, self.sizes[split], split=split, **self._dataset_args
+            )
         return self.datasets[split]
 
     @property

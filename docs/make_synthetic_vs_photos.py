@@ -23,8 +23,13 @@ import torch
 from datamodules.appearance import AppearanceSettings
 from datamodules.synthetic import SyntheticFaceDataset
 from face_model import load_face_model
-from preprocessing.align import (fit_scale_translation, five_points, scale_translation_matrix,
-                                 template_from_face_model, warp_image)
+from preprocessing.align import (
+    fit_scale_translation,
+    five_points,
+    scale_translation_matrix,
+    template_from_face_model,
+    warp_image,
+)
 from renderers.camera import PinholeCamera
 
 SIZE = 112
@@ -55,7 +60,7 @@ def grid(images: list[np.ndarray], columns: int, pad: int = 2) -> np.ndarray:
     out = np.full((rows * (SIZE + pad) - pad, columns * (SIZE + pad) - pad, 3), 255, np.uint8)
     for k, image in enumerate(images):
         r, c = divmod(k, columns)
-        out[r * (SIZE + pad):r * (SIZE + pad) + SIZE, c * (SIZE + pad):c * (SIZE + pad) + SIZE] = image
+        out[r * (SIZE + pad) : r * (SIZE + pad) + SIZE, c * (SIZE + pad) : c * (SIZE + pad) + SIZE] = image
     return out
 
 
@@ -73,8 +78,10 @@ def main() -> None:
     model = load_face_model("ict")
     template = template_from_face_model(model, PinholeCamera().resized(SIZE, SIZE))
     panels = []
-    for title, settings in (("synthetic training pictures (photo look, default)", AppearanceSettings()),
-                            ("the same faces, face model's own look (before)", AppearanceSettings(look="model"))):
+    for title, settings in (
+        ("synthetic training pictures (photo look, default)", AppearanceSettings()),
+        ("the same faces, face model's own look (before)", AppearanceSettings(look="model")),
+    ):
         data = SyntheticFaceDataset(model, 16, image_size=SIZE, appearance=settings)
         panels.append(titled(grid(list(data.arrays.images.transpose(0, 2, 3, 1)), 4), title))
     photos = photo_crops(template)
@@ -84,7 +91,7 @@ def main() -> None:
     row = []
     for panel in panels:
         padded = np.full((height, panel.shape[1], 3), 255, np.uint8)
-        padded[:panel.shape[0]] = panel
+        padded[: panel.shape[0]] = panel
         row += [padded, gap]
     cv2.imwrite(args.out, cv2.cvtColor(np.concatenate(row[:-1], 1), cv2.COLOR_RGB2BGR))
     print(f"wrote {args.out}")

@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 import torch
+
 from experiments.config import ExperimentConfig, load_config, to_yaml
 from face_model import FaceModel, load_face_model
 from renderers.camera import PinholeCamera
@@ -34,7 +35,7 @@ def build_renderer(cfg: ExperimentConfig, face_model: FaceModel) -> MeshRenderer
 
 
 def build_loss(cfg: ExperimentConfig, face_model: FaceModel):
-    from losses.hybrid import LossWeights, HybridLoss
+    from losses.hybrid import HybridLoss, LossWeights
 
     lc = cfg.loss
     names = {f.name for f in dataclasses.fields(LossWeights)}
@@ -51,13 +52,20 @@ def build_rnet(cfg: ExperimentConfig, face_model: FaceModel):
     from networks.rnet import RNet, load_pretrained_backbone
 
     nc = cfg.network
-    rnet = RNet(face_model.layout, backbone=nc.backbone, frozen_layers=nc.frozen_layers, pooled_grid=nc.pooled_grid,
-                landmark_input=nc.landmark_input, landmark_hidden=nc.landmark_hidden)
+    rnet = RNet(
+        face_model.layout,
+        backbone=nc.backbone,
+        frozen_layers=nc.frozen_layers,
+        pooled_grid=nc.pooled_grid,
+        landmark_input=nc.landmark_input,
+        landmark_hidden=nc.landmark_hidden,
+    )
     if nc.init is not None:
         # A whole trained R-Net: it replaces the pretrained backbone, so that file is not read at all.
         source = read_rnet_source(nc.init)
-        check_same_architecture(source.config, cfg, f"network.init={nc.init} ({source.origin})",
-                                "drop network.init, or")
+        check_same_architecture(
+            source.config, cfg, f"network.init={nc.init} ({source.origin})", "drop network.init, or"
+        )
         load_rnet_state(rnet, source.state_dict, source.origin)
         return rnet
     if nc.pretrained is not None:
@@ -78,9 +86,14 @@ def build_rnet_module(cfg: ExperimentConfig, face_model: FaceModel | None = None
         rnet=build_rnet(cfg, face_model),
         renderer=build_renderer(cfg, face_model),
         loss=build_loss(cfg, face_model),
-        optim=OptimSettings(lr=oc.lr, lr_step_epochs=oc.lr_step_epochs, lr_gamma=oc.lr_gamma,
-                            weight_decay=oc.weight_decay, identity_lr_scale=oc.identity_lr_scale,
-                            lr_step_steps=oc.lr_step_steps),
+        optim=OptimSettings(
+            lr=oc.lr,
+            lr_step_epochs=oc.lr_step_epochs,
+            lr_gamma=oc.lr_gamma,
+            weight_decay=oc.weight_decay,
+            identity_lr_scale=oc.identity_lr_scale,
+            lr_step_steps=oc.lr_step_steps,
+        ),
         use_skin_attention=cfg.loss.skin_attention,
         channels_last=cfg.trainer.channels_last,
         config=to_yaml(cfg),
@@ -140,14 +153,17 @@ def _read_checkpoint(path: Path, map_location: str | torch.device, missing: str)
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint ({err.__class__.__name__}: {err})") from None
+        raise ValueError(
+            f"{path} could not be read as a PyTorch checkpoint ({err.__class__.__name__}: {err})"
+        ) from None
 
 
 def _for_checkpoint_weights(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` without the weight files R-Net started from (pretrained backbone, Deep3D checkpoint): a checkpoint
     holds every weight, and those files need not exist on the machine that loads it."""
-    return dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, pretrained=None, deep3d_checkpoint=None,
-                                                                init=None))
+    return dataclasses.replace(
+        cfg, network=dataclasses.replace(cfg.network, pretrained=None, deep3d_checkpoint=None, init=None)
+    )
 
 
 # ------------------------------------------------------------------------------ trained R-Net weights
@@ -155,9 +171,18 @@ def _for_checkpoint_weights(cfg: ExperimentConfig) -> ExperimentConfig:
 BUNDLED = "bundled"
 """``network.init`` / ``--ckpt`` value naming the R-Net that ships in ``networks/weights/``."""
 
-ARCHITECTURE_KEYS = ("face_model.name", "face_model.n_id", "face_model.n_exp", "face_model.n_tex",
-                     "face_model.sh_channels", "renderer.image_size", "network.backbone", "network.pooled_grid",
-                     "network.landmark_input", "network.landmark_hidden")
+ARCHITECTURE_KEYS = (
+    "face_model.name",
+    "face_model.n_id",
+    "face_model.n_exp",
+    "face_model.n_tex",
+    "face_model.sh_channels",
+    "renderer.image_size",
+    "network.backbone",
+    "network.pooled_grid",
+    "network.landmark_input",
+    "network.landmark_hidden",
+)
 """Config entries that must agree between trained weights and the network they go into: the layout of the
 heads' outputs, the crop size the features were learned at, and the network's shape."""
 
@@ -199,17 +224,24 @@ def check_same_architecture(trained: ExperimentConfig, cfg: ExperimentConfig, wh
     if diff:
         was = ", ".join(f"{key}={theirs[key]}" for key in diff)
         now = ", ".join(f"{key}={ours[key]}" for key in diff)
-        raise ValueError(f"{what} was trained for another face model, crop size or network ({was}) than this run's "
-                         f"({now}); {fix} set {' '.join(f'{key}={theirs[key]}' for key in diff)}")
+        raise ValueError(
+            f"{what} was trained for another face model, crop size or network ({was}) than this run's "
+            f"({now}); {fix} set {' '.join(f'{key}={theirs[key]}' for key in diff)}"
+        )
 
 
 def _weights_source(directory: Path) -> RNetSource:
     from networks.bundled_weights import read_weights
 
     weights = read_weights(directory)
-    return RNetSource(weights.state_dict, config_from_yaml(weights.config_yaml, weights.path), str(weights.path),
-                      step=weights.card.get("training", {}).get("steps"),
-                      epoch=weights.card.get("training", {}).get("epochs"), card=weights.card)
+    return RNetSource(
+        weights.state_dict,
+        config_from_yaml(weights.config_yaml, weights.path),
+        str(weights.path),
+        step=weights.card.get("training", {}).get("steps"),
+        epoch=weights.card.get("training", {}).get("epochs"),
+        card=weights.card,
+    )
 
 
 def config_from_yaml(text: str, path: str | Path) -> ExperimentConfig:
@@ -226,11 +258,15 @@ def _refuse_other_files(checkpoint, path: Path) -> None:
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} is not a face3d-lightning R-Net checkpoint (it holds a {type(checkpoint).__name__})")
     if checkpoint.get("format") == FORMAT:
-        raise ValueError(f"{path} is R-Net weights without their model card ({CARD_NAME}, which holds the checksum): "
-                         f"keep the folder written by `face3d export-weights` together and pass the folder")
+        raise ValueError(
+            f"{path} is R-Net weights without their model card ({CARD_NAME}, which holds the checksum): "
+            f"keep the folder written by `face3d export-weights` together and pass the folder"
+        )
     if "face3d_cnet" in checkpoint:
-        raise ValueError(f"{path} is a C-Net checkpoint (`face3d train-aggregate`), not an R-Net one: it goes to "
-                         "--cnet-ckpt (with --set), and its R-Net comes with it")
+        raise ValueError(
+            f"{path} is a C-Net checkpoint (`face3d train-aggregate`), not an R-Net one: it goes to "
+            "--cnet-ckpt (with --set), and its R-Net comes with it"
+        )
 
 
 def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu") -> RNetSource:
@@ -245,9 +281,13 @@ def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu
         return _weights_source(path)
     if path.name == WEIGHTS_NAME and (path.parent / CARD_NAME).is_file():
         return _weights_source(path.parent)
-    checkpoint = _read_checkpoint(path, map_location, f"checkpoint {path} not found; train one with `make "
-                                  "train-single` or `face3d train --config NAME` (checkpoints are under "
-                                  "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)")
+    checkpoint = _read_checkpoint(
+        path,
+        map_location,
+        f"checkpoint {path} not found; train one with `make "
+        "train-single` or `face3d train --config NAME` (checkpoints are under "
+        "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)",
+    )
     _refuse_other_files(checkpoint, path)
     cfg = config_from_checkpoint(checkpoint, path)
     state = checkpoint.get("state_dict", {})
@@ -263,11 +303,16 @@ def load_rnet_state(rnet, state_dict: dict, origin: str) -> None:
     own = rnet.state_dict()
     missing = sorted(own.keys() - state_dict.keys())
     unexpected = sorted(state_dict.keys() - own.keys())
-    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own.keys() & state_dict.keys()
-             if state_dict[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own.keys() & state_dict.keys()
+        if state_dict[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
-        raise ValueError(f"{origin} does not fit this R-Net (another face model, crop size or network?): missing "
-                         f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:3]}")
+        raise ValueError(
+            f"{origin} does not fit this R-Net (another face model, crop size or network?): missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:3]}"
+        )
     rnet.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=True)
 
 
@@ -277,16 +322,23 @@ def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
     from networks.bundled_weights import CARD_NAME, WEIGHTS_NAME
 
     path_like = Path(path)
-    if str(path) == BUNDLED or path_like.is_dir() or (path_like.name == WEIGHTS_NAME
-                                                      and (path_like.parent / CARD_NAME).is_file()):
+    if (
+        str(path) == BUNDLED
+        or path_like.is_dir()
+        or (path_like.name == WEIGHTS_NAME and (path_like.parent / CARD_NAME).is_file())
+    ):
         source = read_rnet_source(path, map_location)
         module = build_rnet_module(_for_checkpoint_weights(source.config))
         load_rnet_state(module.rnet, source.state_dict, source.origin)
         return module.eval(), source.config
     path = path_like
-    checkpoint = _read_checkpoint(path, map_location, f"checkpoint {path} not found; train one with `make "
-                                  "train-single` or `face3d train --config NAME` (checkpoints are under "
-                                  "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)")
+    checkpoint = _read_checkpoint(
+        path,
+        map_location,
+        f"checkpoint {path} not found; train one with `make "
+        "train-single` or `face3d train --config NAME` (checkpoints are under "
+        "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)",
+    )
     _refuse_other_files(checkpoint, path)
     cfg = config_from_checkpoint(checkpoint, path)
     module = build_rnet_module(_for_checkpoint_weights(cfg))
@@ -295,8 +347,9 @@ def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
     except RuntimeError as err:
         raise ValueError(f"{path} does not match the model its config describes: {str(err).splitlines()[0]}") from None
     if missing or unexpected:
-        raise ValueError(f"{path} does not match the model its config describes: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path} does not match the model its config describes: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return module.eval(), cfg
 
 
@@ -308,8 +361,9 @@ def build_cnet(cfg: ExperimentConfig, rnet, kind: str):
     from networks.cnet import CNet, rnet_feature_channels
 
     shallow, deep = rnet_feature_channels(rnet.backbone)
-    return CNet(rnet.layout.n_id, shallow, deep, kind=kind, conv_channels=tuple(cfg.cnet.conv_channels),
-                hidden=cfg.cnet.hidden)
+    return CNet(
+        rnet.layout.n_id, shallow, deep, kind=kind, conv_channels=tuple(cfg.cnet.conv_channels), hidden=cfg.cnet.hidden
+    )
 
 
 def build_cnet_module(cfg: ExperimentConfig, rnet_module, strategy: str, loss=None):
@@ -328,8 +382,9 @@ def build_cnet_module(cfg: ExperimentConfig, rnet_module, strategy: str, loss=No
         loss=loss if loss is not None else rnet_module.loss,
         cnet=cnet,
         strategy=strategy,
-        optim=OptimSettings(lr=oc.lr, lr_step_epochs=oc.lr_step_epochs, lr_gamma=oc.lr_gamma,
-                            weight_decay=oc.weight_decay),
+        optim=OptimSettings(
+            lr=oc.lr, lr_step_epochs=oc.lr_step_epochs, lr_gamma=oc.lr_gamma, weight_decay=oc.weight_decay
+        ),
         use_skin_attention=cfg.loss.skin_attention,
         config=to_yaml(cfg),
     )
@@ -343,11 +398,21 @@ def build_image_set_datamodule(cfg: ExperimentConfig, face_model: FaceModel, cac
     if sc.kind == "synthetic":
         from datamodules.image_sets import SyntheticImageSetDataset
 
-        common = dict(set_size=sc.set_size, min_set_size=sc.min_set_size, seed=sc.seed,
-                      image_size=cfg.renderer.image_size, max_yaw_deg=sc.max_yaw_deg, max_pitch_deg=sc.max_pitch_deg,
-                      max_roll_deg=sc.max_roll_deg, albedo_jitter=sc.albedo_jitter,
-                      degrade_probability=sc.degrade_probability, degradations=tuple(sc.degradations),
-                      landmark_noise_px=sc.landmark_noise_px, cache_dir=cache_dir, backend=cfg.renderer.backend)
+        common = dict(
+            set_size=sc.set_size,
+            min_set_size=sc.min_set_size,
+            seed=sc.seed,
+            image_size=cfg.renderer.image_size,
+            max_yaw_deg=sc.max_yaw_deg,
+            max_pitch_deg=sc.max_pitch_deg,
+            max_roll_deg=sc.max_roll_deg,
+            albedo_jitter=sc.albedo_jitter,
+            degrade_probability=sc.degrade_probability,
+            degradations=tuple(sc.degradations),
+            landmark_noise_px=sc.landmark_noise_px,
+            cache_dir=cache_dir,
+            backend=cfg.renderer.backend,
+        )
         sizes = {"train": sc.n_train, "val": sc.n_val, "test": sc.n_test}
         datasets = {split: SyntheticImageSetDataset(face_model, n, split=split, **common) for split, n in sizes.items()}
     else:
@@ -357,12 +422,15 @@ def build_image_set_datamodule(cfg: ExperimentConfig, face_model: FaceModel, cac
         groups = group_by_identity(read_prepared(sc.root), min_images=sc.min_images)
         train, val = split_identities(groups, sc.val_fraction)
         if not train:
-            raise ValueError(f"all {len(val)} identities of {sc.root} fell into the validation split; lower "
-                             f"data.sets.val_fraction ({sc.val_fraction}) or add people")
+            raise ValueError(
+                f"all {len(val)} identities of {sc.root} fell into the validation split; lower "
+                f"data.sets.val_fraction ({sc.val_fraction}) or add people"
+            )
         common = dict(set_size=sc.set_size, image_size=cfg.renderer.image_size, seed=sc.seed)
-        datasets = {"train": PreparedImageSetDataset(train, sets_per_identity=sc.sets_per_identity, random_sets=True,
-                                                     **common),
-                    "val": PreparedImageSetDataset(val, random_sets=False, **common)}
+        datasets = {
+            "train": PreparedImageSetDataset(train, sets_per_identity=sc.sets_per_identity, random_sets=True, **common),
+            "val": PreparedImageSetDataset(val, random_sets=False, **common),
+        }
     return ImageSetDataModule(datasets, batch_size=sc.batch_size, num_workers=cfg.data.num_workers, seed=sc.seed)
 
 
@@ -372,13 +440,19 @@ def load_cnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
     from lightning_modules.cnet_module import restore_rebuilt_state
 
     path = Path(path)
-    checkpoint = _read_checkpoint(path, map_location, f"C-Net checkpoint {path} not found; train one with `face3d "
-                                  "train-aggregate` (checkpoints are under outputs/train-aggregate/<strategy>/"
-                                  "checkpoints/)")
+    checkpoint = _read_checkpoint(
+        path,
+        map_location,
+        f"C-Net checkpoint {path} not found; train one with `face3d "
+        "train-aggregate` (checkpoints are under outputs/train-aggregate/<strategy>/"
+        "checkpoints/)",
+    )
     info = checkpoint.get("face3d_cnet")
     if info is None:
-        raise ValueError(f"{path} is not a C-Net checkpoint (no 'face3d_cnet' entry); an R-Net checkpoint goes to "
-                         "--rnet-ckpt instead")
+        raise ValueError(
+            f"{path} is not a C-Net checkpoint (no 'face3d_cnet' entry); an R-Net checkpoint goes to "
+            "--rnet-ckpt instead"
+        )
     cfg = config_from_checkpoint(checkpoint, path)
     face_model = build_face_model(cfg)
     rnet_module = build_rnet_module(_for_checkpoint_weights(cfg), face_model)
@@ -387,8 +461,9 @@ def load_cnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
     restore_rebuilt_state(module, state)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path} does not match the C-Net its config describes: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path} does not match the C-Net its config describes: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return module.eval(), cfg
 
 

@@ -285,8 +285,9 @@ def _merge(base: DictConfig, node: Any, schema: DictConfig, source: str) -> Dict
         raise _explain(err, schema, source) from None
 
 
-def load_config(files: list[str | Path] = (), overrides: list[str] = (), base_yaml: str | None = None
-                ) -> ExperimentConfig:
+def load_config(
+    files: list[str | Path] = (), overrides: list[str] = (), base_yaml: str | None = None
+) -> ExperimentConfig:
     """Schema defaults (then ``base_yaml``, e.g. a checkpoint's stored config), then the YAML ``files``
     in order, then ``key=value`` ``overrides``."""
     schema = OmegaConf.structured(ExperimentConfig)
@@ -320,13 +321,17 @@ def validate(config: ExperimentConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {allowed}")
     if config.face_model.name == "bfm" and not config.face_model.path:
-        raise ConfigError("face_model.name=bfm needs face_model.path (BFM_model_front.mat, built by "
-                          "`face3d prepare-bfm --bfm-dir DIR`)")
+        raise ConfigError(
+            "face_model.name=bfm needs face_model.path (BFM_model_front.mat, built by "
+            "`face3d prepare-bfm --bfm-dir DIR`)"
+        )
     if config.data.kind == "prepared" and not config.data.prepared.root:
         raise ConfigError("data.kind=prepared needs data.prepared.root (a folder written by `face3d prepare`)")
     if config.data.sets.kind == "prepared" and not config.data.sets.root:
-        raise ConfigError("data.sets.kind=prepared needs data.sets.root (a `face3d prepare` folder of photos "
-                          "organised one subfolder per person)")
+        raise ConfigError(
+            "data.sets.kind=prepared needs data.sets.root (a `face3d prepare` folder of photos "
+            "organised one subfolder per person)"
+        )
     if config.network.init is not None and config.network.deep3d_checkpoint:
         raise ConfigError("network.init and network.deep3d_checkpoint both say where R-Net starts: keep one")
     tc = config.trainer
@@ -337,8 +342,10 @@ def validate(config: ExperimentConfig) -> None:
     trainable = ("s1", "s2", "s4")
     bad = [s for s in config.cnet.strategies if s not in trainable]
     if bad:
-        raise ConfigError(f"cnet.strategies={config.cnet.strategies}: {bad} cannot be trained; choose from "
-                          f"{trainable} (S3 and shape averaging are evaluated from the trained C-Nets)")
+        raise ConfigError(
+            f"cnet.strategies={config.cnet.strategies}: {bad} cannot be trained; choose from "
+            f"{trainable} (S3 and shape averaging are evaluated from the trained C-Nets)"
+        )
     if len(config.cnet.conv_channels) != 3:
         raise ConfigError(f"cnet.conv_channels needs three widths, got {config.cnet.conv_channels}")
 

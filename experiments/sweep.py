@@ -45,9 +45,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 from experiments.config import ConfigError, ExperimentConfig, load_config
 
@@ -91,7 +92,7 @@ class Sweep:
     """The ``--config`` files of the command, in order (``default`` when it names none, as the CLI does)."""
     command_overrides: tuple[str, ...]
     """Fixed ``key=value`` tokens written in the command itself."""
-    run_cap: Optional[int] = None
+    run_cap: int | None = None
 
     def swept(self) -> list[str]:
         """The parameters that vary between runs (all but the ``value:`` ones), in file order."""
@@ -128,8 +129,10 @@ def load_sweep(name: str | Path) -> Sweep:
 
     method = raw.get("method")
     if method == "bayes":
-        raise SweepError(f"{path}: method 'bayes' needs W&B's sweep server (`wandb sweep` + `wandb agent`); "
-                         "offline, use method: grid (values lists) or method: random (distributions, with --count N)")
+        raise SweepError(
+            f"{path}: method 'bayes' needs W&B's sweep server (`wandb sweep` + `wandb agent`); "
+            "offline, use method: grid (values lists) or method: random (distributions, with --count N)"
+        )
     if method not in METHODS_OFFLINE:
         raise SweepError(f"{path}: method must be one of {METHODS_OFFLINE} offline, got {method!r}")
 
@@ -155,9 +158,16 @@ def load_sweep(name: str | Path) -> Sweep:
         # The name becomes a directory and the prefix of every run's id.
         raise SweepError(f"{path}: name must use only letters, digits, '_', '.' and '-', got {name!r}")
     config_files, command_overrides = _parse_command(path, raw.get("command"), raw.get("program"))
-    return Sweep(path=path, name=name, method=method,
-                 metric=Metric(name=metric_raw["name"], goal=goal), parameters=dict(parameters),
-                 config_files=config_files, command_overrides=command_overrides, run_cap=run_cap)
+    return Sweep(
+        path=path,
+        name=name,
+        method=method,
+        metric=Metric(name=metric_raw["name"], goal=goal),
+        parameters=dict(parameters),
+        config_files=config_files,
+        command_overrides=command_overrides,
+        run_cap=run_cap,
+    )
 
 
 def _parse_command(path: Path, command: Any, program: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -170,14 +180,19 @@ def _parse_command(path: Path, command: Any, program: Any) -> tuple[tuple[str, .
     if "train" not in tokens:
         raise SweepError(f"{path}: the command must run the `train` subcommand of face3d, e.g. {example}")
     split = tokens.index("train")
-    launcher, train_args = tokens[:split], tokens[split + 1:]
-    runs_cli = ("experiments.cli" in launcher or any(Path(t).name == "face3d" for t in launcher)
-                or ("${program}" in launcher and str(program or "").endswith("experiments/cli.py")))
+    launcher, train_args = tokens[:split], tokens[split + 1 :]
+    runs_cli = (
+        "experiments.cli" in launcher
+        or any(Path(t).name == "face3d" for t in launcher)
+        or ("${program}" in launcher and str(program or "").endswith("experiments/cli.py"))
+    )
     if not runs_cli:
         raise SweepError(f"{path}: the command must start face3d (`-m experiments.cli` or `face3d`), got {tokens}")
     if train_args.count(ARGS_MACRO) != 1:
-        raise SweepError(f"{path}: the command must pass the parameters once as {ARGS_MACRO} (key=value, the "
-                         f"override syntax of face3d train), e.g. {example}")
+        raise SweepError(
+            f"{path}: the command must pass the parameters once as {ARGS_MACRO} (key=value, the "
+            f"override syntax of face3d train), e.g. {example}"
+        )
     others = [t for t in train_args if t.startswith("${") and t != ARGS_MACRO]
     if others:
         raise SweepError(f"{path}: after `train` only {ARGS_MACRO} can be used offline; found {others}")
@@ -203,8 +218,11 @@ def _number(path: Path, key: str, spec: Mapping[str, Any], name: str, default: f
     if value is None:
         raise SweepError(f"{path}: parameter {key} needs `{name}` for distribution {spec.get('distribution')!r}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = (" (YAML reads an exponent without a decimal point as text: write 1.0e-4, not 1e-4)"
-                if isinstance(value, str) and "e" in value.lower() else "")
+        hint = (
+            " (YAML reads an exponent without a decimal point as text: write 1.0e-4, not 1e-4)"
+            if isinstance(value, str) and "e" in value.lower()
+            else ""
+        )
         raise SweepError(f"{path}: parameter {key}: `{name}` must be a number, got {value!r}{hint}")
     return value
 
@@ -277,9 +295,21 @@ def _sampler(path: Path, key: str, spec: Mapping[str, Any]) -> Callable[[random.
 
 QUANTIZED = ("q_uniform", "q_log_uniform", "q_log_uniform_values", "q_normal", "q_log_normal")
 SUPPORTED_DISTRIBUTIONS = (
-    "constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values",
-    "q_log_uniform", "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values",
-    "normal", "q_normal", "log_normal", "q_log_normal",
+    "constant",
+    "categorical",
+    "int_uniform",
+    "uniform",
+    "q_uniform",
+    "log_uniform",
+    "log_uniform_values",
+    "q_log_uniform",
+    "q_log_uniform_values",
+    "inv_log_uniform",
+    "inv_log_uniform_values",
+    "normal",
+    "q_normal",
+    "log_normal",
+    "q_log_normal",
 )
 
 
@@ -299,15 +329,20 @@ def _distribution(spec: Mapping[str, Any]) -> str:
 
 def _check_parameter(path: Path, key: str, spec: Any) -> None:
     if not isinstance(spec, dict):
-        raise SweepError(f"{path}: parameter {key} must be a mapping such as {{values: [...]}} or {{value: x}}, "
-                         f"got {spec!r}")
+        raise SweepError(
+            f"{path}: parameter {key} must be a mapping such as {{values: [...]}} or {{value: x}}, got {spec!r}"
+        )
     if "parameters" in spec:
-        raise SweepError(f"{path}: parameter {key} nests parameters, which ${{args_no_hyphens}} cannot pass to "
-                         f"face3d train; name each one by its dotted config key (e.g. {key}.photometric)")
+        raise SweepError(
+            f"{path}: parameter {key} nests parameters, which ${{args_no_hyphens}} cannot pass to "
+            f"face3d train; name each one by its dotted config key (e.g. {key}.photometric)"
+        )
     dist = _distribution(spec)
     if dist not in SUPPORTED_DISTRIBUTIONS:
-        raise SweepError(f"{path}: parameter {key}: distribution {dist!r} is not supported offline; use one of "
-                         f"{SUPPORTED_DISTRIBUTIONS}")
+        raise SweepError(
+            f"{path}: parameter {key}: distribution {dist!r} is not supported offline; use one of "
+            f"{SUPPORTED_DISTRIBUTIONS}"
+        )
     if dist == "constant" and "value" not in spec:
         raise SweepError(f"{path}: parameter {key}: a constant needs `value`")
     if dist == "categorical" and (not isinstance(spec.get("values"), list) or not spec["values"]):
@@ -327,11 +362,11 @@ class PlannedRun:
     config_files: tuple[str, ...]
     overrides: tuple[str, ...]
     """The command's fixed tokens, then one ``name=value`` token per parameter as W&B's agent writes it."""
-    skip_reason: Optional[str] = None
-    config_error: Optional[str] = None
+    skip_reason: str | None = None
+    config_error: str | None = None
 
 
-def expand(sweep: Sweep, count: Optional[int] = None, seed: int = 0) -> list[dict[str, Any]]:
+def expand(sweep: Sweep, count: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """The parameter sets of the sweep, in order: the cartesian product of ``values`` (grid, the last
     parameter varying fastest), or ``count`` draws (random, default ``run_cap``) seeded by ``seed`` so the
     first N draws are the same whatever ``count`` is. Duplicate draws are dropped. ``count`` truncates a grid.
@@ -345,15 +380,19 @@ def expand(sweep: Sweep, count: Optional[int] = None, seed: int = 0) -> list[dic
             spec = sweep.parameters[name]
             dist = _distribution(spec)
             if dist not in ("constant", "categorical"):
-                raise SweepError(f"{sweep.path}: grid search needs `values` or `value` for every parameter; {name} "
-                                 f"has distribution {dist!r} (use method: random, or list its values)")
+                raise SweepError(
+                    f"{sweep.path}: grid search needs `values` or `value` for every parameter; {name} "
+                    f"has distribution {dist!r} (use method: random, or list its values)"
+                )
             choices.append([spec["value"]] if dist == "constant" else list(spec["values"]))
         combos = [dict(zip(names, combo)) for combo in itertools.product(*choices)]
         return _unique(combos)[:count] if count is not None else _unique(combos)
     n = count if count is not None else sweep.run_cap
     if n is None:
-        raise SweepError(f"{sweep.path}: random search runs until stopped online; offline give --count N "
-                         "(or run_cap: N in the sweep file)")
+        raise SweepError(
+            f"{sweep.path}: random search runs until stopped online; offline give --count N "
+            "(or run_cap: N in the sweep file)"
+        )
     rng = random.Random(seed)
     samplers = {name: _sampler(sweep.path, name, sweep.parameters[name]) for name in names}
     return _unique([{name: samplers[name](rng) for name in names} for _ in range(n)])
@@ -380,7 +419,7 @@ def run_id_for(sweep: Sweep, config_files: Sequence[str], overrides: Sequence[st
     return f"{sweep.name}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
-def no_data_term(cfg: ExperimentConfig) -> Optional[str]:
+def no_data_term(cfg: ExperimentConfig) -> str | None:
     """Why a configuration is not worth training, or None. Without the photometric, landmark and perceptual
     terms only the coefficient regularisers are left: the network learns nothing from the images (Table 1's
     all-off row), and the test already reports that baseline as test/mean_face_error_mm."""
@@ -390,10 +429,10 @@ def no_data_term(cfg: ExperimentConfig) -> Optional[str]:
     return None
 
 
-SKIP_RULES: tuple[Callable[[ExperimentConfig], Optional[str]], ...] = (no_data_term,)
+SKIP_RULES: tuple[Callable[[ExperimentConfig], str | None], ...] = (no_data_term,)
 
 
-def plan(sweep: Sweep, count: Optional[int] = None, seed: int = 0) -> list[PlannedRun]:
+def plan(sweep: Sweep, count: int | None = None, seed: int = 0) -> list[PlannedRun]:
     """The runs of the sweep, each with its config checked against the schema and the skip rules."""
     runs = []
     for params in expand(sweep, count, seed):
@@ -405,9 +444,16 @@ def plan(sweep: Sweep, count: Optional[int] = None, seed: int = 0) -> list[Plann
             config_error = f"bad config: {err}"
         else:
             skip_reason = next((reason for rule in SKIP_RULES if (reason := rule(cfg))), None)
-        runs.append(PlannedRun(run_id=run_id_for(sweep, sweep.config_files, overrides), params=params,
-                               config_files=sweep.config_files, overrides=overrides,
-                               skip_reason=skip_reason, config_error=config_error))
+        runs.append(
+            PlannedRun(
+                run_id=run_id_for(sweep, sweep.config_files, overrides),
+                params=params,
+                config_files=sweep.config_files,
+                overrides=overrides,
+                skip_reason=skip_reason,
+                config_error=config_error,
+            )
+        )
     return runs
 
 
@@ -422,11 +468,11 @@ class RunRecord:
     params: Mapping[str, Any]
     status: str
     """'ok', 'failed' or 'skipped'."""
-    metric: Optional[float] = None
+    metric: float | None = None
     test_metrics: Mapping[str, float] = field(default_factory=dict)
-    error: Optional[str] = None
+    error: str | None = None
     duration_s: float = 0.0
-    run_dir: Optional[str] = None
+    run_dir: str | None = None
 
 
 class RunFailed(RuntimeError):
@@ -455,14 +501,21 @@ class SubprocessExecutor:
         request = run_dir / REQUEST_FILE
         result_path = run_dir / RESULT_FILE
         result_path.unlink(missing_ok=True)
-        request.write_text(json.dumps({"config_files": list(config_files), "overrides": list(overrides),
-                                       "result": str(result_path)}, indent=2))
+        request.write_text(
+            json.dumps(
+                {"config_files": list(config_files), "overrides": list(overrides), "result": str(result_path)}, indent=2
+            )
+        )
         env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_RUN_GROUP=self.group)
         # The child must import this checkout even when the project is not installed.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         with open(run_dir / LOG_FILE, "ab") as log:
-            code = subprocess.call([sys.executable, "-m", "experiments.sweep", "--worker", str(request)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env)
+            code = subprocess.call(
+                [sys.executable, "-m", "experiments.sweep", "--worker", str(request)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         result = json.loads(result_path.read_text()) if result_path.is_file() else {}
         if "error" in result:
             raise RunFailed(result["error"])
@@ -478,7 +531,7 @@ class InProcessExecutor:
     """Trains in this process with ``train_fn(cfg, resume=True)`` (tests, debugging with pdb). No isolation:
     a crash ends the sweep."""
 
-    train_fn: Optional[Callable[..., Any]] = None
+    train_fn: Callable[..., Any] | None = None
     """Default: `experiments.train.train`."""
 
     def __call__(self, config_files: Sequence[str], overrides: Sequence[str], run_dir: Path) -> Mapping[str, float]:
@@ -507,7 +560,7 @@ def _error_text(err: BaseException) -> str:
     return str(err) if isinstance(err, RunFailed) else f"{type(err).__name__}: {err}"
 
 
-def completed_result(run_dir: Path, overrides: Sequence[str]) -> Optional[dict[str, Any]]:
+def completed_result(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any] | None:
     """The stored result of a run that completed with these overrides, or None (never ran, failed, or the
     directory holds another configuration)."""
     path = run_dir / RESULT_FILE
@@ -522,8 +575,14 @@ def completed_result(run_dir: Path, overrides: Sequence[str]) -> Optional[dict[s
     return None
 
 
-def run_sweep(sweep: Sweep, out_dir: Path, count: Optional[int] = None, seed: int = 0,
-              executor: Optional[Executor] = None, log: Callable[[str], None] = print) -> list[RunRecord]:
+def run_sweep(
+    sweep: Sweep,
+    out_dir: Path,
+    count: int | None = None,
+    seed: int = 0,
+    executor: Executor | None = None,
+    log: Callable[[str], None] = print,
+) -> list[RunRecord]:
     """Run the sweep's configurations one after the other in ``out_dir/<run id>`` and write
     ``out_dir/summary.md`` and ``summary.csv`` (rewritten after every run). Completed runs are skipped;
     a run that fails is recorded with its error and the sweep goes on. Returns the records, best first."""
@@ -562,8 +621,9 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_one(sweep: Sweep, out_dir: Path, run: PlannedRun, executor: Executor, log: Callable[[str], None],
-             progress: str) -> RunRecord:
+def _run_one(
+    sweep: Sweep, out_dir: Path, run: PlannedRun, executor: Executor, log: Callable[[str], None], progress: str
+) -> RunRecord:
     run_dir = out_dir / run.run_id
     label = f"{progress} {run.run_id} {' '.join(wandb_token(k, run.params[k]) for k in sweep.swept())}"
     if run.skip_reason or run.config_error:
@@ -573,8 +633,15 @@ def _run_one(sweep: Sweep, out_dir: Path, run: PlannedRun, executor: Executor, l
     done = completed_result(run_dir, run.overrides)
     if done is not None:
         log(f"{label}: already completed, skipped ({sweep.metric.name}={done['metric']:.4g})")
-        return RunRecord(run.run_id, run.params, "ok", metric=done["metric"], test_metrics=done["test_metrics"],
-                         duration_s=done.get("duration_s", 0.0), run_dir=str(run_dir))
+        return RunRecord(
+            run.run_id,
+            run.params,
+            "ok",
+            metric=done["metric"],
+            test_metrics=done["test_metrics"],
+            duration_s=done.get("duration_s", 0.0),
+            run_dir=str(run_dir),
+        )
     log(f"{label}: training")
     start = time.monotonic()
     overrides = [*run.overrides, *runner_overrides(out_dir, run.run_id)]
@@ -582,19 +649,43 @@ def _run_one(sweep: Sweep, out_dir: Path, run: PlannedRun, executor: Executor, l
         test_metrics = {k: float(v) for k, v in executor(run.config_files, overrides, run_dir).items()}
         metric = _metric_value(sweep.metric, test_metrics)
     except Exception as err:  # noqa: BLE001 -- any failure of one run is recorded, the sweep goes on
-        record = RunRecord(run.run_id, run.params, "failed", error=_error_text(err),
-                           duration_s=time.monotonic() - start, run_dir=str(run_dir))
+        record = RunRecord(
+            run.run_id,
+            run.params,
+            "failed",
+            error=_error_text(err),
+            duration_s=time.monotonic() - start,
+            run_dir=str(run_dir),
+        )
         log(f"{label}: FAILED: {record.error}")
     else:
-        record = RunRecord(run.run_id, run.params, "ok", metric=metric, test_metrics=test_metrics,
-                           duration_s=time.monotonic() - start, run_dir=str(run_dir))
+        record = RunRecord(
+            run.run_id,
+            run.params,
+            "ok",
+            metric=metric,
+            test_metrics=test_metrics,
+            duration_s=time.monotonic() - start,
+            run_dir=str(run_dir),
+        )
         log(f"{label}: {sweep.metric.name}={metric:.4g} ({record.duration_s / 60:.1f} min)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RESULT_FILE).write_text(json.dumps({
-        "status": record.status, "metric": record.metric, "test_metrics": record.test_metrics,
-        "error": record.error, "duration_s": record.duration_s, "params": dict(run.params),
-        "config_files": list(run.config_files), "overrides": list(run.overrides),
-    }, indent=2, default=str))
+    (run_dir / RESULT_FILE).write_text(
+        json.dumps(
+            {
+                "status": record.status,
+                "metric": record.metric,
+                "test_metrics": record.test_metrics,
+                "error": record.error,
+                "duration_s": record.duration_s,
+                "params": dict(run.params),
+                "config_files": list(run.config_files),
+                "overrides": list(run.overrides),
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return record
 
 
@@ -606,8 +697,13 @@ STATUS_ORDER = {"ok": 0, "failed": 1, "skipped": 2}
 
 def sort_records(metric: Metric, records: Sequence[RunRecord]) -> list[RunRecord]:
     """Best metric first (by the goal), then failed runs, then skipped ones; stable within each group."""
-    return sorted(records, key=lambda r: (STATUS_ORDER.get(r.status, 3),
-                                          metric.better_first_key(r.metric) if r.metric is not None else 0.0))
+    return sorted(
+        records,
+        key=lambda r: (
+            STATUS_ORDER.get(r.status, 3),
+            metric.better_first_key(r.metric) if r.metric is not None else 0.0,
+        ),
+    )
 
 
 def _format(value: Any) -> str:
@@ -626,12 +722,23 @@ def write_summary(sweep: Sweep, out_dir: Path, records: Sequence[RunRecord]) -> 
     csv_path = out_dir / "summary.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["rank", "run_id", "status", sweep.metric.name, *params, *others, "duration_s", "error",
-                         "run_dir"])
+        writer.writerow(
+            ["rank", "run_id", "status", sweep.metric.name, *params, *others, "duration_s", "error", "run_dir"]
+        )
         for rank, r in enumerate(ordered, 1):
-            writer.writerow([rank, r.run_id, r.status, "" if r.metric is None else r.metric,
-                             *(r.params.get(p, "") for p in params), *(r.test_metrics.get(k, "") for k in others),
-                             round(r.duration_s, 1), r.error or "", r.run_dir or ""])
+            writer.writerow(
+                [
+                    rank,
+                    r.run_id,
+                    r.status,
+                    "" if r.metric is None else r.metric,
+                    *(r.params.get(p, "") for p in params),
+                    *(r.test_metrics.get(k, "") for k in others),
+                    round(r.duration_s, 1),
+                    r.error or "",
+                    r.run_dir or "",
+                ]
+            )
 
     varying, fixed = sweep.swept(), sweep.fixed()
     # The error metrics (mm, px) keep the table readable; the loss values are in the CSV.
@@ -642,8 +749,10 @@ def write_summary(sweep: Sweep, out_dir: Path, records: Sequence[RunRecord]) -> 
         f"- file: `{sweep.path}`",
         f"- method: {sweep.method}; metric: `{sweep.metric.name}` ({sweep.metric.goal}); best first",
         f"- configs: {', '.join(sweep.config_files)}; fixed: "
-        + (", ".join(f"`{t}`" for t in [*sweep.command_overrides, *(wandb_token(k, v) for k, v in fixed.items())])
-           or "none")
+        + (
+            ", ".join(f"`{t}`" for t in [*sweep.command_overrides, *(wandb_token(k, v) for k, v in fixed.items())])
+            or "none"
+        )
         + f"; then, per run, `{' '.join(runner_overrides(out_dir, 'RUN_ID'))}`",
         f"- runs: {sum(r.status == 'ok' for r in records)} ok, {sum(r.status == 'failed' for r in records)} failed, "
         f"{sum(r.status == 'skipped' for r in records)} skipped",
@@ -653,10 +762,16 @@ def write_summary(sweep: Sweep, out_dir: Path, records: Sequence[RunRecord]) -> 
     ]
     for rank, r in enumerate(ordered, 1):
         note = (r.error or "").replace("|", "\\|").replace("\n", " ")
-        cells = [str(rank), r.run_id, r.status, "" if r.metric is None else f"**{r.metric:.4g}**",
-                 *(_format(r.params.get(p, "")) for p in varying),
-                 *(_format(r.test_metrics[k]) if k in r.test_metrics else "" for k in others),
-                 f"{r.duration_s / 60:.1f}" if r.duration_s else "", note[:200]]
+        cells = [
+            str(rank),
+            r.run_id,
+            r.status,
+            "" if r.metric is None else f"**{r.metric:.4g}**",
+            *(_format(r.params.get(p, "")) for p in varying),
+            *(_format(r.test_metrics[k]) if k in r.test_metrics else "" for k in others),
+            f"{r.duration_s / 60:.1f}" if r.duration_s else "",
+            note[:200],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     md_path = out_dir / "summary.md"
     md_path.write_text("\n".join(lines) + "\n")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from experiments.config import ExperimentConfig, to_yaml
 
@@ -20,10 +21,10 @@ class TrainResult:
     """Where a finished run put its outputs, and its headline numbers (None when not measured)."""
 
     run_dir: Path
-    best_checkpoint: Optional[Path]
-    last_checkpoint: Optional[Path]
-    metrics_csv: Optional[Path]
-    overlay: Optional[Path]
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    metrics_csv: Path | None
+    overlay: Path | None
     test_metrics: dict[str, float]
     test_samples: int = 0
 
@@ -42,14 +43,20 @@ class TrainResult:
             error, baseline = m["test/shape_error_mm"], m["test/mean_face_error_mm"]
             change = 100 * abs(1 - error / baseline)
             verdict = f"{change:.1f}% lower than" if error < baseline else f"{change:.1f}% HIGHER than"
-            lines.append(f"test shape error: {error:.2f} mm after rigid alignment, {verdict} the mean-face "
-                         f"baseline ({baseline:.2f} mm) on {self.test_samples} held-out synthetic faces")
+            lines.append(
+                f"test shape error: {error:.2f} mm after rigid alignment, {verdict} the mean-face "
+                f"baseline ({baseline:.2f} mm) on {self.test_samples} held-out synthetic faces"
+            )
             if "test/better_than_mean_face" in m:
-                lines.append(f"                  closer to the truth than the mean face on "
-                             f"{100 * m['test/better_than_mean_face']:.0f}% of them")
+                lines.append(
+                    f"                  closer to the truth than the mean face on "
+                    f"{100 * m['test/better_than_mean_face']:.0f}% of them"
+                )
         if "test/identity_r" in m:
-            lines.append(f"                  identity coefficients vs the truth: mean r {m['test/identity_r']:.2f} over "
-                         "the first ten modes")
+            lines.append(
+                f"                  identity coefficients vs the truth: mean r {m['test/identity_r']:.2f} over "
+                "the first ten modes"
+            )
         if "test/landmark_error_px" in m:
             lines.append(f"test landmark error: {m['test/landmark_error_px']:.2f} px")
         return "\n".join(lines)
@@ -59,8 +66,12 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
     return Path(cfg.logging.output_dir) / (cfg.logging.run_name or cfg.name)
 
 
-def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int = False,
-          extra_callbacks: Sequence[Callback] = ()) -> TrainResult:
+def train(
+    cfg: ExperimentConfig,
+    resume: bool = False,
+    fast_dev_run: bool | int = False,
+    extra_callbacks: Sequence[Callback] = (),
+) -> TrainResult:
     """Train R-Net as configured. ``resume`` continues the run directory's ``last.ckpt`` when there is one;
     ``extra_callbacks`` are added to the trainer's (instrumentation, tests).
 
@@ -96,10 +107,18 @@ def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int 
 
     has_ground_truth = cfg.data.kind == "synthetic"
     monitor = "val/shape_error_mm" if has_ground_truth else "val/total"
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor=monitor, mode="min",
-                           save_top_k=1, auto_insert_metric_name=False)
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best-{epoch:03d}-{step}",
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
     # A separate, frequent last.ckpt so a killed run loses at most a few steps.
-    latest = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
+    latest = ModelCheckpoint(
+        dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
+    )
     overlays = OverlayImages(run_dir / "overlays", every_n_epochs=cfg.logging.overlay_every_n_epochs)
     # One CSV folder per launch (logs/version_N): a resumed run must not overwrite the metrics it already has.
     csv_logger = CSVLogger(save_dir=str(run_dir), name="logs")
@@ -109,9 +128,16 @@ def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int 
 
         os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(project=cfg.logging.wandb_project, name=run_dir.name, save_dir=str(run_dir),
-                                   id=f"{run_dir.name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}",
-                                   resume="allow", mode=cfg.logging.wandb_mode))
+        loggers.append(
+            WandbLogger(
+                project=cfg.logging.wandb_project,
+                name=run_dir.name,
+                save_dir=str(run_dir),
+                id=f"{run_dir.name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}",
+                resume="allow",
+                mode=cfg.logging.wandb_mode,
+            )
+        )
     tc = cfg.trainer
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
@@ -128,9 +154,16 @@ def train(cfg: ExperimentConfig, resume: bool = False, fast_dev_run: bool | int 
         gradient_clip_val=tc.gradient_clip_val,
         deterministic=tc.deterministic,
         logger=loggers,
-        callbacks=[FiniteLossGuard(tc.log_every_n_steps), TrainingClock(), best, latest, overlays,
-                   LearningRateMonitor(logging_interval="step"), TQDMProgressBar(refresh_rate=5),
-                   *extra_callbacks],
+        callbacks=[
+            FiniteLossGuard(tc.log_every_n_steps),
+            TrainingClock(),
+            best,
+            latest,
+            overlays,
+            LearningRateMonitor(logging_interval="step"),
+            TQDMProgressBar(refresh_rate=5),
+            *extra_callbacks,
+        ],
         fast_dev_run=fast_dev_run,
         enable_model_summary=False,
     )

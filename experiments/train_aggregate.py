@@ -21,7 +21,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -44,8 +43,8 @@ class AggregateResult:
     rnet_checkpoint: Path
     cnet_checkpoints: dict[str, Path]
     rows: list[TableRow] = field(default_factory=list)
-    table_markdown: Optional[Path] = None
-    table_csv: Optional[Path] = None
+    table_markdown: Path | None = None
+    table_csv: Path | None = None
     plots: list[Path] = field(default_factory=list)
     confidence_by_degradation: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     """See `benchmarks.cnet_analysis.confidence_by_degradation`."""
@@ -55,8 +54,12 @@ class AggregateResult:
         lines = [f"run directory:    {self.run_dir}", f"R-Net checkpoint: {self.rnet_checkpoint}"]
         lines += [f"C-Net {strategy} checkpoint: {path}" for strategy, path in self.cnet_checkpoints.items()]
         if self.rows:
-            lines += ["", "shape error on held-out synthetic identities (neutral identity shape, rigid alignment):", "",
-                      table_markdown(self.rows).rstrip()]
+            lines += [
+                "",
+                "shape error on held-out synthetic identities (neutral identity shape, rigid alignment):",
+                "",
+                table_markdown(self.rows).rstrip(),
+            ]
             if self.confidence_by_degradation:
                 lines.append("")
             for name, kinds in self.confidence_by_degradation.items():
@@ -81,9 +84,11 @@ def identity_information_note(rows: Sequence[TableRow], min_gain: float = 0.05) 
     if mean_face is None or averaging is None or averaging.mean_mm <= (1.0 - min_gain) * mean_face.mean_mm:
         return None
     gain = 100.0 * (1.0 - averaging.mean_mm / mean_face.mean_mm)
-    return (f"note: shape averaging is only {gain:.1f}% below the mean face: this R-Net's identities carry little "
-            "information about the true shape, and C-Net, which only re-weights them, is bounded by what R-Net knows. "
-            "A longer R-Net run (or one on a GPU) gives both more to work with; see the README, C-Net.")
+    return (
+        f"note: shape averaging is only {gain:.1f}% below the mean face: this R-Net's identities carry little "
+        "information about the true shape, and C-Net, which only re-weights them, is bounded by what R-Net knows. "
+        "A longer R-Net run (or one on a GPU) gives both more to work with; see the README, C-Net."
+    )
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -95,22 +100,25 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return last if last.is_file() else None
 
 
-def resolve_rnet_checkpoint(explicit: str | Path | None, output_dir: str,
-                            log: Callable[[str], None] = print) -> Path:
+def resolve_rnet_checkpoint(explicit: str | Path | None, output_dir: str, log: Callable[[str], None] = print) -> Path:
     """The R-Net checkpoint to aggregate (see the module docstring); trains the default R-Net when none exists."""
     if explicit:
         path = Path(explicit)
         if not path.is_file():
-            raise FileNotFoundError(f"R-Net checkpoint {path} not found; pass a checkpoint written by `face3d train` "
-                                    "(outputs/<run>/checkpoints/*.ckpt) or leave --rnet-ckpt out to use the default")
+            raise FileNotFoundError(
+                f"R-Net checkpoint {path} not found; pass a checkpoint written by `face3d train` "
+                "(outputs/<run>/checkpoints/*.ckpt) or leave --rnet-ckpt out to use the default"
+            )
         return path
     rnet_cfg = load_config([RNET_DEFAULT_CONFIG], [f"logging.output_dir={output_dir}"])
     checkpoint_dir = run_dir_for(rnet_cfg) / "checkpoints"
     found = latest_checkpoint(checkpoint_dir)
     if found is not None:
         return found
-    log(f"no R-Net checkpoint under {checkpoint_dir}: training R-Net first with the '{RNET_DEFAULT_CONFIG}' config "
-        "(as `make train-single`; about 10 minutes on a CPU)")
+    log(
+        f"no R-Net checkpoint under {checkpoint_dir}: training R-Net first with the '{RNET_DEFAULT_CONFIG}' config "
+        "(as `make train-single`; about 10 minutes on a CPU)"
+    )
     from experiments.train import train
 
     result = train(rnet_cfg, resume=True)
@@ -121,8 +129,9 @@ def resolve_rnet_checkpoint(explicit: str | Path | None, output_dir: str,
     return found
 
 
-def aggregate_config(files: Sequence[str], overrides: Sequence[str], rnet_cfg: ExperimentConfig,
-                     rnet_checkpoint: Path) -> ExperimentConfig:
+def aggregate_config(
+    files: Sequence[str], overrides: Sequence[str], rnet_cfg: ExperimentConfig, rnet_checkpoint: Path
+) -> ExperimentConfig:
     """The C-Net run's config: R-Net's face model, renderer, network and loss, then ``files`` and ``overrides``.
 
     The loss may be overridden (other weights for C-Net); face model, renderer and network may not, since the
@@ -132,8 +141,10 @@ def aggregate_config(files: Sequence[str], overrides: Sequence[str], rnet_cfg: E
     cfg = load_config(files, overrides, base_yaml=to_yaml(base))
     for name in _MUST_MATCH:
         if getattr(cfg, name) != getattr(rnet_cfg, name):
-            raise ConfigError(f"the '{name}' section differs from the R-Net checkpoint's ({rnet_checkpoint}); C-Net "
-                              f"runs on that frozen R-Net, so '{name}' comes from its checkpoint: drop the override")
+            raise ConfigError(
+                f"the '{name}' section differs from the R-Net checkpoint's ({rnet_checkpoint}); C-Net "
+                f"runs on that frozen R-Net, so '{name}' comes from its checkpoint: drop the override"
+            )
     return dataclasses.replace(cfg, cnet=dataclasses.replace(cfg.cnet, rnet_checkpoint=str(rnet_checkpoint.resolve())))
 
 
@@ -146,10 +157,18 @@ def _trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, fast_dev_run: b
     from lightning_modules.callbacks import FiniteLossGuard
 
     ckpt_dir = run_dir / "checkpoints"
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}-{step}", monitor=monitor, mode="min",
-                           save_top_k=1, auto_insert_metric_name=False, save_weights_only=True)
-    latest = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                             every_n_train_steps=cfg.trainer.checkpoint_every_n_steps)
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best-{epoch:03d}-{step}",
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        save_weights_only=True,
+    )
+    latest = ModelCheckpoint(
+        dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
+    )
     loggers = [CSVLogger(save_dir=str(run_dir), name="logs")]
     if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
         from pytorch_lightning.loggers import WandbLogger
@@ -157,20 +176,41 @@ def _trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, fast_dev_run: b
         os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
         os.environ.setdefault("WANDB_SILENT", "true")
         name = f"{run_dir.parent.name}-{run_dir.name}"
-        loggers.append(WandbLogger(project=cfg.logging.wandb_project, name=name, save_dir=str(run_dir),
-                                   id=f"{name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}",
-                                   resume="allow", mode=cfg.logging.wandb_mode))
+        loggers.append(
+            WandbLogger(
+                project=cfg.logging.wandb_project,
+                name=name,
+                save_dir=str(run_dir),
+                id=f"{name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}",
+                resume="allow",
+                mode=cfg.logging.wandb_mode,
+            )
+        )
     tc = cfg.trainer
     trainer = pl.Trainer(
-        default_root_dir=str(run_dir), max_epochs=tc.max_epochs, max_steps=tc.max_steps,
+        default_root_dir=str(run_dir),
+        max_epochs=tc.max_epochs,
+        max_steps=tc.max_steps,
         max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
-        accelerator=tc.accelerator, devices=tc.devices, strategy=tc.strategy, num_nodes=tc.num_nodes,
-        precision=resolve_precision(tc.precision, tc.accelerator), log_every_n_steps=tc.log_every_n_steps,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        strategy=tc.strategy,
+        num_nodes=tc.num_nodes,
+        precision=resolve_precision(tc.precision, tc.accelerator),
+        log_every_n_steps=tc.log_every_n_steps,
         val_check_interval=tc.val_check_interval,
-        gradient_clip_val=tc.gradient_clip_val, deterministic=tc.deterministic, logger=loggers,
-        callbacks=[FiniteLossGuard(tc.log_every_n_steps), best, latest, LearningRateMonitor(logging_interval="epoch"),
-                   TQDMProgressBar(refresh_rate=5)],
-        fast_dev_run=fast_dev_run, enable_model_summary=False,
+        gradient_clip_val=tc.gradient_clip_val,
+        deterministic=tc.deterministic,
+        logger=loggers,
+        callbacks=[
+            FiniteLossGuard(tc.log_every_n_steps),
+            best,
+            latest,
+            LearningRateMonitor(logging_interval="epoch"),
+            TQDMProgressBar(refresh_rate=5),
+        ],
+        fast_dev_run=fast_dev_run,
+        enable_model_summary=False,
     )
     return trainer, best, ckpt_dir / "last.ckpt"
 
@@ -183,7 +223,8 @@ def _check_same_rnet(checkpoint: Path, rnet_module) -> None:
         if stored is None or stored.shape != value.shape or not torch.equal(stored, value.cpu()):
             raise FileExistsError(
                 f"{checkpoint} was trained on another R-Net than the one given now; its C-Net's confidences mean "
-                "nothing for this R-Net. Delete that run directory or choose another with logging.run_name=NAME")
+                "nothing for this R-Net. Delete that run directory or choose another with logging.run_name=NAME"
+            )
 
 
 def _load_weights(module, path: Path) -> None:
@@ -194,9 +235,14 @@ def _load_weights(module, path: Path) -> None:
     module.load_state_dict(state)
 
 
-def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[str] = (),
-                    rnet_checkpoint: str | Path | None = None, resume: bool = False,
-                    fast_dev_run: bool | int = False, log: Callable[[str], None] = print) -> AggregateResult:
+def train_aggregate(
+    files: Sequence[str] = DEFAULT_CONFIGS,
+    overrides: Sequence[str] = (),
+    rnet_checkpoint: str | Path | None = None,
+    resume: bool = False,
+    fast_dev_run: bool | int = False,
+    log: Callable[[str], None] = print,
+) -> AggregateResult:
     """Train the configured C-Nets on a frozen R-Net and evaluate the aggregation strategies (module docstring).
 
     Refuses to start over a strategy that already has checkpoints unless ``resume`` is set (then it continues
@@ -213,8 +259,9 @@ def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[
     start = time.perf_counter()
     files = list(files) or list(DEFAULT_CONFIGS)
     preliminary = load_config(files, overrides)
-    rnet_path = resolve_rnet_checkpoint(rnet_checkpoint or preliminary.cnet.rnet_checkpoint,
-                                        preliminary.logging.output_dir, log)
+    rnet_path = resolve_rnet_checkpoint(
+        rnet_checkpoint or preliminary.cnet.rnet_checkpoint, preliminary.logging.output_dir, log
+    )
     log(f"aggregating R-Net {rnet_path}")
     rnet_module, rnet_cfg = load_rnet_checkpoint(rnet_path)
     cfg = aggregate_config(files, overrides, rnet_cfg, rnet_path)
@@ -222,8 +269,10 @@ def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[
     run_dir = run_dir_for(cfg)
     existing = [s for s in cfg.cnet.strategies if any((run_dir / s / "checkpoints").glob("*.ckpt"))]
     if existing and not resume and not fast_dev_run:
-        raise FileExistsError(f"run directory {run_dir} already has C-Net checkpoints ({existing}); pass --resume to "
-                              "continue (or re-evaluate) that run, or choose another with logging.run_name=NAME")
+        raise FileExistsError(
+            f"run directory {run_dir} already has C-Net checkpoints ({existing}); pass --resume to "
+            "continue (or re-evaluate) that run, or choose another with logging.run_name=NAME"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     pl.seed_everything(cfg.trainer.seed, workers=True)
@@ -238,8 +287,9 @@ def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[
         log(f"training C-Net for strategy {strategy.upper()}")
         module = build_cnet_module(cfg, rnet_module, strategy, loss=loss)
         strategy_dir = run_dir / strategy
-        trainer, best, last = _trainer(cfg, strategy_dir, "val/shape_error_mm" if has_ground_truth else "val/total",
-                                       fast_dev_run)
+        trainer, best, last = _trainer(
+            cfg, strategy_dir, "val/shape_error_mm" if has_ground_truth else "val/total", fast_dev_run
+        )
         resume_from = last if resume and last.exists() else None
         if resume_from is not None:
             _check_same_rnet(resume_from, rnet_module)
@@ -261,7 +311,12 @@ def train_aggregate(files: Sequence[str] = DEFAULT_CONFIGS, overrides: Sequence[
         device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
         evaluation = collect_set_evaluation(modules, datamodule.test_dataloader(), device=device)
         analysis = analyse(evaluation, face_model.to(device), run_dir, plots=cfg.cnet.analysis)
-        result = dataclasses.replace(result, rows=analysis.rows, table_markdown=analysis.table_markdown,
-                                     table_csv=analysis.table_csv, plots=analysis.plots,
-                                     confidence_by_degradation=analysis.confidence_by_degradation)
+        result = dataclasses.replace(
+            result,
+            rows=analysis.rows,
+            table_markdown=analysis.table_markdown,
+            table_csv=analysis.table_csv,
+            plots=analysis.plots,
+            confidence_by_degradation=analysis.confidence_by_degradation,
+        )
     return dataclasses.replace(result, seconds=time.perf_counter() - start)

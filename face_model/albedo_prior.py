@@ -90,8 +90,9 @@ def laplacian_eigenbasis(vertices: np.ndarray, triangles: np.ndarray, k: int) ->
     return np.maximum(values, 0.0), vectors * flip
 
 
-def albedo_basis(vertices: np.ndarray, triangles: np.ndarray, n_modes: int,
-                 config: AlbedoPriorConfig = AlbedoPriorConfig()) -> np.ndarray:
+def albedo_basis(
+    vertices: np.ndarray, triangles: np.ndarray, n_modes: int, config: AlbedoPriorConfig = AlbedoPriorConfig()
+) -> np.ndarray:
     """(n_modes, V, 3) albedo modes scaled by their prior standard deviation, largest first."""
     if n_modes > 3 * config.n_eigen:
         raise ValueError(f"n_modes={n_modes} exceeds 3 * n_eigen={3 * config.n_eigen}; raise n_eigen")

@@ -68,9 +68,8 @@ def _sources_text(names: list[str] | tuple[str, ...]) -> str:
 
 
 def _prepare_hint() -> str:
-    return (
-        "Build it with `face3d prepare-bfm --bfm-dir DIR`, where DIR holds these files:\n"
-        + _sources_text(tuple(RAW_SOURCES))
+    return "Build it with `face3d prepare-bfm --bfm-dir DIR`, where DIR holds these files:\n" + _sources_text(
+        tuple(RAW_SOURCES)
     )
 
 
@@ -94,29 +93,28 @@ def _load_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     missing = [key for key in keys if key not in mat]
     if missing:
         found = sorted(name for name, _, _ in scipy.io.whosmat(path))
-        raise ValueError(
-            f"{path} lacks key(s) {missing}; it has {found}. Expected a file with keys {list(keys)}"
-        )
+        raise ValueError(f"{path} lacks key(s) {missing}; it has {found}. Expected a file with keys {list(keys)}")
     return {key: mat[key] for key in keys}
 
 
-def _matrix(where: Path, key: str, array: np.ndarray, rows: int | None, cols: int | None,
-            expected: str) -> np.ndarray:
+def _matrix(where: Path, key: str, array: np.ndarray, rows: int | None, cols: int | None, expected: str) -> np.ndarray:
     """Check a 2-D array's shape; ``None`` accepts any size. ``expected`` names the dimensions."""
-    if array.ndim != 2 or (rows is not None and array.shape[0] != rows) or (
-        cols is not None and array.shape[1] != cols
+    if (
+        array.ndim != 2
+        or (rows is not None and array.shape[0] != rows)
+        or (cols is not None and array.shape[1] != cols)
     ):
         wanted = (rows if rows is not None else "any", cols if cols is not None else "any")
-        raise ValueError(
-            f"{where}: {key!r} has shape {array.shape}, expected {expected} = ({wanted[0]}, {wanted[1]})"
-        )
+        raise ValueError(f"{where}: {key!r} has shape {array.shape}, expected {expected} = ({wanted[0]}, {wanted[1]})")
     return array
 
 
 def _vector(where: Path, key: str, array: np.ndarray, length: int | None, expected: str) -> np.ndarray:
     """A MATLAB vector as 1-D; row or column orientation is incidental, so both are accepted."""
-    if array.ndim > 2 or (array.ndim == 2 and min(array.shape) != 1 and array.size != 0) or (
-        length is not None and array.size != length
+    if (
+        array.ndim > 2
+        or (array.ndim == 2 and min(array.shape) != 1 and array.size != 0)
+        or (length is not None and array.size != length)
     ):
         raise ValueError(
             f"{where}: {key!r} has shape {array.shape}, expected a vector {expected} of length "
@@ -136,21 +134,23 @@ def _zero_based(where: Path, key: str, ids: np.ndarray, upper: int) -> np.ndarra
     low, high = int(as_int.min()), int(as_int.max())
     if low < 1 or high > upper:
         hint = " (it looks 0-based; these files store 1-based MATLAB indices)" if low == 0 else ""
-        raise ValueError(f"{where}: {key!r} holds indices in [{low}, {high}], expected 1-based indices in "
-                         f"[1, {upper}]{hint}")
+        raise ValueError(
+            f"{where}: {key!r} holds indices in [{low}, {high}], expected 1-based indices in [1, {upper}]{hint}"
+        )
     return as_int - 1
 
 
-def _modes(where: Path, key: str, basis: np.ndarray, n_vertices: int, keep: int | None,
-           option: str) -> np.ndarray:
+def _modes(where: Path, key: str, basis: np.ndarray, n_vertices: int, keep: int | None, option: str) -> np.ndarray:
     """(3V, k) vertex-major basis -> (keep, V, 3), keeping the first ``keep`` modes (all if None)."""
     _matrix(where, key, basis, 3 * n_vertices, None, f"(3V, n) with V={n_vertices}")
     available = basis.shape[1]
     if keep is None:
         keep = available
     if keep < 0 or keep > available:
-        raise ValueError(f"{option}={keep} asks for more modes than {where} holds: {key!r} has {available}; "
-                         f"pass {option} between 0 and {available} (or None for all)")
+        raise ValueError(
+            f"{option}={keep} asks for more modes than {where} holds: {key!r} has {available}; "
+            f"pass {option} between 0 and {available} (or None for all)"
+        )
     # Column k is one mode laid out x0 y0 z0 x1 ...; transposing makes it a row, which reshapes to (V, 3).
     return np.ascontiguousarray(basis[:, :keep].T).reshape(keep, n_vertices, 3)
 
@@ -205,8 +205,10 @@ def load_bfm(
 
     meanshape = _vector(path, "meanshape", mat["meanshape"], None, "(1, 3V)")
     if meanshape.size == 0 or meanshape.size % 3:
-        raise ValueError(f"{path}: 'meanshape' has {meanshape.size} entries, expected (1, 3V): a positive "
-                         "multiple of 3 (x, y, z per vertex)")
+        raise ValueError(
+            f"{path}: 'meanshape' has {meanshape.size} entries, expected (1, 3V): a positive "
+            "multiple of 3 (x, y, z per vertex)"
+        )
     n_vertices = meanshape.size // 3
     mean_shape = meanshape.astype(np.float64).reshape(n_vertices, 3)
     # Deep3D's recenter=True: its camera distance and the landmark template assume a centred face.
@@ -255,8 +257,10 @@ def _read_expression_basis(path: Path) -> tuple[np.ndarray, int]:
     with path.open("rb") as fh:
         header = np.fromfile(fh, dtype="<i4", count=1)
         if header.size != 1 or header[0] <= 0:
-            raise ValueError(f"{path}: expected an int32 number of expression components first, got "
-                             f"{header.tolist()}; is this Guo et al.'s Exp_Pca.bin?")
+            raise ValueError(
+                f"{path}: expected an int32 number of expression components first, got "
+                f"{header.tolist()}; is this Guo et al.'s Exp_Pca.bin?"
+            )
         n_modes = int(header[0])
         floats_per_vertex = 3 * (n_modes + 1)
         payload = size - 4
@@ -341,8 +345,10 @@ def prepare_bfm(
     exp_pc, n_exp_vertices = _read_expression_basis(inputs["Exp_Pca.bin"])
     exp_std = np.loadtxt(inputs["std_exp.txt"], dtype=np.float64, ndmin=1)
     if exp_std.shape != (exp_pc.shape[0],):
-        raise ValueError(f"{inputs['std_exp.txt']} holds {exp_std.size} values, expected one standard "
-                         f"deviation per expression component of Exp_Pca.bin ({exp_pc.shape[0]})")
+        raise ValueError(
+            f"{inputs['std_exp.txt']} holds {exp_std.size} values, expected one standard "
+            f"deviation per expression component of Exp_Pca.bin ({exp_pc.shape[0]})"
+        )
 
     for option, keep, available, source in (
         ("n_id", n_id, shape_pc.shape[1], "01_MorphableModel.mat shapePC"),
@@ -353,8 +359,13 @@ def prepare_bfm(
             raise ValueError(f"{option}={keep} but {source} has {available} modes; choose 0..{available}")
 
     where = inputs["BFM_exp_idx.mat"]
-    trim = _vector(where, "trimIndex", _load_mat(where, ("trimIndex",))["trimIndex"], n_exp_vertices,
-                   f"(M, 1) with M={n_exp_vertices} vertices of Exp_Pca.bin")
+    trim = _vector(
+        where,
+        "trimIndex",
+        _load_mat(where, ("trimIndex",))["trimIndex"],
+        n_exp_vertices,
+        f"(M, 1) with M={n_exp_vertices} vertices of Exp_Pca.bin",
+    )
     exp_to_full = _zero_based(where, "trimIndex", trim, n_full)
     where = inputs["BFM_front_idx.mat"]
     front = _vector(where, "idx", _load_mat(where, ("idx",))["idx"], None, "(V, 1)")
@@ -365,16 +376,14 @@ def prepare_bfm(
     where = inputs["facemodel_info.mat"]
     info = _load_mat(where, _INFO_KEYS)
     _zero_based(where, "tri", _matrix(where, "tri", info["tri"], None, 3, "(F, 3)"), n_front)
-    _zero_based(where, "keypoints", _vector(where, "keypoints", info["keypoints"], N_LANDMARKS, "(1, 68)"),
-                n_front)
+    _zero_based(where, "keypoints", _vector(where, "keypoints", info["keypoints"], N_LANDMARKS, "(1, 68)"), n_front)
     _vector(where, "skinmask", info["skinmask"], n_front, f"(1, V) with V={n_front} front vertices")
     _matrix(where, "point_buf", info["point_buf"], n_front, None, f"(V, k) with V={n_front}")
 
     # Scale and cut in float64, then store float32 as Deep3D's loader reads it.
     scale = 1.0 / MICROMETRES_PER_DECIMETRE
     f64 = np.float64
-    id_base = (_select_vertices(shape_pc[:, :n_id], front_to_full).astype(f64)
-               * shape_ev[:n_id].astype(f64) * scale)
+    id_base = _select_vertices(shape_pc[:, :n_id], front_to_full).astype(f64) * shape_ev[:n_id].astype(f64) * scale
     tex_base = _select_vertices(tex_pc[:, :n_tex], front_to_full).astype(f64) * tex_ev[:n_tex].astype(f64)
     ex_base = _select_vertices(exp_pc[:n_exp].T, front_to_exp).astype(f64) * exp_std[:n_exp] * scale
     mean_shape = shape_mu.astype(np.float64).reshape(n_full, 3)[front_to_full] * scale

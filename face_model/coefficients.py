@@ -65,9 +65,7 @@ class Coefficients:
 
     @staticmethod
     def cat(items: list[Coefficients]) -> Coefficients:
-        return Coefficients(
-            **{name: torch.cat([getattr(c, name) for c in items], dim=0) for name in _FIELD_ORDER}
-        )
+        return Coefficients(**{name: torch.cat([getattr(c, name) for c in items], dim=0) for name in _FIELD_ORDER})
 
 
 @dataclass(frozen=True)
@@ -116,8 +114,7 @@ class CoeffLayout:
         """(B, size) flat vector -> `Coefficients`."""
         if flat.ndim != 2 or flat.shape[1] != self.size:
             raise ValueError(
-                f"expected a flat coefficient tensor of shape (B, {self.size}) for {self}, "
-                f"got {tuple(flat.shape)}"
+                f"expected a flat coefficient tensor of shape (B, {self.size}) for {self}, got {tuple(flat.shape)}"
             )
         return Coefficients(**{name: flat[:, s] for name, s in self.slices.items()})
 
@@ -131,7 +128,8 @@ class CoeffLayout:
             parts.append(value)
         return torch.cat(parts, dim=1)
 
-    def zeros(self, batch_size: int, device: torch.device | str | None = None,
-              dtype: torch.dtype = torch.float32) -> Coefficients:
+    def zeros(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> Coefficients:
         """The mean face, frontal, at the origin, under the default ambient light."""
         return self.split(torch.zeros(batch_size, self.size, device=device, dtype=dtype))

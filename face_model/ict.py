@@ -119,8 +119,9 @@ def load_ict(
     """Build a `FaceModel` from the ICT-FaceKit npz (the bundled one when ``path`` is None)."""
     path = Path(path) if path is not None else default_ict_path()
     if not path.is_file():
-        raise FileNotFoundError(f"ICT face model {path} not found; the bundled copy ships with the package "
-                                "(reinstall with `make setup`)")
+        raise FileNotFoundError(
+            f"ICT face model {path} not found; the bundled copy ships with the package (reinstall with `make setup`)"
+        )
     if not 0 <= n_id <= ICT_MAX_ID:
         raise ValueError(f"n_id must be in [0, {ICT_MAX_ID}] for ICT-FaceKit, got {n_id}")
     if not 0 <= n_exp <= ICT_MAX_EXP:
@@ -153,8 +154,7 @@ def load_ict(
     return FaceModel(
         mean_shape=torch.from_numpy(mean_dm.astype(np.float32)),
         id_basis=torch.from_numpy(id_basis * CM_TO_DM),
-        exp_basis=torch.from_numpy(expression_modes(blendshapes, expression_std, n_exp, expression_basis)
-                                   * CM_TO_DM),
+        exp_basis=torch.from_numpy(expression_modes(blendshapes, expression_std, n_exp, expression_basis) * CM_TO_DM),
         albedo_mean=torch.from_numpy(albedo_mean.astype(np.float32)),
         albedo_basis=torch.from_numpy(albedo_basis(mean_dm, triangles, n_tex, albedo_prior)),
         triangles=torch.from_numpy(triangles),
@@ -202,8 +202,11 @@ class ICTHeadGeometry:
     def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """(B, n_id) identity and (B, n_exp) expression coefficients -> (B, V, 3) model-space vertices."""
         width = 3 * self.n_vertices
-        flat = (self.mean_shape.reshape(1, width) + identity @ self.id_basis.reshape(-1, width)
-                + expression @ self.exp_basis.reshape(-1, width))
+        flat = (
+            self.mean_shape.reshape(1, width)
+            + identity @ self.id_basis.reshape(-1, width)
+            + expression @ self.exp_basis.reshape(-1, width)
+        )
         return flat.reshape(-1, self.n_vertices, 3)
 
     def to(self, device: torch.device | str) -> ICTHeadGeometry:
@@ -211,8 +214,9 @@ class ICTHeadGeometry:
         return ICTHeadGeometry(**moved)
 
 
-def _continue_basis(model_basis: np.ndarray, source_part: np.ndarray, source_rest: list[np.ndarray],
-                    what: str, tolerance_dm: float) -> list[np.ndarray]:
+def _continue_basis(
+    model_basis: np.ndarray, source_part: np.ndarray, source_rest: list[np.ndarray], what: str, tolerance_dm: float
+) -> list[np.ndarray]:
     """Write each mode of ``model_basis`` (n, V_face, 3) as a combination of the source modes restricted to
     the face part (k, V_face, 3), and apply the same combination to the other parts (k, V_i, 3).
 
@@ -226,8 +230,10 @@ def _continue_basis(model_basis: np.ndarray, source_part: np.ndarray, source_res
     weights, *_ = np.linalg.lstsq(a, b, rcond=None)  # (k, n)
     residual = float(np.abs(a @ weights - b).max())
     if residual > tolerance_dm:
-        raise ValueError(f"the face model's {what} basis is not made of the bundled ICT-FaceKit modes (residual "
-                         f"{residual:.2g} dm); full-head rendering needs a model built by face_model.ict.load_ict")
+        raise ValueError(
+            f"the face model's {what} basis is not made of the bundled ICT-FaceKit modes (residual "
+            f"{residual:.2g} dm); full-head rendering needs a model built by face_model.ict.load_ict"
+        )
     return [np.einsum("kn,kvd->nvd", weights, rest.astype(np.float64)).astype(np.float32) for rest in source_rest]
 
 
@@ -256,25 +262,31 @@ def ict_head_geometry(face_model: FaceModel, path: str | Path | None = None) -> 
     model_mean = face_model.mean_shape.detach().cpu().double().numpy()
     offset = (mean_cm[:n_face] * CM_TO_DM - model_mean).mean(axis=0)
     if np.abs(mean_cm[:n_face] * CM_TO_DM - offset - model_mean).max() > 1e-4:
-        raise ValueError("the face model's mean shape is not the bundled ICT-FaceKit mean; full-head rendering "
-                         "needs a model built by face_model.ict.load_ict")
+        raise ValueError(
+            "the face model's mean shape is not the bundled ICT-FaceKit mean; full-head rendering "
+            "needs a model built by face_model.ict.load_ict"
+        )
     # float16 source bases: 5e-4 cm rounding, i.e. 5e-5 dm per mode and a little more once combined.
     parts = []
-    for name, model_basis, area, eyes in (("identity", face_model.id_basis, id_cm, eyes_id),
-                                          ("expression", face_model.exp_basis, exp_cm, eyes_exp)):
+    for name, model_basis, area, eyes in (
+        ("identity", face_model.id_basis, id_cm, eyes_id),
+        ("expression", face_model.exp_basis, exp_cm, eyes_exp),
+    ):
         model_basis = model_basis.detach().cpu().numpy()
         area_dm, eyes_dm = area * CM_TO_DM, eyes * CM_TO_DM
-        parts.append(_continue_basis(model_basis, area_dm[:, :n_face], [area_dm[:, n_face:], eyes_dm], name,
-                                     tolerance_dm=2e-3))
+        parts.append(
+            _continue_basis(model_basis, area_dm[:, :n_face], [area_dm[:, n_face:], eyes_dm], name, tolerance_dm=2e-3)
+        )
     (id_rest, id_eyes), (exp_rest, exp_eyes) = parts
     mean = np.concatenate([model_mean, mean_cm[n_face:] * CM_TO_DM - offset, eyes_cm * CM_TO_DM - offset])
     as_tensor = lambda array: torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))  # noqa: E731
     return ICTHeadGeometry(
         mean_shape=as_tensor(mean),
         id_basis=torch.cat([face_model.id_basis.detach().cpu().float(), as_tensor(id_rest), as_tensor(id_eyes)], 1),
-        exp_basis=torch.cat([face_model.exp_basis.detach().cpu().float(), as_tensor(exp_rest),
-                             as_tensor(exp_eyes)], 1),
+        exp_basis=torch.cat([face_model.exp_basis.detach().cpu().float(), as_tensor(exp_rest), as_tensor(exp_eyes)], 1),
         triangles=torch.from_numpy(np.concatenate([triangles, eyes_tri + n_area])),
-        eye_triangles=len(eyes_tri), n_face=n_face, n_area=n_area,
+        eye_triangles=len(eyes_tri),
+        n_face=n_face,
+        n_area=n_area,
         landmark_ids=face_model.landmark_ids.detach().cpu().clone(),
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from face_model.coefficients import CoeffLayout, Coefficients
+from face_model.coefficients import Coefficients, CoeffLayout
 from renderers.geometry import vertex_normals
 
 N_LANDMARKS = 68
@@ -56,8 +56,9 @@ def five_points_from_68(points: torch.Tensor) -> torch.Tensor:
 
 def _check(name: str, tensor: torch.Tensor, shape: tuple) -> None:
     if tensor.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, tensor.shape)):
-        raise ValueError(f"face model array {name!r} has shape {tuple(tensor.shape)}, expected {shape} "
-                         "(None = any size)")
+        raise ValueError(
+            f"face model array {name!r} has shape {tuple(tensor.shape)}, expected {shape} (None = any size)"
+        )
 
 
 class FaceModel(nn.Module):
@@ -182,5 +183,6 @@ class FaceModel(nn.Module):
         return five_points_from_68(self.mean_shape[self.landmark_ids])
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, vertices={self.n_vertices}, triangles={self.triangles.shape[0]}, "
-                f"layout={self.layout}")
+        return (
+            f"name={self.name!r}, vertices={self.n_vertices}, triangles={self.triangles.shape[0]}, layout={self.layout}"
+        )

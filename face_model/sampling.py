@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from face_model.coefficients import SH_BANDS, CoeffLayout, Coefficients
+from face_model.coefficients import SH_BANDS, Coefficients, CoeffLayout
 from renderers.lighting import DEFAULT_AMBIENT
 
 
@@ -37,8 +37,9 @@ def uniform(shape: tuple[int, ...], limit: float, generator: torch.Generator | N
     return (torch.rand(shape, generator=generator) * 2.0 - 1.0) * limit
 
 
-def sample_lighting(batch: int, sh_channels: int, prior: CoefficientPrior,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_lighting(
+    batch: int, sh_channels: int, prior: CoefficientPrior, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(B, 9 * sh_channels) SH offsets: a white light of random strength and direction, tinted."""
     band_std = torch.tensor([prior.ambient_std] + [prior.directional_std] * 3 + [prior.higher_order_std] * 5)
     mono = torch.randn(batch, SH_BANDS, generator=generator) * band_std
@@ -52,8 +53,12 @@ def sample_lighting(batch: int, sh_channels: int, prior: CoefficientPrior,
     return rgb.reshape(batch, 3 * SH_BANDS)
 
 
-def sample_coefficients(layout: CoeffLayout, batch: int, prior: CoefficientPrior = CoefficientPrior(),
-                        generator: torch.Generator | None = None) -> Coefficients:
+def sample_coefficients(
+    layout: CoeffLayout,
+    batch: int,
+    prior: CoefficientPrior = CoefficientPrior(),
+    generator: torch.Generator | None = None,
+) -> Coefficients:
     """Draw a batch of `Coefficients` from the prior (on the CPU; move them with ``.to``)."""
     deg = math.pi / 180.0
     angles = torch.stack(

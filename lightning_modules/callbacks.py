@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from datamodules.batch import FaceBatch
-from renderers.visualize import composite, draw_landmarks, image_grid, label, save_png, TARGET_COLOUR, to_uint8
+from renderers.visualize import TARGET_COLOUR, composite, draw_landmarks, image_grid, label, save_png, to_uint8
 
 
 class NonFiniteLossError(RuntimeError):
@@ -31,7 +31,9 @@ class FiniteLossGuard(pl.Callback):
     def __init__(self, check_every_n_steps: int = 10) -> None:
         self.check_every_n_steps = max(1, check_every_n_steps)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if trainer.global_step % self.check_every_n_steps != 0:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -63,12 +65,17 @@ class OverlayImages(pl.Callback):
         self._batch: FaceBatch | None = None
         self.last_path: Path | None = None
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch: FaceBatch, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch: FaceBatch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self._batch is None and batch_idx == 0:
             n = min(self.n_images, batch.batch_size)
-            self._batch = FaceBatch(images=batch.images[:n].detach(), landmarks=batch.landmarks[:n].detach(),
-                                    skin=batch.skin[:n].detach(), index=batch.index[:n].detach())
+            self._batch = FaceBatch(
+                images=batch.images[:n].detach(),
+                landmarks=batch.landmarks[:n].detach(),
+                skin=batch.skin[:n].detach(),
+                index=batch.index[:n].detach(),
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._batch is None or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
@@ -93,9 +100,16 @@ class OverlayImages(pl.Callback):
             predicted = render.landmarks[i].cpu().numpy()
             tiles.append(label(to_uint8(batch.images[i]), "input"))
             tiles.append(label(draw_landmarks(to_uint8(overlay[i]), predicted), "overlay"))
-            tiles.append(draw_landmarks(draw_landmarks(to_uint8(composite(render.image[i:i + 1], render.mask[i:i + 1],
-                                                                            0.35)[0]), target, TARGET_COLOUR),
-                                        predicted))
+            tiles.append(
+                draw_landmarks(
+                    draw_landmarks(
+                        to_uint8(composite(render.image[i : i + 1], render.mask[i : i + 1], 0.35)[0]),
+                        target,
+                        TARGET_COLOUR,
+                    ),
+                    predicted,
+                )
+            )
         return image_grid(tiles, n_cols=6)
 
 
@@ -141,8 +155,9 @@ class TrainingClock(pl.Callback):
 
     def record(self, trainer: pl.Trainer) -> dict:
         elapsed = 0.0 if self._started is None else time.perf_counter() - self._started
-        hardware = describe_hardware(trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(),
-                                     str(trainer.precision))
+        hardware = describe_hardware(
+            trainer.accelerator.__class__.__name__.removesuffix("Accelerator").lower(), str(trainer.precision)
+        )
         launches = self._previous_hardware + ([] if hardware in self._previous_hardware[-1:] else [hardware])
         return {"wall_seconds": self._previous_seconds + elapsed, "step": trainer.global_step, "hardware": launches}
 

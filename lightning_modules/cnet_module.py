@@ -10,7 +10,6 @@ confidence-weighted identity.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -51,10 +50,10 @@ class SetPrediction:
 
     coeffs: Coefficients
     identity: torch.Tensor
-    confidence: Optional[torch.Tensor]
+    confidence: torch.Tensor | None
     aggregated: torch.Tensor
     set_index: torch.Tensor
-    render: Optional[RenderOutput]
+    render: RenderOutput | None
 
     @property
     def aggregated_coeffs(self) -> Coefficients:
@@ -80,9 +79,17 @@ class CNetModule(pl.LightningModule):
         config: the experiment config as YAML, stored in checkpoints (`experiments.build.load_cnet_checkpoint`).
     """
 
-    def __init__(self, rnet: RNet, renderer: MeshRenderer, loss: HybridLoss, cnet: CNet | None,
-                 strategy: str = "s4", optim: OptimSettings = OptimSettings(), use_skin_attention: bool = True,
-                 config: str = "") -> None:
+    def __init__(
+        self,
+        rnet: RNet,
+        renderer: MeshRenderer,
+        loss: HybridLoss,
+        cnet: CNet | None,
+        strategy: str = "s4",
+        optim: OptimSettings = OptimSettings(),
+        use_skin_attention: bool = True,
+        config: str = "",
+    ) -> None:
         super().__init__()
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
@@ -91,11 +98,15 @@ class CNetModule(pl.LightningModule):
         if strategy != "mean":
             needed = "global" if strategy in GLOBAL_STRATEGIES else "elementwise"
             if cnet is None or cnet.kind != needed:
-                raise ValueError(f"strategy {strategy!r} needs a C-Net with kind={needed!r}, got "
-                                 f"{None if cnet is None else cnet.kind!r}")
+                raise ValueError(
+                    f"strategy {strategy!r} needs a C-Net with kind={needed!r}, got "
+                    f"{None if cnet is None else cnet.kind!r}"
+                )
             if cnet.n_id != renderer.face_model.layout.n_id:
-                raise ValueError(f"C-Net predicts {cnet.n_id} identity confidences but the face model has "
-                                 f"{renderer.face_model.layout.n_id} identity coefficients")
+                raise ValueError(
+                    f"C-Net predicts {cnet.n_id} identity confidences but the face model has "
+                    f"{renderer.face_model.layout.n_id} identity coefficients"
+                )
         self.rnet = rnet
         self.rnet.requires_grad_(False)
         self.rnet.eval()
@@ -127,16 +138,24 @@ class CNetModule(pl.LightningModule):
         """C-Net's (M, n_out) confidences for R-Net features of M pictures (None for the mean strategy)."""
         return None if self.cnet is None else self.cnet.from_features(features)
 
-    def forward(self, images: torch.Tensor, valid: torch.Tensor, full: bool = False, strategy: str | None = None,
-                render: bool = True) -> SetPrediction:
+    def forward(
+        self,
+        images: torch.Tensor,
+        valid: torch.Tensor,
+        full: bool = False,
+        strategy: str | None = None,
+        render: bool = True,
+    ) -> SetPrediction:
         """(B, N, 3, H, W) sets with a (B, N) validity mask -> `SetPrediction`.
 
         ``full`` (no padding, see `SetBatch.full`) skips selecting the valid pictures, which would wait for the
         device. ``strategy`` overrides the module's aggregation (evaluation of other strategies).
         """
         if images.ndim != 5 or valid.shape != images.shape[:2]:
-            raise ValueError(f"expected (B, N, 3, H, W) images with a (B, N) mask, got {tuple(images.shape)} and "
-                             f"{tuple(valid.shape)}")
+            raise ValueError(
+                f"expected (B, N, 3, H, W) images with a (B, N) mask, got {tuple(images.shape)} and "
+                f"{tuple(valid.shape)}"
+            )
         n_sets, set_size = valid.shape
         flat = images.flatten(0, 1)
         positions = None
@@ -154,13 +173,22 @@ class CNetModule(pl.LightningModule):
             padded = values.new_zeros((n_sets * set_size, *values.shape[1:]))
             return padded.index_copy(0, positions, values).reshape(n_sets, set_size, *values.shape[1:])
 
-        set_index = (torch.arange(n_sets, device=images.device).repeat_interleave(set_size) if positions is None
-                     else torch.div(positions, set_size, rounding_mode="floor"))
+        set_index = (
+            torch.arange(n_sets, device=images.device).repeat_interleave(set_size)
+            if positions is None
+            else torch.div(positions, set_size, rounding_mode="floor")
+        )
         identity = by_set(coeffs.identity)
         confidence = None if confidence is None else by_set(confidence.float())
         aggregated = aggregate(strategy or self.strategy, identity, valid, confidence)
-        prediction = SetPrediction(coeffs=coeffs, identity=identity, confidence=confidence, aggregated=aggregated,
-                                   set_index=set_index, render=None)
+        prediction = SetPrediction(
+            coeffs=coeffs,
+            identity=identity,
+            confidence=confidence,
+            aggregated=aggregated,
+            set_index=set_index,
+            render=None,
+        )
         if not render:
             return prediction
         # Geometry and rasterization stay in float32 under mixed precision, as in RNetModule.
@@ -183,8 +211,13 @@ class CNetModule(pl.LightningModule):
             pictures_per_set = batch.valid.sum().to(images.dtype) / batch.batch_size
         attention = skin_attention(skin) if self.use_skin_attention else torch.ones_like(skin)
         with torch.autocast(device_type=images.device.type, enabled=False):
-            losses = self.loss(images=images.float(), render=prediction.render, target_landmarks=landmarks,
-                               skin_attention=attention, coeffs=prediction.aggregated_coeffs)
+            losses = self.loss(
+                images=images.float(),
+                render=prediction.render,
+                target_landmarks=landmarks,
+                skin_attention=attention,
+                coeffs=prediction.aggregated_coeffs,
+            )
         return {name: value if name.startswith("raw/") else value * pictures_per_set for name, value in losses.items()}
 
     def training_step(self, batch: SetBatch, batch_idx: int) -> torch.Tensor:
@@ -195,8 +228,10 @@ class CNetModule(pl.LightningModule):
         if prediction.confidence is not None:
             # Saturation shows here first: the mean drifting to 0 or 1, the spread inside sets collapsing.
             conf = prediction.confidence.detach()
-            self.log_dict({"train/confidence_mean": conf.mean(),
-                           "train/confidence_set_std": conf.std(dim=1).mean()}, batch_size=batch.batch_size)
+            self.log_dict(
+                {"train/confidence_mean": conf.mean(), "train/confidence_set_std": conf.std(dim=1).mean()},
+                batch_size=batch.batch_size,
+            )
         return losses["total"]
 
     # ---------------------------------------------------------------------------------------- evaluation
@@ -212,15 +247,19 @@ class CNetModule(pl.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in losses.items()}, batch_size=batch.batch_size, sync_dist=True)
         truth = batch.ground_truth
         if truth is not None:
-            metrics = {name: getattr(self, f"{stage}_{name}") for name in ("shape_error", "averaging_error",
-                                                                           "per_image_error")}
+            metrics = {
+                name: getattr(self, f"{stage}_{name}") for name in ("shape_error", "averaging_error", "per_image_error")
+            }
             metrics["shape_error"](self.neutral_shape(prediction.aggregated), truth.vertices)
-            metrics["averaging_error"](self.neutral_shape(mean_aggregate(prediction.identity, batch.valid)),
-                                       truth.vertices)
-            metrics["per_image_error"](self.neutral_shape(prediction.coeffs.identity),
-                                       truth.vertices[prediction.set_index])
-            self.log(f"{stage}/shape_error_mm", metrics["shape_error"], batch_size=batch.batch_size,
-                     prog_bar=stage == "val")
+            metrics["averaging_error"](
+                self.neutral_shape(mean_aggregate(prediction.identity, batch.valid)), truth.vertices
+            )
+            metrics["per_image_error"](
+                self.neutral_shape(prediction.coeffs.identity), truth.vertices[prediction.set_index]
+            )
+            self.log(
+                f"{stage}/shape_error_mm", metrics["shape_error"], batch_size=batch.batch_size, prog_bar=stage == "val"
+            )
             self.log(f"{stage}/shape_averaging_error_mm", metrics["averaging_error"], batch_size=batch.batch_size)
             self.log(f"{stage}/per_image_error_mm", metrics["per_image_error"], batch_size=batch.batch_size)
         return prediction
@@ -235,11 +274,14 @@ class CNetModule(pl.LightningModule):
 
     def configure_optimizers(self):
         if self.cnet is None:
-            raise ValueError("strategy 'mean' (shape averaging) has no C-Net to train; evaluate it with "
-                             "trainer.validate / trainer.test, or choose s1, s2 or s4 to train")
+            raise ValueError(
+                "strategy 'mean' (shape averaging) has no C-Net to train; evaluate it with "
+                "trainer.validate / trainer.test, or choose s1, s2 or s4 to train"
+            )
         optimizer = torch.optim.Adam(self.cnet.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.optim.lr_step_epochs,
-                                                    gamma=self.optim.lr_gamma)
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=self.optim.lr_step_epochs, gamma=self.optim.lr_gamma
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def transfer_batch_to_device(self, batch: SetBatch, device: torch.device, dataloader_idx: int) -> SetBatch:
@@ -247,8 +289,7 @@ class CNetModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["face3d_config"] = self.config_yaml
-        checkpoint["face3d_cnet"] = {"strategy": self.strategy,
-                                     "kind": None if self.cnet is None else self.cnet.kind}
+        checkpoint["face3d_cnet"] = {"strategy": self.strategy, "kind": None if self.cnet is None else self.cnet.kind}
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(_REBUILT_PREFIXES)]:
             del state[key]

@@ -20,7 +20,6 @@ from losses.photometric import skin_attention
 from networks.rnet import RNet
 from renderers.mesh_renderer import MeshRenderer, RenderOutput
 
-
 IDENTITY_MODES = 10
 """Identity coefficients (the strongest modes) whose correlation with the truth the test reports."""
 
@@ -69,8 +68,16 @@ class RNetModule(pl.LightningModule):
             alone rebuilds its model (`experiments.build.load_rnet_checkpoint`).
     """
 
-    def __init__(self, rnet: RNet, renderer: MeshRenderer, loss: HybridLoss, optim: OptimSettings = OptimSettings(),
-                 use_skin_attention: bool = True, channels_last: bool = False, config: str = "") -> None:
+    def __init__(
+        self,
+        rnet: RNet,
+        renderer: MeshRenderer,
+        loss: HybridLoss,
+        optim: OptimSettings = OptimSettings(),
+        use_skin_attention: bool = True,
+        channels_last: bool = False,
+        config: str = "",
+    ) -> None:
         super().__init__()
         self.rnet = rnet
         self.renderer = renderer
@@ -114,8 +121,13 @@ class RNetModule(pl.LightningModule):
     def compute_losses(self, batch: FaceBatch, prediction: Prediction) -> dict[str, torch.Tensor]:
         attention = skin_attention(batch.skin) if self.use_skin_attention else torch.ones_like(batch.skin)
         with torch.autocast(device_type=batch.images.device.type, enabled=False):
-            return self.loss(images=batch.images.float(), render=prediction.render,
-                             target_landmarks=batch.landmarks, skin_attention=attention, coeffs=prediction.coeffs)
+            return self.loss(
+                images=batch.images.float(),
+                render=prediction.render,
+                target_landmarks=batch.landmarks,
+                skin_attention=attention,
+                coeffs=prediction.coeffs,
+            )
 
     def training_step(self, batch: FaceBatch, batch_idx: int) -> torch.Tensor:
         losses = self.compute_losses(batch, self(batch.images, batch.landmarks))
@@ -146,8 +158,10 @@ class RNetModule(pl.LightningModule):
             self.log(f"{stage}/better_than_mean_face", closer_metric, batch_size=batch.batch_size)
             if stage == "test" and self.test_identity_r is not None:
                 truth = self.face_model.layout.split(batch.ground_truth.coefficients).identity
-                self.test_identity_r.update(prediction.coeffs.identity[:, :self.identity_modes].float(),
-                                            truth[:, :self.identity_modes].float())
+                self.test_identity_r.update(
+                    prediction.coeffs.identity[:, : self.identity_modes].float(),
+                    truth[:, : self.identity_modes].float(),
+                )
         return prediction
 
     def on_test_epoch_end(self) -> None:
@@ -171,10 +185,14 @@ class RNetModule(pl.LightningModule):
         optimizer = torch.optim.Adam(groups, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
         by_steps = self.optim.lr_step_steps is not None
         scheduler = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=self.optim.lr_step_steps if by_steps else self.optim.lr_step_epochs,
-            gamma=self.optim.lr_gamma)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step" if by_steps else "epoch"}}
+            optimizer,
+            step_size=self.optim.lr_step_steps if by_steps else self.optim.lr_step_epochs,
+            gamma=self.optim.lr_gamma,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step" if by_steps else "epoch"},
+        }
 
     def transfer_batch_to_device(self, batch: FaceBatch, device: torch.device, dataloader_idx: int) -> FaceBatch:
         return batch.to(device, non_blocking=True)

@@ -175,13 +175,9 @@ class HybridLoss(nn.Module):
             if five_points is None:
                 check_shape("target_landmarks", target_landmarks, (images.shape[0], N_LANDMARKS, 2))
                 five_points = five_points_from_68(target_landmarks)
-            raw["perceptual"] = perceptual_loss(
-                images, render.image, render.mask, five_points, self.recognition
-            )
+            raw["perceptual"] = perceptual_loss(images, render.image, render.mask, five_points, self.recognition)
         if w.regularization:
-            raw["regularization"] = coefficient_regularization(
-                coeffs, w_id=w.reg_id, w_exp=w.reg_exp, w_tex=w.reg_tex
-            )
+            raw["regularization"] = coefficient_regularization(coeffs, w_id=w.reg_id, w_exp=w.reg_exp, w_tex=w.reg_tex)
         if w.texture:
             raw["texture"] = texture_flatness(render.albedo, self.skin_mask)
         if w.gamma:

@@ -84,9 +84,7 @@ def landmark_loss(
             f"got {tuple(point_weights.shape)}"
         )
     if image_size <= 0 or reference_size <= 0:
-        raise ValueError(
-            f"image_size and reference_size must be positive, got {image_size} and {reference_size}"
-        )
+        raise ValueError(f"image_size and reference_size must be positive, got {image_size} and {reference_size}")
     squared = (predicted - target).square().sum(dim=-1)
     scale = (reference_size / image_size) ** 2
     return scale * (squared * point_weights.to(squared.dtype)).mean()

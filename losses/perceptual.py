@@ -89,10 +89,13 @@ def warp_affine(images: torch.Tensor, matrix: torch.Tensor, out_size: tuple[int,
     # written out by hand keeps every constant a Python scalar (no host-to-device copies).
     theta = torch.stack(
         [
-            torch.stack([la * out_w / width, lb * out_h / width,
-                         (la * out_w / 2 + lb * out_h / 2 + mx) * 2 / width - 1], dim=-1),
-            torch.stack([lc * out_w / height, ld * out_h / height,
-                         (lc * out_w / 2 + ld * out_h / 2 + my) * 2 / height - 1], dim=-1),
+            torch.stack(
+                [la * out_w / width, lb * out_h / width, (la * out_w / 2 + lb * out_h / 2 + mx) * 2 / width - 1], dim=-1
+            ),
+            torch.stack(
+                [lc * out_w / height, ld * out_h / height, (lc * out_w / 2 + ld * out_h / 2 + my) * 2 / height - 1],
+                dim=-1,
+            ),
         ],
         dim=-2,
     )

@@ -70,8 +70,6 @@ def lighting_color_regularization(lighting: torch.Tensor) -> torch.Tensor:
     if lighting.shape[1] == SH_BANDS:
         return lighting.new_zeros(())
     if lighting.shape[1] != 3 * SH_BANDS:
-        raise ValueError(
-            f"lighting must have {SH_BANDS} or {3 * SH_BANDS} coefficients, got {lighting.shape[1]}"
-        )
+        raise ValueError(f"lighting must have {SH_BANDS} or {3 * SH_BANDS} coefficients, got {lighting.shape[1]}")
     gamma = lighting.reshape(-1, 3, SH_BANDS)
     return (gamma - gamma.mean(dim=1, keepdim=True)).square().mean()

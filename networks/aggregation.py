@@ -38,8 +38,9 @@ def _check_set_shapes(identity: torch.Tensor, valid: torch.Tensor) -> None:
     if identity.ndim != 3:
         raise ValueError(f"identity must be (B, N, n) per-image coefficients, got shape {tuple(identity.shape)}")
     if valid.shape != identity.shape[:2] or valid.dtype != torch.bool:
-        raise ValueError(f"valid must be a (B, N) = {tuple(identity.shape[:2])} bool mask, got "
-                         f"{tuple(valid.shape)} {valid.dtype}")
+        raise ValueError(
+            f"valid must be a (B, N) = {tuple(identity.shape[:2])} bool mask, got {tuple(valid.shape)} {valid.dtype}"
+        )
 
 
 def _check_confidence(name: str, confidence: torch.Tensor, identity: torch.Tensor, width: int | None) -> None:
@@ -67,8 +68,10 @@ def weighted_identity(identity: torch.Tensor, weights: torch.Tensor, valid: torc
     """
     _check_set_shapes(identity, valid)
     if weights.ndim != 3 or weights.shape[:2] != identity.shape[:2] or weights.shape[2] not in (1, identity.shape[2]):
-        raise ValueError(f"weights must be (B, N, n) or (B, N, 1) for identities of shape {tuple(identity.shape)}, "
-                         f"got {tuple(weights.shape)}")
+        raise ValueError(
+            f"weights must be (B, N, n) or (B, N, 1) for identities of shape {tuple(identity.shape)}, "
+            f"got {tuple(weights.shape)}"
+        )
     mask = valid.unsqueeze(-1)
     identity = torch.where(mask, identity, torch.zeros_like(identity))
     weights = torch.where(mask, weights, torch.zeros_like(weights)).to(identity.dtype)
@@ -129,8 +132,9 @@ def s4_aggregate(identity: torch.Tensor, confidence: torch.Tensor, valid: torch.
     return weighted_identity(identity, confidence, valid)
 
 
-def aggregate(strategy: str, identity: torch.Tensor, valid: torch.Tensor,
-              confidence: torch.Tensor | None = None) -> torch.Tensor:
+def aggregate(
+    strategy: str, identity: torch.Tensor, valid: torch.Tensor, confidence: torch.Tensor | None = None
+) -> torch.Tensor:
     """Aggregate by strategy name (one of `STRATEGIES`). ``confidence`` is (B, N, 1) for ``s1``, (B, N, n) for
     ``s2``/``s3``/``s4`` and unused for ``mean``."""
     if strategy == "mean":

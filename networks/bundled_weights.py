@@ -82,9 +82,12 @@ def read_weights(directory: str | Path = BUNDLED_DIR) -> RNetWeights:
                 raise FileNotFoundError(
                     f"the bundled R-Net is missing: {_shown(path)} not found. Restore it with `git checkout -- "
                     f"{_shown(directory)}`, or train one (`face3d train --config shipped`) and export it with "
-                    f"`face3d export-weights --ckpt CKPT --out {_shown(directory)}`")
-            raise FileNotFoundError(f"{path} not found: a weights folder holds {WEIGHTS_NAME} and {CARD_NAME}, as "
-                                    "written by `face3d export-weights --ckpt CKPT --out DIR`")
+                    f"`face3d export-weights --ckpt CKPT --out {_shown(directory)}`"
+                )
+            raise FileNotFoundError(
+                f"{path} not found: a weights folder holds {WEIGHTS_NAME} and {CARD_NAME}, as "
+                "written by `face3d export-weights --ckpt CKPT --out DIR`"
+            )
     try:
         card = json.loads(card_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -94,38 +97,64 @@ def read_weights(directory: str | Path = BUNDLED_DIR) -> RNetWeights:
         raise ValueError(f"model card {card_path} has no 'sha256' entry; {_restore_hint(card_path)}")
     actual = sha256_file(weights_path)
     if actual != expected:
-        raise ValueError(f"{weights_path} fails its SHA-256 check (expected {expected[:16]}..., found {actual[:16]}..., "
-                         f"from {card_path.name}): the file is corrupt or was modified; {_restore_hint(weights_path)}")
+        raise ValueError(
+            f"{weights_path} fails its SHA-256 check (expected {expected[:16]}..., found {actual[:16]}..., "
+            f"from {card_path.name}): the file is corrupt or was modified; {_restore_hint(weights_path)}"
+        )
     try:
         payload = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(f"{weights_path} could not be read as R-Net weights ({err.__class__.__name__}: {err}); "
-                         f"{_restore_hint(weights_path)}") from None
+        raise ValueError(
+            f"{weights_path} could not be read as R-Net weights ({err.__class__.__name__}: {err}); "
+            f"{_restore_hint(weights_path)}"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{weights_path} is not an R-Net weights file of format {FORMAT!r} (found {found!r}); "
-                         f"{_restore_hint(weights_path)}")
+        raise ValueError(
+            f"{weights_path} is not an R-Net weights file of format {FORMAT!r} (found {found!r}); "
+            f"{_restore_hint(weights_path)}"
+        )
     return RNetWeights(state_dict=payload["state_dict"], config_yaml=payload["config"], card=card, path=weights_path)
 
 
-def write_weights(directory: str | Path, state_dict: dict[str, torch.Tensor], config_yaml: str, card: dict,
-                  dtype: torch.dtype = torch.float16, step: int | None = None, epoch: int | None = None) -> Path:
+def write_weights(
+    directory: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    config_yaml: str,
+    card: dict,
+    dtype: torch.dtype = torch.float16,
+    step: int | None = None,
+    epoch: int | None = None,
+) -> Path:
     """Write a weights folder: floating-point tensors stored as ``dtype``, the card completed with the file's
     name, size and SHA-256 (JSON and Markdown). ``step`` and ``epoch`` are stored under the names a Lightning
     checkpoint uses (``global_step``, ``epoch``). Returns the weights file's path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    stored = {name: (t.detach().to("cpu", dtype) if t.is_floating_point() else t.detach().cpu()).contiguous()
-              for name, t in state_dict.items()}
-    overflow = [name for name, t in stored.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
-                and bool(torch.isfinite(state_dict[name]).all())]
+    stored = {
+        name: (t.detach().to("cpu", dtype) if t.is_floating_point() else t.detach().cpu()).contiguous()
+        for name, t in state_dict.items()
+    }
+    overflow = [
+        name
+        for name, t in stored.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()) and bool(torch.isfinite(state_dict[name]).all())
+    ]
     if overflow:
         raise ValueError(f"{overflow[:3]} do not fit in {dtype} (values beyond its range); store float32 instead")
     weights_path = directory / WEIGHTS_NAME
-    torch.save({"format": FORMAT, "config": config_yaml, "state_dict": stored, "global_step": step, "epoch": epoch},
-               weights_path)
-    card = {"format": FORMAT, "file": WEIGHTS_NAME, "sha256": sha256_file(weights_path),
-            "bytes": weights_path.stat().st_size, "dtype": str(dtype).removeprefix("torch."), **card}
+    torch.save(
+        {"format": FORMAT, "config": config_yaml, "state_dict": stored, "global_step": step, "epoch": epoch},
+        weights_path,
+    )
+    card = {
+        "format": FORMAT,
+        "file": WEIGHTS_NAME,
+        "sha256": sha256_file(weights_path),
+        "bytes": weights_path.stat().st_size,
+        "dtype": str(dtype).removeprefix("torch."),
+        **card,
+    }
     (directory / CARD_NAME).write_text(json.dumps(card, indent=2) + "\n")
     (directory / CARD_MARKDOWN_NAME).write_text(card_markdown(card))
     return weights_path
@@ -141,9 +170,15 @@ def _markdown_value(value) -> str:
 
 def card_markdown(card: dict) -> str:
     """The model card as Markdown: a table per section, the licences as a list."""
-    lines = [f"# {card.get('title', 'R-Net weights')}", "", card.get("summary", ""), "",
-             f"File `{card['file']}` ({card['bytes']:,} bytes, {card['dtype']}), SHA-256 `{card['sha256']}` "
-             f"(checked on every load; `git checkout -- PATH` restores a damaged copy).", ""]
+    lines = [
+        f"# {card.get('title', 'R-Net weights')}",
+        "",
+        card.get("summary", ""),
+        "",
+        f"File `{card['file']}` ({card['bytes']:,} bytes, {card['dtype']}), SHA-256 `{card['sha256']}` "
+        f"(checked on every load; `git checkout -- PATH` restores a damaged copy).",
+        "",
+    ]
     for section in ("model", "training", "metrics"):
         if section in card:
             lines += [f"## {section.capitalize()}", "", "| | |", "|---|---|"]

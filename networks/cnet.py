@@ -53,12 +53,20 @@ class CNet(nn.Module):
         hidden: width of the first fully connected layer (512 in the paper).
     """
 
-    def __init__(self, n_id: int, shallow_channels: int, deep_channels: int, kind: str = "elementwise",
-                 conv_channels: Sequence[int] = (128, 256, 256), hidden: int = 512) -> None:
+    def __init__(
+        self,
+        n_id: int,
+        shallow_channels: int,
+        deep_channels: int,
+        kind: str = "elementwise",
+        conv_channels: Sequence[int] = (128, 256, 256),
+        hidden: int = 512,
+    ) -> None:
         super().__init__()
         if kind not in CNET_KINDS:
-            raise ValueError(f"unknown C-Net kind {kind!r}; choose one of {CNET_KINDS} (element-wise = S2/S3/S4, "
-                             "global = S1)")
+            raise ValueError(
+                f"unknown C-Net kind {kind!r}; choose one of {CNET_KINDS} (element-wise = S2/S3/S4, global = S1)"
+            )
         if n_id < 1:
             raise ValueError(f"n_id must be >= 1, got {n_id}")
         if len(conv_channels) != 3 or any(c < 1 for c in conv_channels):
@@ -71,8 +79,11 @@ class CNet(nn.Module):
         layers: list[nn.Module] = []
         in_channels = shallow_channels
         for out_channels in conv_channels:
-            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
             in_channels = out_channels
         self.shallow = nn.Sequential(*layers)
         self.fc = nn.Linear(in_channels + deep_channels, hidden)
@@ -84,11 +95,15 @@ class CNet(nn.Module):
     def logits(self, stage1: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """(B, C1, h, w) shallow map and (B, C) pooled feature -> (B, n_out) pre-sigmoid scores."""
         if stage1.ndim != 4 or stage1.shape[1] != self.shallow_channels:
-            raise ValueError(f"C-Net expects the shallow feature map as (B, {self.shallow_channels}, h, w), got "
-                             f"{tuple(stage1.shape)}; was it built for this R-Net backbone (rnet_feature_channels)?")
+            raise ValueError(
+                f"C-Net expects the shallow feature map as (B, {self.shallow_channels}, h, w), got "
+                f"{tuple(stage1.shape)}; was it built for this R-Net backbone (rnet_feature_channels)?"
+            )
         if pooled.shape != (stage1.shape[0], self.deep_channels):
-            raise ValueError(f"C-Net expects the pooled feature as ({stage1.shape[0]}, {self.deep_channels}), "
-                             f"got {tuple(pooled.shape)}")
+            raise ValueError(
+                f"C-Net expects the pooled feature as ({stage1.shape[0]}, {self.deep_channels}), "
+                f"got {tuple(pooled.shape)}"
+            )
         shallow = self.shallow(stage1).mean(dim=(2, 3))
         return self.out(self.relu(self.fc(torch.cat([shallow, pooled], dim=1))))
 

@@ -109,8 +109,9 @@ class ResNet(nn.Module):
             extractor whose `forward` returns the pooled features, as Deep3D's R-Net backbone).
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int],
-                 num_classes: int | None = 1000):
+    def __init__(
+        self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], num_classes: int | None = 1000
+    ):
         super().__init__()
         if len(layers) != 4 or any(n < 1 for n in layers):
             raise ValueError(f"layers must give four positive block counts, e.g. (3, 4, 6, 3); got {layers}")
@@ -138,8 +139,9 @@ class ResNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     @staticmethod
-    def _make_stage(block: type[BasicBlock] | type[Bottleneck], in_channels: int, width: int, blocks: int,
-                    stride: int) -> tuple[nn.Sequential, int]:
+    def _make_stage(
+        block: type[BasicBlock] | type[Bottleneck], in_channels: int, width: int, blocks: int, stride: int
+    ) -> tuple[nn.Sequential, int]:
         out_channels = width * block.expansion
         downsample = None
         if stride != 1 or in_channels != out_channels:

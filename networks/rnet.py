@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from face_model.coefficients import CoeffLayout, Coefficients
+from face_model.coefficients import Coefficients, CoeffLayout
 from networks.resnet import RESNET_NAMES, ResNetFeatures, build_resnet, load_imagenet_weights
 
 BACKBONES = (*RESNET_NAMES, "sface")
@@ -63,7 +63,9 @@ def landmark_features(landmarks: torch.Tensor, image_size: int) -> torch.Tensor:
     pose and translation heads where the face sits. Every entry is of order one.
     """
     if landmarks.ndim != 3 or landmarks.shape[1:] != (N_LANDMARKS, 2):
-        raise ValueError(f"expected landmarks of shape (B, {N_LANDMARKS}, 2) in crop pixels, got {tuple(landmarks.shape)}")
+        raise ValueError(
+            f"expected landmarks of shape (B, {N_LANDMARKS}, 2) in crop pixels, got {tuple(landmarks.shape)}"
+        )
     landmarks = landmarks.float()
     centroid = landmarks.mean(dim=1, keepdim=True)
     centred = landmarks - centroid
@@ -117,8 +119,15 @@ class RNet(nn.Module):
     `load_pretrained_backbone` (what `experiments.build.build_rnet` does), checkpoints with ``load_state_dict``.
     """
 
-    def __init__(self, layout: CoeffLayout, backbone: str = "resnet50", frozen_layers: int = 0, pooled_grid: int = 2,
-                 landmark_input: bool = False, landmark_hidden: int = 0):
+    def __init__(
+        self,
+        layout: CoeffLayout,
+        backbone: str = "resnet50",
+        frozen_layers: int = 0,
+        pooled_grid: int = 2,
+        landmark_input: bool = False,
+        landmark_hidden: int = 0,
+    ):
         super().__init__()
         if landmark_hidden < 0:
             raise ValueError(f"landmark_hidden must be >= 0, got {landmark_hidden}")
@@ -132,16 +141,21 @@ class RNet(nn.Module):
             self.backbone = SFaceBackbone(pooled_grid=pooled_grid, frozen_layers=frozen_layers)
         else:
             if frozen_layers:
-                raise ValueError(f"frozen_layers applies to the 'sface' backbone only, not {backbone!r}: set "
-                                 "network.frozen_layers=0")
+                raise ValueError(
+                    f"frozen_layers applies to the 'sface' backbone only, not {backbone!r}: set network.frozen_layers=0"
+                )
             self.backbone = build_resnet(backbone, num_classes=None)
         channels = self.backbone.out_channels
         self.landmark_input = landmark_input
         self.landmark_net: nn.Module | None = None
         if landmark_input:
             if landmark_hidden:
-                self.landmark_net = nn.Sequential(nn.Linear(LANDMARK_FEATURES, landmark_hidden), nn.ReLU(inplace=True),
-                                                  nn.Linear(landmark_hidden, landmark_hidden), nn.ReLU(inplace=True))
+                self.landmark_net = nn.Sequential(
+                    nn.Linear(LANDMARK_FEATURES, landmark_hidden),
+                    nn.ReLU(inplace=True),
+                    nn.Linear(landmark_hidden, landmark_hidden),
+                    nn.ReLU(inplace=True),
+                )
             channels += landmark_hidden or LANDMARK_FEATURES
         self.final_layers = nn.ModuleList(
             nn.Conv2d(channels, size, kernel_size=1, bias=True) for size in head_sizes(layout)
@@ -169,8 +183,10 @@ class RNet(nn.Module):
         pooled = features.pooled
         if self.landmark_input:
             if landmarks is None:
-                raise ValueError("this R-Net reads the crop's 68 landmarks (network.landmark_input=true): pass them "
-                                 "as (B, 68, 2) crop pixels next to the images")
+                raise ValueError(
+                    "this R-Net reads the crop's 68 landmarks (network.landmark_input=true): pass them "
+                    "as (B, 68, 2) crop pixels next to the images"
+                )
             extra = landmark_features(landmarks.to(images.device), images.shape[-1]).to(pooled.dtype)
             if self.landmark_net is not None:
                 extra = self.landmark_net(extra)
@@ -190,8 +206,10 @@ def load_pretrained_backbone(rnet: RNet, weights: str | Path) -> RNet:
     if rnet.backbone_name == "sface":
         rnet.backbone.load_pretrained(weights)
     elif weights == "bundled":
-        raise ValueError(f"'bundled' weights exist for the 'sface' backbone only; for {rnet.backbone_name!r} set "
-                         "network.pretrained to torchvision ImageNet weights or null")
+        raise ValueError(
+            f"'bundled' weights exist for the 'sface' backbone only; for {rnet.backbone_name!r} set "
+            "network.pretrained to torchvision ImageNet weights or null"
+        )
     else:
         load_imagenet_weights(rnet.backbone, weights)
     return rnet

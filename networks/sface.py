@@ -39,9 +39,7 @@ if TYPE_CHECKING:
     import onnx
 
 SFACE_ONNX_NAME = "face_recognition_sface_2021dec_int8bq.onnx"
-SFACE_ONNX_URL = (
-    "https://github.com/opencv/opencv_zoo/raw/main/models/face_recognition_sface/" + SFACE_ONNX_NAME
-)
+SFACE_ONNX_URL = "https://github.com/opencv/opencv_zoo/raw/main/models/face_recognition_sface/" + SFACE_ONNX_NAME
 
 # (layer name in the ONNX graph, input channels, output channels, kernel, stride, depthwise?)
 _LAYERS: tuple[tuple[str, int, int, int, int, bool], ...] = (
@@ -163,9 +161,7 @@ def _single(nodes: list[onnx.NodeProto], op_type: str) -> onnx.NodeProto:
     return found[0]
 
 
-def _graph_state(
-    nodes: list[onnx.NodeProto], values: dict[str, np.ndarray], model: SFace
-) -> dict[str, np.ndarray]:
+def _graph_state(nodes: list[onnx.NodeProto], values: dict[str, np.ndarray], model: SFace) -> dict[str, np.ndarray]:
     """Map the graph's tensors onto the module's state_dict keys by following the node wiring.
 
     Going by the graph's structure rather than tensor names makes any export of this graph load

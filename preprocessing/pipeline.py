@@ -316,8 +316,10 @@ def process_image(data: bytes, detector: FaceDetector, template: np.ndarray, con
         except ValueError as err:
             raise ImageRejected(BAD_LANDMARKS, str(err)) from err
         if aligned.scale > config.max_upscale:
-            raise ImageRejected(TOO_SMALL, f"face needs x{aligned.scale:.1f} enlargement to fill the crop "
-                                           f"(max_upscale {config.max_upscale})")
+            raise ImageRejected(
+                TOO_SMALL,
+                f"face needs x{aligned.scale:.1f} enlargement to fill the crop (max_upscale {config.max_upscale})",
+            )
     except ImageRejected as rejected:
         return ImageResult(rejected.status, rejected.reason, image, detection, n_faces)
     with _one_torch_thread():
@@ -372,8 +374,17 @@ def _write_outputs(out_dir: Path, relative: str, result: ImageResult) -> dict[st
     return paths
 
 
-def _record(relative: str, source: Path, digest: str, stat: os.stat_result | None, cfg_hash: str,
-            detector_name: str, result: ImageResult, outputs: dict[str, str] | None, seconds: float) -> dict:
+def _record(
+    relative: str,
+    source: Path,
+    digest: str,
+    stat: os.stat_result | None,
+    cfg_hash: str,
+    detector_name: str,
+    result: ImageResult,
+    outputs: dict[str, str] | None,
+    seconds: float,
+) -> dict:
     record = {
         "source": relative,
         "source_path": str(source),
@@ -389,14 +400,26 @@ def _record(relative: str, source: Path, digest: str, stat: os.stat_result | Non
         "seconds": round(seconds, 4),
     }
     if result.image is not None:
-        record.update(image_size=list(result.image.rgb.shape[:2]), source_mode=result.image.mode,
-                      exif_orientation=result.image.orientation, grayscale=result.image.grayscale)
+        record.update(
+            image_size=list(result.image.rgb.shape[:2]),
+            source_mode=result.image.mode,
+            exif_orientation=result.image.orientation,
+            grayscale=result.image.grayscale,
+        )
     if result.detection is not None:
-        record.update(box=result.detection.box.as_list(), detector_score=result.detection.box.score,
-                      detected_by=result.detection.detector, detect_seconds=round(result.detection.seconds, 4))
+        record.update(
+            box=result.detection.box.as_list(),
+            detector_score=result.detection.box.score,
+            detected_by=result.detection.detector,
+            detect_seconds=round(result.detection.seconds, 4),
+        )
     if result.aligned is not None:
-        record.update(transform=result.aligned.transform.tolist(), align_scale=result.aligned.scale,
-                      align_residual=result.aligned.residual, valid_fraction=float(result.aligned.valid.mean()))
+        record.update(
+            transform=result.aligned.transform.tolist(),
+            align_scale=result.aligned.scale,
+            align_residual=result.aligned.residual,
+            valid_fraction=float(result.aligned.valid.mean()),
+        )
     return record
 
 
@@ -423,8 +446,9 @@ _STATE_ERROR: str | None = None
 
 
 def _build_detector(config: PrepareConfig) -> FaceDetector:
-    return make_detector(config.detector, upsample=config.resolved_upsample, device=config.device,
-                         weights_dir=config.weights_dir)
+    return make_detector(
+        config.detector, upsample=config.resolved_upsample, device=config.device, weights_dir=config.weights_dir
+    )
 
 
 def _init_worker(config: PrepareConfig, template: np.ndarray, out_dir: Path, cfg_hash: str) -> None:
@@ -442,8 +466,15 @@ def _init_worker(config: PrepareConfig, template: np.ndarray, out_dir: Path, cfg
 
 def _run_job(job: _Job) -> dict:
     if _STATE is None:
-        return {"source": job.relative, "source_path": str(job.source), "sha256": "", "status": ERROR,
-                "reason": _STATE_ERROR, "n_faces": None, "outputs": None}
+        return {
+            "source": job.relative,
+            "source_path": str(job.source),
+            "sha256": "",
+            "status": ERROR,
+            "reason": _STATE_ERROR,
+            "n_faces": None,
+            "outputs": None,
+        }
     return _process_file(job, _STATE)
 
 
@@ -457,8 +488,17 @@ def _process_file(job: _Job, state: _WorkerState) -> dict:
         digest = hashlib.sha256(data).hexdigest()
     except OSError as err:
         result = ImageResult(UNREADABLE, f"cannot read file: {type(err).__name__}: {err}")
-        return _record(job.relative, job.source, digest, stat, state.cfg_hash, state.detector.name, result, None,
-                       time.perf_counter() - start)
+        return _record(
+            job.relative,
+            job.source,
+            digest,
+            stat,
+            state.cfg_hash,
+            state.detector.name,
+            result,
+            None,
+            time.perf_counter() - start,
+        )
     try:
         result = process_image(data, state.detector, state.template, state.config)
         outputs = _write_outputs(state.out_dir, job.relative, result) if result.status == OK else None
@@ -466,8 +506,17 @@ def _process_file(job: _Job, state: _WorkerState) -> dict:
         last = traceback.extract_tb(err.__traceback__)[-1]
         result = ImageResult(ERROR, f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})")
         outputs = None
-    return _record(job.relative, job.source, digest, stat, state.cfg_hash, state.detector.name, result, outputs,
-                   time.perf_counter() - start)
+    return _record(
+        job.relative,
+        job.source,
+        digest,
+        stat,
+        state.cfg_hash,
+        state.detector.name,
+        result,
+        outputs,
+        time.perf_counter() - start,
+    )
 
 
 def list_images(images_dir: Path, exclude: Path | None = None) -> tuple[list[str], int]:
@@ -514,8 +563,13 @@ def _current_sha256(path: Path, record: dict | None, rehash: bool) -> str | None
         stat = path.stat()
     except OSError:
         return None
-    if (not rehash and record is not None and record.get("sha256") and record.get("size") == stat.st_size
-            and record.get("mtime_ns") == stat.st_mtime_ns):
+    if (
+        not rehash
+        and record is not None
+        and record.get("sha256")
+        and record.get("size") == stat.st_size
+        and record.get("mtime_ns") == stat.st_mtime_ns
+    ):
         return record["sha256"]
     return _file_sha256(path)
 
@@ -541,8 +595,14 @@ def _is_cached(record: dict | None, digest: str | None, cfg_hash: str, out_dir: 
     return all((out_dir / rel).is_file() for rel in outputs.values())
 
 
-def prepare(images_dir: str | Path, out_dir: str | Path, config: PrepareConfig = PrepareConfig(),
-            template: np.ndarray | None = None, progress: bool = True, rehash: bool = False) -> PrepareSummary:
+def prepare(
+    images_dir: str | Path,
+    out_dir: str | Path,
+    config: PrepareConfig = PrepareConfig(),
+    template: np.ndarray | None = None,
+    progress: bool = True,
+    rehash: bool = False,
+) -> PrepareSummary:
     """Preprocess every image under ``images_dir`` into ``out_dir`` (see the module docstring).
 
     template: (5, 2) crop-pixel target positions of the eye centres, nose tip and mouth corners; None
@@ -557,8 +617,11 @@ def prepare(images_dir: str | Path, out_dir: str | Path, config: PrepareConfig =
     images_dir, out_dir = Path(images_dir).expanduser(), Path(out_dir).expanduser()
     if not images_dir.is_dir():
         raise FileNotFoundError(f"images folder {images_dir} does not exist (or is not a folder)")
-    template = resolve_template(config.template_source, config.crop_size) if template is None else np.asarray(
-        template, dtype=np.float64)
+    template = (
+        resolve_template(config.template_source, config.crop_size)
+        if template is None
+        else np.asarray(template, dtype=np.float64)
+    )
     if template.shape != (5, 2):
         raise ValueError(f"template must be (5, 2) crop pixels, got shape {template.shape}")
     cfg_hash = config_hash(config, template)
@@ -577,9 +640,19 @@ def prepare(images_dir: str | Path, out_dir: str | Path, config: PrepareConfig =
         else:
             todo.append(_Job(relative, source.resolve()))
 
-    (out_dir / CONFIG_NAME).write_text(json.dumps(
-        {"config": asdict(config), "template": template.tolist(), "config_hash": cfg_hash,
-         "version": PREPROCESSING_VERSION, "images_dir": str(images_dir.resolve())}, indent=2) + "\n")
+    (out_dir / CONFIG_NAME).write_text(
+        json.dumps(
+            {
+                "config": asdict(config),
+                "template": template.tolist(),
+                "config_hash": cfg_hash,
+                "version": PREPROCESSING_VERSION,
+                "images_dir": str(images_dir.resolve()),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if todo:
         # Built here even when workers do the work, so a missing package or weight file fails up front
         # with its own message instead of inside every worker.
@@ -603,8 +676,9 @@ def prepare(images_dir: str | Path, out_dir: str | Path, config: PrepareConfig =
                     collect(_process_file(job, state))
             else:
                 del detector
-                with _pool_context().Pool(workers, initializer=_init_worker,
-                                          initargs=(config, template, out_dir, cfg_hash)) as pool:
+                with _pool_context().Pool(
+                    workers, initializer=_init_worker, initargs=(config, template, out_dir, cfg_hash)
+                ) as pool:
                     for record in pool.imap_unordered(_run_job, todo, chunksize=1):
                         collect(record)
         finally:
@@ -614,8 +688,7 @@ def prepare(images_dir: str | Path, out_dir: str | Path, config: PrepareConfig =
         _write_manifest(manifest_path, records)
 
     statuses = Counter(record["status"] for record in records.values())
-    reasons = Counter(record.get("reason") or record["status"] for record in records.values()
-                      if record["status"] != OK)
+    reasons = Counter(record.get("reason") or record["status"] for record in records.values() if record["status"] != OK)
     return PrepareSummary(
         n_images=len(relatives),
         n_processed=len(todo),

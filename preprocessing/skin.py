@@ -42,8 +42,10 @@ class DiagonalGMM:
     def __post_init__(self) -> None:
         k = self.weight.shape[0]
         if self.mean.shape != (k, 3) or self.var.shape != (k, 3) or self.weight.shape != (k,):
-            raise ValueError(f"GMM shapes mean {self.mean.shape}, var {self.var.shape}, weight {self.weight.shape} "
-                             "do not match (K, 3), (K, 3), (K,)")
+            raise ValueError(
+                f"GMM shapes mean {self.mean.shape}, var {self.var.shape}, weight {self.weight.shape} "
+                "do not match (K, 3), (K, 3), (K,)"
+            )
         if (self.var <= 0).any() or (self.weight <= 0).any():
             raise ValueError("GMM variances and weights must be positive")
 
@@ -55,16 +57,17 @@ class DiagonalGMM:
         not (N, K, 3).
         """
         dtype, device = rgb.dtype, rgb.device
-        inv_var = torch.as_tensor(1.0 / self.var, dtype=dtype, device=device)              # (K, 3)
+        inv_var = torch.as_tensor(1.0 / self.var, dtype=dtype, device=device)  # (K, 3)
         mean = torch.as_tensor(self.mean, dtype=dtype, device=device)
-        quadratic = torch.cat([inv_var, -2.0 * mean * inv_var], dim=1).T                     # (6, K)
-        const = (mean.square() * inv_var).sum(1)                                              # (K,)
+        quadratic = torch.cat([inv_var, -2.0 * mean * inv_var], dim=1).T  # (6, K)
+        const = (mean.square() * inv_var).sum(1)  # (K,)
         log_norm = torch.as_tensor(
-            np.log(self.weight) - 0.5 * (3 * math.log(2 * math.pi) + np.log(self.var).sum(1)), dtype=dtype,
+            np.log(self.weight) - 0.5 * (3 * math.log(2 * math.pi) + np.log(self.var).sum(1)),
+            dtype=dtype,
             device=device,
         )
         flat = rgb.reshape(-1, 3)
-        mahalanobis = torch.cat([flat.square(), flat], dim=1) @ quadratic + const             # (N, K)
+        mahalanobis = torch.cat([flat.square(), flat], dim=1) @ quadratic + const  # (N, K)
         # Rounding in the expansion can go a hair below zero for colours on a component mean.
         log_components = log_norm - 0.5 * mahalanobis.clamp_min(0.0)
         return torch.logsumexp(log_components, dim=1).reshape(rgb.shape[:-1])
@@ -129,8 +132,9 @@ def skin_posterior_torch(images: torch.Tensor, prior: float = 0.5, model: SkinMo
     return torch.sigmoid(logit)
 
 
-def skin_posterior(images: np.ndarray | torch.Tensor, prior: float = 0.5,
-                   model: SkinModel | None = None) -> np.ndarray | torch.Tensor:
+def skin_posterior(
+    images: np.ndarray | torch.Tensor, prior: float = 0.5, model: SkinModel | None = None
+) -> np.ndarray | torch.Tensor:
     """P(skin | colour) per pixel.
 
     torch tensors are channel-first, (B, 3, H, W) or (3, H, W) -> (B, H, W) or (H, W) (see
@@ -146,8 +150,9 @@ def skin_posterior(images: np.ndarray | torch.Tensor, prior: float = 0.5,
         raise ValueError(f"unsupported image dtype {array.dtype}")
     if array.dtype.kind in "ui" and array.dtype != np.uint8:
         if array.size and (array.min() < 0 or array.max() > 255):
-            raise ValueError(f"integer images must hold 0-255 values, got {array.dtype} in "
-                             f"[{array.min()}, {array.max()}]")
+            raise ValueError(
+                f"integer images must hold 0-255 values, got {array.dtype} in [{array.min()}, {array.max()}]"
+            )
         array = array.astype(np.uint8)
     array = np.ascontiguousarray(array)
     if not array.flags.writeable:

@@ -40,7 +40,7 @@ import numpy as np
 import scipy.io
 import torch
 
-from face_model.coefficients import CoeffLayout, Coefficients
+from face_model.coefficients import Coefficients, CoeffLayout
 from renderers.camera import PinholeCamera, euler_to_rotation
 from renderers.rasterizer import interpolate, rasterize
 from renderers.visualize import OVERLAY_PANEL, OverlayViews, overlay_panels, save_png
@@ -202,14 +202,14 @@ def write_obj(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, col
         body = _text_rows("v %.6f %.6f %.6f", vertices)
     else:
         # Colours rounded to 8 bits, as in the PLY, so both files carry the same values.
-        body = _text_rows("v %.6f %.6f %.6f %.6f %.6f %.6f",
-                          np.hstack([vertices, _colour_bytes(colors) / 255.0]))
+        body = _text_rows("v %.6f %.6f %.6f %.6f %.6f %.6f", np.hstack([vertices, _colour_bytes(colors) / 255.0]))
     path.write_text(header + body + _text_rows("f %d %d %d", triangles + 1))
     return path
 
 
-def write_ply(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray,
-              binary: bool = True) -> Path:
+def write_ply(
+    path: str | Path, vertices: np.ndarray, triangles: np.ndarray, colors: np.ndarray, binary: bool = True
+) -> Path:
     """PLY with float32 positions, uchar RGB vertex colours and int32 triangle lists.
 
     vertices: (V, 3); triangles: (F, 3) 0-based; colors: (V, 3) in [0, 1] (clipped, rounded to 8 bits).
@@ -238,8 +238,10 @@ def write_ply(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, col
         face_rows["n"], face_rows["ids"] = 3, triangles
         path.write_bytes(header.encode("ascii") + vertex_rows.tobytes() + face_rows.tobytes())
     else:
-        vertex_text = "".join(f"{x:.6f} {y:.6f} {z:.6f} {r} {g} {b}\n"
-                              for (x, y, z), (r, g, b) in zip(vertices.astype(np.float32).tolist(), rgb.tolist()))
+        vertex_text = "".join(
+            f"{x:.6f} {y:.6f} {z:.6f} {r} {g} {b}\n"
+            for (x, y, z), (r, g, b) in zip(vertices.astype(np.float32).tolist(), rgb.tolist())
+        )
         path.write_text(header + vertex_text + _text_rows("3 %d %d %d", triangles))
     return path
 
@@ -247,8 +249,9 @@ def write_ply(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, col
 # ----------------------------------------------------------------------------------------------- texture
 
 
-def ict_uv_layout(triangles: np.ndarray | torch.Tensor, n_vertices: int, npz_path: str | Path | None = None
-                  ) -> UVLayout | None:
+def ict_uv_layout(
+    triangles: np.ndarray | torch.Tensor, n_vertices: int, npz_path: str | Path | None = None
+) -> UVLayout | None:
     """The bundled ICT-FaceKit UVs for a model loaded from it, or None if ``triangles`` are not its mesh.
 
     The ICT loader keeps the triangles whose vertices all lie below its vertex count (the "narrow" face
@@ -287,8 +290,13 @@ def uv_to_vertex(triangles: np.ndarray, tri_uv: np.ndarray, n_uv: int) -> np.nda
     return mapping
 
 
-def bake_texture(vertex_colors: np.ndarray | torch.Tensor, triangles: np.ndarray, layout: UVLayout, size: int,
-                 background: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def bake_texture(
+    vertex_colors: np.ndarray | torch.Tensor,
+    triangles: np.ndarray,
+    layout: UVLayout,
+    size: int,
+    background: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Rasterize per-vertex colours into UV space.
 
     Every texel centre inside a UV triangle gets the barycentric blend of its corners' colours (the UV
@@ -318,8 +326,9 @@ def bake_texture(vertex_colors: np.ndarray | torch.Tensor, triangles: np.ndarray
         texture = interpolate(uv_colors.unsqueeze(0), faces, fragments)[0].numpy()
     coverage = fragments.mask[0].numpy()
     texture = _pad_charts(texture, coverage, _TEXTURE_PADDING)
-    filled = coverage | (cv2.dilate(coverage.astype(np.uint8), np.ones((3, 3), np.uint8),
-                                    iterations=_TEXTURE_PADDING) > 0)
+    filled = coverage | (
+        cv2.dilate(coverage.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=_TEXTURE_PADDING) > 0
+    )
     fill = colors.mean(0).numpy() if background is None else np.asarray(background, dtype=np.float32)
     texture[~filled] = fill
     return _colour_bytes(texture), coverage
@@ -331,8 +340,7 @@ def _pad_charts(texture: np.ndarray, coverage: np.ndarray, steps: int) -> np.nda
     texture = texture.astype(np.float32).copy()
     known = coverage.astype(np.float32)
     for _ in range(steps):
-        total = cv2.boxFilter(texture * known[..., None], -1, (3, 3), normalize=False,
-                              borderType=cv2.BORDER_CONSTANT)
+        total = cv2.boxFilter(texture * known[..., None], -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
         count = cv2.boxFilter(known, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
         grow = (known == 0) & (count > 0)
         texture[grow] = total[grow] / count[grow][:, None]
@@ -340,8 +348,9 @@ def _pad_charts(texture: np.ndarray, coverage: np.ndarray, steps: int) -> np.nda
     return texture
 
 
-def write_textured_obj(obj_path: str | Path, vertices: np.ndarray, triangles: np.ndarray, layout: UVLayout,
-                       texture: np.ndarray) -> dict[str, Path]:
+def write_textured_obj(
+    obj_path: str | Path, vertices: np.ndarray, triangles: np.ndarray, layout: UVLayout, texture: np.ndarray
+) -> dict[str, Path]:
     """OBJ with ``vt`` texture coordinates, its MTL and the texture PNG, side by side.
 
     The MTL and PNG take the OBJ's stem (``face.obj`` -> ``face.mtl``; the PNG name is the MTL's
@@ -357,8 +366,10 @@ def write_textured_obj(obj_path: str | Path, vertices: np.ndarray, triangles: np
     png_path = obj_path.with_name(OUTPUT_FILES["texture"])
     save_png(png_path, np.ascontiguousarray(texture))
     # Kd 1 with the map: the texture holds the albedo itself; no specular, lambertian illumination model.
-    mtl_path.write_text(f"newmtl {_MATERIAL}\nKa 1.000 1.000 1.000\nKd 1.000 1.000 1.000\n"
-                        f"Ks 0.000 0.000 0.000\nillum 1\nmap_Kd {png_path.name}\n")
+    mtl_path.write_text(
+        f"newmtl {_MATERIAL}\nKa 1.000 1.000 1.000\nKd 1.000 1.000 1.000\n"
+        f"Ks 0.000 0.000 0.000\nillum 1\nmap_Kd {png_path.name}\n"
+    )
     corners = np.stack([triangles + 1, tri_uv + 1], axis=-1).reshape(len(triangles), 6)
     obj_path.write_text(
         f"# face3d-lightning reconstruction: {len(vertices)} vertices, {len(triangles)} triangles, albedo texture\n"
@@ -379,12 +390,21 @@ def save_coefficients(path: str | Path, coeffs: Coefficients, layout: CoeffLayou
     (the `CoeffLayout` vector, R-Net's output order), the layout sizes (``n_id``, ``n_exp``, ``n_tex``,
     ``sh_channels``) and ``face_model``. Angles are radians, translation decimetres."""
     if coeffs.batch_size != 1:
-        raise ValueError(f"save_coefficients writes one reconstruction, got a batch of {coeffs.batch_size}; "
-                         "select one with coeffs.index(i)")
+        raise ValueError(
+            f"save_coefficients writes one reconstruction, got a batch of {coeffs.batch_size}; "
+            "select one with coeffs.index(i)"
+        )
     arrays = {name: getattr(coeffs, name)[0].detach().cpu().numpy().astype(np.float32) for name in COEFFICIENT_FIELDS}
     arrays["flat"] = layout.join(coeffs)[0].detach().cpu().numpy().astype(np.float32)
-    np.savez(path, **arrays, n_id=layout.n_id, n_exp=layout.n_exp, n_tex=layout.n_tex,
-             sh_channels=layout.sh_channels, face_model=np.str_(face_model_name))
+    np.savez(
+        path,
+        **arrays,
+        n_id=layout.n_id,
+        n_exp=layout.n_exp,
+        n_tex=layout.n_tex,
+        sh_channels=layout.sh_channels,
+        face_model=np.str_(face_model_name),
+    )
     return Path(path)
 
 
@@ -395,8 +415,9 @@ def load_coefficients(path: str | Path) -> tuple[Coefficients, CoeffLayout, str]
         if missing:
             raise ValueError(f"{path} is not a face3d coefficient file: missing {missing}")
         layout = CoeffLayout(int(data["n_id"]), int(data["n_exp"]), int(data["n_tex"]), int(data["sh_channels"]))
-        coeffs = Coefficients(**{name: torch.from_numpy(data[name].astype(np.float32)).unsqueeze(0)
-                                 for name in COEFFICIENT_FIELDS})
+        coeffs = Coefficients(
+            **{name: torch.from_numpy(data[name].astype(np.float32)).unsqueeze(0) for name in COEFFICIENT_FIELDS}
+        )
         name = str(data["face_model"]) if "face_model" in data.files else ""
     layout.join(coeffs)
     return coeffs, layout, name
@@ -430,15 +451,18 @@ def save_deep3d_mat(path: str | Path, coeffs: Coefficients, landmarks: np.ndarra
     def row(t: torch.Tensor) -> np.ndarray:
         return t.detach().cpu().numpy().astype(np.float32).reshape(1, -1)
 
-    scipy.io.savemat(str(path), {
-        "id": row(coeffs.identity),
-        "exp": row(coeffs.expression),
-        "tex": row(coeffs.albedo),
-        "angle": row(coeffs.angles),
-        "gamma": row(gamma),
-        "trans": row(coeffs.translation),
-        "lm68": deep3d_landmarks(landmarks).astype(np.float32)[None],
-    })
+    scipy.io.savemat(
+        str(path),
+        {
+            "id": row(coeffs.identity),
+            "exp": row(coeffs.expression),
+            "tex": row(coeffs.albedo),
+            "angle": row(coeffs.angles),
+            "gamma": row(gamma),
+            "trans": row(coeffs.translation),
+            "lm68": deep3d_landmarks(landmarks).astype(np.float32)[None],
+        },
+    )
     return Path(path)
 
 
@@ -458,8 +482,9 @@ def crop_to_image(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) @ inverse[:, :2].T + inverse[:, 2]
 
 
-def write_landmarks(path: str | Path, landmarks: np.ndarray, transform: np.ndarray, detected: np.ndarray | None = None
-                    ) -> Path:
+def write_landmarks(
+    path: str | Path, landmarks: np.ndarray, transform: np.ndarray, detected: np.ndarray | None = None
+) -> Path:
     """68 landmarks as text, one row per point: ``x_crop y_crop x_image y_image`` (and, with ``detected``,
     the detector's ``det_x_crop det_y_crop det_x_image det_y_image``); '#' header lines explain."""
     landmarks = np.asarray(landmarks, dtype=np.float64)
@@ -469,16 +494,20 @@ def write_landmarks(path: str | Path, landmarks: np.ndarray, transform: np.ndarr
         detected = np.asarray(detected, dtype=np.float64)
         columns += [detected, crop_to_image(detected, transform)]
         names += " det_x_crop det_y_crop det_x_image det_y_image"
-    header = ("68 iBUG landmarks of the reconstruction (projected model landmarks)"
-              + (" and the detector's" if detected is not None else "") + ", pixels: x right, y down, "
-              "pixel (row i, col j) centred at (j + 0.5, i + 0.5); crop = the aligned crop, image = the source "
-              f"photo (through the inverse alignment)\n{names}")
+    header = (
+        "68 iBUG landmarks of the reconstruction (projected model landmarks)"
+        + (" and the detector's" if detected is not None else "")
+        + ", pixels: x right, y down, "
+        "pixel (row i, col j) centred at (j + 0.5, i + 0.5); crop = the aligned crop, image = the source "
+        f"photo (through the inverse alignment)\n{names}"
+    )
     np.savetxt(path, np.hstack(columns), fmt="%.3f", header=header)
     return Path(path)
 
 
-def model_to_camera_matrix(angles: np.ndarray, translation: np.ndarray, camera_distance: float,
-                           scale: float = 1.0) -> np.ndarray:
+def model_to_camera_matrix(
+    angles: np.ndarray, translation: np.ndarray, camera_distance: float, scale: float = 1.0
+) -> np.ndarray:
     """(4, 4) homogeneous map from model space to OpenCV camera space, both in units ``scale`` x decimetres.
 
     Posing is ``R v + t`` (`renderers.camera`); the camera sits at ``z = camera_distance`` looking down -z,
@@ -497,8 +526,9 @@ def intrinsics(focal: float, principal_point: tuple[float, float]) -> list[list[
     return [[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]]
 
 
-def pose_record(coeffs: Coefficients, camera: PinholeCamera, transform: np.ndarray, image_size: tuple[int, int],
-                units: str = "mm") -> dict:
+def pose_record(
+    coeffs: Coefficients, camera: PinholeCamera, transform: np.ndarray, image_size: tuple[int, int], units: str = "mm"
+) -> dict:
     """Head pose, camera and alignment of one reconstruction as a JSON-ready dict (see `write_pose`)."""
     scale = UNIT_SCALES[units]
     angles = coeffs.angles[0].detach().cpu().double().numpy()
@@ -538,8 +568,14 @@ def pose_record(coeffs: Coefficients, camera: PinholeCamera, transform: np.ndarr
     }
 
 
-def write_pose(path: str | Path, coeffs: Coefficients, camera: PinholeCamera, transform: np.ndarray,
-               image_size: tuple[int, int], units: str = "mm") -> Path:
+def write_pose(
+    path: str | Path,
+    coeffs: Coefficients,
+    camera: PinholeCamera,
+    transform: np.ndarray,
+    image_size: tuple[int, int],
+    units: str = "mm",
+) -> Path:
     """pose.json: angles (degrees and radians), rotation, translation (``units`` and decimetres), the
     4x4 model-to-camera matrix (``units``; maps mesh.obj onto mesh_camera.obj), the camera (focal, principal
     point, crop size, camera distance), 3x3 intrinsics for the crop and for the source photo, the source
@@ -581,8 +617,9 @@ def split_uv_seams(triangles: np.ndarray, layout: UVLayout) -> tuple[np.ndarray,
     return unique[:, 0], np.asarray(layout.uv, np.float64)[unique[:, 1]], inverse.reshape(triangles.shape)
 
 
-def write_textured_glb(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, layout: UVLayout,
-                       texture: np.ndarray) -> Path:
+def write_textured_glb(
+    path: str | Path, vertices: np.ndarray, triangles: np.ndarray, layout: UVLayout, texture: np.ndarray
+) -> Path:
     """Binary glTF of a mesh with UVs and its texture (an embedded PNG as the base colour, no lighting baked).
 
     vertices: (V, 3) in metres; triangles: (F, 3); layout: the mesh's `UVLayout` (v up, as OBJ); texture:
@@ -596,8 +633,9 @@ def write_textured_glb(path: str | Path, vertices: np.ndarray, triangles: np.nda
     vertices = np.asarray(vertices, np.float64)
     _check_mesh(vertices, np.asarray(triangles, np.int64), None)
     vertex_ids, uv, faces = split_uv_seams(triangles, layout)
-    material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(np.ascontiguousarray(texture)),
-                                                   metallicFactor=0.0, roughnessFactor=1.0)
+    material = trimesh.visual.material.PBRMaterial(
+        baseColorTexture=Image.fromarray(np.ascontiguousarray(texture)), metallicFactor=0.0, roughnessFactor=1.0
+    )
     visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
     mesh = trimesh.Trimesh(vertices=vertices[vertex_ids], faces=faces, visual=visual, process=False)
     path.write_bytes(mesh.export(file_type="glb"))
@@ -607,8 +645,12 @@ def write_textured_glb(path: str | Path, vertices: np.ndarray, triangles: np.nda
 # ------------------------------------------------------------------------------------------ all outputs
 
 
-def write_reconstruction(folder: str | Path, recon: Reconstruction, options: ExportOptions = ExportOptions(),
-                         uv_layout: UVLayout | None = None) -> dict[str, Path]:
+def write_reconstruction(
+    folder: str | Path,
+    recon: Reconstruction,
+    options: ExportOptions = ExportOptions(),
+    uv_layout: UVLayout | None = None,
+) -> dict[str, Path]:
     """Write every output of one reconstruction into ``folder`` (created); returns the paths by
     `OUTPUT_FILES` key. The textured OBJ needs ``uv_layout``; the Deep3D .mat is written for BFM models."""
     folder = Path(folder)
@@ -618,27 +660,37 @@ def write_reconstruction(folder: str | Path, recon: Reconstruction, options: Exp
     camera_vertices = recon.vertices_camera * scale
     out: dict[str, Path] = {}
     out["mesh_obj"] = write_obj(folder / OUTPUT_FILES["mesh_obj"], model_vertices, recon.triangles, recon.albedo)
-    out["mesh_ply"] = write_ply(folder / OUTPUT_FILES["mesh_ply"], model_vertices, recon.triangles, recon.albedo,
-                                options.ply_binary)
+    out["mesh_ply"] = write_ply(
+        folder / OUTPUT_FILES["mesh_ply"], model_vertices, recon.triangles, recon.albedo, options.ply_binary
+    )
     out["camera_obj"] = write_obj(folder / OUTPUT_FILES["camera_obj"], camera_vertices, recon.triangles, recon.shaded)
-    out["camera_ply"] = write_ply(folder / OUTPUT_FILES["camera_ply"], camera_vertices, recon.triangles,
-                                  recon.shaded, options.ply_binary)
-    out["mesh_glb"] = write_glb(folder / OUTPUT_FILES["mesh_glb"], recon.vertices_model * GLB_SCALE, recon.triangles,
-                                recon.albedo)
+    out["camera_ply"] = write_ply(
+        folder / OUTPUT_FILES["camera_ply"], camera_vertices, recon.triangles, recon.shaded, options.ply_binary
+    )
+    out["mesh_glb"] = write_glb(
+        folder / OUTPUT_FILES["mesh_glb"], recon.vertices_model * GLB_SCALE, recon.triangles, recon.albedo
+    )
     if uv_layout is not None:
         texture, _ = bake_texture(recon.albedo, recon.triangles, uv_layout, options.texture_size)
-        out.update(write_textured_obj(folder / OUTPUT_FILES["textured_obj"], model_vertices, recon.triangles,
-                                      uv_layout, texture))
-        out["textured_glb"] = write_textured_glb(folder / OUTPUT_FILES["textured_glb"],
-                                                 recon.vertices_model * GLB_SCALE, recon.triangles, uv_layout, texture)
-    out["coeffs_npz"] = save_coefficients(folder / OUTPUT_FILES["coeffs_npz"], recon.coeffs, recon.layout,
-                                          recon.face_model_name)
+        out.update(
+            write_textured_obj(
+                folder / OUTPUT_FILES["textured_obj"], model_vertices, recon.triangles, uv_layout, texture
+            )
+        )
+        out["textured_glb"] = write_textured_glb(
+            folder / OUTPUT_FILES["textured_glb"], recon.vertices_model * GLB_SCALE, recon.triangles, uv_layout, texture
+        )
+    out["coeffs_npz"] = save_coefficients(
+        folder / OUTPUT_FILES["coeffs_npz"], recon.coeffs, recon.layout, recon.face_model_name
+    )
     if recon.face_model_name.startswith("bfm"):
         out["coeffs_mat"] = save_deep3d_mat(folder / OUTPUT_FILES["coeffs_mat"], recon.coeffs, recon.landmarks)
-    out["landmarks"] = write_landmarks(folder / OUTPUT_FILES["landmarks"], recon.landmarks, recon.transform,
-                                       recon.detected)
-    out["pose"] = write_pose(folder / OUTPUT_FILES["pose"], recon.coeffs, recon.camera, recon.transform,
-                             recon.image_size, options.units)
+    out["landmarks"] = write_landmarks(
+        folder / OUTPUT_FILES["landmarks"], recon.landmarks, recon.transform, recon.detected
+    )
+    out["pose"] = write_pose(
+        folder / OUTPUT_FILES["pose"], recon.coeffs, recon.camera, recon.transform, recon.image_size, options.units
+    )
     out["overlay"] = folder / OUTPUT_FILES["overlay"]
     save_png(out["overlay"], overlay_panels(recon.views))
     return out

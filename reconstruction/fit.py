@@ -22,9 +22,9 @@ the fit it would get alone (up to float rounding and Adam's epsilon). The result
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-import dataclasses
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -105,7 +105,9 @@ class FitSettings:
             if f.name.startswith("lr_") and not value > 0:
                 raise ValueError(f"FitSettings.{f.name} must be > 0, got {value!r}")
         if self.untrusted_identity_prior < 0:
-            raise ValueError(f"FitSettings.untrusted_identity_prior must be >= 0, got {self.untrusted_identity_prior!r}")
+            raise ValueError(
+                f"FitSettings.untrusted_identity_prior must be >= 0, got {self.untrusted_identity_prior!r}"
+            )
         if not self.landmark_noise_px > 0:
             raise ValueError(f"FitSettings.landmark_noise_px must be > 0, got {self.landmark_noise_px!r}")
         if self.landmark_yaw_falloff < 0:
@@ -195,8 +197,14 @@ class ReferenceCache(nn.Module):
         return output
 
 
-def landmark_terms(loss: HybridLoss, predicted: torch.Tensor, target: torch.Tensor, coeffs: Coefficients,
-                   image_size: float, landmark_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def landmark_terms(
+    loss: HybridLoss,
+    predicted: torch.Tensor,
+    target: torch.Tensor,
+    coeffs: Coefficients,
+    image_size: float,
+    landmark_scale: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """The landmark and coefficient-prior terms of ``loss``, computed without a render.
 
     predicted, target: (B, 68, 2) crop pixels; image_size: the crop side in pixels; landmark_scale: (B,) factor
@@ -208,12 +216,12 @@ def landmark_terms(loss: HybridLoss, predicted: torch.Tensor, target: torch.Tens
     if landmark_scale is not None:
         point_weights = landmark_scale[:, None] * point_weights
     raw = {
-        "landmark": landmark_loss(predicted, target, point_weights, image_size=image_size,
-                                  reference_size=loss.landmark_reference_size),
+        "landmark": landmark_loss(
+            predicted, target, point_weights, image_size=image_size, reference_size=loss.landmark_reference_size
+        ),
     }
     if w.regularization:
-        raw["regularization"] = coefficient_regularization(coeffs, w_id=w.reg_id, w_exp=w.reg_exp,
-                                                           w_tex=w.reg_tex)
+        raw["regularization"] = coefficient_regularization(coeffs, w_id=w.reg_id, w_exp=w.reg_exp, w_tex=w.reg_tex)
     out = {name: getattr(w, name) * value for name, value in raw.items()}
     out["total"] = sum(out.values())
     out.update({f"raw/{name}": value for name, value in raw.items()})
@@ -231,8 +239,9 @@ def landmark_yaw_scale(yaw: torch.Tensor, falloff: float) -> torch.Tensor:
     return 1.0 / (1.0 + falloff * torch.sin(yaw).pow(4)).square()
 
 
-def landmark_trust(params: dict[str, torch.Tensor], landmarks: torch.Tensor, renderer: MeshRenderer,
-                   settings: FitSettings, batch: int) -> torch.Tensor:
+def landmark_trust(
+    params: dict[str, torch.Tensor], landmarks: torch.Tensor, renderer: MeshRenderer, settings: FitSettings, batch: int
+) -> torch.Tensor:
     """(B,) factor on each image's landmark term after stage 1, in (0, 1]: `landmark_yaw_scale` of the yaw found,
     times ``(landmark_noise_px / residual)^2`` when the root-mean-square distance between the posed mean face's
     landmarks and the detected ones (scaled to a 224-pixel crop) exceeds ``landmark_noise_px``.
@@ -274,16 +283,17 @@ def _cosine_factor(step: int, total: int) -> float:
     return _FINAL_LR_FRACTION + (1.0 - _FINAL_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * step / (total - 1)))
 
 
-def _check_inputs(images: torch.Tensor, landmarks: torch.Tensor, skin: torch.Tensor,
-                  renderer: MeshRenderer) -> None:
+def _check_inputs(images: torch.Tensor, landmarks: torch.Tensor, skin: torch.Tensor, renderer: MeshRenderer) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W) RGB in [0, 1], got shape {tuple(images.shape)}")
     batch, _, height, width = images.shape
     if tuple(landmarks.shape) != (batch, 68, 2):
         raise ValueError(f"landmarks must be (B, 68, 2) crop pixels with B = {batch}, got {tuple(landmarks.shape)}")
     if tuple(skin.shape) != (batch, 1, height, width):
-        raise ValueError(f"skin must be the crops' (B, 1, H, W) skin posterior, shape {(batch, 1, height, width)}, "
-                         f"got {tuple(skin.shape)}")
+        raise ValueError(
+            f"skin must be the crops' (B, 1, H, W) skin posterior, shape {(batch, 1, height, width)}, "
+            f"got {tuple(skin.shape)}"
+        )
     if tuple(renderer.camera.image_size) != (height, width):
         raise ValueError(
             f"the renderer draws {renderer.camera.image_size} images but the crops are {(height, width)}; build "
@@ -337,8 +347,7 @@ def fit_coefficients(
     unknown = sorted(set(shared) - set(_SHAREABLE))
     if unknown:
         raise ValueError(f"only {_SHAREABLE} can be shared over a batch, got {unknown}")
-    params = {name: getattr(init, name).detach().to(device=device, dtype=torch.float32).clone()
-              for name in GROUPS}
+    params = {name: getattr(init, name).detach().to(device=device, dtype=torch.float32).clone() for name in GROUPS}
     for name in shared:
         params[name] = params[name].mean(0, keepdim=True)
     loss = _loss_for_shared(loss, shared, batch)
@@ -350,8 +359,7 @@ def fit_coefficients(
     scale = landmark_trust(params, landmarks, renderer, settings, batch)
     # Extra identity prior beyond the loss's own (which every image has once): images whose landmarks are not
     # believed get more.
-    extra_prior = (loss.weights.regularization * loss.weights.reg_id * settings.untrusted_identity_prior
-                   * (1.0 - scale))
+    extra_prior = loss.weights.regularization * loss.weights.reg_id * settings.untrusted_identity_prior * (1.0 - scale)
     for stage, n_steps in settings.stage_iterations().items():
         if n_steps == 0 or stage == "rigid":
             continue
@@ -370,8 +378,14 @@ def fit_coefficients(
             coeffs = _batch_coefficients(params, batch)
             if stage == "full":
                 render = renderer(coeffs)
-                terms = loss(images=images, render=render, target_landmarks=landmarks, skin_attention=attention,
-                             coeffs=coeffs, landmark_scale=scale)
+                terms = loss(
+                    images=images,
+                    render=render,
+                    target_landmarks=landmarks,
+                    skin_attention=attention,
+                    coeffs=coeffs,
+                    landmark_scale=scale,
+                )
             else:
                 terms = landmark_terms(loss, renderer.project_landmarks(coeffs), landmarks, coeffs, crop_side, scale)
             if settings.untrusted_identity_prior and "identity" in groups:
@@ -389,9 +403,15 @@ def fit_coefficients(
     return FitResult(coeffs=fitted, history=tuple(history), seconds=time.perf_counter() - start)
 
 
-def _rigid_multistart(params: dict[str, torch.Tensor], landmarks: torch.Tensor, renderer: MeshRenderer,
-                      loss: HybridLoss, settings: FitSettings, crop_side: float,
-                      history: list[StageHistory]) -> dict[str, torch.Tensor]:
+def _rigid_multistart(
+    params: dict[str, torch.Tensor],
+    landmarks: torch.Tensor,
+    renderer: MeshRenderer,
+    loss: HybridLoss,
+    settings: FitSettings,
+    crop_side: float,
+    history: list[StageHistory],
+) -> dict[str, torch.Tensor]:
     """Stage 1 from every start of ``settings.rigid_starts_deg`` at once (the batch repeated per start);
     each image keeps the pose of the start with the lowest weighted landmark error."""
     batch = landmarks.shape[0]
@@ -429,8 +449,10 @@ def _rigid_multistart(params: dict[str, torch.Tensor], landmarks: torch.Tensor, 
         rows = best * batch + torch.arange(batch, device=best.device)
     history.append(StageHistory("rigid", {k: torch.stack(v).double().cpu().numpy() for k, v in records.items()}))
     # Groups shared over the batch are not moved by this stage: they keep their single row.
-    return {name: tensor.detach()[rows].clone() if params[name].shape[0] == batch or batch == 1 else params[name]
-            for name, tensor in expanded.items()}
+    return {
+        name: tensor.detach()[rows].clone() if params[name].shape[0] == batch or batch == 1 else params[name]
+        for name, tensor in expanded.items()
+    }
 
 
 _SHAREABLE = ("identity", "albedo")
@@ -456,5 +478,10 @@ def _loss_for_shared(loss: HybridLoss, shared: tuple[str, ...], batch: int) -> H
         reg_id=w.reg_id / batch if "identity" in shared else w.reg_id,
         reg_tex=w.reg_tex / batch if "albedo" in shared else w.reg_tex,
     )
-    return HybridLoss(weights, loss.skin_mask, loss.recognition, landmark_point_weights=loss.landmark_point_weights,
-                      landmark_reference_size=loss.landmark_reference_size)
+    return HybridLoss(
+        weights,
+        loss.skin_mask,
+        loss.recognition,
+        landmark_point_weights=loss.landmark_point_weights,
+        landmark_reference_size=loss.landmark_reference_size,
+    )

@@ -78,8 +78,10 @@ class FaceModelSource:
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a face model file; FileNotFoundError naming it when it is missing."""
     if not path.is_file():
-        raise FileNotFoundError(f"face model file {path} not found; give the path of the face model file the R-Net "
-                                "was trained with (for BFM, the BFM_model_front.mat built by `face3d prepare-bfm`)")
+        raise FileNotFoundError(
+            f"face model file {path} not found; give the path of the face model file the R-Net "
+            "was trained with (for BFM, the BFM_model_front.mat built by `face3d prepare-bfm`)"
+        )
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -140,17 +142,25 @@ class RNetOnnxMetadata:
     @staticmethod
     def from_props(props: dict[str, str], where: str) -> RNetOnnxMetadata:
         """Parse ``metadata_props``; ValueError naming ``where`` (the file) when they are not an R-Net's."""
-        ours = {key[len(METADATA_PREFIX):]: value for key, value in props.items() if key.startswith(METADATA_PREFIX)}
+        ours = {key[len(METADATA_PREFIX) :]: value for key, value in props.items() if key.startswith(METADATA_PREFIX)}
         if not ours:
-            raise ValueError(f"{where} is not a face3d R-Net ONNX model: it has no face3d metadata (found keys "
-                             f"{sorted(props)[:6]}); export one with `face3d export-onnx --ckpt CKPT --out FILE`")
+            raise ValueError(
+                f"{where} is not a face3d R-Net ONNX model: it has no face3d metadata (found keys "
+                f"{sorted(props)[:6]}); export one with `face3d export-onnx --ckpt CKPT --out FILE`"
+            )
         if ours.get("format") != FORMAT:
-            raise ValueError(f"{where} has face3d metadata format {ours.get('format')!r}, this version reads "
-                             f"{FORMAT!r}; export it again with this version's `face3d export-onnx`")
+            raise ValueError(
+                f"{where} has face3d metadata format {ours.get('format')!r}, this version reads "
+                f"{FORMAT!r}; export it again with this version's `face3d export-onnx`"
+            )
         try:
             layout = json.loads(ours["coeff_layout"])
-            coeff_layout = CoeffLayout(n_id=int(layout["n_id"]), n_exp=int(layout["n_exp"]), n_tex=int(layout["n_tex"]),
-                                       sh_channels=int(layout["sh_channels"]))
+            coeff_layout = CoeffLayout(
+                n_id=int(layout["n_id"]),
+                n_exp=int(layout["n_exp"]),
+                n_tex=int(layout["n_tex"]),
+                sh_channels=int(layout["sh_channels"]),
+            )
             if layout.get("order") != list(coeff_layout.slices):
                 raise ValueError(f"coefficient order {layout.get('order')} differs from {list(coeff_layout.slices)}")
             if coeff_layout.size != int(layout["size"]):
@@ -163,20 +173,25 @@ class RNetOnnxMetadata:
                 face_model_file=ours["face_model_file"],
                 face_model_digest=ours["face_model_digest"],
                 n_vertices=int(ours["n_vertices"]),
-                camera=PinholeCamera(focal=float(camera["focal"]),
-                                     principal_point=tuple(float(v) for v in camera["principal_point"]),
-                                     image_size=tuple(int(v) for v in camera["image_size"]),
-                                     camera_distance=float(camera["camera_distance"])),
+                camera=PinholeCamera(
+                    focal=float(camera["focal"]),
+                    principal_point=tuple(float(v) for v in camera["principal_point"]),
+                    image_size=tuple(int(v) for v in camera["image_size"]),
+                    camera_distance=float(camera["camera_distance"]),
+                ),
                 precision=ours.get("precision", "fp32"),
                 source=ours.get("source", ""),
             )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
             detail = f"missing key {METADATA_PREFIX}{err.args[0]}" if isinstance(err, KeyError) else str(err)
-            raise ValueError(f"{where} has broken face3d metadata ({detail}); export it again with "
-                             "`face3d export-onnx`") from None
+            raise ValueError(
+                f"{where} has broken face3d metadata ({detail}); export it again with `face3d export-onnx`"
+            ) from None
         if str(metadata.crop_size) != ours.get("crop_size", str(metadata.crop_size)):
-            raise ValueError(f"{where}: metadata crop_size {ours['crop_size']} disagrees with its camera "
-                             f"({metadata.camera.image_size}); export it again")
+            raise ValueError(
+                f"{where}: metadata crop_size {ours['crop_size']} disagrees with its camera "
+                f"({metadata.camera.image_size}); export it again"
+            )
         return metadata
 
 
@@ -206,8 +221,13 @@ class FlatCoefficients(nn.Module):
         return self.rnet(images).flat
 
 
-def export_rnet_onnx(rnet: nn.Module, metadata: RNetOnnxMetadata, out: str | Path, opset: int = DEFAULT_OPSET,
-                     quantize: str | None = None) -> Path:
+def export_rnet_onnx(
+    rnet: nn.Module,
+    metadata: RNetOnnxMetadata,
+    out: str | Path,
+    opset: int = DEFAULT_OPSET,
+    quantize: str | None = None,
+) -> Path:
     """Write ``rnet`` (an `networks.rnet.RNet`, or anything whose output has ``.flat``) to ``out`` as ONNX with
     ``metadata`` in its ``metadata_props``; ``quantize="int8"`` writes the weight-quantized model instead
     (``metadata.precision`` says which). ``rnet`` is put in eval mode on the CPU. Returns ``out``."""
@@ -225,8 +245,13 @@ def export_rnet_onnx(rnet: nn.Module, metadata: RNetOnnxMetadata, out: str | Pat
     wrapper = FlatCoefficients(rnet).eval().to("cpu", torch.float32)
     size = metadata.crop_size
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, do_constant_folding=True)
+    kwargs = dict(
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        opset_version=opset,
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        do_constant_folding=True,
+    )
     # The TorchScript exporter: the torch.export-based one needs the extra onnxscript package and gives the
     # same graph for this plain feed-forward network. Older torch versions have no ``dynamo`` argument.
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
@@ -282,12 +307,15 @@ def _export_rules(opset: int):
             bins = []
             for i in range(k):
                 start, end = (i * n) // k, -(-((i + 1) * n) // k)
-                piece = g.op("Slice", x, g.op("Constant", value_t=torch.tensor([start])),
-                             g.op("Constant", value_t=torch.tensor([end])),
-                             g.op("Constant", value_t=torch.tensor([axis])))
+                piece = g.op(
+                    "Slice",
+                    x,
+                    g.op("Constant", value_t=torch.tensor([start])),
+                    g.op("Constant", value_t=torch.tensor([end])),
+                    g.op("Constant", value_t=torch.tensor([axis])),
+                )
                 if opset >= 18:
-                    bins.append(g.op("ReduceMean", piece, g.op("Constant", value_t=torch.tensor([axis])),
-                                     keepdims_i=1))
+                    bins.append(g.op("ReduceMean", piece, g.op("Constant", value_t=torch.tensor([axis])), keepdims_i=1))
                 else:
                     bins.append(g.op("ReduceMean", piece, axes_i=[axis], keepdims_i=1))
             x = bins[0] if k == 1 else g.op("Concat", *bins, axis_i=axis)
@@ -331,8 +359,11 @@ def _inline_identities(model) -> None:
     graph = model.graph
     stored = {tensor.name for tensor in graph.initializer}
     outputs = {value.name for value in graph.output}
-    renames = {node.output[0]: node.input[0] for node in graph.node
-               if node.op_type == "Identity" and node.input[0] in stored and node.output[0] not in outputs}
+    renames = {
+        node.output[0]: node.input[0]
+        for node in graph.node
+        if node.op_type == "Identity" and node.input[0] in stored and node.output[0] not in outputs
+    }
     if not renames:
         return
     kept = [node for node in graph.node if not (node.op_type == "Identity" and node.output[0] in renames)]

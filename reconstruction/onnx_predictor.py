@@ -59,8 +59,9 @@ class OnnxRNet:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
             first_line = (str(err).strip().splitlines() or [""])[0]
-            raise ValueError(f"{self.path} could not be loaded as an ONNX model ({type(err).__name__}: "
-                             f"{first_line}); {EXPORT_HINT}") from None
+            raise ValueError(
+                f"{self.path} could not be loaded as an ONNX model ({type(err).__name__}: {first_line}); {EXPORT_HINT}"
+            ) from None
         self.metadata = RNetOnnxMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
         self.input_name, self.output_name = self._check_signature()
 
@@ -83,17 +84,22 @@ class OnnxRNet:
         def fits(shape, expected) -> bool:
             # Symbolic dimensions (the batch, named "batch") come back as strings or None: anything fits them.
             return len(shape) == len(expected) and all(
-                e is None or not isinstance(s, int) or s == e for s, e in zip(shape, expected))
+                e is None or not isinstance(s, int) or s == e for s, e in zip(shape, expected)
+            )
 
         problems = []
         if len(inputs) != 1 or inputs[0].type != "tensor(float)" or not fits(inputs[0].shape, (None, 3, size, size)):
             problems.append(f"inputs {[shape_text(a) for a in inputs]}, expected one float (batch, 3, {size}, {size})")
         if len(outputs) != 1 or outputs[0].type != "tensor(float)" or not fits(outputs[0].shape, (None, n)):
-            problems.append(f"outputs {[shape_text(a) for a in outputs]}, expected one float (batch, {n}) for "
-                            f"the layout {self.metadata.layout}")
+            problems.append(
+                f"outputs {[shape_text(a) for a in outputs]}, expected one float (batch, {n}) for "
+                f"the layout {self.metadata.layout}"
+            )
         if problems:
-            raise ValueError(f"{self.path} does not match its own face3d metadata: {'; '.join(problems)}. It was "
-                             f"not written by `face3d export-onnx` or was edited since; {EXPORT_HINT}")
+            raise ValueError(
+                f"{self.path} does not match its own face3d metadata: {'; '.join(problems)}. It was "
+                f"not written by `face3d export-onnx` or was edited since; {EXPORT_HINT}"
+            )
         return inputs[0].name, outputs[0].name
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -105,22 +111,31 @@ class OnnxRNet:
         return self.session.run([self.output_name], {self.input_name: images})[0]
 
 
-def check_compatible(metadata: RNetOnnxMetadata, where: str, face_model: FaceModel | None = None,
-                     crop_size: int | None = None) -> None:
+def check_compatible(
+    metadata: RNetOnnxMetadata, where: str, face_model: FaceModel | None = None, crop_size: int | None = None
+) -> None:
     """Refuse (ValueError naming ``where``) an exported R-Net trained for another face model, layout or crop."""
     if face_model is not None:
         if face_model.name != metadata.face_model_name:
-            raise ValueError(f"{where} was trained for the {metadata.face_model_name!r} face model, not "
-                             f"{face_model.name!r}; use a model exported for {face_model.name!r}")
+            raise ValueError(
+                f"{where} was trained for the {metadata.face_model_name!r} face model, not "
+                f"{face_model.name!r}; use a model exported for {face_model.name!r}"
+            )
         if face_model.layout != metadata.layout:
-            raise ValueError(f"{where} predicts the coefficient layout {metadata.layout}, the face model has "
-                             f"{face_model.layout}; build the face model with the network's basis sizes")
+            raise ValueError(
+                f"{where} predicts the coefficient layout {metadata.layout}, the face model has "
+                f"{face_model.layout}; build the face model with the network's basis sizes"
+            )
         if face_model.n_vertices != metadata.n_vertices:
-            raise ValueError(f"{where} was trained on a {metadata.n_vertices}-vertex {metadata.face_model_name!r} "
-                             f"model, this one has {face_model.n_vertices} vertices (another region or version)")
+            raise ValueError(
+                f"{where} was trained on a {metadata.n_vertices}-vertex {metadata.face_model_name!r} "
+                f"model, this one has {face_model.n_vertices} vertices (another region or version)"
+            )
     if crop_size is not None and crop_size != metadata.crop_size:
-        raise ValueError(f"{where} reads {metadata.crop_size}-pixel crops, not {crop_size}; align the photos at "
-                         f"{metadata.crop_size} pixels")
+        raise ValueError(
+            f"{where} reads {metadata.crop_size}-pixel crops, not {crop_size}; align the photos at "
+            f"{metadata.crop_size} pixels"
+        )
 
 
 def face_model_from_metadata(metadata: RNetOnnxMetadata, where: str, path: str | Path | None = None) -> FaceModel:
@@ -132,19 +147,29 @@ def face_model_from_metadata(metadata: RNetOnnxMetadata, where: str, path: str |
     from face_model import load_face_model
 
     if path is None and metadata.face_model_loader != "ict":
-        raise ValueError(f"{where} was trained with the {metadata.face_model_name!r} face model "
-                         f"({metadata.face_model_file}, sha256 {metadata.face_model_digest[:12]}...), which does not "
-                         "ship: pass the path of your copy (`face3d reconstruct --onnx MODEL --bfm-path FILE`)")
+        raise ValueError(
+            f"{where} was trained with the {metadata.face_model_name!r} face model "
+            f"({metadata.face_model_file}, sha256 {metadata.face_model_digest[:12]}...), which does not "
+            "ship: pass the path of your copy (`face3d reconstruct --onnx MODEL --bfm-path FILE`)"
+        )
     source = FaceModelSource(metadata.face_model_loader, None if path is None else str(path))
     digest = source.digest()
     if digest != metadata.face_model_digest:
-        raise ValueError(f"{where} was trained with {metadata.face_model_file} of sha256 "
-                         f"{metadata.face_model_digest[:12]}..., but {source.file()} has sha256 {digest[:12]}...: "
-                         "another face model file, whose coefficients mean other shapes; use the file the network "
-                         "was trained with, or export a network trained on this one")
+        raise ValueError(
+            f"{where} was trained with {metadata.face_model_file} of sha256 "
+            f"{metadata.face_model_digest[:12]}..., but {source.file()} has sha256 {digest[:12]}...: "
+            "another face model file, whose coefficients mean other shapes; use the file the network "
+            "was trained with, or export a network trained on this one"
+        )
     layout = metadata.layout
-    face_model = load_face_model(metadata.face_model_loader, path=source.path, n_id=layout.n_id, n_exp=layout.n_exp,
-                                 n_tex=layout.n_tex, sh_channels=layout.sh_channels)
+    face_model = load_face_model(
+        metadata.face_model_loader,
+        path=source.path,
+        n_id=layout.n_id,
+        n_exp=layout.n_exp,
+        n_tex=layout.n_tex,
+        sh_channels=layout.sh_channels,
+    )
     check_compatible(metadata, where, face_model=face_model)
     return face_model
 
@@ -161,8 +186,14 @@ class OnnxRNetPredictor:
         crop_size: refuse a network that reads another crop size.
     """
 
-    def __init__(self, path: str | Path, face_model_path: str | Path | None = None, threads: int = 1,
-                 face_model: FaceModel | None = None, crop_size: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        face_model_path: str | Path | None = None,
+        threads: int = 1,
+        face_model: FaceModel | None = None,
+        crop_size: int | None = None,
+    ) -> None:
         self.net = OnnxRNet(path, threads=threads)
         metadata, where = self.net.metadata, str(self.net.path)
         check_compatible(metadata, where, face_model=face_model, crop_size=crop_size)
@@ -216,8 +247,9 @@ def check_crops(renderer: MeshRenderer, count: int = 4, seed: int = 0) -> torch.
     return (render.image * render.mask + 0.5 * (1.0 - render.mask)).clamp(0.0, 1.0).cpu()
 
 
-def compare_with_pytorch(rnet: torch.nn.Module, net: OnnxRNet, face_model: FaceModel,
-                         crops: torch.Tensor) -> dict[str, float]:
+def compare_with_pytorch(
+    rnet: torch.nn.Module, net: OnnxRNet, face_model: FaceModel, crops: torch.Tensor
+) -> dict[str, float]:
     """`coefficient_deviation` of the exported ``net`` from the PyTorch ``rnet`` (eval mode, CPU) on ``crops``."""
     with torch.no_grad():
         reference = rnet.eval().to("cpu")(crops).flat

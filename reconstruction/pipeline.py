@@ -52,9 +52,10 @@ import shutil
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -73,8 +74,14 @@ from reconstruction.export import (
     ict_uv_layout,
     write_reconstruction,
 )
-from reconstruction.fit import (FIT_LOSS_WEIGHTS, FitResult, FitSettings, ReferenceCache, detector_landmark_weights,
-                               fit_coefficients)
+from reconstruction.fit import (
+    FIT_LOSS_WEIGHTS,
+    FitResult,
+    FitSettings,
+    ReferenceCache,
+    detector_landmark_weights,
+    fit_coefficients,
+)
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
 from renderers.visualize import OVERLAY_PANEL, render_overlay_views
@@ -118,8 +125,13 @@ class DivergenceLimits:
 _PRIOR_FIELDS = ("identity", "expression", "albedo")
 
 
-def prediction_checks(coeffs: Coefficients, landmarks: np.ndarray, detected: np.ndarray, crop_size: int,
-                      details: dict[str, float] | None = None) -> dict[str, float]:
+def prediction_checks(
+    coeffs: Coefficients,
+    landmarks: np.ndarray,
+    detected: np.ndarray,
+    crop_size: int,
+    details: dict[str, float] | None = None,
+) -> dict[str, float]:
     """The numbers `divergence_reasons` judges, for one prediction (batch 1): ``landmark_error_px`` (mean
     distance between (68, 2) ``landmarks`` and ``detected``, crop pixels; NaN when any is non-finite),
     ``landmark_error_fraction`` (the same / ``crop_size``), ``max_abs_<field>`` and ``rms_<field>`` for
@@ -140,8 +152,9 @@ def prediction_checks(coeffs: Coefficients, landmarks: np.ndarray, detected: np.
     return checks
 
 
-def divergence_reasons(checks: dict[str, float], details: dict[str, float] | None = None,
-                       limits: DivergenceLimits = DivergenceLimits()) -> list[str]:
+def divergence_reasons(
+    checks: dict[str, float], details: dict[str, float] | None = None, limits: DivergenceLimits = DivergenceLimits()
+) -> list[str]:
     """Why a prediction is unusable, from its `prediction_checks` (empty list: usable)."""
     reasons = []
     bad_details = sorted(k for k, v in (details or {}).items() if not math.isfinite(float(v)))
@@ -153,17 +166,23 @@ def divergence_reasons(checks: dict[str, float], details: dict[str, float] | Non
     if not math.isfinite(fraction):
         reasons.append("projected landmarks are not finite")
     elif fraction > limits.max_landmark_error:
-        reasons.append(f"projected landmarks are {checks['landmark_error_px']:.1f} px from the detected ones on "
-                       f"average ({100 * fraction:.0f}% of the crop, limit {100 * limits.max_landmark_error:.0f}%)")
+        reasons.append(
+            f"projected landmarks are {checks['landmark_error_px']:.1f} px from the detected ones on "
+            f"average ({100 * fraction:.0f}% of the crop, limit {100 * limits.max_landmark_error:.0f}%)"
+        )
     for name in _PRIOR_FIELDS:
         value = checks.get(f"max_abs_{name}", 0.0)
         if math.isfinite(value) and value > limits.max_coefficient_std:
-            reasons.append(f"{name} coefficient at {value:.1f} standard deviations of its prior "
-                           f"(limit {limits.max_coefficient_std:g})")
+            reasons.append(
+                f"{name} coefficient at {value:.1f} standard deviations of its prior "
+                f"(limit {limits.max_coefficient_std:g})"
+            )
         rms = checks.get(f"rms_{name}", 0.0)
         if math.isfinite(rms) and rms > limits.max_coefficient_rms:
-            reasons.append(f"{name} coefficients at {rms:.1f} standard deviations on average (root mean square; "
-                           f"limit {limits.max_coefficient_rms:g})")
+            reasons.append(
+                f"{name} coefficients at {rms:.1f} standard deviations on average (root mean square; "
+                f"limit {limits.max_coefficient_rms:g})"
+            )
     return reasons
 
 
@@ -183,8 +202,11 @@ class CropBatch:
     @staticmethod
     def from_aligned(aligned: AlignedFace, skin: np.ndarray, device: torch.device | str) -> CropBatch:
         return CropBatch(
-            images=torch.from_numpy(np.ascontiguousarray(aligned.crop.transpose(2, 0, 1))).float().div(255.0)
-            .unsqueeze(0).to(device),
+            images=torch.from_numpy(np.ascontiguousarray(aligned.crop.transpose(2, 0, 1)))
+            .float()
+            .div(255.0)
+            .unsqueeze(0)
+            .to(device),
             landmarks=torch.from_numpy(np.asarray(aligned.landmarks68, np.float32))[None].to(device),
             skin=torch.from_numpy(np.asarray(skin, np.float32))[None, None].to(device),
         )
@@ -263,10 +285,17 @@ class FittingPredictor:
         self.last_result: FitResult | None = None
 
     @classmethod
-    def build(cls, face_model: FaceModel, settings: FitSettings = FitSettings(), crop_size: int = 224,
-              weights: LossWeights = FIT_LOSS_WEIGHTS, recognition: str | None = "sface",
-              recognition_weights: str | Path | None = None, device: str | torch.device = "cpu",
-              detector_weights: bool = True) -> FittingPredictor:
+    def build(
+        cls,
+        face_model: FaceModel,
+        settings: FitSettings = FitSettings(),
+        crop_size: int = 224,
+        weights: LossWeights = FIT_LOSS_WEIGHTS,
+        recognition: str | None = "sface",
+        recognition_weights: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        detector_weights: bool = True,
+    ) -> FittingPredictor:
         """The fitting objective (`reconstruction.fit.FIT_LOSS_WEIGHTS` by default; pass ``LossWeights()`` for the
         training loss's), with the SFace perceptual network when ``weights.perceptual`` > 0 (``recognition`` None
         leaves it out) and, with ``detector_weights``, landmarks weighted by a detector's error per region
@@ -348,9 +377,14 @@ def collect_images(paths: list[str | Path], exclude: Path | None = None) -> list
     return jobs
 
 
-def make_reconstruction(renderer: MeshRenderer, coeffs: Coefficients, aligned: AlignedFace,
-                        image_size: tuple[int, int], source: np.ndarray | None = None,
-                        overlay_size: int = OVERLAY_PANEL) -> Reconstruction:
+def make_reconstruction(
+    renderer: MeshRenderer,
+    coeffs: Coefficients,
+    aligned: AlignedFace,
+    image_size: tuple[int, int],
+    source: np.ndarray | None = None,
+    overlay_size: int = OVERLAY_PANEL,
+) -> Reconstruction:
     """Render one image's coefficients (batch 1) and gather what the writers need.
 
     source: the (H, W, 3) uint8 photo the crop was aligned from; the overlay's input panel is re-sampled
@@ -362,8 +396,9 @@ def make_reconstruction(renderer: MeshRenderer, coeffs: Coefficients, aligned: A
     panel = max(int(overlay_size), crop_size)
     if source is not None:
         # Pixel centres at +0.5: the panel is the crop scaled by panel / crop_size, a pure scale of the warp.
-        panel_image, _ = warp_image(source, np.asarray(aligned.transform, np.float64) * (panel / crop_size),
-                                    (panel, panel))
+        panel_image, _ = warp_image(
+            source, np.asarray(aligned.transform, np.float64) * (panel / crop_size), (panel, panel)
+        )
     else:
         panel_image = aligned.crop
     with torch.no_grad():
@@ -443,8 +478,9 @@ def reconstruct_images(
     report_path = out_dir / REPORT_NAME
     with report_path.open("w") as report:
         for job in jobs:
-            record = _reconstruct_one(job, out_dir, predictor, face_detector, template, config, device, options,
-                                      uv_layout, limits)
+            record = _reconstruct_one(
+                job, out_dir, predictor, face_detector, template, config, device, options, uv_layout, limits
+            )
             records.append(record)
             report.write(json.dumps(record, sort_keys=True) + "\n")
             report.flush()
@@ -458,17 +494,23 @@ def reconstruct_images(
         out_dir=out_dir,
         seconds=time.perf_counter() - start,
     )
-    (out_dir / SUMMARY_NAME).write_text(json.dumps({
-        "predictor": predictor.name,
-        "face_model": renderer.face_model.name,
-        "crop_size": crop_size,
-        "detector": detector,
-        "units": options.units,
-        "n_images": len(records),
-        "status_counts": summary.status_counts,
-        "seconds": round(summary.seconds, 3),
-        "report": REPORT_NAME,
-    }, indent=2) + "\n")
+    (out_dir / SUMMARY_NAME).write_text(
+        json.dumps(
+            {
+                "predictor": predictor.name,
+                "face_model": renderer.face_model.name,
+                "crop_size": crop_size,
+                "detector": detector,
+                "units": options.units,
+                "n_images": len(records),
+                "status_counts": summary.status_counts,
+                "seconds": round(summary.seconds, 3),
+                "report": REPORT_NAME,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return summary
 
 
@@ -478,10 +520,18 @@ def _uv_layout_for(face_model: FaceModel) -> UVLayout | None:
     return ict_uv_layout(face_model.triangles.cpu().numpy(), face_model.n_vertices)
 
 
-def _reconstruct_one(job: ImageJob, out_dir: Path, predictor: Predictor, face_detector: FaceDetector,
-                     template: np.ndarray,
-                     config: PrepareConfig, device: torch.device, options: ExportOptions,
-                     uv_layout: UVLayout | None, limits: DivergenceLimits = DivergenceLimits()) -> dict:
+def _reconstruct_one(
+    job: ImageJob,
+    out_dir: Path,
+    predictor: Predictor,
+    face_detector: FaceDetector,
+    template: np.ndarray,
+    config: PrepareConfig,
+    device: torch.device,
+    options: ExportOptions,
+    uv_layout: UVLayout | None,
+    limits: DivergenceLimits = DivergenceLimits(),
+) -> dict:
     """Process one image into its record; every exception becomes a status, so a run never stops."""
     start = time.perf_counter()
     record: dict = {"source": str(job.source), "key": job.key, "predictor": predictor.name}
@@ -510,10 +560,17 @@ def _reconstruct_one(job: ImageJob, out_dir: Path, predictor: Predictor, face_de
     try:
         predicted = predictor.predict(CropBatch.from_aligned(result.aligned, result.skin, device))
         record["details"] = {k: _rounded(v, 5) for k, v in predicted.details.items()}
-        recon = make_reconstruction(predictor.renderer, predicted.coeffs, result.aligned, result.image.rgb.shape[:2],
-                                    result.image.rgb, options.overlay_size)
-        checks = prediction_checks(predicted.coeffs, recon.landmarks, recon.detected, recon.crop.shape[0],
-                                   predicted.details)
+        recon = make_reconstruction(
+            predictor.renderer,
+            predicted.coeffs,
+            result.aligned,
+            result.image.rgb.shape[:2],
+            result.image.rgb,
+            options.overlay_size,
+        )
+        checks = prediction_checks(
+            predicted.coeffs, recon.landmarks, recon.detected, recon.crop.shape[0], predicted.details
+        )
         record["checks"] = {k: _rounded(v, 4) for k, v in checks.items()}
         reasons = divergence_reasons(checks, predicted.details, limits)
         if reasons:
@@ -524,8 +581,10 @@ def _reconstruct_one(job: ImageJob, out_dir: Path, predictor: Predictor, face_de
         return finish(ERROR, _reason_from(err))
     record.update(
         output_dir=str(folder),
-        files={key: (folder / path.relative_to(partial_folder(folder))).relative_to(out_dir).as_posix()
-               for key, path in written.items()},
+        files={
+            key: (folder / path.relative_to(partial_folder(folder))).relative_to(out_dir).as_posix()
+            for key, path in written.items()
+        },
         landmark_error_px=round(checks["landmark_error_px"], 3),
     )
     return finish(OK, None)
@@ -577,4 +636,3 @@ def _fsync_folder(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-

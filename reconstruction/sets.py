@@ -26,7 +26,6 @@ import csv
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -54,9 +53,9 @@ class SetPicture:
 
     name: str
     crop: np.ndarray
-    landmarks: Optional[np.ndarray] = None
-    overlay_input: Optional[np.ndarray] = None
-    detected_by: Optional[str] = None
+    landmarks: np.ndarray | None = None
+    overlay_input: np.ndarray | None = None
+    detected_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,10 +77,10 @@ class SetReconstruction:
     strategy: str
     identity: torch.Tensor
     coeffs: Coefficients
-    confidence: Optional[torch.Tensor]
+    confidence: torch.Tensor | None
     share: torch.Tensor
     files: dict[str, Path] = field(default_factory=dict)
-    detected_by: tuple[Optional[str], ...] = ()
+    detected_by: tuple[str | None, ...] = ()
 
 
 def default_strategy(cnet) -> str:
@@ -118,9 +117,16 @@ def _resize(picture: SetPicture, size: int) -> tuple[np.ndarray, np.ndarray | No
 
 
 @torch.no_grad()
-def reconstruct_set(pictures: Sequence[SetPicture], rnet_module, cnet, out_dir: str | Path,
-                    strategy: str | None = None, units: str = "mm", plots: bool = True,
-                    overlay_size: int = OVERLAY_PANEL) -> SetReconstruction:
+def reconstruct_set(
+    pictures: Sequence[SetPicture],
+    rnet_module,
+    cnet,
+    out_dir: str | Path,
+    strategy: str | None = None,
+    units: str = "mm",
+    plots: bool = True,
+    overlay_size: int = OVERLAY_PANEL,
+) -> SetReconstruction:
     """Aggregate the identity of ``pictures`` (aligned crops of one person) and write the outputs listed in the
     module docstring under ``out_dir``.
 
@@ -146,9 +152,11 @@ def reconstruct_set(pictures: Sequence[SetPicture], rnet_module, cnet, out_dir: 
     if strategy != "mean":
         needed = "global" if strategy in GLOBAL_STRATEGIES else "elementwise"
         if cnet is None or cnet.kind != needed:
-            raise ValueError(f"strategy {strategy!r} needs a C-Net with {needed} confidences (a C-Net trained for "
-                             f"{'s1' if needed == 'global' else 's4'}), got "
-                             f"{'none' if cnet is None else cnet.kind}; use strategy 'mean' without one")
+            raise ValueError(
+                f"strategy {strategy!r} needs a C-Net with {needed} confidences (a C-Net trained for "
+                f"{'s1' if needed == 'global' else 's4'}), got "
+                f"{'none' if cnet is None else cnet.kind}; use strategy 'mean' without one"
+            )
 
     renderer = rnet_module.renderer
     device = next(rnet_module.rnet.parameters()).device
@@ -164,23 +172,48 @@ def reconstruct_set(pictures: Sequence[SetPicture], rnet_module, cnet, out_dir: 
         confidence = cnet.from_features(out.features).float()
     n, n_id = len(pictures), coeffs.identity.shape[1]
     valid = torch.ones(1, n, dtype=torch.bool, device=device)
-    identity = aggregate(strategy, coeffs.identity.unsqueeze(0), valid,
-                         None if confidence is None else confidence.unsqueeze(0))[0]
+    identity = aggregate(
+        strategy, coeffs.identity.unsqueeze(0), valid, None if confidence is None else confidence.unsqueeze(0)
+    )[0]
     share = torch.full((n,), 1.0 / n) if confidence is None else aggregation_share(strategy, confidence.cpu(), n_id)
     shared = coeffs.replace(identity=identity.expand(n, -1))
-    result = SetReconstruction(names=names, strategy=strategy, identity=identity.cpu(), coeffs=coeffs.detach().to("cpu"),
-                               confidence=None if confidence is None else confidence.cpu(), share=share,
-                               detected_by=tuple(p.detected_by for p in pictures))
+    result = SetReconstruction(
+        names=names,
+        strategy=strategy,
+        identity=identity.cpu(),
+        coeffs=coeffs.detach().to("cpu"),
+        confidence=None if confidence is None else confidence.cpu(),
+        share=share,
+        detected_by=tuple(p.detected_by for p in pictures),
+    )
     panel = max(int(overlay_size), size)
-    inputs = [p.overlay_input if p.overlay_input is not None and p.overlay_input.shape[:2] == (panel, panel) else c
-              for p, (c, _) in zip(pictures, resized)]
-    files = _write_outputs(Path(out_dir), result, shared, [c for c, _ in resized], [lm for _, lm in resized],
-                           renderer, UNIT_SCALES[units], plots, inputs, panel)
+    inputs = [
+        p.overlay_input if p.overlay_input is not None and p.overlay_input.shape[:2] == (panel, panel) else c
+        for p, (c, _) in zip(pictures, resized)
+    ]
+    files = _write_outputs(
+        Path(out_dir),
+        result,
+        shared,
+        [c for c, _ in resized],
+        [lm for _, lm in resized],
+        renderer,
+        UNIT_SCALES[units],
+        plots,
+        inputs,
+        panel,
+    )
     return replace(result, files=files)
 
 
-def fit_set(pictures: Sequence[SetPicture], fitter, out_dir: str | Path, units: str = "mm", plots: bool = True,
-            overlay_size: int = OVERLAY_PANEL) -> SetReconstruction:
+def fit_set(
+    pictures: Sequence[SetPicture],
+    fitter,
+    out_dir: str | Path,
+    units: str = "mm",
+    plots: bool = True,
+    overlay_size: int = OVERLAY_PANEL,
+) -> SetReconstruction:
     """Fit one identity and one albedo to all ``pictures`` (aligned crops of one person, e.g. the frames of a video),
     each picture with its own pose, expression and lighting (`reconstruction.fit.fit_coefficients` with
     ``shared=("identity", "albedo")``), and write the outputs of `reconstruct_set` (strategy "fit": every picture
@@ -213,24 +246,52 @@ def fit_set(pictures: Sequence[SetPicture], fitter, out_dir: str | Path, units: 
     images = torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()).float().div(255.0).to(device)
     landmarks = torch.from_numpy(np.stack([lm for _, lm in resized])).float().to(device)
     skin = skin_posterior_torch(images).unsqueeze(1)
-    fitted = fit_coefficients(images, landmarks, skin, renderer, fitter.loss, fitter.settings,
-                              shared=("identity", "albedo")).coeffs
+    fitted = fit_coefficients(
+        images, landmarks, skin, renderer, fitter.loss, fitter.settings, shared=("identity", "albedo")
+    ).coeffs
     n = len(pictures)
-    result = SetReconstruction(names=names, strategy="fit", identity=fitted.identity[0].cpu(),
-                               coeffs=fitted.detach().to("cpu"), confidence=None, share=torch.full((n,), 1.0 / n),
-                               detected_by=tuple(p.detected_by for p in pictures))
+    result = SetReconstruction(
+        names=names,
+        strategy="fit",
+        identity=fitted.identity[0].cpu(),
+        coeffs=fitted.detach().to("cpu"),
+        confidence=None,
+        share=torch.full((n,), 1.0 / n),
+        detected_by=tuple(p.detected_by for p in pictures),
+    )
     panel = max(int(overlay_size), size)
-    inputs = [p.overlay_input if p.overlay_input is not None and p.overlay_input.shape[:2] == (panel, panel) else c
-              for p, (c, _) in zip(pictures, resized)]
+    inputs = [
+        p.overlay_input if p.overlay_input is not None and p.overlay_input.shape[:2] == (panel, panel) else c
+        for p, (c, _) in zip(pictures, resized)
+    ]
     with torch.no_grad():
-        files = _write_outputs(Path(out_dir), result, fitted, list(crops), [lm for _, lm in resized], renderer,
-                               UNIT_SCALES[units], plots, inputs, panel)
+        files = _write_outputs(
+            Path(out_dir),
+            result,
+            fitted,
+            list(crops),
+            [lm for _, lm in resized],
+            renderer,
+            UNIT_SCALES[units],
+            plots,
+            inputs,
+            panel,
+        )
     return replace(result, files=files)
 
 
-def _write_outputs(out_dir: Path, result: SetReconstruction, shared: Coefficients, crops: list[np.ndarray],
-                   landmarks: list[np.ndarray | None], renderer, scale: float, plots: bool,
-                   overlay_inputs: list[np.ndarray], panel: int) -> dict[str, Path]:
+def _write_outputs(
+    out_dir: Path,
+    result: SetReconstruction,
+    shared: Coefficients,
+    crops: list[np.ndarray],
+    landmarks: list[np.ndarray | None],
+    renderer,
+    scale: float,
+    plots: bool,
+    overlay_inputs: list[np.ndarray],
+    panel: int,
+) -> dict[str, Path]:
     face_model = renderer.face_model
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "pictures").mkdir(exist_ok=True)
@@ -238,7 +299,8 @@ def _write_outputs(out_dir: Path, result: SetReconstruction, shared: Coefficient
     files: dict[str, Path] = {}
 
     neutral = face_model.layout.zeros(1, device=shared.identity.device).replace(
-        identity=shared.identity[:1], albedo=shared.albedo.mean(0, keepdim=True))
+        identity=shared.identity[:1], albedo=shared.albedo.mean(0, keepdim=True)
+    )
     mesh = face_model(neutral)
     vertices = (mesh.vertices[0] * scale).cpu().numpy()
     albedo = mesh.albedo[0].clamp(0, 1).cpu().numpy()
@@ -251,10 +313,12 @@ def _write_outputs(out_dir: Path, result: SetReconstruction, shared: Coefficient
     for k, name in enumerate(result.names):
         picture_vertices = posed[k].cpu().numpy()
         picture_colours = picture_albedo[k].cpu().numpy()
-        files[f"picture_{name}_obj"] = write_obj(out_dir / "pictures" / f"{name}.obj", picture_vertices * scale,
-                                                 triangles, picture_colours)
-        files[f"picture_{name}_glb"] = write_glb(out_dir / "pictures" / f"{name}.glb", picture_vertices * GLB_SCALE,
-                                                 triangles, picture_colours)
+        files[f"picture_{name}_obj"] = write_obj(
+            out_dir / "pictures" / f"{name}.obj", picture_vertices * scale, triangles, picture_colours
+        )
+        files[f"picture_{name}_glb"] = write_glb(
+            out_dir / "pictures" / f"{name}.glb", picture_vertices * GLB_SCALE, triangles, picture_colours
+        )
         views = render_overlay_views(renderer, shared.index(k), overlay_inputs[k], landmarks[k], panel)
         path = out_dir / "pictures" / f"{name}_overlay.png"
         save_png(path, overlay_panels(views))
@@ -264,10 +328,15 @@ def _write_outputs(out_dir: Path, result: SetReconstruction, shared: Coefficient
     if plots:
         files["confidences_png"] = plot_confidences(out_dir / "confidences.png", result, crops)
     layout = face_model.layout
-    np.savez(out_dir / "coefficients.npz", identity=result.identity.numpy(),
-             pictures=layout.join(result.coeffs).numpy(), names=np.array(result.names),
-             confidence=np.zeros((0,)) if result.confidence is None else result.confidence.numpy(),
-             share=result.share.numpy(), strategy=result.strategy)
+    np.savez(
+        out_dir / "coefficients.npz",
+        identity=result.identity.numpy(),
+        pictures=layout.join(result.coeffs).numpy(),
+        names=np.array(result.names),
+        confidence=np.zeros((0,)) if result.confidence is None else result.confidence.numpy(),
+        share=result.share.numpy(),
+        strategy=result.strategy,
+    )
     files["coefficients"] = out_dir / "coefficients.npz"
     return files
 
@@ -280,8 +349,9 @@ def write_confidence_table(path: Path, result: SetReconstruction) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         score_name = "s1_confidence" if width == 1 else "confidence_sum"
-        writer.writerow(["picture", "share", score_name, "detected_by"]
-                        + [f"c{k:03d}" for k in range(width if width > 1 else 0)])
+        writer.writerow(
+            ["picture", "share", score_name, "detected_by"] + [f"c{k:03d}" for k in range(width if width > 1 else 0)]
+        )
         for j, name in enumerate(result.names):
             row = [name, f"{float(result.share[j]):.6f}"]
             detector = result.detected_by[j] if j < len(result.detected_by) else None
@@ -311,8 +381,11 @@ def plot_confidences(path: Path, result: SetReconstruction, crops: list[np.ndarr
     for j in range(n):
         ax = fig.add_subplot(grid[0, j])
         ax.imshow(crops[j])
-        ax.set_title(f"{result.names[j][:14]}\n{100 * float(result.share[j]):.0f}%", fontsize=8,
-                     color="tab:green" if float(result.share[j]) >= top - 1e-9 else "black")
+        ax.set_title(
+            f"{result.names[j][:14]}\n{100 * float(result.share[j]):.0f}%",
+            fontsize=8,
+            color="tab:green" if float(result.share[j]) >= top - 1e-9 else "black",
+        )
         ax.axis("off")
     bars = fig.add_subplot(grid[1, :])
     bars.bar(np.arange(n), result.share.numpy() * 100.0, color="tab:blue")
@@ -391,8 +464,9 @@ class AlignedPictures:
     skipped: list[tuple[str, str]]
 
 
-def align_pictures(sources: Iterable[tuple[str, bytes]], detector, template: np.ndarray, config,
-                   overlay_size: int = OVERLAY_PANEL) -> AlignedPictures:
+def align_pictures(
+    sources: Iterable[tuple[str, bytes]], detector, template: np.ndarray, config, overlay_size: int = OVERLAY_PANEL
+) -> AlignedPictures:
     """Run ``face3d prepare``'s per-image preprocessing (`preprocessing.pipeline.process_image`) on encoded
     pictures; pictures without a usable face are skipped with their reason. Each picture also keeps its
     overlay input: the crop's view re-sampled from the photo at ``overlay_size`` (at least the crop's)."""
@@ -408,8 +482,16 @@ def align_pictures(sources: Iterable[tuple[str, bytes]], detector, template: np.
         aligned = result.aligned
         panel = max(int(overlay_size), aligned.crop.shape[0])
         # Pixel centres at +0.5: the panel is the crop scaled by panel / crop side, a pure scale of the warp.
-        overlay_input, _ = warp_image(result.image.rgb, aligned.transform * (panel / aligned.crop.shape[0]),
-                                      (panel, panel))
-        pictures.append(SetPicture(name=name, crop=aligned.crop, landmarks=aligned.landmarks68,
-                                   overlay_input=overlay_input, detected_by=result.detection.detector))
+        overlay_input, _ = warp_image(
+            result.image.rgb, aligned.transform * (panel / aligned.crop.shape[0]), (panel, panel)
+        )
+        pictures.append(
+            SetPicture(
+                name=name,
+                crop=aligned.crop,
+                landmarks=aligned.landmarks68,
+                overlay_input=overlay_input,
+                detected_by=result.detection.detector,
+            )
+        )
     return AlignedPictures(pictures, skipped)

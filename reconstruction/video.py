@@ -77,7 +77,12 @@ OK_STATUSES = (DETECTED, TRACKED)
 SMOOTHED_FIELDS = ("angles", "translation", "expression")
 SHARED_FIELDS = ("identity", "albedo")
 FRAMES_NAME, COEFFICIENTS_NAME, REPORT_NAME, OVERLAY_NAME, MESHES_NAME = (
-    "frames.jsonl", "coefficients.npz", "report.json", "overlay.mp4", "meshes")
+    "frames.jsonl",
+    "coefficients.npz",
+    "report.json",
+    "overlay.mp4",
+    "meshes",
+)
 
 
 # ------------------------------------------------------------------------------------------------ smoothing
@@ -113,8 +118,9 @@ def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
     return 1.0 / (1.0 + tau / dt)
 
 
-def one_euro(signal: np.ndarray, frames: np.ndarray, fps: float,
-             settings: SmoothingSettings = SmoothingSettings()) -> np.ndarray:
+def one_euro(
+    signal: np.ndarray, frames: np.ndarray, fps: float, settings: SmoothingSettings = SmoothingSettings()
+) -> np.ndarray:
     """Causal one-euro filter of a (T, D) signal sampled at frame numbers ``frames`` (T,) of a ``fps`` video.
 
     Each column is filtered on its own; missing frames lengthen the time step, and a gap of more than
@@ -144,8 +150,9 @@ def one_euro(signal: np.ndarray, frames: np.ndarray, fps: float,
     return out
 
 
-def smooth_coefficients(coeffs: Coefficients, frames: np.ndarray, fps: float,
-                        settings: SmoothingSettings = SmoothingSettings()) -> Coefficients:
+def smooth_coefficients(
+    coeffs: Coefficients, frames: np.ndarray, fps: float, settings: SmoothingSettings = SmoothingSettings()
+) -> Coefficients:
     """The clip's coefficients (batch T, one per frame in ``frames``) with one identity and albedo (their mean)
     and one-euro-filtered pose and expression; lighting stays per frame."""
     changes = {}
@@ -219,8 +226,9 @@ def _size(points: np.ndarray) -> float:
     return float(np.sqrt(((points - points.mean(0)) ** 2).sum(1).mean()))
 
 
-def tracking_failure(previous: np.ndarray, current: np.ndarray,
-                     settings: TrackerSettings = TrackerSettings()) -> str | None:
+def tracking_failure(
+    previous: np.ndarray, current: np.ndarray, settings: TrackerSettings = TrackerSettings()
+) -> str | None:
     """Why ``current`` (68, 2) landmarks are not a plausible next frame of ``previous``; None when they are."""
     if not np.isfinite(current).all():
         return "landmarks are not finite"
@@ -269,15 +277,18 @@ class LandmarkTracker:
         redetect = self.settings.redetect_every > 0 and index % self.settings.redetect_every == 0
         if self.previous is not None and not redetect:
             start = time.perf_counter()
-            points = np.asarray(self.detector.landmarks(frame, box_from_landmarks(self.previous, self.settings)),
-                                np.float64)
+            points = np.asarray(
+                self.detector.landmarks(frame, box_from_landmarks(self.previous, self.settings)), np.float64
+            )
             reason = tracking_failure(self.previous, points, self.settings)
             if reason is None:
                 patch = box_patch(frame, box_from_landmarks(points, self.settings))
                 correlation = float((patch * self.patch).sum())
                 if correlation < self.settings.min_appearance_correlation:
-                    reason = (f"the face's patch correlates {correlation:.2f} with the previous frame's "
-                              f"(limit {self.settings.min_appearance_correlation:g})")
+                    reason = (
+                        f"the face's patch correlates {correlation:.2f} with the previous frame's "
+                        f"(limit {self.settings.min_appearance_correlation:g})"
+                    )
             self.seconds["track"] += time.perf_counter() - start
             if reason is None:
                 self.previous, self.patch = points, patch
@@ -326,9 +337,11 @@ def read_frames(source: str | Path) -> Iterator[tuple[int, str, np.ndarray | Non
     capture = cv2.VideoCapture(str(source))
     try:
         if not capture.isOpened():
-            raise ValueError(f"OpenCV cannot decode {source} as a video (not a video file, damaged, or a codec "
-                             "this OpenCV build lacks); convert it, e.g. `ffmpeg -i IN -c:v mjpeg OUT.avi`, or "
-                             "extract its frames into a folder")
+            raise ValueError(
+                f"OpenCV cannot decode {source} as a video (not a video file, damaged, or a codec "
+                "this OpenCV build lacks); convert it, e.g. `ffmpeg -i IN -c:v mjpeg OUT.avi`, or "
+                "extract its frames into a folder"
+            )
         index = 0
         while True:
             ok, bgr = capture.read()
@@ -337,8 +350,10 @@ def read_frames(source: str | Path) -> Iterator[tuple[int, str, np.ndarray | Non
             yield index, f"frame_{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
         if index == 0:
-            raise ValueError(f"OpenCV opened {source} but decoded no frame from it (empty or damaged video, or a "
-                             "codec this OpenCV build lacks); convert it, e.g. `ffmpeg -i IN -c:v mjpeg OUT.avi`")
+            raise ValueError(
+                f"OpenCV opened {source} but decoded no frame from it (empty or damaged video, or a "
+                "codec this OpenCV build lacks); convert it, e.g. `ffmpeg -i IN -c:v mjpeg OUT.avi`"
+            )
     finally:
         capture.release()
 
@@ -436,9 +451,13 @@ class VideoSettings:
     progress: bool | None = None
 
 
-def reconstruct_video(source: str | Path, out_dir: str | Path, predictor: Predictor,
-                      settings: VideoSettings = VideoSettings(),
-                      face_detector: FaceDetector | None = None) -> VideoResult:
+def reconstruct_video(
+    source: str | Path,
+    out_dir: str | Path,
+    predictor: Predictor,
+    settings: VideoSettings = VideoSettings(),
+    face_detector: FaceDetector | None = None,
+) -> VideoResult:
     """Reconstruct every frame of a video file or folder of frames into ``out_dir`` (see the module docstring).
 
     Raises FileNotFoundError / ValueError for a source that cannot be read (nothing is written), and ValueError
@@ -471,15 +490,23 @@ def reconstruct_video(source: str | Path, out_dir: str | Path, predictor: Predic
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     complete = False
     try:
-        with (out_dir / FRAMES_NAME).open("w") as log, tqdm(total=total, unit="frame", desc="reconstruct",
-                                                            disable=None if settings.progress is None
-                                                            else not settings.progress) as bar:
+        with (
+            (out_dir / FRAMES_NAME).open("w") as log,
+            tqdm(
+                total=total,
+                unit="frame",
+                desc="reconstruct",
+                disable=None if settings.progress is None else not settings.progress,
+            ) as bar,
+        ):
             for index, name, rgb in _chain(first, frames_iter, seconds):
-                result = _process_frame(index, name, rgb, tracker, template, crop_size, predictor, device,
-                                        settings.limits, seconds)
+                result = _process_frame(
+                    index, name, rgb, tracker, template, crop_size, predictor, device, settings.limits, seconds
+                )
                 results.append(result)
-                log.write(json.dumps({"frame": index, "name": name, "status": result.status,
-                                      "reason": result.reason}) + "\n")
+                log.write(
+                    json.dumps({"frame": index, "name": name, "status": result.status, "reason": result.reason}) + "\n"
+                )
                 log.flush()
                 bar.update(1)
         complete = True
@@ -496,8 +523,10 @@ def reconstruct_video(source: str | Path, out_dir: str | Path, predictor: Predic
     if not ok:
         found = any(r.status == DIVERGED for r in results)
         what = "no usable coefficients" if found else "no face"
-        raise ValueError(f"{what} in any of the {len(results)} frames of {source} "
-                         f"({_status_summary(results)}; reasons per frame in {out_dir / FRAMES_NAME})")
+        raise ValueError(
+            f"{what} in any of the {len(results)} frames of {source} "
+            f"({_status_summary(results)}; reasons per frame in {out_dir / FRAMES_NAME})"
+        )
     files["coefficients"] = out_dir / COEFFICIENTS_NAME
     if settings.overlay or settings.meshes:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -521,9 +550,18 @@ def _chain(first, rest, seconds: Counter):
         yield item
 
 
-def _process_frame(index: int, name: str, rgb: np.ndarray | None, tracker: LandmarkTracker, template: np.ndarray,
-                   crop_size: int, predictor: Predictor, device, limits: DivergenceLimits,
-                   seconds: Counter) -> FrameResult:
+def _process_frame(
+    index: int,
+    name: str,
+    rgb: np.ndarray | None,
+    tracker: LandmarkTracker,
+    template: np.ndarray,
+    crop_size: int,
+    predictor: Predictor,
+    device,
+    limits: DivergenceLimits,
+    seconds: Counter,
+) -> FrameResult:
     if rgb is None:
         tracker.reset()
         return FrameResult(index, name, UNREADABLE, "the frame could not be decoded")
@@ -550,8 +588,9 @@ def _process_frame(index: int, name: str, rgb: np.ndarray | None, tracker: Landm
     checks = prediction_checks(predicted.coeffs, projected, aligned.landmarks68, crop_size, predicted.details)
     reasons = divergence_reasons(checks, predicted.details, limits)
     seconds["check"] += time.perf_counter() - start
-    result = FrameResult(index, name, status, reason, landmarks, aligned.transform,
-                         predicted.coeffs.detach().to("cpu"), size)
+    result = FrameResult(
+        index, name, status, reason, landmarks, aligned.transform, predicted.coeffs.detach().to("cpu"), size
+    )
     if reasons:
         result.status, result.reason = DIVERGED, "; ".join(reasons)
     return result
@@ -561,8 +600,9 @@ def _write_json(path: Path, data: dict) -> None:
     _atomic_write_bytes(path, lambda partial: partial.write_text(json.dumps(data, indent=2) + "\n"))
 
 
-def _write_coefficients(out_dir: Path, results: list[FrameResult], layout, fps: float,
-                        smoothing: SmoothingSettings) -> Coefficients | None:
+def _write_coefficients(
+    out_dir: Path, results: list[FrameResult], layout, fps: float, smoothing: SmoothingSettings
+) -> Coefficients | None:
     ok = [r for r in results if r.status in OK_STATUSES]
     statuses = np.array([r.status for r in results])
     indices = np.array([r.index for r in results], np.int64)
@@ -570,19 +610,30 @@ def _write_coefficients(out_dir: Path, results: list[FrameResult], layout, fps: 
         raw = Coefficients.cat([r.coeffs for r in ok])
         frames = np.array([r.index for r in ok], np.int64)
         smoothed = smooth_coefficients(raw, frames, fps, smoothing)
-        arrays = dict(raw=layout.join(raw).numpy(), smoothed=layout.join(smoothed).numpy(),
-                      identity=smoothed.identity[0].numpy(), albedo=smoothed.albedo[0].numpy(),
-                      landmarks=np.stack([r.landmarks for r in ok]).astype(np.float32))
+        arrays = dict(
+            raw=layout.join(raw).numpy(),
+            smoothed=layout.join(smoothed).numpy(),
+            identity=smoothed.identity[0].numpy(),
+            albedo=smoothed.albedo[0].numpy(),
+            landmarks=np.stack([r.landmarks for r in ok]).astype(np.float32),
+        )
     else:
         smoothed, frames = None, np.zeros(0, np.int64)
         width = layout.size
-        arrays = dict(raw=np.zeros((0, width), np.float32), smoothed=np.zeros((0, width), np.float32),
-                      identity=np.zeros(0, np.float32), albedo=np.zeros(0, np.float32),
-                      landmarks=np.zeros((0, 68, 2), np.float32))
+        arrays = dict(
+            raw=np.zeros((0, width), np.float32),
+            smoothed=np.zeros((0, width), np.float32),
+            identity=np.zeros(0, np.float32),
+            albedo=np.zeros(0, np.float32),
+            landmarks=np.zeros((0, 68, 2), np.float32),
+        )
     fields = np.array([f"{name}:{size}" for name, size in layout.sizes.items()])
-    _atomic_write_bytes(out_dir / COEFFICIENTS_NAME, lambda partial: np.savez(
-        partial, frames=frames, all_frames=indices, status=statuses, fps=np.float64(fps),
-        layout=fields, **arrays))
+    _atomic_write_bytes(
+        out_dir / COEFFICIENTS_NAME,
+        lambda partial: np.savez(
+            partial, frames=frames, all_frames=indices, status=statuses, fps=np.float64(fps), layout=fields, **arrays
+        ),
+    )
     return smoothed
 
 
@@ -591,13 +642,22 @@ def _status_summary(results: list[FrameResult]) -> str:
     return ", ".join(f"{status} {counts[status]}" for status in FRAME_STATUSES if counts[status])
 
 
-def _report(source: Path, predictor: Predictor, settings: VideoSettings, results: list[FrameResult],
-            seconds: Counter, fps: float, complete: bool) -> dict:
+def _report(
+    source: Path,
+    predictor: Predictor,
+    settings: VideoSettings,
+    results: list[FrameResult],
+    seconds: Counter,
+    fps: float,
+    complete: bool,
+) -> dict:
     n = len(results)
     by_status = {status: [r.index for r in results if r.status == status] for status in FRAME_STATUSES}
     n_ok = len(by_status[DETECTED]) + len(by_status[TRACKED])
-    stretches = [(results[a].index, results[b].index) for a, b in
-                 lost_stretches([r.status for r in results], settings.lost_warning)]
+    stretches = [
+        (results[a].index, results[b].index)
+        for a, b in lost_stretches([r.status for r in results], settings.lost_warning)
+    ]
     wall, cpu = seconds.get("reconstruct_wall", 0.0), seconds.get("reconstruct_cpu", 0.0)
     report = {
         "source": str(source),
@@ -612,8 +672,9 @@ def _report(source: Path, predictor: Predictor, settings: VideoSettings, results
         "counts": {status: len(by_status[status]) for status in FRAME_STATUSES},
         "frames": {status: frame_ranges(by_status[status]) for status in FRAME_STATUSES},
         "lost_stretches": [{"first": a, "last": b, "n_frames": b - a + 1} for a, b in stretches],
-        "problems": [{"frame": r.index, "status": r.status, "reason": r.reason} for r in results
-                     if r.status not in OK_STATUSES],
+        "problems": [
+            {"frame": r.index, "status": r.status, "reason": r.reason} for r in results if r.status not in OK_STATUSES
+        ],
         "seconds": {k: round(v, 4) for k, v in sorted(seconds.items())},
         "frames_per_second_wall": round(n / wall, 3) if wall > 0 else None,
         "cpu_ms_per_frame": round(1000 * cpu / n, 2) if n else None,
@@ -625,8 +686,15 @@ def _report(source: Path, predictor: Predictor, settings: VideoSettings, results
     return report
 
 
-def _write_outputs(source: Path, out_dir: Path, renderer, results: list[FrameResult], smoothed: Coefficients,
-                   fps: float, settings: VideoSettings) -> dict[str, Path]:
+def _write_outputs(
+    source: Path,
+    out_dir: Path,
+    renderer,
+    results: list[FrameResult],
+    smoothed: Coefficients,
+    fps: float,
+    settings: VideoSettings,
+) -> dict[str, Path]:
     """Second pass over the frames: overlay video and meshes from the smoothed coefficients."""
     from tqdm import tqdm
 
@@ -643,8 +711,12 @@ def _write_outputs(source: Path, out_dir: Path, renderer, results: list[FrameRes
 
     def write_all(mesh_folder: Path | None) -> None:
         nonlocal writer
-        bar = tqdm(total=len(results), unit="frame", desc="outputs",
-                   disable=None if settings.progress is None else not settings.progress)
+        bar = tqdm(
+            total=len(results),
+            unit="frame",
+            desc="outputs",
+            disable=None if settings.progress is None else not settings.progress,
+        )
         with bar:
             for index, _, rgb in read_frames(source):
                 bar.update(1)
@@ -660,14 +732,18 @@ def _write_outputs(source: Path, out_dir: Path, renderer, results: list[FrameRes
                     write_obj(stem.with_suffix(".obj"), posed, triangles, colours)
                     write_ply(stem.with_suffix(".ply"), posed, triangles, colours)
                 if settings.overlay:
-                    strip = overlay_strip(renderer, coeffs, rgb, by_index[index].transform, crop_size,
-                                          by_index[index].status)
+                    strip = overlay_strip(
+                        renderer, coeffs, rgb, by_index[index].transform, crop_size, by_index[index].status
+                    )
                     if writer is None:
-                        writer = cv2.VideoWriter(str(overlay_partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                                 (strip.shape[1], strip.shape[0]))
+                        writer = cv2.VideoWriter(
+                            str(overlay_partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (strip.shape[1], strip.shape[0])
+                        )
                         if not writer.isOpened():
-                            raise OSError(f"OpenCV cannot write an mp4v video to {overlay_partial} (this build "
-                                          "lacks the codec, or the folder is not writable)")
+                            raise OSError(
+                                f"OpenCV cannot write an mp4v video to {overlay_partial} (this build "
+                                "lacks the codec, or the folder is not writable)"
+                            )
                     writer.write(cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
 
     try:
@@ -689,8 +765,14 @@ def _write_outputs(source: Path, out_dir: Path, renderer, results: list[FrameRes
     return files
 
 
-def overlay_strip(renderer, coeffs: Coefficients | None, frame: np.ndarray, transform: np.ndarray | None,
-                  crop_size: int, status: str = LOST) -> np.ndarray:
+def overlay_strip(
+    renderer,
+    coeffs: Coefficients | None,
+    frame: np.ndarray,
+    transform: np.ndarray | None,
+    crop_size: int,
+    status: str = LOST,
+) -> np.ndarray:
     """(H, 3W, 3) uint8: the frame | the reconstruction over it | the grey geometry alone, in the frame's pixels.
 
     The reconstruction is rendered in the crop's view at about the frame's resolution and warped back with the
@@ -714,5 +796,7 @@ def overlay_strip(renderer, coeffs: Coefficients | None, frame: np.ndarray, tran
     mask = mask[..., None] >= 128 if mask.ndim == 2 else mask[..., :1] >= 128
     over, _ = warp_image(over_panel, to_frame, (height, width))
     geometry, _ = warp_image(views.geometry, to_frame, (height, width), border_value=GEOMETRY_BACKGROUND[0])
-    return np.concatenate([label(frame, "input"), label(np.where(mask, over, frame), "reconstruction"),
-                           label(geometry, "geometry")], axis=1)
+    return np.concatenate(
+        [label(frame, "input"), label(np.where(mask, over, frame), "reconstruction"), label(geometry, "geometry")],
+        axis=1,
+    )

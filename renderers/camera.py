@@ -41,9 +41,7 @@ class PinholeCamera:
     def intrinsics(self, device=None, dtype=torch.float32) -> torch.Tensor:
         """(3, 3) matrix K mapping camera space to homogeneous pixel coordinates."""
         cx, cy = self.principal_point
-        return torch.tensor(
-            [[self.focal, 0.0, cx], [0.0, self.focal, cy], [0.0, 0.0, 1.0]], device=device, dtype=dtype
-        )
+        return torch.tensor([[self.focal, 0.0, cx], [0.0, self.focal, cy], [0.0, 0.0, 1.0]], device=device, dtype=dtype)
 
     def resized(self, height: int, width: int) -> PinholeCamera:
         """The same view rendered at another resolution (focal and principal point scale along)."""
@@ -60,9 +58,15 @@ def euler_to_rotation(angles: torch.Tensor) -> torch.Tensor:
     cx, sx, cy, sy, cz, sz = x.cos(), x.sin(), y.cos(), y.sin(), z.cos(), z.sin()
     # The product Rz Ry Rx written out, so no intermediate matrices are built.
     rows = [
-        cz * cy, cz * sy * sx - sz * cx, cz * sy * cx + sz * sx,
-        sz * cy, sz * sy * sx + cz * cx, sz * sy * cx - cz * sx,
-        -sy, cy * sx, cy * cx,
+        cz * cy,
+        cz * sy * sx - sz * cx,
+        cz * sy * cx + sz * sx,
+        sz * cy,
+        sz * sy * sx + cz * cx,
+        sz * sy * cx - cz * sx,
+        -sy,
+        cy * sx,
+        cy * cx,
     ]
     return torch.stack(rows, dim=-1).reshape(*angles.shape[:-1], 3, 3)
 

@@ -65,8 +65,9 @@ def irradiance(normals: torch.Tensor, lighting: torch.Tensor, ambient: float = D
     return sh_basis(normals) @ lighting_to_rgb(lighting, ambient).transpose(1, 2)
 
 
-def shade(albedo: torch.Tensor, normals: torch.Tensor, lighting: torch.Tensor,
-          ambient: float = DEFAULT_AMBIENT) -> torch.Tensor:
+def shade(
+    albedo: torch.Tensor, normals: torch.Tensor, lighting: torch.Tensor, ambient: float = DEFAULT_AMBIENT
+) -> torch.Tensor:
     """(B, N, 3) albedo in [0, 1], (B, N, 3) unit normals, lighting -> (B, N, 3) Lambertian colour."""
     return albedo * irradiance(normals, lighting, ambient)
 
@@ -81,16 +82,18 @@ def lambert(normals: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     return (normals @ directions.transpose(1, 2)).clamp_min(0.0)
 
 
-def hemisphere_ambient(normals: torch.Tensor, sky: torch.Tensor, ground: torch.Tensor,
-                       up: tuple[float, float, float] = (0.0, 1.0, 0.0)) -> torch.Tensor:
+def hemisphere_ambient(
+    normals: torch.Tensor, sky: torch.Tensor, ground: torch.Tensor, up: tuple[float, float, float] = (0.0, 1.0, 0.0)
+) -> torch.Tensor:
     """(B, N, 3) unit normals, (B, 3) sky and ground RGB -> (B, N, 3) ambient irradiance that blends from the
     ground colour (normals pointing down) to the sky colour (pointing ``up``), linearly in ``n . up``."""
     t = 0.5 + 0.5 * (normals @ normals.new_tensor(up)).unsqueeze(-1)
     return ground.unsqueeze(1) + t * (sky - ground).unsqueeze(1)
 
 
-def blinn_phong(normals: torch.Tensor, directions: torch.Tensor, view: torch.Tensor,
-                shininess: torch.Tensor) -> torch.Tensor:
+def blinn_phong(
+    normals: torch.Tensor, directions: torch.Tensor, view: torch.Tensor, shininess: torch.Tensor
+) -> torch.Tensor:
     """(B, N, 3) unit normals, (B, L, 3) unit light directions, (B, N, 3) unit directions to the viewer,
     (B,) exponents -> (B, N, L) Blinn-Phong highlight ``max(n . h, 0) ** shininess``, zero where the light is
     behind the surface."""

@@ -47,8 +47,13 @@ class MeshRenderer(nn.Module):
         ambient: default ambient SH term that lighting coefficients are offsets from.
     """
 
-    def __init__(self, face_model: FaceModel, camera: PinholeCamera = PinholeCamera(),
-                 backend: str = "auto", ambient: float = DEFAULT_AMBIENT) -> None:
+    def __init__(
+        self,
+        face_model: FaceModel,
+        camera: PinholeCamera = PinholeCamera(),
+        backend: str = "auto",
+        ambient: float = DEFAULT_AMBIENT,
+    ) -> None:
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown rasterizer backend {backend!r}; choose one of {BACKENDS}")

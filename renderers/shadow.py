@@ -23,17 +23,27 @@ def light_frame(directions: torch.Tensor) -> torch.Tensor:
     the light's image plane and the direction itself (right-handed)."""
     d = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     # Any axis not parallel to d seeds the frame.
-    helper = torch.where((d[:, 1].abs() < 0.9).unsqueeze(-1), d.new_tensor([0.0, 1.0, 0.0]).expand_as(d),
-                         d.new_tensor([1.0, 0.0, 0.0]).expand_as(d))
+    helper = torch.where(
+        (d[:, 1].abs() < 0.9).unsqueeze(-1),
+        d.new_tensor([0.0, 1.0, 0.0]).expand_as(d),
+        d.new_tensor([1.0, 0.0, 0.0]).expand_as(d),
+    )
     u = torch.cross(helper, d, dim=-1)
     u = u / u.norm(dim=-1, keepdim=True)
     v = torch.cross(d, u, dim=-1)
     return torch.stack([u, v, d], dim=1)
 
 
-def shadow_visibility(vertices: torch.Tensor, triangles: torch.Tensor, directions: torch.Tensor,
-                      map_size: int = 96, bias: float = 0.03, filter_radius: int = 1,
-                      normals: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+def shadow_visibility(
+    vertices: torch.Tensor,
+    triangles: torch.Tensor,
+    directions: torch.Tensor,
+    map_size: int = 96,
+    bias: float = 0.03,
+    filter_radius: int = 1,
+    normals: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Fraction of each vertex lit by a distant light.
 
     Args:
@@ -61,8 +71,9 @@ def shadow_visibility(vertices: torch.Tensor, triangles: torch.Tensor, direction
         distance = local[..., 2:3].amax(1, keepdim=True) - local[..., 2:3]  # from the light's plane, >= 0
         screen = torch.cat([pixels, distance + _DEPTH_OFFSET], dim=-1)
         fragments = rasterize(screen.float(), triangles, (map_size, map_size), backend=backend)
-        depth = torch.where(fragments.mask, fragments.depth - _DEPTH_OFFSET,
-                            torch.full_like(fragments.depth, float("inf")))
+        depth = torch.where(
+            fragments.mask, fragments.depth - _DEPTH_OFFSET, torch.full_like(fragments.depth, float("inf"))
+        )
         batch, n_vertices = vertices.shape[:2]
         column = pixels[..., 0].floor().long()
         row = pixels[..., 1].floor().long()
@@ -76,7 +87,7 @@ def shadow_visibility(vertices: torch.Tensor, triangles: torch.Tensor, direction
             tolerance = tolerance + slope * (filter_radius + 1.0) / scale[..., 0]
         for dy in range(-filter_radius, filter_radius + 1):
             for dx in range(-filter_radius, filter_radius + 1):
-                index = ((row + dy).clamp(0, map_size - 1) * map_size + (column + dx).clamp(0, map_size - 1))
+                index = (row + dy).clamp(0, map_size - 1) * map_size + (column + dx).clamp(0, map_size - 1)
                 nearest = flat.gather(1, index)
                 lit += (distance[..., 0] <= nearest.to(vertices.dtype) + tolerance).to(vertices.dtype)
                 count += 1
@@ -92,9 +103,16 @@ def sphere_directions(n: int) -> torch.Tensor:
     return torch.stack([r * phi.cos(), r * phi.sin(), z], dim=-1)
 
 
-def ambient_occlusion(vertices: torch.Tensor, triangles: torch.Tensor, normals: torch.Tensor,
-                      n_directions: int = 64, map_size: int = 96, bias: float = 0.03, chunk: int = 16,
-                      backend: str = "auto") -> torch.Tensor:
+def ambient_occlusion(
+    vertices: torch.Tensor,
+    triangles: torch.Tensor,
+    normals: torch.Tensor,
+    n_directions: int = 64,
+    map_size: int = 96,
+    bias: float = 0.03,
+    chunk: int = 16,
+    backend: str = "auto",
+) -> torch.Tensor:
     """(V,) fraction of the cosine-weighted sky each vertex of one mesh sees (1 = fully open).
 
     ``vertices`` (V, 3) and unit ``normals`` (V, 3): the mesh is shadow-mapped from ``n_directions`` distant
@@ -106,8 +124,15 @@ def ambient_occlusion(vertices: torch.Tensor, triangles: torch.Tensor, normals: 
     weights = (normals @ directions.T).clamp_min(0.0)  # (V, D)
     seen = torch.zeros_like(weights)
     for start in range(0, n_directions, chunk):
-        batch = directions[start:start + chunk]
-        lit = shadow_visibility(vertices.expand(len(batch), -1, -1), triangles, batch, map_size=map_size, bias=bias,
-                                normals=normals.expand(len(batch), -1, -1), backend=backend)
-        seen[:, start:start + len(batch)] = lit.T
+        batch = directions[start : start + chunk]
+        lit = shadow_visibility(
+            vertices.expand(len(batch), -1, -1),
+            triangles,
+            batch,
+            map_size=map_size,
+            bias=bias,
+            normals=normals.expand(len(batch), -1, -1),
+            backend=backend,
+        )
+        seen[:, start : start + len(batch)] = lit.T
     return (seen * weights).sum(1) / weights.sum(1).clamp_min(1e-12)

@@ -22,17 +22,22 @@ from renderers.rasterizer.fragments import Fragments
 
 def _check_uv_tables(uvs: torch.Tensor, uv_faces: torch.Tensor, n_faces: int | None = None) -> None:
     if uvs.ndim != 2 or uvs.shape[1] != 2 or not uvs.is_floating_point():
-        raise ValueError(f"uvs must be a float (T, 2) table of texture coordinates, got {tuple(uvs.shape)} "
-                         f"{uvs.dtype}")
+        raise ValueError(f"uvs must be a float (T, 2) table of texture coordinates, got {tuple(uvs.shape)} {uvs.dtype}")
     if uv_faces.ndim != 2 or uv_faces.shape[1] != 3 or uv_faces.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"uv_faces must be an integer (F, 3) table of uv ids per face corner, got "
-                         f"{tuple(uv_faces.shape)} {uv_faces.dtype}")
+        raise ValueError(
+            f"uv_faces must be an integer (F, 3) table of uv ids per face corner, got "
+            f"{tuple(uv_faces.shape)} {uv_faces.dtype}"
+        )
     if n_faces is not None and uv_faces.shape[0] != n_faces:
-        raise ValueError(f"uv_faces has {uv_faces.shape[0]} rows but the mesh has {n_faces} faces: give one "
-                         "row of uv ids per face, in the order of the faces given to rasterize")
+        raise ValueError(
+            f"uv_faces has {uv_faces.shape[0]} rows but the mesh has {n_faces} faces: give one "
+            "row of uv ids per face, in the order of the faces given to rasterize"
+        )
     if uv_faces.numel() and (int(uv_faces.min()) < 0 or int(uv_faces.max()) >= uvs.shape[0]):
-        raise ValueError(f"uv_faces refer to uv ids in [{int(uv_faces.min())}, {int(uv_faces.max())}] but "
-                         f"there are {uvs.shape[0]} uvs")
+        raise ValueError(
+            f"uv_faces refer to uv ids in [{int(uv_faces.min())}, {int(uv_faces.max())}] but "
+            f"there are {uvs.shape[0]} uvs"
+        )
 
 
 def interpolate_uv(uvs: torch.Tensor, uv_faces: torch.Tensor, fragments: Fragments) -> torch.Tensor:
@@ -50,8 +55,10 @@ def interpolate_uv(uvs: torch.Tensor, uv_faces: torch.Tensor, fragments: Fragmen
     _check_uv_tables(uvs, uv_faces)
     pix_to_face = fragments.pix_to_face
     if pix_to_face.numel() and int(pix_to_face.max()) >= uv_faces.shape[0]:
-        raise ValueError(f"the fragments refer to face {int(pix_to_face.max())} but uv_faces has only "
-                         f"{uv_faces.shape[0]} rows: give one row of uv ids per rasterized face")
+        raise ValueError(
+            f"the fragments refer to face {int(pix_to_face.max())} but uv_faces has only "
+            f"{uv_faces.shape[0]} rows: give one row of uv ids per rasterized face"
+        )
     covered = pix_to_face >= 0
     corners = uvs.to(fragments.bary.dtype)[uv_faces.long()[pix_to_face.clamp(min=0)]]  # (B, H, W, 3, 2)
     uv = (fragments.bary.unsqueeze(-1) * corners).sum(-2)
@@ -74,11 +81,13 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor |
     if texture.ndim == 3:
         texture = texture.unsqueeze(0).expand(uv.shape[0], -1, -1, -1)
     if texture.ndim != 4 or texture.shape[0] != uv.shape[0]:
-        raise ValueError(f"texture must be (C, Ht, Wt) or (B, C, Ht, Wt) with B = {uv.shape[0]}, got "
-                         f"{tuple(texture.shape)}")
+        raise ValueError(
+            f"texture must be (C, Ht, Wt) or (B, C, Ht, Wt) with B = {uv.shape[0]}, got {tuple(texture.shape)}"
+        )
     if not texture.is_floating_point():
-        raise TypeError(f"texture must be a floating-point tensor, got {texture.dtype}; convert uint8 images "
-                        "with .float() / 255")
+        raise TypeError(
+            f"texture must be a floating-point tensor, got {texture.dtype}; convert uint8 images with .float() / 255"
+        )
     # grid_sample's grid runs from -1 (left / top edge) to 1 (right / bottom edge) with
     # align_corners=False, which is exactly the continuous-image convention of the uvs; v points up.
     grid = torch.stack([2.0 * uv[..., 0] - 1.0, 1.0 - 2.0 * uv[..., 1]], dim=-1).to(texture.dtype)
@@ -89,8 +98,9 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor, mask: torch.Tensor |
     return colours
 
 
-def texture_image(texture: torch.Tensor, uvs: torch.Tensor, uv_faces: torch.Tensor,
-                  fragments: Fragments) -> torch.Tensor:
+def texture_image(
+    texture: torch.Tensor, uvs: torch.Tensor, uv_faces: torch.Tensor, fragments: Fragments
+) -> torch.Tensor:
     """(B, H, W, C) texture colour of the visible surface at every pixel, 0 on background
     (`interpolate_uv` then `sample_texture`)."""
     uv = interpolate_uv(uvs, uv_faces, fragments)

@@ -22,8 +22,9 @@ def composite(render: torch.Tensor, mask: torch.Tensor, background: torch.Tensor
     return mask * render + (1.0 - mask) * background
 
 
-def draw_landmarks(image: np.ndarray, points: np.ndarray, colour: tuple[int, int, int] = LANDMARK_COLOUR,
-                   radius: int | None = None) -> np.ndarray:
+def draw_landmarks(
+    image: np.ndarray, points: np.ndarray, colour: tuple[int, int, int] = LANDMARK_COLOUR, radius: int | None = None
+) -> np.ndarray:
     """Draw (N, 2) pixel points (centre convention: pixel (i, j) at (j + 0.5, i + 0.5)) on a copy."""
     out = np.ascontiguousarray(image.copy())
     radius = radius or max(1, round(min(image.shape[:2]) / 160))
@@ -38,8 +39,9 @@ def label(image: np.ndarray, text: str) -> np.ndarray:
     out = np.ascontiguousarray(image.copy())
     scale = min(image.shape[:2]) / 450.0
     for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
-        cv2.putText(out, text, (4, int(16 * scale * 1.6)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
-                    thickness, cv2.LINE_AA)
+        cv2.putText(
+            out, text, (4, int(16 * scale * 1.6)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA
+        )
     return out
 
 
@@ -52,7 +54,7 @@ def image_grid(tiles: list[np.ndarray], n_cols: int, pad: int = 2) -> np.ndarray
     grid = np.full((n_rows * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, n_cols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = tile
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = tile
     return grid
 
 
@@ -94,8 +96,13 @@ class OverlayViews:
     detected: np.ndarray
 
 
-def grey_shading(screen: torch.Tensor, normals_camera: torch.Tensor, triangles: torch.Tensor,
-                 size: tuple[int, int], backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def grey_shading(
+    screen: torch.Tensor,
+    normals_camera: torch.Tensor,
+    triangles: torch.Tensor,
+    size: tuple[int, int],
+    backend: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
     """Grey material under `GEOMETRY_LIGHT`: Lambert plus a small Blinn highlight, per pixel.
 
     Args:
@@ -129,8 +136,9 @@ def grey_shading(screen: torch.Tensor, normals_camera: torch.Tensor, triangles: 
     return image, mask
 
 
-def render_overlay_views(renderer, coeffs, image: np.ndarray, detected: np.ndarray | None = None,
-                         panel: int = OVERLAY_PANEL) -> OverlayViews:
+def render_overlay_views(
+    renderer, coeffs, image: np.ndarray, detected: np.ndarray | None = None, panel: int = OVERLAY_PANEL
+) -> OverlayViews:
     """Render one reconstruction (``coeffs`` with batch 1) for the overlay at ``panel`` pixels.
 
     Args:
@@ -157,8 +165,9 @@ def render_overlay_views(renderer, coeffs, image: np.ndarray, detected: np.ndarr
         posed = renderer.pose(model.shape(coeffs), coeffs)
         # Model space (y up, z to the camera) -> camera space (y down, z forward): flip y and z.
         normals = vertex_normals(posed, model.triangles)[0] * torch.tensor([1.0, -1.0, -1.0], device=posed.device)
-        geometry, _ = grey_shading(to_screen(out.vertices_camera[0], camera), normals, model.triangles,
-                                   (panel, panel), renderer.backend)
+        geometry, _ = grey_shading(
+            to_screen(out.vertices_camera[0], camera), normals, model.triangles, (panel, panel), renderer.backend
+        )
     detected = np.zeros((0, 2)) if detected is None else np.asarray(detected, np.float64) * factor
     return OverlayViews(
         image=np.ascontiguousarray(image),
@@ -177,5 +186,12 @@ def overlay_panels(views: OverlayViews) -> np.ndarray:
     render = (np.clip(views.render, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     over = np.where(views.mask[..., None], render, image)
     points = draw_landmarks(draw_landmarks(image, views.detected, TARGET_COLOUR), views.landmarks, LANDMARK_COLOUR)
-    return np.concatenate([label(image, "input"), label(over, "reconstruction"), label(views.geometry, "geometry"),
-                           label(points, "red detected, green model")], axis=1)
+    return np.concatenate(
+        [
+            label(image, "input"),
+            label(over, "reconstruction"),
+            label(views.geometry, "geometry"),
+            label(points, "red detected, green model"),
+        ],
+        axis=1,
+    )

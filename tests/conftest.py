@@ -46,8 +46,10 @@ def smoke_rnet():
     from experiments.build import build_face_model, build_rnet
     from experiments.config import load_config
 
-    cfg = load_config(["default", "smoke"], ["data.batch_size=2", "data.synthetic.n_train=2",
-                                              "data.synthetic.n_val=2", "data.synthetic.n_test=2"])
+    cfg = load_config(
+        ["default", "smoke"],
+        ["data.batch_size=2", "data.synthetic.n_train=2", "data.synthetic.n_val=2", "data.synthetic.n_test=2"],
+    )
     face_model = build_face_model(cfg)
     rnet = build_rnet(cfg, face_model)
     generator = torch.Generator().manual_seed(0)

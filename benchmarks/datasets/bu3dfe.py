@@ -34,8 +34,7 @@ from benchmarks.datasets.paths import PATHS_FILE, Opened, open_dataset
 
 N_LANDMARKS = 83
 _SUBJECT = re.compile(r"^[FM]\d{4}$")
-_SCAN = re.compile(r"^(?P<subject>[FM]\d{4})_(?P<expression>[A-Z]{2}\d{2})(?P<race>[A-Z]{2})_F3D\.wrl$",
-                   re.IGNORECASE)
+_SCAN = re.compile(r"^(?P<subject>[FM]\d{4})_(?P<expression>[A-Z]{2}\d{2})(?P<race>[A-Z]{2})_F3D\.wrl$", re.IGNORECASE)
 _IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg")
 
 
@@ -76,12 +75,19 @@ class BU3DFE:
         self.unit_to_mm = unit_to_mm
         subjects = sorted(p for p in self.root.iterdir() if p.is_dir() and _SUBJECT.match(p.name))
         if not subjects:
-            raise DatasetFormatError(f"{self.root}: no F0001..M0044 subject folders (see benchmarks/datasets/"
-                                     "bu3dfe.py for the expected layout)")
+            raise DatasetFormatError(
+                f"{self.root}: no F0001..M0044 subject folders (see benchmarks/datasets/"
+                "bu3dfe.py for the expected layout)"
+            )
         entries = []
         for folder in subjects:
-            scans = [(p, m) for p in sorted(folder.iterdir()) if (m := _SCAN.match(p.name))
-                     and m["subject"].upper() == folder.name and m["expression"].upper() == expression.upper()]
+            scans = [
+                (p, m)
+                for p in sorted(folder.iterdir())
+                if (m := _SCAN.match(p.name))
+                and m["subject"].upper() == folder.name
+                and m["expression"].upper() == expression.upper()
+            ]
             if not scans:
                 raise DatasetFormatError(f"{folder}: no {folder.name}_{expression}<race>_F3D.wrl scan")
             scan, match = scans[0]
@@ -91,8 +97,16 @@ class BU3DFE:
             if image is None:
                 raise DatasetFormatError(f"{folder / stem}_F2D.bmp: missing 2D image of {scan.name}")
             landmarks = folder / f"{stem}_F3D.bnd"
-            entries.append((folder.name, match["expression"].upper(), match["race"].upper(), image, scan,
-                            landmarks if landmarks.is_file() else None))
+            entries.append(
+                (
+                    folder.name,
+                    match["expression"].upper(),
+                    match["race"].upper(),
+                    image,
+                    scan,
+                    landmarks if landmarks.is_file() else None,
+                )
+            )
         self.subjects = tuple(p.name for p in subjects)
         self._entries = tuple(entries)
 
@@ -108,11 +122,20 @@ class BU3DFE:
             yield BU3DFESample(subject, expression, race, image, scan, mesh.vertices, mesh.faces, landmarks)
 
 
-def open_bu3dfe(root: str | Path | None = None, *, expression: str = "NE00", unit_to_mm: float = 1.0,
-                paths_file: str | Path | None = PATHS_FILE,
-                environ: Mapping[str, str] | None = None) -> Opened[BU3DFE]:
+def open_bu3dfe(
+    root: str | Path | None = None,
+    *,
+    expression: str = "NE00",
+    unit_to_mm: float = 1.0,
+    paths_file: str | Path | None = PATHS_FILE,
+    environ: Mapping[str, str] | None = None,
+) -> Opened[BU3DFE]:
     """Open BU-3DFE from ``root``, ``FACE3D_DATA_BU3DFE`` or ``paths.yaml``; skipped (dataset None,
     one-line note) when not configured or absent."""
-    return open_dataset("bu3dfe", root,
-                        lambda found: BU3DFE(found, expression=expression, unit_to_mm=unit_to_mm),
-                        paths_file=paths_file, environ=environ)
+    return open_dataset(
+        "bu3dfe",
+        root,
+        lambda found: BU3DFE(found, expression=expression, unit_to_mm=unit_to_mm),
+        paths_file=paths_file,
+        environ=environ,
+    )

@@ -34,8 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.datasets.io import (DatasetFormatError, read_counted_points, read_mesh, read_vertex_ids,
-                                    scale_to_mm)
+from benchmarks.datasets.io import DatasetFormatError, read_counted_points, read_mesh, read_vertex_ids, scale_to_mm
 from benchmarks.datasets.paths import PATHS_FILE, Opened, open_dataset
 
 N_POSES = 20
@@ -92,18 +91,28 @@ class FaceWarehouse:
     unit_to_mm: factor from the mesh unit to mm, or "auto" (see the module docstring).
     """
 
-    def __init__(self, root: str | Path, *, subjects: Sequence[str | int] | None = None,
-                 poses: Sequence[int] = tuple(range(N_POSES)), unit_to_mm: float | str = "auto") -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        subjects: Sequence[str | int] | None = None,
+        poses: Sequence[int] = tuple(range(N_POSES)),
+        unit_to_mm: float | str = "auto",
+    ) -> None:
         self.root = Path(root)
         self.unit_to_mm = unit_to_mm
         if any(not 0 <= p < N_POSES for p in poses):
             raise ValueError(f"poses must be in 0..{N_POSES - 1}, got {list(poses)}")
         if subjects is None:
-            folders = sorted((p for p in self.root.iterdir() if p.is_dir() and _TESTER.match(p.name)),
-                             key=lambda p: int(_TESTER.match(p.name).group(1)))
+            folders = sorted(
+                (p for p in self.root.iterdir() if p.is_dir() and _TESTER.match(p.name)),
+                key=lambda p: int(_TESTER.match(p.name).group(1)),
+            )
             if not folders:
-                raise DatasetFormatError(f"{self.root}: no Tester_N folders (see benchmarks/datasets/"
-                                         "facewarehouse.py for the expected layout)")
+                raise DatasetFormatError(
+                    f"{self.root}: no Tester_N folders (see benchmarks/datasets/"
+                    "facewarehouse.py for the expected layout)"
+                )
         else:
             folders = [self.root / (s if isinstance(s, str) else f"Tester_{s}") for s in subjects]
             for folder in folders:
@@ -131,18 +140,27 @@ class FaceWarehouse:
             if len(mesh.faces) == 0:
                 raise DatasetFormatError(f"{mesh_path}: the mesh has no faces")
             landmarks = read_counted_points(land, 2) if land is not None else None
-            yield FaceWarehouseSample(subject, pose, image, mesh_path, mesh.vertices, mesh.faces, landmarks,
-                                      factor)
+            yield FaceWarehouseSample(subject, pose, image, mesh_path, mesh.vertices, mesh.faces, landmarks, factor)
 
 
-def open_facewarehouse(root: str | Path | None = None, *, subjects: Sequence[str | int] | None = None,
-                       poses: Sequence[int] = tuple(range(N_POSES)), unit_to_mm: float | str = "auto",
-                       paths_file: str | Path | None = PATHS_FILE,
-                       environ: Mapping[str, str] | None = None) -> Opened[FaceWarehouse]:
+def open_facewarehouse(
+    root: str | Path | None = None,
+    *,
+    subjects: Sequence[str | int] | None = None,
+    poses: Sequence[int] = tuple(range(N_POSES)),
+    unit_to_mm: float | str = "auto",
+    paths_file: str | Path | None = PATHS_FILE,
+    environ: Mapping[str, str] | None = None,
+) -> Opened[FaceWarehouse]:
     """Open FaceWarehouse from ``root``, ``FACE3D_DATA_FACEWAREHOUSE`` or ``paths.yaml``; skipped
     (dataset None, one-line note) when not configured or absent."""
-    return open_dataset("facewarehouse", root, lambda found: FaceWarehouse(
-        found, subjects=subjects, poses=poses, unit_to_mm=unit_to_mm), paths_file=paths_file, environ=environ)
+    return open_dataset(
+        "facewarehouse",
+        root,
+        lambda found: FaceWarehouse(found, subjects=subjects, poses=poses, unit_to_mm=unit_to_mm),
+        paths_file=paths_file,
+        environ=environ,
+    )
 
 
 def _image(folder: Path, stem: str) -> Path:

@@ -55,8 +55,10 @@ def scale_to_mm(mesh: Mesh, unit_to_mm: float | str, path: str | Path) -> tuple[
         raise ValueError(f"unit_to_mm must be a positive number or 'auto', got {unit_to_mm!r}")
     low, high = FACE_DIAGONAL_MM
     if not low <= diagonal * factor <= high:
-        raise DatasetFormatError(f"{path}: bounding-box diagonal is {diagonal * factor:.4g} mm after scaling "
-                                 f"by {factor:g}, not a face in millimetres: pass the right unit_to_mm")
+        raise DatasetFormatError(
+            f"{path}: bounding-box diagonal is {diagonal * factor:.4g} mm after scaling "
+            f"by {factor:g}, not a face in millimetres: pass the right unit_to_mm"
+        )
     return Mesh(mesh.vertices * factor, mesh.faces), factor
 
 
@@ -169,11 +171,12 @@ def read_wrl(path: str | Path) -> Mesh:
     coordinate_blocks = _VRML_COORDS.findall(text)
     index_blocks = _VRML_INDEX.findall(text)
     if not coordinate_blocks:
-        raise DatasetFormatError(f"{path}: no 'Coordinate {{ point [...] }}' node: not an IndexedFaceSet "
-                                 "VRML file")
+        raise DatasetFormatError(f"{path}: no 'Coordinate {{ point [...] }}' node: not an IndexedFaceSet VRML file")
     if index_blocks and len(index_blocks) != len(coordinate_blocks):
-        raise DatasetFormatError(f"{path}: {len(coordinate_blocks)} coordinate lists but {len(index_blocks)} "
-                                 "coordIndex lists (shared DEF/USE coordinates are not supported)")
+        raise DatasetFormatError(
+            f"{path}: {len(coordinate_blocks)} coordinate lists but {len(index_blocks)} "
+            "coordIndex lists (shared DEF/USE coordinates are not supported)"
+        )
     all_points, all_faces, offset = [], [], 0
     for k, block in enumerate(coordinate_blocks):
         try:
@@ -270,8 +273,9 @@ def read_counted_points(path: str | Path, columns: int) -> np.ndarray:
     except (IndexError, ValueError) as error:
         raise DatasetFormatError(f"{path}: expected a point count then {columns} numbers per point") from error
     if count <= 0 or values.size != count * columns:
-        raise DatasetFormatError(f"{path}: header announces {count} points but {values.size} numbers follow "
-                                 f"({columns} per point expected)")
+        raise DatasetFormatError(
+            f"{path}: header announces {count} points but {values.size} numbers follow ({columns} per point expected)"
+        )
     return values.reshape(count, columns)
 
 
@@ -308,8 +312,10 @@ def _triangulate(polygons: list[list[int]] | np.ndarray, n_vertices: int, path: 
     """Fan-triangulate polygons (valid for the convex quads and triangles of scans and face models);
     a (P, K) array holds P polygons of K corners each."""
     if isinstance(polygons, np.ndarray):
-        fans = [np.stack([polygons[:, 0], polygons[:, i], polygons[:, i + 1]], axis=1)
-                for i in range(1, polygons.shape[1] - 1)]
+        fans = [
+            np.stack([polygons[:, 0], polygons[:, i], polygons[:, i + 1]], axis=1)
+            for i in range(1, polygons.shape[1] - 1)
+        ]
         # Interleave so that each polygon's triangles stay together, in the list path's order.
         faces = np.stack(fans, axis=1).reshape(-1, 3)
     else:
@@ -317,8 +323,7 @@ def _triangulate(polygons: list[list[int]] | np.ndarray, n_vertices: int, path: 
         faces = np.array(triangles, dtype=np.int64).reshape(-1, 3)
     if faces.size and (faces.min() < 0 or faces.max() >= n_vertices):
         bad = faces.min() if faces.min() < 0 else faces.max()
-        raise DatasetFormatError(f"{path}: face refers to vertex {bad} (0-based) but there are {n_vertices} "
-                                 "vertices")
+        raise DatasetFormatError(f"{path}: face refers to vertex {bad} (0-based) but there are {n_vertices} vertices")
     return faces
 
 

@@ -105,18 +105,28 @@ class MICCFlorence:
     unit_to_mm: factor from the scan unit to mm (3dMD scans are in mm).
     """
 
-    def __init__(self, root: str | Path, *, scan_names: Sequence[str] = ("frontal1",),
-                 frames_root: str | Path | None = None, unit_to_mm: float = 1.0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        scan_names: Sequence[str] = ("frontal1",),
+        frames_root: str | Path | None = None,
+        unit_to_mm: float = 1.0,
+    ) -> None:
         self.root = Path(root)
         self.unit_to_mm = unit_to_mm
         unknown = set(scan_names) - set(SCAN_NAMES)
         if unknown:
             raise ValueError(f"scan_names must be among {SCAN_NAMES}, got {sorted(unknown)}")
-        subjects = sorted((p for p in self.root.iterdir() if p.is_dir() and _SUBJECT.match(p.name)),
-                          key=lambda p: int(_SUBJECT.match(p.name).group(1)))
+        subjects = sorted(
+            (p for p in self.root.iterdir() if p.is_dir() and _SUBJECT.match(p.name)),
+            key=lambda p: int(_SUBJECT.match(p.name).group(1)),
+        )
         if not subjects:
-            raise DatasetFormatError(f"{self.root}: no subject_XX folders (expected the extracted MICC "
-                                     "release, see benchmarks/datasets/micc.py)")
+            raise DatasetFormatError(
+                f"{self.root}: no subject_XX folders (expected the extracted MICC "
+                "release, see benchmarks/datasets/micc.py)"
+            )
         entries, missing = [], []
         for folder in subjects:
             videos = _videos(folder / "Video")
@@ -128,11 +138,11 @@ class MICCFlorence:
                     continue
                 scan = _scan_file(scan_folder)
                 landmarks = sorted(scan_folder.rglob("*.pp"))
-                entries.append(_Entry(folder.name, scan_name, scan, landmarks[0] if landmarks else None,
-                                      videos, frames))
+                entries.append(
+                    _Entry(folder.name, scan_name, scan, landmarks[0] if landmarks else None, videos, frames)
+                )
         if not entries:
-            raise DatasetFormatError(f"{self.root}: none of the subject folders has Model/"
-                                     f"{'|'.join(scan_names)}")
+            raise DatasetFormatError(f"{self.root}: none of the subject folders has Model/{'|'.join(scan_names)}")
         self.subjects = tuple(p.name for p in subjects)
         self.missing = tuple(missing)
         self._entries = tuple(entries)
@@ -151,19 +161,37 @@ class MICCFlorence:
         if entry.landmarks_path is not None:
             points, names = read_pp(entry.landmarks_path)
             landmarks = points * factor
-        return MICCSample(entry.subject, entry.scan_name, entry.scan_path, mesh.vertices, mesh.faces, landmarks,
-                          names, entry.videos, entry.frames)
+        return MICCSample(
+            entry.subject,
+            entry.scan_name,
+            entry.scan_path,
+            mesh.vertices,
+            mesh.faces,
+            landmarks,
+            names,
+            entry.videos,
+            entry.frames,
+        )
 
 
-def open_micc(root: str | Path | None = None, *, scan_names: Sequence[str] = ("frontal1",),
-              frames_root: str | Path | None = None, unit_to_mm: float = 1.0,
-              paths_file: str | Path | None = PATHS_FILE,
-              environ: Mapping[str, str] | None = None) -> Opened[MICCFlorence]:
+def open_micc(
+    root: str | Path | None = None,
+    *,
+    scan_names: Sequence[str] = ("frontal1",),
+    frames_root: str | Path | None = None,
+    unit_to_mm: float = 1.0,
+    paths_file: str | Path | None = PATHS_FILE,
+    environ: Mapping[str, str] | None = None,
+) -> Opened[MICCFlorence]:
     """Open MICC Florence from ``root``, ``FACE3D_DATA_MICC`` or ``paths.yaml``; skipped (dataset None,
     one-line note) when not configured or absent."""
-    return open_dataset("micc", root, lambda found: MICCFlorence(
-        found, scan_names=scan_names, frames_root=frames_root, unit_to_mm=unit_to_mm),
-        paths_file=paths_file, environ=environ)
+    return open_dataset(
+        "micc",
+        root,
+        lambda found: MICCFlorence(found, scan_names=scan_names, frames_root=frames_root, unit_to_mm=unit_to_mm),
+        paths_file=paths_file,
+        environ=environ,
+    )
 
 
 def _scan_file(folder: Path) -> Path:
@@ -188,8 +216,11 @@ def _videos(folder: Path) -> dict[str, Path]:
 def _frames(folder: Path) -> dict[str, tuple[Path, ...]]:
     frames = {}
     for setting in SETTINGS:
-        images = tuple(sorted(p for p in (folder / setting).glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)) \
-            if (folder / setting).is_dir() else ()
+        images = (
+            tuple(sorted(p for p in (folder / setting).glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES))
+            if (folder / setting).is_dir()
+            else ()
+        )
         if images:
             frames[setting] = images
     return frames

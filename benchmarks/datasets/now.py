@@ -39,8 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.datasets.io import (DatasetFormatError, read_lines, read_mesh, read_pp, scale_to_mm, to_numpy,
-                                    write_obj)
+from benchmarks.datasets.io import DatasetFormatError, read_lines, read_mesh, read_pp, scale_to_mm, to_numpy, write_obj
 from benchmarks.datasets.paths import PATHS_FILE, Opened, open_dataset
 from benchmarks.metrics.functional import DM_TO_MM, NOW_LANDMARKS_68
 
@@ -99,8 +98,7 @@ class NoWValidation:
     unit_to_mm: factor from the scan unit to mm (the release is in mm).
     """
 
-    def __init__(self, root: str | Path, *, challenges: Sequence[str] = CHALLENGES,
-                 unit_to_mm: float = 1.0) -> None:
+    def __init__(self, root: str | Path, *, challenges: Sequence[str] = CHALLENGES, unit_to_mm: float = 1.0) -> None:
         self.root = Path(root)
         self.unit_to_mm = unit_to_mm
         unknown = set(challenges) - set(CHALLENGES)
@@ -109,15 +107,15 @@ class NoWValidation:
         candidates = (self.root / IMAGE_LIST, self.root.parent / IMAGE_LIST)
         list_path = next((path for path in candidates if path.is_file()), None)
         if list_path is None:
-            raise DatasetFormatError(f"{self.root / IMAGE_LIST}: missing image list (also looked in "
-                                     f"{self.root.parent})")
+            raise DatasetFormatError(
+                f"{self.root / IMAGE_LIST}: missing image list (also looked in {self.root.parent})"
+            )
         self.image_list = list_path
         images = []
         for number, line in enumerate(read_lines(list_path), start=1):
             parts = Path(line).parts
             if len(parts) < 3:
-                raise DatasetFormatError(f"{list_path}:{number}: expected <subject>/<challenge>/<image>, "
-                                         f"got {line!r}")
+                raise DatasetFormatError(f"{list_path}:{number}: expected <subject>/<challenge>/<image>, got {line!r}")
             subject, challenge, name = parts[-3:]
             if challenge not in CHALLENGES:
                 raise DatasetFormatError(f"{list_path}:{number}: unknown challenge {challenge!r} in {line!r}")
@@ -163,19 +161,29 @@ class NoWValidation:
             raise DatasetFormatError(f"{self.root / 'scans' / subject}: no .obj scan for subject {subject}")
         landmarks = sorted((self.root / "scans_lmks_onlypp" / subject).glob("*.pp"))
         if not landmarks:
-            raise DatasetFormatError(f"{self.root / 'scans_lmks_onlypp' / subject}: no .pp landmarks for "
-                                     f"subject {subject}")
+            raise DatasetFormatError(
+                f"{self.root / 'scans_lmks_onlypp' / subject}: no .pp landmarks for subject {subject}"
+            )
         return scans[0], landmarks[0]
 
 
-def open_now(root: str | Path | None = None, *, challenges: Sequence[str] = CHALLENGES, unit_to_mm: float = 1.0,
-             paths_file: str | Path | None = PATHS_FILE,
-             environ: Mapping[str, str] | None = None) -> Opened[NoWValidation]:
+def open_now(
+    root: str | Path | None = None,
+    *,
+    challenges: Sequence[str] = CHALLENGES,
+    unit_to_mm: float = 1.0,
+    paths_file: str | Path | None = PATHS_FILE,
+    environ: Mapping[str, str] | None = None,
+) -> Opened[NoWValidation]:
     """Open the NoW validation split from ``root``, ``FACE3D_DATA_NOW`` or ``paths.yaml``; skipped
     (dataset None, one-line note) when not configured or absent."""
-    return open_dataset("now", root,
-                        lambda found: NoWValidation(found, challenges=challenges, unit_to_mm=unit_to_mm),
-                        paths_file=paths_file, environ=environ)
+    return open_dataset(
+        "now",
+        root,
+        lambda found: NoWValidation(found, challenges=challenges, unit_to_mm=unit_to_mm),
+        paths_file=paths_file,
+        environ=environ,
+    )
 
 
 def read_face_box(path: str | Path) -> tuple[float, float, float, float]:
@@ -186,8 +194,7 @@ def read_face_box(path: str | Path) -> tuple[float, float, float, float]:
         content = np.load(path, allow_pickle=True, encoding="latin1")
         box = content.item() if content.dtype == object else None
         return tuple(float(box[key]) for key in ("left", "top", "right", "bottom"))
-    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError,
-            pickle.UnpicklingError) as error:
+    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError, pickle.UnpicklingError) as error:
         raise DatasetFormatError(f"{path}: expected a pickled dict with left, top, right, bottom") from error
 
 
@@ -202,8 +209,9 @@ def prediction_paths(out_root: str | Path, relative: str) -> tuple[Path, Path]:
     return folder / f"{stem}.obj", folder / f"{stem}.npy"
 
 
-def export_prediction(out_root: str | Path, relative: str, vertices: Any, faces: Any,
-                      landmarks_7: Any) -> tuple[Path, Path]:
+def export_prediction(
+    out_root: str | Path, relative: str, vertices: Any, faces: Any, landmarks_7: Any
+) -> tuple[Path, Path]:
     """Write one prediction where the NoW evaluation expects it -> (obj path, npy path).
 
     vertices: (V, 3) the UNCROPPED identity mesh (see the module docstring), any unit and frame;
@@ -218,8 +226,9 @@ def export_prediction(out_root: str | Path, relative: str, vertices: Any, faces:
     return obj_path, npy_path
 
 
-def export_model_prediction(out_root: str | Path, relative: str, vertices: Any, faces: Any, landmark_ids: Any,
-                            unit_scale: float = DM_TO_MM) -> tuple[Path, Path]:
+def export_model_prediction(
+    out_root: str | Path, relative: str, vertices: Any, faces: Any, landmark_ids: Any, unit_scale: float = DM_TO_MM
+) -> tuple[Path, Path]:
     """`export_prediction` for a face-model mesh: (V, 3) vertices in model units (decimetres), (68,)
     iBUG landmark vertex ids (``FaceModel.landmark_ids``); writes mm (``unit_scale``) so that NoW's
     metrical variant can read the meshes as "mm" too."""

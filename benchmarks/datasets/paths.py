@@ -20,10 +20,10 @@ laid out as documented raises `DatasetFormatError` naming the offending file or 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import yaml
 
@@ -55,8 +55,13 @@ def env_var(name: str) -> str:
     return ENV_PREFIX + "".join(c for c in name.upper() if c.isalnum())
 
 
-def locate(name: str, root: str | Path | None = None, *, paths_file: str | Path | None = PATHS_FILE,
-           environ: Mapping[str, str] | None = None) -> tuple[Path | None, str]:
+def locate(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    paths_file: str | Path | None = PATHS_FILE,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Path | None, str]:
     """(root folder or None, one-line note) for dataset ``name`` (see the module docstring).
 
     Raises `DatasetFormatError` when ``paths_file`` exists but is not a mapping of names to paths.
@@ -89,8 +94,9 @@ def _from_paths_file(name: str, paths_file: str | Path | None) -> Path | None:
     if content is None:
         return None
     if not isinstance(content, dict):
-        raise DatasetFormatError(f"{paths_file}: expected a mapping of dataset names to folders, "
-                                 f"got {type(content).__name__}")
+        raise DatasetFormatError(
+            f"{paths_file}: expected a mapping of dataset names to folders, got {type(content).__name__}"
+        )
     for key, value in content.items():
         if str(key).lower() == name.lower():
             if not isinstance(value, (str, Path)):
@@ -99,9 +105,14 @@ def _from_paths_file(name: str, paths_file: str | Path | None) -> Path | None:
     return None
 
 
-def open_dataset(name: str, root: str | Path | None, build: Callable[[Path], T], *,
-                 paths_file: str | Path | None = PATHS_FILE,
-                 environ: Mapping[str, str] | None = None) -> Opened[T]:
+def open_dataset(
+    name: str,
+    root: str | Path | None,
+    build: Callable[[Path], T],
+    *,
+    paths_file: str | Path | None = PATHS_FILE,
+    environ: Mapping[str, str] | None = None,
+) -> Opened[T]:
     """Locate dataset ``name`` and ``build`` it from its root, or skip it with a note."""
     found, note = locate(name, root, paths_file=paths_file, environ=environ)
     if found is None:

@@ -34,21 +34,24 @@ class SimilarityTransform:
     translation: np.ndarray
 
     @staticmethod
-    def identity() -> "SimilarityTransform":
+    def identity() -> SimilarityTransform:
         return SimilarityTransform(1.0, np.eye(3), np.zeros(3))
 
     def apply(self, points: Any) -> np.ndarray:
         """(N, 3) -> (N, 3) transformed points."""
         return self.scale * as_points(points) @ self.rotation.T + self.translation
 
-    def inverse(self) -> "SimilarityTransform":
+    def inverse(self) -> SimilarityTransform:
         rotation = self.rotation.T
         return SimilarityTransform(1.0 / self.scale, rotation, -(rotation @ self.translation) / self.scale)
 
-    def compose(self, first: "SimilarityTransform") -> "SimilarityTransform":
+    def compose(self, first: SimilarityTransform) -> SimilarityTransform:
         """The transform that applies ``first`` and then ``self``."""
-        return SimilarityTransform(self.scale * first.scale, self.rotation @ first.rotation,
-                                   self.scale * self.rotation @ first.translation + self.translation)
+        return SimilarityTransform(
+            self.scale * first.scale,
+            self.rotation @ first.rotation,
+            self.scale * self.rotation @ first.translation + self.translation,
+        )
 
     def matrix(self) -> np.ndarray:
         """(4, 4) homogeneous matrix."""
@@ -58,8 +61,9 @@ class SimilarityTransform:
         return out
 
 
-def fit_similarity(source: Any, target: Any, with_scale: bool = True,
-                   weights: Any | None = None) -> SimilarityTransform:
+def fit_similarity(
+    source: Any, target: Any, with_scale: bool = True, weights: Any | None = None
+) -> SimilarityTransform:
     """Least-squares transform mapping (N, 3) ``source`` onto corresponding ``target`` points
     (Umeyama 1991), optionally weighted by (N,) non-negative ``weights``; rigid when not ``with_scale``."""
     source, target = as_points(source, "source"), as_points(target, "target")
@@ -136,8 +140,7 @@ class _ClosestPoints:
         return self._vertices[ids], distances, None
 
 
-def _plane_step(moved: np.ndarray, fixed: np.ndarray, normals: np.ndarray,
-                with_scale: bool) -> SimilarityTransform:
+def _plane_step(moved: np.ndarray, fixed: np.ndarray, normals: np.ndarray, with_scale: bool) -> SimilarityTransform:
     """One Gauss-Newton step of point-to-plane ICP with scale: the small transform ``delta`` that
     minimises sum(((delta(moved) - fixed) . normal)^2) to first order, in the target frame.
 
@@ -184,10 +187,19 @@ def _rodrigues(omega: np.ndarray) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross
 
 
-def icp(source: Any, target: Any, *, source_faces: Any | None = None, target_faces: Any | None = None,
-        init: SimilarityTransform | None = None, with_scale: bool = True,
-        direction: str = "target_to_source", max_iterations: int = 100, tolerance: float = 1e-6,
-        max_correspondence_distance: float | None = None) -> ICPResult:
+def icp(
+    source: Any,
+    target: Any,
+    *,
+    source_faces: Any | None = None,
+    target_faces: Any | None = None,
+    init: SimilarityTransform | None = None,
+    with_scale: bool = True,
+    direction: str = "target_to_source",
+    max_iterations: int = 100,
+    tolerance: float = 1e-6,
+    max_correspondence_distance: float | None = None,
+) -> ICPResult:
     """Iterative closest point with an isotropic scale, moving ``source`` (N, 3) onto ``target`` (M, 3).
 
     direction: ``"target_to_source"`` matches every target point to the closest point of the
@@ -241,8 +253,10 @@ def icp(source: Any, target: Any, *, source_faces: Any | None = None, target_fac
         if max_correspondence_distance is not None:
             use = dist <= max_correspondence_distance
             if use.sum() < 3:
-                raise ValueError(f"only {int(use.sum())} correspondences within "
-                                 f"{max_correspondence_distance}: the start is too far off")
+                raise ValueError(
+                    f"only {int(use.sum())} correspondences within "
+                    f"{max_correspondence_distance}: the start is too far off"
+                )
         mse = float(np.mean(dist[use] ** 2))
         if mse <= floor or (np.isfinite(previous) and abs(previous - mse) <= tolerance * previous):
             converged = True
@@ -251,8 +265,7 @@ def icp(source: Any, target: Any, *, source_faces: Any | None = None, target_fac
             break
         if normals is not None:
             moved = transform.apply(moving[use])
-            delta = _plane_step(moved, fixed[use], _residual_directions(moved, fixed[use], normals[use]),
-                                with_scale)
+            delta = _plane_step(moved, fixed[use], _residual_directions(moved, fixed[use], normals[use]), with_scale)
             transform = delta.compose(transform)
         else:
             transform = fit_similarity(moving[use], fixed[use], with_scale=with_scale)

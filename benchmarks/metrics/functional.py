@@ -9,22 +9,57 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.metrics.alignment import (ICPResult, SimilarityTransform, centroid_alignment, fit_similarity,
-                                          icp)
-from benchmarks.metrics.protocols import (NOW_LANDMARKS_68, AlignedErrors, now_face_crop_mask,
-                                          now_landmarks_from_68, now_scan_to_mesh, region_point_to_point,
-                                          scan_to_mesh)
+from benchmarks.metrics.alignment import ICPResult, SimilarityTransform, centroid_alignment, fit_similarity, icp
+from benchmarks.metrics.protocols import (
+    NOW_LANDMARKS_68,
+    AlignedErrors,
+    now_face_crop_mask,
+    now_landmarks_from_68,
+    now_scan_to_mesh,
+    region_point_to_point,
+    scan_to_mesh,
+)
 from benchmarks.metrics.stats import ErrorStats, summarise
-from benchmarks.metrics.surface import (SurfaceQuery, TriangleMesh, closest_points_on_triangles, crop_mesh,
-                                        nearest_vertex, point_to_plane, point_to_surface, radius_mask,
-                                        vertex_normals)
+from benchmarks.metrics.surface import (
+    SurfaceQuery,
+    TriangleMesh,
+    closest_points_on_triangles,
+    crop_mesh,
+    nearest_vertex,
+    point_to_plane,
+    point_to_surface,
+    radius_mask,
+    vertex_normals,
+)
 
 __all__ = [
-    "DM_TO_MM", "NOW_LANDMARKS_68", "AlignedErrors", "ErrorStats", "ICPResult", "SimilarityTransform",
-    "SurfaceQuery", "TriangleMesh", "centroid_alignment", "closest_points_on_triangles", "crop_mesh",
-    "fit_similarity", "icp", "landmark_error", "nearest_vertex", "now_face_crop_mask", "now_landmarks_from_68",
-    "now_scan_to_mesh", "point_to_plane", "point_to_surface", "procrustes", "radius_mask",
-    "region_point_to_point", "scan_to_mesh", "summarise", "vertex_error", "vertex_normals",
+    "DM_TO_MM",
+    "NOW_LANDMARKS_68",
+    "AlignedErrors",
+    "ErrorStats",
+    "ICPResult",
+    "SimilarityTransform",
+    "SurfaceQuery",
+    "TriangleMesh",
+    "centroid_alignment",
+    "closest_points_on_triangles",
+    "crop_mesh",
+    "fit_similarity",
+    "icp",
+    "landmark_error",
+    "nearest_vertex",
+    "now_face_crop_mask",
+    "now_landmarks_from_68",
+    "now_scan_to_mesh",
+    "point_to_plane",
+    "point_to_surface",
+    "procrustes",
+    "radius_mask",
+    "region_point_to_point",
+    "scan_to_mesh",
+    "summarise",
+    "vertex_error",
+    "vertex_normals",
 ]
 
 DM_TO_MM = 100.0
@@ -45,13 +80,14 @@ def procrustes(source: torch.Tensor, target: torch.Tensor, scale: bool = False) 
     rotation = u @ torch.diag_embed(fix) @ vh
     factor = torch.ones(source.shape[0], 1, 1, dtype=source.dtype, device=source.device)
     if scale:
-        var_s = (s ** 2).sum((1, 2)) / source.shape[1]
+        var_s = (s**2).sum((1, 2)) / source.shape[1]
         factor = ((sigma * fix).sum(1) / var_s).view(-1, 1, 1)
     return factor * s @ rotation.transpose(1, 2) + mu_t
 
 
-def vertex_error(predicted: torch.Tensor, target: torch.Tensor, align: str = "rigid",
-                 unit_scale: float = DM_TO_MM) -> torch.Tensor:
+def vertex_error(
+    predicted: torch.Tensor, target: torch.Tensor, align: str = "rigid", unit_scale: float = DM_TO_MM
+) -> torch.Tensor:
     """(B, N, 3) predicted and ground-truth vertices in correspondence -> (B,) mean per-vertex Euclidean
     distance after alignment ('none', 'rigid' or 'similarity'), in mm for decimetre inputs."""
     if align not in ("none", "rigid", "similarity"):

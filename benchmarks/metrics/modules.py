@@ -48,7 +48,9 @@ class FractionCloser(_MeanOverSamples):
 
     def update(self, predicted: torch.Tensor, reference: torch.Tensor, target: torch.Tensor) -> None:
         target = target.float()
-        closer = vertex_error(predicted.float(), target, self.align) < vertex_error(reference.float(), target, self.align)
+        closer = vertex_error(predicted.float(), target, self.align) < vertex_error(
+            reference.float(), target, self.align
+        )
         self._accumulate(closer.float())
 
 
@@ -65,8 +67,10 @@ class LandmarkError(_MeanOverSamples):
 
 def _stats_dict(values: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
     stats = summarise(values)
-    return {name: torch.tensor(getattr(stats, name), dtype=torch.float32, device=device)
-            for name in ("mean", "std", "median")}
+    return {
+        name: torch.tensor(getattr(stats, name), dtype=torch.float32, device=device)
+        for name in ("mean", "std", "median")
+    }
 
 
 def _as_tensor(values: torch.Tensor | np.ndarray) -> torch.Tensor:

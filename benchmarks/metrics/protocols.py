@@ -24,8 +24,7 @@ import numpy as np
 
 from benchmarks.metrics.alignment import SimilarityTransform, centroid_alignment, fit_similarity, icp
 from benchmarks.metrics.stats import ErrorStats, summarise
-from benchmarks.metrics.surface import (TriangleMesh, as_faces, as_points, nearest_vertex, point_to_plane,
-                                        radius_mask)
+from benchmarks.metrics.surface import TriangleMesh, as_faces, as_points, nearest_vertex, point_to_plane, radius_mask
 
 NOW_LANDMARKS_68 = (36, 39, 42, 45, 33, 48, 54)
 """iBUG-68 ids of NoW's 7 landmarks, in NoW's order: outer and inner corner of the eye on the image left,
@@ -85,9 +84,18 @@ def now_face_crop_mask(points: Any, landmarks_7: Any) -> np.ndarray:
     return radius_mask(points, centre, float(radius))
 
 
-def now_scan_to_mesh(scan_vertices: Any, scan_landmarks: Any, mesh_vertices: Any, mesh_faces: Any,
-                     mesh_landmarks: Any, *, with_scale: bool = True, icp_points: int | None = ICP_POINTS,
-                     max_iterations: int = 100, tolerance: float = 1e-6) -> AlignedErrors:
+def now_scan_to_mesh(
+    scan_vertices: Any,
+    scan_landmarks: Any,
+    mesh_vertices: Any,
+    mesh_faces: Any,
+    mesh_landmarks: Any,
+    *,
+    with_scale: bool = True,
+    icp_points: int | None = ICP_POINTS,
+    max_iterations: int = 100,
+    tolerance: float = 1e-6,
+) -> AlignedErrors:
     """NoW scan-to-mesh errors of one prediction.
 
     scan_vertices: (S, 3) ground-truth scan (mm); scan_landmarks: (7, 3) from its ``.pp`` file.
@@ -108,23 +116,47 @@ def now_scan_to_mesh(scan_vertices: Any, scan_landmarks: Any, mesh_vertices: Any
     faces = as_faces(mesh_faces, len(mesh), "mesh faces")
     mask = now_face_crop_mask(scan, scan_landmarks)
     if mask.sum() < 3:
-        raise ValueError(f"only {int(mask.sum())} scan vertices inside the NoW face crop: check that the "
-                         "scan and its landmarks share units and frame")
-    init = fit_similarity(_landmarks_7(mesh_landmarks, "mesh landmarks"),
-                          _landmarks_7(scan_landmarks, "scan landmarks"), with_scale=with_scale)
+        raise ValueError(
+            f"only {int(mask.sum())} scan vertices inside the NoW face crop: check that the "
+            "scan and its landmarks share units and frame"
+        )
+    init = fit_similarity(
+        _landmarks_7(mesh_landmarks, "mesh landmarks"),
+        _landmarks_7(scan_landmarks, "scan landmarks"),
+        with_scale=with_scale,
+    )
     target = scan[mask]
-    result = icp(mesh, _subset(target, icp_points), source_faces=faces, init=init, with_scale=with_scale,
-                 direction="target_to_source", max_iterations=max_iterations, tolerance=tolerance)
+    result = icp(
+        mesh,
+        _subset(target, icp_points),
+        source_faces=faces,
+        init=init,
+        with_scale=with_scale,
+        direction="target_to_source",
+        max_iterations=max_iterations,
+        tolerance=tolerance,
+    )
     distances = _surface_distances(target, mesh, faces, result.transform)
     return AlignedErrors(distances, result.transform, mask, result.iterations, result.converged)
 
 
-def scan_to_mesh(scan_points: Any, mesh_vertices: Any, mesh_faces: Any, *,
-                 crop_center: Any | None = None, mesh_crop_center: Any | None = None,
-                 crop_radius: float | None = GENOVA_CROP_RADIUS_MM, scan_landmarks: Any | None = None,
-                 mesh_landmarks: Any | None = None, init: SimilarityTransform | None = None,
-                 distance: str = "plane", with_scale: bool = True, icp_points: int | None = ICP_POINTS,
-                 max_iterations: int = 100, tolerance: float = 1e-6) -> AlignedErrors:
+def scan_to_mesh(
+    scan_points: Any,
+    mesh_vertices: Any,
+    mesh_faces: Any,
+    *,
+    crop_center: Any | None = None,
+    mesh_crop_center: Any | None = None,
+    crop_radius: float | None = GENOVA_CROP_RADIUS_MM,
+    scan_landmarks: Any | None = None,
+    mesh_landmarks: Any | None = None,
+    init: SimilarityTransform | None = None,
+    distance: str = "plane",
+    with_scale: bool = True,
+    icp_points: int | None = ICP_POINTS,
+    max_iterations: int = 100,
+    tolerance: float = 1e-6,
+) -> AlignedErrors:
     """Genova-style scan-to-mesh error: crop the scan around the nose tip, similarity ICP, distances.
 
     scan_points: (S, 3) ground-truth scan vertices (mm). mesh_vertices, mesh_faces: the prediction.
@@ -148,8 +180,10 @@ def scan_to_mesh(scan_points: Any, mesh_vertices: Any, mesh_faces: Any, *,
     mesh = as_points(mesh_vertices, "mesh vertices")
     faces = as_faces(mesh_faces, len(mesh), "mesh faces")
     if crop_radius is not None and crop_center is None and mesh_crop_center is None:
-        raise ValueError("cropping needs crop_center (scan frame) or mesh_crop_center (prediction frame); "
-                         "pass crop_radius=None to keep the whole scan")
+        raise ValueError(
+            "cropping needs crop_center (scan frame) or mesh_crop_center (prediction frame); "
+            "pass crop_radius=None to keep the whole scan"
+        )
     if init is not None:
         transform = init
     elif scan_landmarks is not None and mesh_landmarks is not None:
@@ -162,15 +196,27 @@ def scan_to_mesh(scan_points: Any, mesh_vertices: Any, mesh_faces: Any, *,
         if crop_radius is None:
             mask = np.ones(len(scan), dtype=bool)
         else:
-            centre = crop_center if crop_center is not None else transform.apply(
-                as_points(np.reshape(_numpy(mesh_crop_center), (1, 3)), "mesh crop centre"))[0]
+            centre = (
+                crop_center
+                if crop_center is not None
+                else transform.apply(as_points(np.reshape(_numpy(mesh_crop_center), (1, 3)), "mesh crop centre"))[0]
+            )
             mask = radius_mask(scan, centre, crop_radius)
         if mask.sum() < 3:
-            raise ValueError(f"only {int(mask.sum())} scan points within {crop_radius} of the crop centre: "
-                             "check the units (mm) and the initial alignment")
-        result = icp(mesh, _subset(scan[mask], icp_points), source_faces=None if distance == "point" else faces,
-                     init=transform, with_scale=with_scale, direction="target_to_source",
-                     max_iterations=max_iterations, tolerance=tolerance)
+            raise ValueError(
+                f"only {int(mask.sum())} scan points within {crop_radius} of the crop centre: "
+                "check the units (mm) and the initial alignment"
+            )
+        result = icp(
+            mesh,
+            _subset(scan[mask], icp_points),
+            source_faces=None if distance == "point" else faces,
+            init=transform,
+            with_scale=with_scale,
+            direction="target_to_source",
+            max_iterations=max_iterations,
+            tolerance=tolerance,
+        )
         transform = result.transform
     if distance == "plane":
         distances, _ = point_to_plane(scan[mask], transform.apply(mesh), faces)
@@ -181,10 +227,18 @@ def scan_to_mesh(scan_points: Any, mesh_vertices: Any, mesh_faces: Any, *,
     return AlignedErrors(distances, transform, mask, result.iterations, result.converged)
 
 
-def region_point_to_point(pred_vertices: Any, gt_vertices: Any, region_ids: Any, *,
-                          pred_landmarks: Any | None = None, gt_landmarks: Any | None = None,
-                          init: SimilarityTransform | None = None, with_scale: bool = True,
-                          max_iterations: int = 100, tolerance: float = 1e-6) -> AlignedErrors:
+def region_point_to_point(
+    pred_vertices: Any,
+    gt_vertices: Any,
+    region_ids: Any,
+    *,
+    pred_landmarks: Any | None = None,
+    gt_landmarks: Any | None = None,
+    init: SimilarityTransform | None = None,
+    with_scale: bool = True,
+    max_iterations: int = 100,
+    tolerance: float = 1e-6,
+) -> AlignedErrors:
     """Point-to-point error of a region of the prediction against a ground-truth mesh of any topology.
 
     pred_vertices: (V, 3); region_ids: (R,) ids into them (e.g. the "small" or "large" face region,
@@ -197,16 +251,25 @@ def region_point_to_point(pred_vertices: Any, gt_vertices: Any, region_ids: Any,
     gt = as_points(gt_vertices, "ground-truth vertices")
     ids = np.asarray(_numpy(region_ids)).astype(np.int64).ravel()
     if ids.size < 3 or ids.min() < 0 or ids.max() >= len(pred):
-        raise ValueError(f"region ids must be at least 3 ids in [0, {len(pred)}), got {ids.size} ids "
-                         f"in [{ids.min() if ids.size else None}, {ids.max() if ids.size else None}]")
+        raise ValueError(
+            f"region ids must be at least 3 ids in [0, {len(pred)}), got {ids.size} ids "
+            f"in [{ids.min() if ids.size else None}, {ids.max() if ids.size else None}]"
+        )
     if init is not None:
         transform = init
     elif pred_landmarks is not None and gt_landmarks is not None:
         transform = fit_similarity(pred_landmarks, gt_landmarks, with_scale=with_scale)
     else:
         transform = centroid_alignment(pred, gt, with_scale=with_scale)
-    result = icp(pred[ids], gt, init=transform, with_scale=with_scale, direction="source_to_target",
-                 max_iterations=max_iterations, tolerance=tolerance)
+    result = icp(
+        pred[ids],
+        gt,
+        init=transform,
+        with_scale=with_scale,
+        direction="source_to_target",
+        max_iterations=max_iterations,
+        tolerance=tolerance,
+    )
     evaluated = np.zeros(len(pred), dtype=bool)
     evaluated[ids] = True
     return AlignedErrors(result.distances, result.transform, evaluated, result.iterations, result.converged)
@@ -221,8 +284,9 @@ def _subset(points: np.ndarray, limit: int | None) -> np.ndarray:
     return points[np.sort(np.random.default_rng(0).choice(len(points), size=limit, replace=False))]
 
 
-def _surface_distances(points: np.ndarray, mesh: np.ndarray, faces: np.ndarray,
-                       transform: SimilarityTransform) -> np.ndarray:
+def _surface_distances(
+    points: np.ndarray, mesh: np.ndarray, faces: np.ndarray, transform: SimilarityTransform
+) -> np.ndarray:
     """Distance of target-frame points to the transformed mesh surface, queried in the mesh frame
     (distances scale with the similarity) so the mesh is not re-transformed."""
     query = TriangleMesh(mesh, faces).closest_points(transform.inverse().apply(points))

@@ -49,8 +49,9 @@ def as_faces(x: Any, n_vertices: int, name: str = "faces") -> np.ndarray:
         raise ValueError(f"{name} must hold integer vertex ids, got dtype {faces.dtype}")
     faces = faces.astype(np.int64)
     if faces.min() < 0 or faces.max() >= n_vertices:
-        raise ValueError(f"{name} refer to vertex ids in [{faces.min()}, {faces.max()}] but there are "
-                         f"{n_vertices} vertices")
+        raise ValueError(
+            f"{name} refer to vertex ids in [{faces.min()}, {faces.max()}] but there are {n_vertices} vertices"
+        )
     return faces
 
 
@@ -68,8 +69,7 @@ class SurfaceQuery:
     triangle: np.ndarray
 
 
-def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray,
-                                c: np.ndarray) -> np.ndarray:
+def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Closest point of triangle ``(a[i], b[i], c[i])`` to ``points[i]``: all (P, 3) -> (P, 3).
 
     Classifies each point into the Voronoi region of a vertex, an edge or the face of its triangle
@@ -92,12 +92,12 @@ def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray
         w_bc = (d4 - d3) / ((d4 - d3) + (d5 - d6))
         v_face, w_face = vb / area_sq, vc / area_sq
     regions = [
-        (d1 <= 0) & (d2 <= 0),                          # vertex a
-        (d3 >= 0) & (d4 <= d3),                         # vertex b
-        (vc <= 0) & (d1 >= 0) & (d3 <= 0),              # edge ab
-        (d6 >= 0) & (d5 <= d6),                         # vertex c
-        (vb <= 0) & (d2 >= 0) & (d6 <= 0),              # edge ac
-        (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0),    # edge bc
+        (d1 <= 0) & (d2 <= 0),  # vertex a
+        (d3 >= 0) & (d4 <= d3),  # vertex b
+        (vc <= 0) & (d1 >= 0) & (d3 <= 0),  # edge ab
+        (d6 >= 0) & (d5 <= d6),  # vertex c
+        (vb <= 0) & (d2 >= 0) & (d6 <= 0),  # edge ac
+        (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0),  # edge bc
     ]
     zero, one = np.zeros_like(d1), np.ones_like(d1)
     s = np.select(regions, [zero, one, v_ab, zero, zero, 1.0 - w_bc], v_face)
@@ -107,8 +107,7 @@ def closest_points_on_triangles(points: np.ndarray, a: np.ndarray, b: np.ndarray
     # A sliver whose area vanishes at float64 precision has no reliable face region.
     degenerate = area_sq <= 1e-12 * np.maximum(scale, np.finfo(np.float64).tiny)
     if degenerate.any():
-        closest[degenerate] = _closest_on_edges(points[degenerate], a[degenerate], b[degenerate],
-                                                c[degenerate])
+        closest[degenerate] = _closest_on_edges(points[degenerate], a[degenerate], b[degenerate], c[degenerate])
     return closest
 
 
@@ -185,7 +184,7 @@ class TriangleMesh:
             # Points far from a small mesh can need thousands of candidates: bound (points x k) per chunk.
             step = max(1, _PAIR_CHUNK // k_next)
             for lo in range(0, pending.size, step):
-                chunk = pending[lo:lo + step]
+                chunk = pending[lo : lo + step]
                 dist, idx = self._tree.query(points[chunk], k=k_next)
                 dist, idx = dist[:, visited:], idx[:, visited:]
                 # Per-triangle version of the bound drops most new candidates before the exact test.
@@ -201,15 +200,16 @@ class TriangleMesh:
             visited = k_next
         return SurfaceQuery(np.sqrt(best_sq), best_pt, best_tri)
 
-    def _best_of_pairs(self, points: np.ndarray, rows: np.ndarray, tris: np.ndarray,
-                       n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _best_of_pairs(
+        self, points: np.ndarray, rows: np.ndarray, tris: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per query point, the best of its (row, triangle) pairs; ``rows`` must be non-decreasing.
         Rows without pairs get +inf."""
         best_sq = np.full(n, np.inf)
         best_tri = np.zeros(n, dtype=np.int64)
         best_pt = np.zeros((n, 3))
         for lo in range(0, len(rows), _PAIR_CHUNK):
-            r, t = rows[lo:lo + _PAIR_CHUNK], tris[lo:lo + _PAIR_CHUNK]
+            r, t = rows[lo : lo + _PAIR_CHUNK], tris[lo : lo + _PAIR_CHUNK]
             corners = self._corners[t]
             closest = closest_points_on_triangles(points[r], corners[:, 0], corners[:, 1], corners[:, 2])
             sq = _squared_norm(points[r] - closest)
@@ -253,8 +253,9 @@ def vertex_normals(vertices: Any, faces: Any) -> np.ndarray:
     return np.divide(normals, length, out=np.zeros_like(normals), where=length > 0)
 
 
-def point_to_plane(points: Any, vertices: Any, faces: Any | None = None,
-                   normals: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
+def point_to_plane(
+    points: Any, vertices: Any, faces: Any | None = None, normals: Any | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(N,) distance of each point to the tangent plane at its nearest vertex, and that vertex id.
 
     Normals come from ``normals`` (V, 3) or are computed from ``faces``; one of them is required.

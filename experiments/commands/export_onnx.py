@@ -24,22 +24,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export-onnx",
         help="export a trained R-Net to ONNX (metadata: layout, face model, crop size) for onnxruntime",
         description="Export an R-Net checkpoint to ONNX (opset 17, dynamic batch axis) with the coefficient\n"
-                    "layout, the face model's name and file digest and the crop size in its metadata, then\n"
-                    "run it with onnxruntime on a few rendered faces and print how far it is from PyTorch.",
+        "layout, the face model's name and file digest and the crop size in its metadata, then\n"
+        "run it with onnxruntime on a few rendered faces and print how far it is from PyTorch.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--ckpt", type=Path, default=None, metavar="CKPT",
-                        help="R-Net checkpoint written by `face3d train`, or an export-weights folder (default: the bundled R-Net)")
-    parser.add_argument("--out", type=Path, default=Path("r_net.onnx"), metavar="FILE",
-                        help="the ONNX file to write (default r_net.onnx)")
-    parser.add_argument("--quantize", choices=("int8",), default=None,
-                        help="int8: dynamic int8 weights (onnxruntime.quantization), a quarter of the size, "
-                             "slightly different coefficients (printed)")
+    parser.add_argument(
+        "--ckpt",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="R-Net checkpoint written by `face3d train`, or an export-weights folder (default: the bundled R-Net)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("r_net.onnx"),
+        metavar="FILE",
+        help="the ONNX file to write (default r_net.onnx)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="int8: dynamic int8 weights (onnxruntime.quantization), a quarter of the size, "
+        "slightly different coefficients (printed)",
+    )
     parser.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (>= 17; default 17)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    parser.add_argument("--check-faces", type=int, default=4, metavar="N",
-                        help="rendered faces to compare ONNX and PyTorch on after export (0 skips; default 4)")
+    parser.add_argument(
+        "--check-faces",
+        type=int,
+        default=4,
+        metavar="N",
+        help="rendered faces to compare ONNX and PyTorch on after export (0 skips; default 4)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -72,20 +91,28 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     module, cfg = load_rnet_checkpoint(checkpoint)
     face_model = module.face_model
-    metadata = rnet_metadata(face_model, FaceModelSource(cfg.face_model.name, cfg.face_model.path),
-                             cfg.renderer.image_size, name=Path(checkpoint).name)
+    metadata = rnet_metadata(
+        face_model,
+        FaceModelSource(cfg.face_model.name, cfg.face_model.path),
+        cfg.renderer.image_size,
+        name=Path(checkpoint).name,
+    )
     export_rnet_onnx(module.rnet, metadata, out, opset=args.opset, quantize=args.quantize)
     net = OnnxRNet(out)
     size_mb = out.stat().st_size / 1e6
-    print(f"wrote {out} ({size_mb:.1f} MB, opset {args.opset}, {net.metadata.precision}): "
-          f"{metadata.face_model_name} face model ({metadata.face_model_file}, sha256 "
-          f"{metadata.face_model_digest[:12]}...), {metadata.layout.size} coefficients, "
-          f"{metadata.crop_size}x{metadata.crop_size} crops, dynamic batch")
+    print(
+        f"wrote {out} ({size_mb:.1f} MB, opset {args.opset}, {net.metadata.precision}): "
+        f"{metadata.face_model_name} face model ({metadata.face_model_file}, sha256 "
+        f"{metadata.face_model_digest[:12]}...), {metadata.layout.size} coefficients, "
+        f"{metadata.crop_size}x{metadata.crop_size} crops, dynamic batch"
+    )
     if args.check_faces:
         crops = check_crops(module.renderer, args.check_faces)
         deviation = compare_with_pytorch(module.rnet, net, face_model, crops)
-        print(f"onnxruntime vs PyTorch on {args.check_faces} rendered faces: largest coefficient difference "
-              f"{deviation['max_abs']:.2e}, RMS difference {deviation['rel_rms']:.2e} of the coefficients' spread, "
-              f"mean vertex distance {deviation['shape_mm']:.3g} mm")
+        print(
+            f"onnxruntime vs PyTorch on {args.check_faces} rendered faces: largest coefficient difference "
+            f"{deviation['max_abs']:.2e}, RMS difference {deviation['rel_rms']:.2e} of the coefficients' spread, "
+            f"mean vertex distance {deviation['shape_mm']:.3g} mm"
+        )
     print(f"use it with: face3d reconstruct --images PATH... --out DIR --onnx {out}")
     return 0

@@ -22,26 +22,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder of photos (recursive)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="dlib-cascade",
-                        help="face detector + landmarks (default dlib-cascade: dlib HOG, then dlib MMOD on images "
-                             "where HOG finds no face; fan and insightface need their packages and downloaded "
-                             "weights)")
-    parser.add_argument("--upsample", type=int, default=None,
-                        help="dlib upsampling steps (default 1 for dlib-hog and the cascade's HOG stage, 0 for "
-                             "dlib-mmod)")
+    parser.add_argument(
+        "--detector",
+        choices=DETECTOR_CHOICES,
+        default="dlib-cascade",
+        help="face detector + landmarks (default dlib-cascade: dlib HOG, then dlib MMOD on images "
+        "where HOG finds no face; fan and insightface need their packages and downloaded "
+        "weights)",
+    )
+    parser.add_argument(
+        "--upsample",
+        type=int,
+        default=None,
+        help="dlib upsampling steps (default 1 for dlib-hog and the cascade's HOG stage, 0 for dlib-mmod)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    parser.add_argument("--face-model", default="ict", metavar="NAME|PATH",
-                        help="face model whose projected 5 points are the alignment template: 'ict', or a "
-                             "face model file (.npz / BFM_model_front.mat)")
-    parser.add_argument("--template", type=Path, default=None, metavar="NPY",
-                        help="(5, 2) template in crop pixels instead of --face-model")
+    parser.add_argument(
+        "--face-model",
+        default="ict",
+        metavar="NAME|PATH",
+        help="face model whose projected 5 points are the alignment template: 'ict', or a "
+        "face model file (.npz / BFM_model_front.mat)",
+    )
+    parser.add_argument(
+        "--template",
+        type=Path,
+        default=None,
+        metavar="NPY",
+        help="(5, 2) template in crop pixels instead of --face-model",
+    )
     parser.add_argument("--crop-size", type=int, default=224)
     parser.add_argument("--skin-prior", type=float, default=0.5, help="P(skin) prior of the skin classifier")
     parser.add_argument("--device", default="cpu", help="device for fan / insightface (cpu, cuda)")
-    parser.add_argument("--weights-dir", default=None, metavar="DIR",
-                        help="weights folder for fan (torch hub checkpoints) or insightface (root of models/)")
-    parser.add_argument("--rehash", action="store_true",
-                        help="hash every file even when its size and mtime are unchanged")
+    parser.add_argument(
+        "--weights-dir",
+        default=None,
+        metavar="DIR",
+        help="weights folder for fan (torch hub checkpoints) or insightface (root of models/)",
+    )
+    parser.add_argument(
+        "--rehash", action="store_true", help="hash every file even when its size and mtime are unchanged"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -70,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
         # A paper backend's package is not installed: one line, not a trace.
         print(f"face3d prepare: error: {err}", file=sys.stderr)
         return 2
-    print(f"{summary.n_images} images in {args.images}: {summary.n_processed} processed, {summary.n_cached} cached"
-          + (f", {summary.n_ignored} non-image files skipped" if summary.n_ignored else "")
-          + f" ({summary.seconds:.1f} s)")
+    print(
+        f"{summary.n_images} images in {args.images}: {summary.n_processed} processed, {summary.n_cached} cached"
+        + (f", {summary.n_ignored} non-image files skipped" if summary.n_ignored else "")
+        + f" ({summary.seconds:.1f} s)"
+    )
     print("status: " + ", ".join(f"{status} {count}" for status, count in summary.status_counts.items()))
     if summary.n_failed:
         print(f"not ok: {summary.n_failed}; by reason:")

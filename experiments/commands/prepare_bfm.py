@@ -19,12 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "https://github.com/sicxu/Deep3DFaceRecon_pytorch)."
         ),
     )
-    parser.add_argument("--bfm-dir", type=Path, required=True, metavar="DIR",
-                        help="folder with the raw BFM09 and Deep3D index files")
-    parser.add_argument("--out", type=Path, default=None, metavar="PATH",
-                        help="output file (default: DIR/BFM_model_front.mat)")
-    parser.add_argument("--force", action="store_true",
-                        help="rebuild even if the output is newer than every input")
+    parser.add_argument(
+        "--bfm-dir", type=Path, required=True, metavar="DIR", help="folder with the raw BFM09 and Deep3D index files"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="PATH", help="output file (default: DIR/BFM_model_front.mat)"
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if the output is newer than every input")
     parser.set_defaults(func=run)
 
 
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     out_path = prepare_bfm(args.bfm_dir, args.out, force=args.force)
     # Loading the result checks it end to end (keys, shapes, index ranges) before anyone trains on it.
     model = load_bfm(out_path)
-    print(f"BFM09 front model ready at {out_path}: {model.n_vertices} vertices, "
-          f"{model.triangles.shape[0]} triangles, {model.layout}")
+    print(
+        f"BFM09 front model ready at {out_path}: {model.n_vertices} vertices, "
+        f"{model.triangles.shape[0]} triangles, {model.layout}"
+    )
     return 0

@@ -9,8 +9,10 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("preview", help="render the face model into a PNG grid (mean, identities, "
-                              "expressions, lights, poses) with landmarks")
+    p = subparsers.add_parser(
+        "preview",
+        help="render the face model into a PNG grid (mean, identities, expressions, lights, poses) with landmarks",
+    )
     p.add_argument("--out", type=Path, default=Path("face.png"), help="output PNG (default: face.png)")
     p.add_argument("--face-model", choices=("ict", "bfm"), default="ict")
     p.add_argument("--bfm-path", type=Path, help="BFM_model_front.mat when --face-model bfm")
@@ -41,12 +43,14 @@ def preview_rows(layout, seed: int):
     deg = math.pi / 180.0
     n = 4
     base = layout.zeros(n).replace(lighting=studio_light(layout.sh_channels, n))
-    poses = base.replace(angles=torch.tensor([[0.0, 0.0, 0.0], [0.0, -45.0, 0.0], [0.0, 60.0, 0.0],
-                                              [-20.0, 20.0, 10.0]]) * deg)
+    poses = base.replace(
+        angles=torch.tensor([[0.0, 0.0, 0.0], [0.0, -45.0, 0.0], [0.0, 60.0, 0.0], [-20.0, 20.0, 10.0]]) * deg
+    )
     random = sample_coefficients(layout, n, CoefficientPrior(), g)
     identities = base.replace(identity=random.identity, angles=torch.tensor([[0.0, 15.0, 0.0]] * n) * deg)
-    expressions = base.replace(expression=sample_coefficients(layout, n, CoefficientPrior(expression_std=1.2),
-                                                              g).expression)
+    expressions = base.replace(
+        expression=sample_coefficients(layout, n, CoefficientPrior(expression_std=1.2), g).expression
+    )
     return [
         (poses, ["mean, frontal", "mean, yaw -45", "mean, yaw 60", "pitch/yaw/roll"]),
         (identities, [f"identity {i + 1}" for i in range(n)]),
@@ -79,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_png(args.out, image_grid(tiles, n_cols=4))
-    print(f"wrote {args.out} ({len(tiles)} renders of the {model.name} model, {model.n_vertices} vertices, "
-          f"{model.triangles.shape[0]} triangles, {args.size}x{args.size} each)")
+    print(
+        f"wrote {args.out} ({len(tiles)} renders of the {model.name} model, {model.n_vertices} vertices, "
+        f"{model.triangles.shape[0]} triangles, {args.size}x{args.size} each)"
+    )
     return 0

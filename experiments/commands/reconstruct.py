@@ -48,54 +48,127 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", nargs="+", type=Path, metavar="PATH",
-                        help="image files and/or folders (searched recursively), each reconstructed on its own")
-    source.add_argument("--set", type=Path, metavar="DIR_OR_VIDEO", dest="set_source",
-                        help="one person's pictures (a folder) or a video: one identity aggregated over all of "
-                             "them with C-Net (--cnet-ckpt, default the latest `make train-aggregate` one) or by "
-                             "averaging with --ckpt; same as `face3d reconstruct-set`")
-    source.add_argument("--video", "--frames", type=Path, metavar="FILE_OR_DIR", dest="video",
-                        help="a video file or a folder of frames: every frame tracked and reconstructed, one identity "
-                             "over the clip, smoothed pose and expression, overlay.mp4 (see the end of this help)")
+    source.add_argument(
+        "--images",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="image files and/or folders (searched recursively), each reconstructed on its own",
+    )
+    source.add_argument(
+        "--set",
+        type=Path,
+        metavar="DIR_OR_VIDEO",
+        dest="set_source",
+        help="one person's pictures (a folder) or a video: one identity aggregated over all of "
+        "them with C-Net (--cnet-ckpt, default the latest `make train-aggregate` one) or by "
+        "averaging with --ckpt; same as `face3d reconstruct-set`",
+    )
+    source.add_argument(
+        "--video",
+        "--frames",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        dest="video",
+        help="a video file or a folder of frames: every frame tracked and reconstructed, one identity "
+        "over the clip, smoothed pose and expression, overlay.mp4 (see the end of this help)",
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--ckpt", type=Path, default=None, metavar="CKPT",
-                        help="R-Net checkpoint written by `face3d train`, or a `face3d export-weights` folder (its "
-                             "config sets face model and crop size); default: the bundled R-Net (networks/weights/, "
-                             "see its MODEL_CARD.md)")
-    parser.add_argument("--onnx", type=Path, default=None, metavar="MODEL",
-                        help="R-Net exported by `face3d export-onnx`, run with onnxruntime on the CPU (its metadata "
-                             "sets face model and crop size; a BFM network also needs --bfm-path)")
-    parser.add_argument("--fit", action="store_true",
-                        help="fit coefficients per image (no network needed; a few seconds an image on a 2-core "
-                             "CPU at the defaults; README 'Fitting' says what the objective is and why)")
-    parser.add_argument("--face-model", choices=("ict", "bfm"), default=None,
-                        help="face model for --fit (default ict; a checkpoint brings its own)")
-    parser.add_argument("--bfm-path", type=Path, default=None, metavar="P",
-                        help="BFM_model_front.mat for --face-model bfm or a BFM --onnx model (built by "
-                             "`face3d prepare-bfm`)")
-    parser.add_argument("--iterations", type=int, default=None, metavar="N",
-                        help="--fit: steps under the full hybrid loss (default 100; the landmark-only pose and "
-                             "shape stages before them are cheap and keep their defaults)")
-    parser.add_argument("--crop-size", type=int, default=None, metavar="S",
-                        help="--fit: crop side in pixels to fit at (default 224, as Deep3D)")
+    parser.add_argument(
+        "--ckpt",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="R-Net checkpoint written by `face3d train`, or a `face3d export-weights` folder (its "
+        "config sets face model and crop size); default: the bundled R-Net (networks/weights/, "
+        "see its MODEL_CARD.md)",
+    )
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="R-Net exported by `face3d export-onnx`, run with onnxruntime on the CPU (its metadata "
+        "sets face model and crop size; a BFM network also needs --bfm-path)",
+    )
+    parser.add_argument(
+        "--fit",
+        action="store_true",
+        help="fit coefficients per image (no network needed; a few seconds an image on a 2-core "
+        "CPU at the defaults; README 'Fitting' says what the objective is and why)",
+    )
+    parser.add_argument(
+        "--face-model",
+        choices=("ict", "bfm"),
+        default=None,
+        help="face model for --fit (default ict; a checkpoint brings its own)",
+    )
+    parser.add_argument(
+        "--bfm-path",
+        type=Path,
+        default=None,
+        metavar="P",
+        help="BFM_model_front.mat for --face-model bfm or a BFM --onnx model (built by `face3d prepare-bfm`)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--fit: steps under the full hybrid loss (default 100; the landmark-only pose and "
+        "shape stages before them are cheap and keep their defaults)",
+    )
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="--fit: crop side in pixels to fit at (default 224, as Deep3D)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="CPU threads for torch (default 1: one image's small tensors gain little from more "
-                             "and a busy machine makes threads wait on each other)")
-    parser.add_argument("--units", choices=("mm", "dm"), default="mm",
-                        help="length unit of the mesh files and pose.json (default mm; dm = model units)")
-    parser.add_argument("--detector", choices=DETECTOR_CHOICES, default="dlib-cascade",
-                        help="face detector + 68 landmarks (default dlib-cascade: dlib HOG, then dlib MMOD "
-                             "where HOG finds no face)")
-    parser.add_argument("--texture-size", type=int, default=1024, metavar="PX",
-                        help="side of the baked albedo texture (ICT model; default 1024)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads for torch (default 1: one image's small tensors gain little from more "
+        "and a busy machine makes threads wait on each other)",
+    )
+    parser.add_argument(
+        "--units",
+        choices=("mm", "dm"),
+        default="mm",
+        help="length unit of the mesh files and pose.json (default mm; dm = model units)",
+    )
+    parser.add_argument(
+        "--detector",
+        choices=DETECTOR_CHOICES,
+        default="dlib-cascade",
+        help="face detector + 68 landmarks (default dlib-cascade: dlib HOG, then dlib MMOD where HOG finds no face)",
+    )
+    parser.add_argument(
+        "--texture-size",
+        type=int,
+        default=1024,
+        metavar="PX",
+        help="side of the baked albedo texture (ICT model; default 1024)",
+    )
     parser.add_argument("--ply-ascii", action="store_true", help="write ASCII PLY instead of binary")
     parser.add_argument("--meshes", action="store_true", help="--video: also write every frame's OBJ and PLY")
-    parser.add_argument("--cnet-ckpt", type=Path, default=None, metavar="PATH",
-                        help="--set: C-Net checkpoint of `face3d train-aggregate` (it holds its R-Net)")
-    parser.add_argument("--strategy", choices=("s4", "s3", "s2", "s1", "mean"), default=None,
-                        help="--set: aggregation (default s4 with an element-wise C-Net, mean without one); with --set --fit "
-                             "the pictures are fitted together with one identity and albedo instead")
+    parser.add_argument(
+        "--cnet-ckpt",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="--set: C-Net checkpoint of `face3d train-aggregate` (it holds its R-Net)",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=("s4", "s3", "s2", "s1", "mean"),
+        default=None,
+        help="--set: aggregation (default s4 with an element-wise C-Net, mean without one); with --set --fit "
+        "the pictures are fitted together with one identity and albedo instead",
+    )
     parser.set_defaults(func=run)
 
 
@@ -104,50 +177,97 @@ def run_set(args: argparse.Namespace) -> int:
     from experiments.commands import reconstruct_set
 
     if args.fit:
-        unsupported = [name for name, value in (("--ckpt", args.ckpt), ("--onnx", args.onnx),
-                                                ("--cnet-ckpt", args.cnet_ckpt), ("--strategy", args.strategy))
-                       if value]
+        unsupported = [
+            name
+            for name, value in (
+                ("--ckpt", args.ckpt),
+                ("--onnx", args.onnx),
+                ("--cnet-ckpt", args.cnet_ckpt),
+                ("--strategy", args.strategy),
+            )
+            if value
+        ]
         if unsupported:
-            raise ValueError(f"{', '.join(unsupported)} do not apply to --set --fit: the set is fitted with one shared "
-                             "identity and albedo, no network (drop them, or drop --fit)")
+            raise ValueError(
+                f"{', '.join(unsupported)} do not apply to --set --fit: the set is fitted with one shared "
+                "identity and albedo, no network (drop them, or drop --fit)"
+            )
         check_predictor_args(args)
     else:
-        unsupported = [name for name, value in (("--onnx", args.onnx), ("--face-model", args.face_model),
-                                                ("--bfm-path", args.bfm_path), ("--iterations", args.iterations),
-                                                ("--crop-size", args.crop_size)) if value]
+        unsupported = [
+            name
+            for name, value in (
+                ("--onnx", args.onnx),
+                ("--face-model", args.face_model),
+                ("--bfm-path", args.bfm_path),
+                ("--iterations", args.iterations),
+                ("--crop-size", args.crop_size),
+            )
+            if value
+        ]
         if unsupported:
-            raise ValueError(f"{', '.join(unsupported)} do not apply to --set: a set is reconstructed with a trained "
-                             "R-Net (--ckpt) or C-Net (--cnet-ckpt), the latest ones under outputs/, or by fitting "
-                             "(--fit)")
+            raise ValueError(
+                f"{', '.join(unsupported)} do not apply to --set: a set is reconstructed with a trained "
+                "R-Net (--ckpt) or C-Net (--cnet-ckpt), the latest ones under outputs/, or by fitting "
+                "(--fit)"
+            )
     set_args = argparse.Namespace(
-        source=args.set_source, out=args.out, cnet_ckpt=str(args.cnet_ckpt) if args.cnet_ckpt else None,
-        rnet_ckpt=str(args.ckpt) if args.ckpt else None, strategy=args.strategy, every=10, max_frames=None,
-        detector=args.detector, units=args.units, outputs_dir="outputs",
-        fitter=build_predictor(args) if args.fit else None)
+        source=args.set_source,
+        out=args.out,
+        cnet_ckpt=str(args.cnet_ckpt) if args.cnet_ckpt else None,
+        rnet_ckpt=str(args.ckpt) if args.ckpt else None,
+        strategy=args.strategy,
+        every=10,
+        max_frames=None,
+        detector=args.detector,
+        units=args.units,
+        outputs_dir="outputs",
+        fitter=build_predictor(args) if args.fit else None,
+    )
     return reconstruct_set.run(set_args)
 
 
 def check_predictor_args(args: argparse.Namespace) -> None:
     """Reject argument combinations that have no meaning, naming the fix."""
     if (args.ckpt is not None) + (args.onnx is not None) + bool(args.fit) > 1:
-        raise ValueError("choose one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), --onnx MODEL (one "
-                         "exported by `face3d export-onnx`), --fit (fit each photo with the hybrid loss, no network), "
-                         "or none of them for the bundled R-Net")
+        raise ValueError(
+            "choose one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), --onnx MODEL (one "
+            "exported by `face3d export-onnx`), --fit (fit each photo with the hybrid loss, no network), "
+            "or none of them for the bundled R-Net"
+        )
     if args.onnx is not None:
-        given = [name for name, value in (("--face-model", args.face_model), ("--iterations", args.iterations),
-                                          ("--crop-size", args.crop_size)) if value is not None]
+        given = [
+            name
+            for name, value in (
+                ("--face-model", args.face_model),
+                ("--iterations", args.iterations),
+                ("--crop-size", args.crop_size),
+            )
+            if value is not None
+        ]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply to --fit; an ONNX model brings its own face model and "
-                             "crop size (drop them, or use --fit)")
+            raise ValueError(
+                f"{', '.join(given)} only apply to --fit; an ONNX model brings its own face model and "
+                "crop size (drop them, or use --fit)"
+            )
         if args.device != "cpu":
             raise ValueError("--onnx runs on onnxruntime's CPU provider; drop --device cuda (or use --ckpt on the GPU)")
     elif not args.fit:
-        given = [name for name, value in (("--face-model", args.face_model), ("--bfm-path", args.bfm_path),
-                                          ("--iterations", args.iterations), ("--crop-size", args.crop_size))
-                 if value is not None]
+        given = [
+            name
+            for name, value in (
+                ("--face-model", args.face_model),
+                ("--bfm-path", args.bfm_path),
+                ("--iterations", args.iterations),
+                ("--crop-size", args.crop_size),
+            )
+            if value is not None
+        ]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply to --fit; an R-Net (--ckpt or the bundled one) brings "
-                             "its own face model and crop size (drop them, or use --fit)")
+            raise ValueError(
+                f"{', '.join(given)} only apply to --fit; an R-Net (--ckpt or the bundled one) brings "
+                "its own face model and crop size (drop them, or use --fit)"
+            )
     if args.iterations is not None and args.iterations < 0:
         raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
     if args.crop_size is not None and args.crop_size < 32:
@@ -173,8 +293,9 @@ def build_predictor(args: argparse.Namespace):
 
     face_model = load_face_model(args.face_model or "ict", path=args.bfm_path)
     settings = FitSettings() if args.iterations is None else FitSettings(iterations=args.iterations)
-    return FittingPredictor.build(face_model.to(args.device), settings, crop_size=args.crop_size or 224,
-                                  device=args.device)
+    return FittingPredictor.build(
+        face_model.to(args.device), settings, crop_size=args.crop_size or 224, device=args.device
+    )
 
 
 def format_record(record: dict) -> str:
@@ -221,10 +342,19 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     try:
         predictor = build_predictor(args)
-        print(f"reconstructing {len(jobs)} image(s) with {predictor.name} ({predictor.renderer.face_model.name} "
-              f"model, {predictor.renderer.camera.image_size[0]}-pixel crops, {args.device})", flush=True)
-        summary = reconstruct_images(args.images, args.out, predictor, detector=args.detector, options=options,
-                                     on_record=lambda record: print(format_record(record), flush=True))
+        print(
+            f"reconstructing {len(jobs)} image(s) with {predictor.name} ({predictor.renderer.face_model.name} "
+            f"model, {predictor.renderer.camera.image_size[0]}-pixel crops, {args.device})",
+            flush=True,
+        )
+        summary = reconstruct_images(
+            args.images,
+            args.out,
+            predictor,
+            detector=args.detector,
+            options=options,
+            on_record=lambda record: print(format_record(record), flush=True),
+        )
     except ImportError as err:
         # A paper detector's package is not installed: one line, not a trace.
         print(f"face3d reconstruct: error: {err}", file=sys.stderr)

@@ -21,11 +21,15 @@ the box for the 68-point model. --detector dlib-hog avoids the cascade's slow CN
 def check_video_args(args: argparse.Namespace) -> None:
     """What --video cannot be combined with, naming the fix."""
     if args.fit:
-        raise ValueError("--video reconstructs every frame with an R-Net (the bundled one, --ckpt or --onnx); to fit "
-                         "one identity to a video's frames use --set VIDEO --fit")
+        raise ValueError(
+            "--video reconstructs every frame with an R-Net (the bundled one, --ckpt or --onnx); to fit "
+            "one identity to a video's frames use --set VIDEO --fit"
+        )
     if args.cnet_ckpt is not None or args.strategy is not None:
-        raise ValueError("--cnet-ckpt and --strategy apply to --set; --video averages the frames' identities (use "
-                         "--set VIDEO for a C-Net aggregate)")
+        raise ValueError(
+            "--cnet-ckpt and --strategy apply to --set; --video averages the frames' identities (use "
+            "--set VIDEO for a C-Net aggregate)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     try:
         predictor = build_predictor(args)
-        print(f"reconstructing the frames of {args.video} with {predictor.name} "
-              f"({predictor.renderer.face_model.name} model, {predictor.renderer.camera.image_size[0]}-pixel crops)",
-              flush=True)
+        print(
+            f"reconstructing the frames of {args.video} with {predictor.name} "
+            f"({predictor.renderer.face_model.name} model, {predictor.renderer.camera.image_size[0]}-pixel crops)",
+            flush=True,
+        )
         settings = VideoSettings(detector=args.detector, meshes=args.meshes, units=args.units)
         result = reconstruct_video(args.video, args.out, predictor, settings)
     except ImportError as err:
@@ -57,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(previous_threads)
     report = result.report
     counts = ", ".join(f"{status} {n}" for status, n in report["counts"].items() if n)
-    print(f"{report['n_frames']} frames ({counts}): {report['frames_per_second_wall']} frames/s, "
-          f"{report['cpu_ms_per_frame']} ms CPU a frame")
+    print(
+        f"{report['n_frames']} frames ({counts}): {report['frames_per_second_wall']} frames/s, "
+        f"{report['cpu_ms_per_frame']} ms CPU a frame"
+    )
     for stretch in report["lost_stretches"]:
         print(f"warning: no face in frames {stretch['first']}-{stretch['last']} ({stretch['n_frames']} frames)")
     for problem in report["problems"][:10]:

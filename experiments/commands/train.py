@@ -7,15 +7,22 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "train", help="train R-Net (configs under experiments/configs/, overrides as key=value)",
+        "train",
+        help="train R-Net (configs under experiments/configs/, overrides as key=value)",
         description="Train R-Net. Configs merge in order (schema defaults, each --config, then key=value "
-                    "overrides); unknown keys fail.",
+        "overrides); unknown keys fail.",
     )
-    p.add_argument("--config", action="append", default=[], metavar="NAME_OR_PATH",
-                   help="config name under experiments/configs/ (e.g. default, paper_ict, ablations/no_perceptual) "
-                        "or a YAML path; repeatable")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run's last.ckpt if it exists (start fresh otherwise)")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME_OR_PATH",
+        help="config name under experiments/configs/ (e.g. default, paper_ict, ablations/no_perceptual) "
+        "or a YAML path; repeatable",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run's last.ckpt if it exists (start fresh otherwise)"
+    )
     p.add_argument("--fast-dev-run", action="store_true", help="one train and one val batch, no checkpoints")
     p.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")

@@ -7,23 +7,39 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "train-aggregate", help="train C-Net (image-set aggregation) on a frozen R-Net and print the strategy table",
+        "train-aggregate",
+        help="train C-Net (image-set aggregation) on a frozen R-Net and print the strategy table",
         description="Train C-Net (Deng et al. 2019 §5) on image sets with a frozen R-Net: by default the latest "
-                    "`make train-single` checkpoint, trained first if there is none. Trains the S4 (element-wise) "
-                    "and S1 (global) C-Nets, then prints and saves the shape-error table (mean per-image error, "
-                    "shape averaging, S1-S4) on held-out synthetic identities, and confidence plots. Configs merge "
-                    "in order (R-Net checkpoint's model and loss, each --config, then key=value overrides).",
+        "`make train-single` checkpoint, trained first if there is none. Trains the S4 (element-wise) "
+        "and S1 (global) C-Nets, then prints and saves the shape-error table (mean per-image error, "
+        "shape averaging, S1-S4) on held-out synthetic identities, and confidence plots. Configs merge "
+        "in order (R-Net checkpoint's model and loss, each --config, then key=value overrides).",
     )
-    p.add_argument("--rnet-ckpt", default=None, metavar="PATH",
-                   help="R-Net checkpoint written by `face3d train` (default: outputs/train-single/checkpoints/"
-                        "best-*.ckpt, else last.ckpt)")
-    p.add_argument("--config", action="append", default=[], metavar="NAME_OR_PATH",
-                   help="config name under experiments/configs/ or a YAML path; repeatable (default: aggregate)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue each strategy's last.ckpt if it exists (a finished run is only re-evaluated)")
+    p.add_argument(
+        "--rnet-ckpt",
+        default=None,
+        metavar="PATH",
+        help="R-Net checkpoint written by `face3d train` (default: outputs/train-single/checkpoints/"
+        "best-*.ckpt, else last.ckpt)",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME_OR_PATH",
+        help="config name under experiments/configs/ or a YAML path; repeatable (default: aggregate)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each strategy's last.ckpt if it exists (a finished run is only re-evaluated)",
+    )
     p.add_argument("--fast-dev-run", action="store_true", help="one train and one val batch per C-Net, no checkpoints")
-    p.add_argument("--print-config", action="store_true", help="print the merged config (before the R-Net's "
-                                                                "sections are filled in) and exit")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the merged config (before the R-Net's sections are filled in) and exit",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=run)
 
@@ -36,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(load_config(files, args.overrides)))
         return 0
-    result = train_aggregate(files, args.overrides, rnet_checkpoint=args.rnet_ckpt, resume=args.resume,
-                             fast_dev_run=args.fast_dev_run)
+    result = train_aggregate(
+        files, args.overrides, rnet_checkpoint=args.rnet_ckpt, resume=args.resume, fast_dev_run=args.fast_dev_run
+    )
     print("\n" + result.summary())
     return 0

@@ -79,7 +79,8 @@ def rasterize(
         if int(pair_budget) != pair_budget or pair_budget < 0:
             raise ValueError(f"pair_budget must be an integer >= 0, got {pair_budget}")
         pix_to_face, dropped = torch_backend.visible_faces_sync_free(
-            screen_vertices, faces, size, near, cull_backfaces, max_pairs, int(pair_budget))
+            screen_vertices, faces, size, near, cull_backfaces, max_pairs, int(pair_budget)
+        )
     else:
         pix_to_face = torch_backend.visible_faces(screen_vertices, faces, size, near, cull_backfaces, max_pairs)
     bary, depth, covered = barycentrics_and_depth(screen_vertices, faces, pix_to_face, dense=sync_free)
@@ -190,8 +191,11 @@ def _check_inputs(
         raise ValueError(
             f"faces are on {faces.device} but screen_vertices on {screen_vertices.device}; move both to one device"
         )
-    if (not isinstance(image_size, (tuple, list, torch.Size)) or len(image_size) != 2
-            or any(int(s) != s or s <= 0 for s in image_size)):
+    if (
+        not isinstance(image_size, (tuple, list, torch.Size))
+        or len(image_size) != 2
+        or any(int(s) != s or s <= 0 for s in image_size)
+    ):
         raise ValueError(f"image_size must be (height, width), two positive integers, got {image_size!r}")
     if not near >= 0:
         raise ValueError(f"near must be a depth >= 0, got {near}")
@@ -207,8 +211,8 @@ def _check_inputs(
         if low < 0 or high >= n_vertices:
             raise ValueError(f"faces index vertices in [{low}, {high}] but screen_vertices has V = {n_vertices}")
         if remember:
-            _CHECKED_FACES[id(faces)] = (weakref.ref(faces, lambda _, key=id(faces): _CHECKED_FACES.pop(key, None)),
-                                         stamp)
+            key = id(faces)
+            _CHECKED_FACES[key] = (weakref.ref(faces, lambda _, key=key: _CHECKED_FACES.pop(key, None)), stamp)
     return faces_long
 
 

@@ -126,8 +126,9 @@ def visible_faces_sync_free(
     dropped = torch.zeros((), dtype=torch.int64, device=device)
     if batch * n_faces > 0 and screen_vertices.shape[1] > 0:
         with torch.no_grad():
-            dropped = _draw_fixed(best, screen_vertices.detach(), faces, height, width, near, cull_backfaces,
-                                  max_pairs, pair_budget)
+            dropped = _draw_fixed(
+                best, screen_vertices.detach(), faces, height, width, near, cull_backfaces, max_pairs, pair_budget
+            )
     pix_to_face = torch.where(best != _EMPTY, best & _FACE_MASK, -1)
     return pix_to_face.view(batch, height, width), dropped
 
@@ -160,8 +161,14 @@ def _draw_fixed(
         hi = min(lo + block, n_faces)
         part = slice(batch * lo, batch * hi)
         per_face, n_pixels, first_pixel = _first_pixels(
-            best, planar_corners(tables, sorted_faces[lo:hi], batch), flipped[lo:hi], lo, height, width,
-            near, cull_backfaces,
+            best,
+            planar_corners(tables, sorted_faces[lo:hi], batch),
+            flipped[lo:hi],
+            lo,
+            height,
+            width,
+            near,
+            cull_backfaces,
         )
         for row, values in zip(columns[:, part], per_face):
             row.copy_(values.reshape(-1))
@@ -215,8 +222,14 @@ def _draw(
     for lo in range(0, n_faces, block):
         hi = min(lo + block, n_faces)
         found = _draw_first_pixels(
-            best, planar_corners(tables, sorted_faces[lo:hi], batch), flipped[lo:hi], lo, height, width,
-            near, cull_backfaces,
+            best,
+            planar_corners(tables, sorted_faces[lo:hi], batch),
+            flipped[lo:hi],
+            lo,
+            height,
+            width,
+            near,
+            cull_backfaces,
         )
         if found is not None:
             pending.append(found)

@@ -137,8 +137,12 @@ def covered_pixels(pix_to_face: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def pixel_corner_ids(
-    faces: torch.Tensor, pixel_index: torch.Tensor, pixel_face: torch.Tensor, image_size: tuple[int, int],
-    batch: int, n_vertices: int,
+    faces: torch.Tensor,
+    pixel_index: torch.Tensor,
+    pixel_face: torch.Tensor,
+    image_size: tuple[int, int],
+    batch: int,
+    n_vertices: int,
 ) -> torch.Tensor:
     """(3 corners, N) ids of the pixels' face corners into the batch-flattened (B*V) vertices.
 
@@ -209,8 +213,7 @@ def barycentrics_and_depth(
         bary, depth = torch.where(covered, bary, 0), torch.where(covered, depth, 0)
         full_bary = bary.t().reshape(batch, height, width, 3)
         full_depth = depth.view(batch, height, width)
-        return full_bary, full_depth, CoveredPixels(index, ids, bary, screen_vertices.shape[1], pix_to_face,
-                                                    full_bary)
+        return full_bary, full_depth, CoveredPixels(index, ids, bary, screen_vertices.shape[1], pix_to_face, full_bary)
     # In-place into fresh zeros: the out-of-place index_copy would clone the zeros first.
     full_bary = bary.new_zeros(n_pixels, 3).index_copy_(0, index, bary.t()).view(batch, height, width, 3)
     full_depth = depth.new_zeros(n_pixels).index_copy_(0, index, depth).view(batch, height, width)

@@ -24,14 +24,19 @@ def grid_mesh(n: int, half_width: float, height) -> tuple[np.ndarray, np.ndarray
 
 def face_height(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """A face-like, asymmetric relief in mm: a rounded dome, a nose, brows, a tilt."""
-    return (60.0 * np.exp(-(x ** 2 + y ** 2) / (2 * 70.0 ** 2))
-            + 25.0 * np.exp(-(x ** 2 + (y + 5) ** 2) / 200.0)
-            + 6.0 * np.exp(-((np.abs(x) - 30) ** 2 + (y - 35) ** 2) / 150.0) + 0.05 * x + 0.02 * x * y / 10)
+    return (
+        60.0 * np.exp(-(x**2 + y**2) / (2 * 70.0**2))
+        + 25.0 * np.exp(-(x**2 + (y + 5) ** 2) / 200.0)
+        + 6.0 * np.exp(-((np.abs(x) - 30) ** 2 + (y - 35) ** 2) / 150.0)
+        + 0.05 * x
+        + 0.02 * x * y / 10
+    )
 
 
 # Where the 7 NoW landmarks sit on `face_height` (x, y in mm), in NoW's order.
-NOW_LANDMARK_XY = np.array([[-45.0, 30.0], [-15.0, 30.0], [15.0, 30.0], [45.0, 30.0], [0.0, -15.0],
-                            [-25.0, -45.0], [25.0, -45.0]])
+NOW_LANDMARK_XY = np.array(
+    [[-45.0, 30.0], [-15.0, 30.0], [15.0, 30.0], [45.0, 30.0], [0.0, -15.0], [-25.0, -45.0], [25.0, -45.0]]
+)
 
 
 def on_face(xy: np.ndarray) -> np.ndarray:
@@ -50,7 +55,7 @@ def bumpy_sphere() -> tuple[np.ndarray, np.ndarray]:
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
     v = np.asarray(sphere.vertices)
     x, y, z = v.T
-    radius = 50 * (1 + 0.25 * x * y + 0.15 * np.sin(3 * z) + 0.1 * x ** 2 - 0.2 * y ** 3)
+    radius = 50 * (1 + 0.25 * x * y + 0.15 * np.sin(3 * z) + 0.1 * x**2 - 0.2 * y**3)
     return v * radius[:, None], np.asarray(sphere.faces, dtype=np.int64)
 
 

@@ -6,21 +6,23 @@ from scipy.spatial.transform import Rotation
 from benchmarks.metrics import SimilarityTransform, centroid_alignment, fit_similarity, icp, procrustes
 
 
-def perturbed(transform: SimilarityTransform, degrees: float, shift: float,
-              scale: float) -> SimilarityTransform:
+def perturbed(transform: SimilarityTransform, degrees: float, shift: float, scale: float) -> SimilarityTransform:
     """The transform, off by a rotation of ``degrees``, a translation of ``shift`` mm and a scale factor."""
     extra = Rotation.from_rotvec(np.radians(degrees) * np.array([0.6, -0.8, 0.0])).as_matrix()
-    return SimilarityTransform(transform.scale * scale, extra @ transform.rotation,
-                               transform.translation + shift * np.array([0.0, 0.6, 0.8]))
+    return SimilarityTransform(
+        transform.scale * scale, extra @ transform.rotation, transform.translation + shift * np.array([0.0, 0.6, 0.8])
+    )
 
 
-def assert_recovers(found: SimilarityTransform, truth: SimilarityTransform, rotation_deg: float, scale: float,
-                    translation: float) -> None:
+def assert_recovers(
+    found: SimilarityTransform, truth: SimilarityTransform, rotation_deg: float, scale: float, translation: float
+) -> None:
     angle = np.degrees(Rotation.from_matrix(found.rotation @ truth.rotation.T).magnitude())
     assert angle < rotation_deg, f"rotation off by {angle:.4f} degrees"
     assert abs(found.scale / truth.scale - 1) < scale, f"scale {found.scale} vs {truth.scale}"
-    assert np.linalg.norm(found.translation - truth.translation) < translation, \
+    assert np.linalg.norm(found.translation - truth.translation) < translation, (
         f"translation {found.translation} vs {truth.translation}"
+    )
 
 
 def test_similarity_transform_algebra(similarity):
@@ -78,8 +80,13 @@ def test_icp_between_point_sets_and_in_the_other_direction(bumpy_sphere, similar
     assert_recovers(result.transform, similarity, 0.05, 1e-3, 0.2)
     # Source covers part of the target: match each (partial) source point to the target's surface.
     part = vertices[vertices[:, 1] > 0.0]
-    result = icp(part, similarity.apply(vertices), target_faces=faces, direction="source_to_target",
-                 init=perturbed(similarity, 5.0, 5.0, 0.97))
+    result = icp(
+        part,
+        similarity.apply(vertices),
+        target_faces=faces,
+        direction="source_to_target",
+        init=perturbed(similarity, 5.0, 5.0, 0.97),
+    )
     assert_recovers(result.transform, similarity, 0.01, 1e-4, 0.05)
     assert result.distances.shape == (len(part),) and result.distances.max() < 1e-3
 
@@ -99,8 +106,13 @@ def test_icp_options_are_validated_and_outliers_can_be_rejected(bumpy_sphere, si
     vertices, faces = bumpy_sphere
     scan = similarity.apply(vertices[vertices[:, 2] > 0.0])
     outliers = scan + 200.0
-    result = icp(vertices, np.concatenate([scan, outliers[:10]]), source_faces=faces,
-                 init=perturbed(similarity, 3.0, 3.0, 1.0), max_correspondence_distance=20.0)
+    result = icp(
+        vertices,
+        np.concatenate([scan, outliers[:10]]),
+        source_faces=faces,
+        init=perturbed(similarity, 3.0, 3.0, 1.0),
+        max_correspondence_distance=20.0,
+    )
     assert_recovers(result.transform, similarity, 0.01, 1e-4, 0.05)
     assert (result.distances[-10:] > 100).all()
     with pytest.raises(ValueError, match="direction"):

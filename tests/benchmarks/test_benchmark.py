@@ -55,8 +55,10 @@ def _save_cnet(path: Path, rnet_checkpoint: Path) -> Path:
     module = build_cnet_module(cfg, rnet_module, "s4")
     state = {k: v for k, v in module.state_dict().items() if not k.startswith(("renderer.", "loss."))}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "face3d_config": to_yaml(cfg),
-                "face3d_cnet": {"strategy": "s4", "kind": "elementwise"}}, path)
+    torch.save(
+        {"state_dict": state, "face3d_config": to_yaml(cfg), "face3d_cnet": {"strategy": "s4", "kind": "elementwise"}},
+        path,
+    )
     return path
 
 
@@ -69,9 +71,22 @@ def checkpoints(tmp_path_factory):
 
 def _settings(checkpoints, out_dir: Path, **changes) -> BenchmarkSettings:
     rnet, cnet = checkpoints
-    options = dict(checkpoint=rnet, cnet_checkpoint=cnet, out_dir=out_dir, identities=2, seed=3, fit_images=2,
-                   fit_iterations=1, fit_rigid_iterations=2, fit_shape_iterations=2, fit_crop_size=32, speed=False, wandb=False,
-                   datasets=NO_DATASETS, device="cpu")
+    options = dict(
+        checkpoint=rnet,
+        cnet_checkpoint=cnet,
+        out_dir=out_dir,
+        identities=2,
+        seed=3,
+        fit_images=2,
+        fit_iterations=1,
+        fit_rigid_iterations=2,
+        fit_shape_iterations=2,
+        fit_crop_size=32,
+        speed=False,
+        wandb=False,
+        datasets=NO_DATASETS,
+        device="cpu",
+    )
     options.update(changes)
     return BenchmarkSettings(**options)
 
@@ -106,8 +121,9 @@ def test_pose_grid_pictures_share_the_identity_and_differ_in_everything_else(ict
     sample = dataset[0]
     assert sample["images"].shape == (20, 3, 16, 16)
     coeffs = dataset.layout.split(torch.from_numpy(dataset.arrays.coefficients))
-    np.testing.assert_allclose(torch.rad2deg(coeffs.angles).numpy(),
-                               np.column_stack([*pose_grid(), np.zeros(20)]), atol=1e-4)
+    np.testing.assert_allclose(
+        torch.rad2deg(coeffs.angles).numpy(), np.column_stack([*pose_grid(), np.zeros(20)]), atol=1e-4
+    )
     np.testing.assert_allclose(sample["yaw_deg"].numpy(), np.tile(YAWS_DEG, 4), atol=1e-4)
     assert torch.equal(coeffs.identity, coeffs.identity[:1].expand(20, -1))
     for name in ("expression", "albedo", "lighting"):
@@ -132,19 +148,23 @@ def test_report_metrics_and_plot_are_written(run):
     pictures = metrics["accuracy"]["pose_grid"]["pictures"]
     assert pictures["identity"] == [0] * 20 + [1] * 20
     gap = metrics["accuracy"]["appearance_gap"]
-    assert gap["protocol"]["look"] == "appearance_gap" and metrics["accuracy"]["pose_grid"]["protocol"]["look"] == "matched"
+    assert (
+        gap["protocol"]["look"] == "appearance_gap"
+        and metrics["accuracy"]["pose_grid"]["protocol"]["look"] == "matched"
+    )
     assert [row["key"] for row in gap["rows"]] == [row.key for row in run.pose_grid.rows]
     assert "## Appearance-gap protocol" in report and "side by side" in report
     # Same identities, other pictures: the mean face scores the same, the methods do not.
     assert gap["identities"]["mean_face"] == metrics["accuracy"]["pose_grid"]["identities"]["mean_face"]
     assert gap["pictures"]["rnet"] != pictures["rnet"]
-    assert pictures["yaw_deg"] == list(np.tile(YAWS_DEG, 8)) and pictures["pitch_deg"] == list(np.tile(np.repeat(PITCHES_DEG, 5), 2))
+    assert pictures["yaw_deg"] == list(np.tile(YAWS_DEG, 8)) and pictures["pitch_deg"] == list(
+        np.tile(np.repeat(PITCHES_DEG, 5), 2)
+    )
 
 
 def test_the_table_has_every_method(run):
     rows = {row.key: row for row in run.pose_grid.rows}
-    assert list(rows) == ["mean_face", "rnet", "averaging", "s4", "rnet_fit_subset", "fit", "fit_averaging",
-                          "fit_set"]
+    assert list(rows) == ["mean_face", "rnet", "averaging", "s4", "rnet_fit_subset", "fit", "fit_averaging", "fit_set"]
     assert rows["rnet"].stats.count == 40 and rows["mean_face"].stats.count == 40
     assert rows["averaging"].stats.count == 2 and rows["s4"].stats.count == 2
     assert rows["fit"].stats.count == 2 and rows["rnet_fit_subset"].stats.count == 2
@@ -212,8 +232,12 @@ def test_missing_datasets_get_one_line_skip_notes(run):
     notes = {d.name: d.note for d in run.datasets}
     assert set(notes) == {"micc", "facewarehouse", "bu3dfe", "now"}
     assert all(d.skipped and not d.rows for d in run.datasets)
-    for name, variable in (("micc", "FACE3D_DATA_MICC"), ("bu3dfe", "FACE3D_DATA_BU3DFE"),
-                           ("facewarehouse", "FACE3D_DATA_FACEWAREHOUSE"), ("now", "FACE3D_DATA_NOW")):
+    for name, variable in (
+        ("micc", "FACE3D_DATA_MICC"),
+        ("bu3dfe", "FACE3D_DATA_BU3DFE"),
+        ("facewarehouse", "FACE3D_DATA_FACEWAREHOUSE"),
+        ("now", "FACE3D_DATA_NOW"),
+    ):
         assert variable in notes[name] and "\n" not in notes[name]
     report = run.files["report"].read_text()
     assert "FACE3D_DATA_MICC" in report and "Evaluation datasets" in report
@@ -245,15 +269,20 @@ def _write_wrl(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
     points = ",\n".join(f"{x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices)
     index = ", ".join(f"{a}, {b}, {c}, -1" for a, b, c in faces)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"#VRML V2.0 utf8\nShape {{ geometry IndexedFaceSet {{\n coord Coordinate {{ point [\n{points}\n] }}\n"
-                    f" coordIndex [ {index} ]\n}} }}\n")
+    path.write_text(
+        f"#VRML V2.0 utf8\nShape {{ geometry IndexedFaceSet {{\n coord Coordinate {{ point [\n{points}\n] }}\n"
+        f" coordIndex [ {index} ]\n}} }}\n"
+    )
 
 
 def test_bu3dfe_protocol_on_a_fixture_scores_an_exact_prediction_near_zero(ict_small, tmp_path):
     # A BU-3DFE folder whose neutral scan is the mean face in mm: predicting the mean face must score ~0 mm.
     root = tmp_path / "BU3DFE"
-    _write_wrl(root / "F0001" / "F0001_NE00WH_F3D.wrl", ict_small.mean_shape.double().numpy() * 100.0,
-               ict_small.triangles.numpy())
+    _write_wrl(
+        root / "F0001" / "F0001_NE00WH_F3D.wrl",
+        ict_small.mean_shape.double().numpy() * 100.0,
+        ict_small.triangles.numpy(),
+    )
     (root / "F0001" / "F0001_NE00WH_F2D.bmp").write_bytes(b"\x00")
     settings = DatasetSettings(names=("bu3dfe", "micc"), paths_file=None, environ={"FACE3D_DATA_BU3DFE": str(root)})
     bu3dfe, micc = evaluate_datasets(settings, lambda: _MeanFacePredictor(ict_small), log=lambda line: None)
@@ -276,9 +305,19 @@ def test_speed_rows_name_the_device_and_report_positive_rates(checkpoints):
     from experiments.build import load_rnet_checkpoint
 
     module, _ = load_rnet_checkpoint(checkpoints[0])
-    rows = measure_speed(module.rnet, module.face_model, 32, "cpu", preprocessing=False, batches=(1, 2),
-                         render_batch=2, repeats=1, fit_seconds=0.5, onnx=False,
-                         video=False)
+    rows = measure_speed(
+        module.rnet,
+        module.face_model,
+        32,
+        "cpu",
+        preprocessing=False,
+        batches=(1, 2),
+        render_batch=2,
+        repeats=1,
+        fit_seconds=0.5,
+        onnx=False,
+        video=False,
+    )
     assert [r.task.split(" ")[0] for r in rows] == ["R-Net", "R-Net", "rendering,", "rendering,", "fitting"]
     assert all(r.value is not None and r.value > 0 for r in rows)
     assert "CPU" in device_name("cpu")
@@ -313,8 +352,23 @@ def test_the_command_uses_the_latest_train_single_checkpoint(checkpoints, tmp_pa
         # An environment variable wins over any paths.yaml on this machine: every dataset is skipped.
         monkeypatch.setenv(f"FACE3D_DATA_{name}", str(tmp_path / "absent"))
     out = tmp_path / "report"
-    code = cli.main(["benchmark", "--outputs-dir", str(outputs), "--identities", "1", "--no-fit", "--no-speed",
-                     "--no-wandb", "--no-real-photo", "--out", str(out), "--device", "cpu"])
+    code = cli.main(
+        [
+            "benchmark",
+            "--outputs-dir",
+            str(outputs),
+            "--identities",
+            "1",
+            "--no-fit",
+            "--no-speed",
+            "--no-wandb",
+            "--no-real-photo",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert "R-Net, single image" in stdout and f"report: {out / 'report.md'}" in stdout
@@ -327,8 +381,10 @@ def test_the_command_uses_the_latest_train_single_checkpoint(checkpoints, tmp_pa
 def test_wandb_offline_run_holds_the_tables_and_plot(checkpoints, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    result = run_benchmark(_settings(checkpoints, tmp_path / "wb", identities=1, fit_images=0, appearance_gap=False, wandb=True),
-                           log=lambda line: None)
+    result = run_benchmark(
+        _settings(checkpoints, tmp_path / "wb", identities=1, fit_images=0, appearance_gap=False, wandb=True),
+        log=lambda line: None,
+    )
     run_dir = result.files["wandb"]
     assert run_dir.is_dir() and run_dir.name.startswith("offline-run-")
     assert any(run_dir.rglob("*.wandb"))

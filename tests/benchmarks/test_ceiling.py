@@ -17,8 +17,14 @@ EXACT = CeilingSettings(iterations=6, max_points=1500, regularization=1e-8)
 
 
 def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    cy, sy, cp, sp, cr, sr = (math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch), math.cos(roll),
-                              math.sin(roll))
+    cy, sy, cp, sp, cr, sr = (
+        math.cos(yaw),
+        math.sin(yaw),
+        math.cos(pitch),
+        math.sin(pitch),
+        math.cos(roll),
+        math.sin(roll),
+    )
     rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
@@ -59,8 +65,13 @@ def test_a_model_instance_under_a_similarity_is_recovered(ict_small) -> None:
 
 def test_the_mean_face_gives_zero_coefficients(ict_small) -> None:
     mean = ict_small.mean_shape.double().numpy() * DM_TO_MM
-    fit = fit_model_to_mesh(ict_small, mean, ict_small.triangles, mean[ict_small.landmark_ids.numpy()],
-                            settings=CeilingSettings(iterations=2, max_points=300))
+    fit = fit_model_to_mesh(
+        ict_small,
+        mean,
+        ict_small.triangles,
+        mean[ict_small.landmark_ids.numpy()],
+        settings=CeilingSettings(iterations=2, max_points=300),
+    )
     assert fit.coeffs.identity.abs().max() < 1e-3
     assert fit.coeffs.expression.abs().max() < 1e-3
     assert fit.rms < 1e-6
@@ -70,13 +81,17 @@ def test_the_mean_face_gives_zero_coefficients(ict_small) -> None:
 @pytest.mark.slow
 def test_identity_only_ceiling_leaves_expression_at_zero_and_fits_worse(ict_small) -> None:
     generator = torch.Generator().manual_seed(5)
-    shape = model_instance(ict_small, torch.randn(ict_small.layout.n_id, generator=generator),
-                           torch.randn(ict_small.layout.n_exp, generator=generator))
+    shape = model_instance(
+        ict_small,
+        torch.randn(ict_small.layout.n_id, generator=generator),
+        torch.randn(ict_small.layout.n_exp, generator=generator),
+    )
     target = shape * DM_TO_MM
     landmarks = target[ict_small.landmark_ids.numpy()]
     both = fit_model_to_mesh(ict_small, target, ict_small.triangles, landmarks, settings=EXACT)
-    alone = fit_model_to_mesh(ict_small, target, ict_small.triangles, landmarks,
-                              settings=dataclasses.replace(EXACT, expression=False))
+    alone = fit_model_to_mesh(
+        ict_small, target, ict_small.triangles, landmarks, settings=dataclasses.replace(EXACT, expression=False)
+    )
     assert alone.coeffs.expression.abs().max() == 0
     assert alone.rms > 5 * both.rms
 

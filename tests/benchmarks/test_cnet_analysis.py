@@ -27,9 +27,15 @@ def neutral(face_model, identity: torch.Tensor) -> torch.Tensor:
 
 
 def evaluation_of(face_model, identity, truth_identity, valid, elementwise, scalar) -> SetEvaluation:
-    return SetEvaluation(identity=identity, valid=valid, confidences={"s4": elementwise, "s1": scalar},
-                         truth_vertices=neutral(face_model, truth_identity), yaw_deg=None, occluded=None,
-                         degradation=None)
+    return SetEvaluation(
+        identity=identity,
+        valid=valid,
+        confidences={"s4": elementwise, "s1": scalar},
+        truth_vertices=neutral(face_model, truth_identity),
+        yaw_deg=None,
+        occluded=None,
+        degradation=None,
+    )
 
 
 def test_rows_match_direct_computation(face_model):
@@ -49,13 +55,19 @@ def test_rows_match_direct_computation(face_model):
     mean_face = vertex_error(face_model.mean_shape.expand(n_sets, -1, -1), truth_shapes).numpy()
     np.testing.assert_allclose(errors["mean_face"], mean_face, rtol=1e-5)
     averaged = torch.stack([identity[s, valid[s]].mean(0) for s in range(n_sets)])
-    np.testing.assert_allclose(errors["mean"], vertex_error(neutral(face_model, averaged), truth_shapes).numpy(),
-                               rtol=1e-5)
-    np.testing.assert_allclose(errors["s3"], vertex_error(neutral(face_model, identity[:, 1]), truth_shapes).numpy(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        errors["mean"], vertex_error(neutral(face_model, averaged), truth_shapes).numpy(), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        errors["s3"], vertex_error(neutral(face_model, identity[:, 1]), truth_shapes).numpy(), rtol=1e-5
+    )
     weights = scalar[..., 0]
-    s1 = torch.stack([(weights[s, valid[s], None] * identity[s, valid[s]]).sum(0) / weights[s, valid[s]].sum()
-                      for s in range(n_sets)])
+    s1 = torch.stack(
+        [
+            (weights[s, valid[s], None] * identity[s, valid[s]]).sum(0) / weights[s, valid[s]].sum()
+            for s in range(n_sets)
+        ]
+    )
     np.testing.assert_allclose(errors["s1"], vertex_error(neutral(face_model, s1), truth_shapes).numpy(), rtol=1e-4)
     assert len(errors["per_image"]) == int(valid.sum())
 
@@ -70,8 +82,9 @@ def test_exact_identities_score_zero_and_the_mean_face_does_not(face_model):
     identity = truth[:, None].expand(-1, 3, -1).clone()
     valid = torch.ones(2, 3, dtype=torch.bool)
     confidences = torch.rand(2, 3, face_model.layout.n_id)
-    errors = strategy_errors(evaluation_of(face_model, identity, truth, valid, confidences, confidences[..., :1]),
-                             face_model)
+    errors = strategy_errors(
+        evaluation_of(face_model, identity, truth, valid, confidences, confidences[..., :1]), face_model
+    )
     for key in ("per_image", "mean", "s1", "s2", "s3", "s4"):
         assert errors[key].max() < 1e-3, key
     assert errors["mean_face"].min() > 1.0
@@ -102,8 +115,15 @@ def test_confidence_by_degradation_is_relative_to_the_clean_pictures():
     scalar = torch.full((2, 4, 1), 0.5)
     scalar[degradation == blur] = 0.25
     scalar[1, 3] = 0.0  # padding must not count as a clean picture
-    evaluation = SetEvaluation(identity=torch.zeros(2, 4, 3), valid=valid, confidences={"s4": elementwise, "s1": scalar},
-                               truth_vertices=None, yaw_deg=None, occluded=None, degradation=degradation)
+    evaluation = SetEvaluation(
+        identity=torch.zeros(2, 4, 3),
+        valid=valid,
+        confidences={"s4": elementwise, "s1": scalar},
+        truth_vertices=None,
+        yaw_deg=None,
+        occluded=None,
+        degradation=degradation,
+    )
     trust = confidence_by_degradation(evaluation)
     element, single = trust["S4 sum of element-wise"], trust["S1 scalar"]
     assert set(element) == {"none", "noise", "blur"}
@@ -111,7 +131,11 @@ def test_confidence_by_degradation_is_relative_to_the_clean_pictures():
     assert element["blur"][0] == pytest.approx(1.0) and single["blur"][0] == pytest.approx(0.5)
     assert single["noise"] == pytest.approx((1.0, 0.0))
 
-    summary = AggregateResult(run_dir=Path("run"), rnet_checkpoint=Path("r.ckpt"), cnet_checkpoints={},
-                              rows=strategy_table({"mean": np.array([1.0, 2.0])}),
-                              confidence_by_degradation=trust).summary()
+    summary = AggregateResult(
+        run_dir=Path("run"),
+        rnet_checkpoint=Path("r.ckpt"),
+        cnet_checkpoints={},
+        rows=strategy_table({"mean": np.array([1.0, 2.0])}),
+        confidence_by_degradation=trust,
+    ).summary()
     assert "S4 sum of element-wise confidence of degraded pictures / clean ones: blur 1.00, noise 0.25" in summary

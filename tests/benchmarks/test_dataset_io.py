@@ -1,9 +1,20 @@
 import numpy as np
 import pytest
 
-from benchmarks.datasets.io import (DatasetFormatError, Mesh, read_counted_points, read_lines, read_mesh,
-                                    read_obj, read_point_rows, read_pp, read_vertex_ids, read_wrl, scale_to_mm,
-                                    write_obj)
+from benchmarks.datasets.io import (
+    DatasetFormatError,
+    Mesh,
+    read_counted_points,
+    read_lines,
+    read_mesh,
+    read_obj,
+    read_point_rows,
+    read_pp,
+    read_vertex_ids,
+    read_wrl,
+    scale_to_mm,
+    write_obj,
+)
 
 VRML2 = """#VRML V2.0 utf8
 # A comment mentioning Coordinate { point [ 9 9 9 ] } must not count.
@@ -51,8 +62,10 @@ PICKED_POINTS = """<!DOCTYPE PickedPoints>
 
 def test_obj_reader_handles_quads_slashes_negative_ids_and_colours(tmp_path):
     path = tmp_path / "mesh.obj"
-    path.write_text("# exported\nmtllib m.mtl\no face\nv 0 0 0 1 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\n"
-                    "vt 0 0\nvn 0 0 1\nusemtl skin\nf 1/1/1 2/1/1 3/1/1 4/1/1\nf -4//1 -2//1 -1//1\n")
+    path.write_text(
+        "# exported\nmtllib m.mtl\no face\nv 0 0 0 1 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\n"
+        "vt 0 0\nvn 0 0 1\nusemtl skin\nf 1/1/1 2/1/1 3/1/1 4/1/1\nf -4//1 -2//1 -1//1\n"
+    )
     mesh = read_obj(path)
     np.testing.assert_allclose(mesh.vertices, [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
     np.testing.assert_array_equal(mesh.faces, [[0, 1, 2], [0, 2, 3], [0, 2, 3]])
@@ -102,8 +115,9 @@ def test_vrml2_indexed_face_sets_are_concatenated(tmp_path):
     np.testing.assert_array_equal(mesh.faces, [[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
     # Mixed polygon sizes, a doubled separator and no final -1.
     mixed = tmp_path / "mixed.wrl"
-    mixed.write_text("Coordinate { point [ 0 0 0, 1 0 0, 1 1 0, 0 1 0, 2 2 2 ] }\n"
-                     "coordIndex [ 0 1 2 3 -1 -1 1 2 4 -1 0 2 4 ]")
+    mixed.write_text(
+        "Coordinate { point [ 0 0 0, 1 0 0, 1 1 0, 0 1 0, 2 2 2 ] }\ncoordIndex [ 0 1 2 3 -1 -1 1 2 4 -1 0 2 4 ]"
+    )
     np.testing.assert_array_equal(read_wrl(mixed).faces, [[0, 1, 2], [0, 2, 3], [1, 2, 4], [0, 2, 4]])
 
 
@@ -113,8 +127,9 @@ def test_vrml1_and_point_clouds(tmp_path):
     mesh = read_mesh(path)
     np.testing.assert_array_equal(mesh.faces, [[0, 1, 2], [0, 2, 3]])
     cloud = tmp_path / "cloud.wrl"
-    cloud.write_text("#VRML V2.0 utf8\nShape { geometry PointSet {\n"
-                     "  coord Coordinate { point [ 1 2 3, 4 5 6 ] } } }\n")
+    cloud.write_text(
+        "#VRML V2.0 utf8\nShape { geometry PointSet {\n  coord Coordinate { point [ 1 2 3, 4 5 6 ] } } }\n"
+    )
     mesh = read_wrl(cloud)
     assert mesh.vertices.shape == (2, 3) and mesh.faces.shape == (0, 3)
 

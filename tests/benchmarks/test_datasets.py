@@ -5,9 +5,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.datasets import (DatasetFormatError, env_var, export_model_prediction, export_prediction,
-                                 load_regions, locate, missing_predictions, open_bu3dfe, open_facewarehouse,
-                                 open_micc, open_now, read_face_box, read_obj)
+from benchmarks.datasets import (
+    DatasetFormatError,
+    env_var,
+    export_model_prediction,
+    export_prediction,
+    load_regions,
+    locate,
+    missing_predictions,
+    open_bu3dfe,
+    open_facewarehouse,
+    open_micc,
+    open_now,
+    read_face_box,
+    read_obj,
+)
 from benchmarks.metrics import NOW_LANDMARKS_68, now_scan_to_mesh
 
 NO_CONFIG = {"environ": {}, "paths_file": None}
@@ -28,8 +40,10 @@ def write_obj_quads(path: Path, scale: float = 1.0) -> None:
     vertices, _ = face_grid(scale)
     ids = np.arange(36).reshape(6, 6) + 1
     lines = [f"v {x} {y} {z}" for x, y, z in vertices] + ["vt 0.5 0.5"]
-    lines += [f"f {a}/1 {b}/1 {d}/1 {c}/1" for a, b, c, d in
-              zip(ids[:-1, :-1].ravel(), ids[:-1, 1:].ravel(), ids[1:, :-1].ravel(), ids[1:, 1:].ravel())]
+    lines += [
+        f"f {a}/1 {b}/1 {d}/1 {c}/1"
+        for a, b, c, d in zip(ids[:-1, :-1].ravel(), ids[:-1, 1:].ravel(), ids[1:, :-1].ravel(), ids[1:, 1:].ravel())
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
@@ -39,17 +53,20 @@ def write_wrl(path: Path) -> None:
     points = ",\n".join(f"{x} {y} {z}" for x, y, z in vertices)
     index = ", ".join(f"{a}, {b}, {c}, -1" for a, b, c in faces)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"#VRML V2.0 utf8\nShape {{ geometry IndexedFaceSet {{\n"
-                    f" coord Coordinate {{ point [\n{points}\n] }}\n coordIndex [ {index} ]\n}} }}\n")
+    path.write_text(
+        f"#VRML V2.0 utf8\nShape {{ geometry IndexedFaceSet {{\n"
+        f" coord Coordinate {{ point [\n{points}\n] }}\n coordIndex [ {index} ]\n}} }}\n"
+    )
 
 
 def write_pp(path: Path, points: np.ndarray, names: list[str] | None = None) -> None:
     names = names or [str(i) for i in range(len(points))]
-    body = "\n".join(f' <point x="{x}" y="{y}" z="{z}" active="1" name="{n}"/>'
-                     for (x, y, z), n in zip(points, names))
+    body = "\n".join(f' <point x="{x}" y="{y}" z="{z}" active="1" name="{n}"/>' for (x, y, z), n in zip(points, names))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("<!DOCTYPE PickedPoints>\n<PickedPoints>\n <DocumentData>\n"
-                    f'  <DataFileName name="scan.obj"/>\n </DocumentData>\n{body}\n</PickedPoints>\n')
+    path.write_text(
+        "<!DOCTYPE PickedPoints>\n<PickedPoints>\n <DocumentData>\n"
+        f'  <DataFileName name="scan.obj"/>\n </DocumentData>\n{body}\n</PickedPoints>\n'
+    )
 
 
 def touch(path: Path) -> Path:
@@ -59,6 +76,7 @@ def touch(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- locating datasets
+
 
 def test_locate_prefers_argument_then_environment_then_paths_file(tmp_path):
     a, b, c = (tmp_path / name for name in "abc")
@@ -99,6 +117,7 @@ def test_missing_datasets_are_skipped_with_a_note(opener, tmp_path):
 
 # ---------------------------------------------------------------- MICC Florence
 
+
 @pytest.fixture
 def micc_root(tmp_path) -> Path:
     root = tmp_path / "florence"
@@ -106,8 +125,7 @@ def micc_root(tmp_path) -> Path:
     touch(root / "subject_01" / "Video" / "Indoor-Cooperative.mjpg")
     touch(root / "subject_01" / "Video" / "PTZ-Outdoor.mjpg")
     write_wrl(root / "subject_02" / "Model" / "frontal1" / "vrml" / "110920152011.wrl")
-    write_pp(root / "subject_02" / "Model" / "frontal1" / "landmarks.pp", np.array([[0.0, 0.0, 40.0]]),
-             ["nose_tip"])
+    write_pp(root / "subject_02" / "Model" / "frontal1" / "landmarks.pp", np.array([[0.0, 0.0, 40.0]]), ["nose_tip"])
     write_obj_quads(root / "subject_10" / "Model" / "frontal2" / "obj" / "120920150000.obj")
     return root
 
@@ -154,13 +172,14 @@ def test_micc_malformed(micc_root, tmp_path):
 
 # ---------------------------------------------------------------- FaceWarehouse
 
+
 @pytest.fixture
 def facewarehouse_root(tmp_path) -> Path:
     root = tmp_path / "FaceWarehouse"
     for tester in ("Tester_1", "Tester_2", "Tester_10"):
         for pose in range(2):
             poses = root / tester / "TrainingPose"
-            write_obj_quads(poses / f"pose_{pose}.obj", scale=0.001)   # metres: "auto" must find 1000
+            write_obj_quads(poses / f"pose_{pose}.obj", scale=0.001)  # metres: "auto" must find 1000
             touch(poses / f"pose_{pose}.png")
         (root / tester / "TrainingPose" / "pose_0.land").write_text("3\n10 20\n30 40\n50 60\n")
     return root
@@ -176,8 +195,9 @@ def test_facewarehouse_layout(facewarehouse_root, tmp_path):
     np.testing.assert_allclose(np.ptp(first.vertices[:, 0]), 150.0)
     np.testing.assert_allclose(first.landmarks_2d, [[10, 20], [30, 40], [50, 60]])
     assert samples[1].landmarks_2d is None
-    chosen = open_facewarehouse(facewarehouse_root, subjects=[10, "Tester_2"], poses=(1,), unit_to_mm=1000.0,
-                                **NO_CONFIG).dataset
+    chosen = open_facewarehouse(
+        facewarehouse_root, subjects=[10, "Tester_2"], poses=(1,), unit_to_mm=1000.0, **NO_CONFIG
+    ).dataset
     assert [s.subject for s in chosen] == ["Tester_10", "Tester_2"]
     (tmp_path / "small.txt").write_text("0 1 2\n")
     np.save(tmp_path / "large.npy", np.arange(10))
@@ -198,6 +218,7 @@ def test_facewarehouse_malformed(facewarehouse_root):
 
 
 # ---------------------------------------------------------------- BU-3DFE
+
 
 @pytest.fixture
 def bu3dfe_root(tmp_path) -> Path:
@@ -243,8 +264,11 @@ def test_bu3dfe_malformed(bu3dfe_root):
 # ---------------------------------------------------------------- NoW
 
 SUBJECTS = ("FaMoS_180424_03335_TA", "FaMoS_180426_03336_TA")
-LINES = [f"{SUBJECTS[0]}/multiview_neutral/IMG_0101.jpg", f"{SUBJECTS[0]}/selfie/IMG_0102.jpg",
-         f"{SUBJECTS[1]}/multiview_occlusions/IMG_0201.jpg"]
+LINES = [
+    f"{SUBJECTS[0]}/multiview_neutral/IMG_0101.jpg",
+    f"{SUBJECTS[0]}/selfie/IMG_0102.jpg",
+    f"{SUBJECTS[1]}/multiview_occlusions/IMG_0201.jpg",
+]
 
 
 @pytest.fixture
@@ -260,8 +284,10 @@ def now_root(tmp_path) -> Path:
     np.save(box, {"left": 10.0, "top": 20.0, "right": 110.0, "bottom": 140.0}, allow_pickle=True)
     for subject in SUBJECTS:
         write_obj_quads(root / "scans" / subject / "natural_head_rotation.000001.obj")
-        write_pp(root / "scans_lmks_onlypp" / subject / "natural_head_rotation.000001_picked_points.pp",
-                 np.arange(21, dtype=float).reshape(7, 3))
+        write_pp(
+            root / "scans_lmks_onlypp" / subject / "natural_head_rotation.000001_picked_points.pp",
+            np.arange(21, dtype=float).reshape(7, 3),
+        )
     return root
 
 
@@ -281,7 +307,7 @@ def test_now_layout(now_root):
     assert read_face_box(first.image.bbox_path) == (10.0, 20.0, 110.0, 140.0)
     assert samples[1].image.bbox_path is None
     assert first.scan.vertices.shape == (36, 3) and first.scan.landmarks.shape == (7, 3)
-    assert samples[1].scan is first.scan            # one load per subject
+    assert samples[1].scan is first.scan  # one load per subject
     selfies = open_now(now_root, challenges=("selfie",), **NO_CONFIG).dataset
     assert [image.relative for image in selfies.images] == [LINES[1]]
 
@@ -325,13 +351,13 @@ def test_exported_model_mesh_evaluates_to_zero_against_itself(ict_small, tmp_pat
     """End to end with the bundled face model: export (dm -> mm, 7 landmarks by id), read back as NoW's
     script would, evaluate against the same surface as a 'scan' posed elsewhere: the error vanishes."""
     mesh = ict_small.mean_shape.double()
-    obj_path, npy_path = export_model_prediction(tmp_path, LINES[0], mesh, ict_small.triangles,
-                                                 ict_small.landmark_ids)
+    obj_path, npy_path = export_model_prediction(tmp_path, LINES[0], mesh, ict_small.triangles, ict_small.landmark_ids)
     exported = read_obj(obj_path)
     landmarks = np.load(npy_path)
     now_ids = ict_small.landmark_ids.numpy()[list(NOW_LANDMARKS_68)]
     np.testing.assert_allclose(landmarks, exported.vertices[now_ids], atol=1e-5)
     scan = exported.vertices[::3] * 1.1 + np.array([5.0, -3.0, 700.0])
-    result = now_scan_to_mesh(scan, landmarks * 1.1 + np.array([5.0, -3.0, 700.0]), exported.vertices,
-                              exported.faces, landmarks)
+    result = now_scan_to_mesh(
+        scan, landmarks * 1.1 + np.array([5.0, -3.0, 700.0]), exported.vertices, exported.faces, landmarks
+    )
     assert result.evaluated.sum() > 100 and result.stats.mean < 1e-3

@@ -29,14 +29,30 @@ def test_the_quick_cpu_check_writes_one_report_with_every_section(tmp_path, caps
 
 
 def _row(config, images_per_s):
-    return {"config": config, "images_per_s": images_per_s, "backbone": "resnet50", "image_size": 224, "batch": 32,
-            "perceptual": 0.2, "precision": "bf16", "timed_steps": 30, "warmup_steps": 10}
+    return {
+        "config": config,
+        "images_per_s": images_per_s,
+        "backbone": "resnet50",
+        "image_size": 224,
+        "batch": 32,
+        "perceptual": 0.2,
+        "precision": "bf16",
+        "timed_steps": 30,
+        "warmup_steps": 10,
+    }
 
 
 def test_verdicts_compare_with_the_goals_only_outside_quick_runs():
-    report = device_check.Report(device="cuda:0", device_name="GPU", torch="2", cuda="12", quick=False,
-                                 rasterizer_backend="torch", rasterizer={},
-                                 training=[_row("default", 1500.0), _row("paper_ict", 400.0)])
+    report = device_check.Report(
+        device="cuda:0",
+        device_name="GPU",
+        torch="2",
+        cuda="12",
+        quick=False,
+        rasterizer_backend="torch",
+        rasterizer={},
+        training=[_row("default", 1500.0), _row("paper_ict", 400.0)],
+    )
     rows = [line for line in device_check.render_markdown(report).splitlines() if line.startswith("| training")]
     assert rows[0].endswith("| met |") and rows[1].endswith("| NOT met |")
     assert "not measured" in device_check.render_markdown(report)

@@ -58,7 +58,7 @@ def test_metric_modules_average_over_samples():
     target[0, 45, 0] = 10.0
     lm.update(target + torch.tensor([1.0, 0.0]), target)
     torch.testing.assert_close(lm.compute(), torch.tensor(0.1))
-    torch.testing.assert_close(landmark_error(target + 3.0, target), torch.tensor([3.0 * 2 ** 0.5]))
+    torch.testing.assert_close(landmark_error(target + 3.0, target), torch.tensor([3.0 * 2**0.5]))
 
 
 def test_fraction_closer_counts_the_samples_where_the_prediction_wins():

@@ -3,13 +3,26 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from benchmarks.metrics import (NOW_LANDMARKS_68, ErrorSummary, ScanToMeshError, SimilarityTransform, crop_mesh,
-                                now_face_crop_mask, now_landmarks_from_68, now_scan_to_mesh, point_to_surface,
-                                radius_mask, region_point_to_point, scan_to_mesh, summarise)
+from benchmarks.metrics import (
+    NOW_LANDMARKS_68,
+    ErrorSummary,
+    ScanToMeshError,
+    SimilarityTransform,
+    crop_mesh,
+    now_face_crop_mask,
+    now_landmarks_from_68,
+    now_scan_to_mesh,
+    point_to_surface,
+    radius_mask,
+    region_point_to_point,
+    scan_to_mesh,
+    summarise,
+)
 
 # The prediction lives in its own frame and unit: decimetres, rotated and shifted, as a model output would.
 TO_PREDICTION = SimilarityTransform(
-    0.01, Rotation.from_euler("xyz", [5.0, 20.0, -10.0], degrees=True).as_matrix(), np.array([0.3, -0.2, 10.0]))
+    0.01, Rotation.from_euler("xyz", [5.0, 20.0, -10.0], degrees=True).as_matrix(), np.array([0.3, -0.2, 10.0])
+)
 
 
 def resampled_scan(make_grid, noise: float, seed: int = 0, n: int = 97) -> np.ndarray:
@@ -32,8 +45,9 @@ def test_now_landmark_selection():
 def test_now_crop_sphere_follows_the_reference_rule():
     # Nose point at the origin, eye corners 30 mm above: bridge (0, 30, 0), centre 30 % up = (0, 9, 0),
     # radius 1.4 * (outer-eye distance 90 + nose-bridge distance 30) / 2 = 84 mm.
-    landmarks = np.array([[-45.0, 30, 0], [-15, 30, 0], [15, 30, 0], [45, 30, 0], [0, 0, 0], [-25, -30, 0],
-                          [25, -30, 0]])
+    landmarks = np.array(
+        [[-45.0, 30, 0], [-15, 30, 0], [15, 30, 0], [45, 30, 0], [0, 0, 0], [-25, -30, 0], [25, -30, 0]]
+    )
     direction = np.array([0.0, 0.6, 0.8])
     points = np.array([0.0, 9.0, 0.0]) + np.outer([0.0, 83.9, 84.0, 84.1], direction)
     np.testing.assert_array_equal(now_face_crop_mask(points, landmarks), [True, True, True, False])
@@ -43,8 +57,9 @@ def test_now_protocol_on_a_resampled_noisy_scan(face_surface, face_landmarks, ma
     vertices, faces = face_surface
     scan = resampled_scan(make_grid, noise=0.05)
     scan_landmarks = face_landmarks + np.random.default_rng(1).normal(scale=1.0, size=(7, 3))
-    result = now_scan_to_mesh(scan, scan_landmarks, TO_PREDICTION.apply(vertices), faces,
-                              TO_PREDICTION.apply(face_landmarks))
+    result = now_scan_to_mesh(
+        scan, scan_landmarks, TO_PREDICTION.apply(vertices), faces, TO_PREDICTION.apply(face_landmarks)
+    )
     assert result.converged
     np.testing.assert_array_equal(result.evaluated, now_face_crop_mask(scan, scan_landmarks))
     assert result.distances.shape == (result.evaluated.sum(),)
@@ -56,8 +71,9 @@ def test_now_protocol_on_a_resampled_noisy_scan(face_surface, face_landmarks, ma
     assert recovered.scale == pytest.approx(1.0, abs=2e-3)
     np.testing.assert_allclose(recovered.apply(vertices), vertices, atol=0.5)
     # Same distances when ICP uses every point rather than a subset.
-    full = now_scan_to_mesh(scan, scan_landmarks, TO_PREDICTION.apply(vertices), faces,
-                            TO_PREDICTION.apply(face_landmarks), icp_points=None)
+    full = now_scan_to_mesh(
+        scan, scan_landmarks, TO_PREDICTION.apply(vertices), faces, TO_PREDICTION.apply(face_landmarks), icp_points=None
+    )
     assert abs(full.stats.mean - stats.mean) < 0.005
 
 
@@ -85,20 +101,39 @@ def test_genova_protocol_crops_at_the_nose_tip_and_aligns(face_surface, face_lan
     scan = resampled_scan(make_grid, noise=0.05, seed=2)
     nose_tip = face_landmarks[4]
     prediction = TO_PREDICTION.apply(vertices)
-    by_scan_nose = scan_to_mesh(scan, prediction, faces, crop_center=nose_tip, scan_landmarks=face_landmarks,
-                                mesh_landmarks=TO_PREDICTION.apply(face_landmarks), distance="plane")
+    by_scan_nose = scan_to_mesh(
+        scan,
+        prediction,
+        faces,
+        crop_center=nose_tip,
+        scan_landmarks=face_landmarks,
+        mesh_landmarks=TO_PREDICTION.apply(face_landmarks),
+        distance="plane",
+    )
     np.testing.assert_array_equal(by_scan_nose.evaluated, radius_mask(scan, nose_tip, 95.0))
     assert by_scan_nose.stats.mean < 0.1
     # The crop centre can come from the prediction's nose tip instead (mapped by the alignment).
-    by_mesh_nose = scan_to_mesh(scan, prediction, faces,
-                                mesh_crop_center=TO_PREDICTION.apply(nose_tip[None])[0],
-                                scan_landmarks=face_landmarks,
-                                mesh_landmarks=TO_PREDICTION.apply(face_landmarks), distance="surface")
+    by_mesh_nose = scan_to_mesh(
+        scan,
+        prediction,
+        faces,
+        mesh_crop_center=TO_PREDICTION.apply(nose_tip[None])[0],
+        scan_landmarks=face_landmarks,
+        mesh_landmarks=TO_PREDICTION.apply(face_landmarks),
+        distance="surface",
+    )
     assert np.mean(by_mesh_nose.evaluated != by_scan_nose.evaluated) < 0.01
     assert by_mesh_nose.stats.mean < 0.1
     # Point-to-point error is bounded below by the vertex spacing, so it exceeds the surface distances.
-    by_vertex = scan_to_mesh(scan, prediction, faces, crop_center=nose_tip, scan_landmarks=face_landmarks,
-                             mesh_landmarks=TO_PREDICTION.apply(face_landmarks), distance="point")
+    by_vertex = scan_to_mesh(
+        scan,
+        prediction,
+        faces,
+        crop_center=nose_tip,
+        scan_landmarks=face_landmarks,
+        mesh_landmarks=TO_PREDICTION.apply(face_landmarks),
+        distance="point",
+    )
     assert by_vertex.stats.mean > 2 * by_scan_nose.stats.mean
     # Without any crop centre the crop is impossible.
     with pytest.raises(ValueError, match="crop_center"):
@@ -116,15 +151,18 @@ def test_genova_protocol_without_landmarks_starts_from_centroids(face_surface, m
     assert result.evaluated.all() and result.stats.mean < 0.05
 
 
-def test_region_point_to_point_matches_an_independent_nearest_vertex_search(face_surface, face_landmarks,
-                                                                           make_grid):
+def test_region_point_to_point_matches_an_independent_nearest_vertex_search(face_surface, face_landmarks, make_grid):
     vertices, _ = face_surface
     grid_mesh, height = make_grid
     ground_truth, gt_faces = grid_mesh(91, 90.0, height)
     region = np.flatnonzero(np.linalg.norm(vertices[:, :2], axis=1) < 40.0)
-    result = region_point_to_point(TO_PREDICTION.apply(vertices), ground_truth, region,
-                                   pred_landmarks=TO_PREDICTION.apply(face_landmarks),
-                                   gt_landmarks=face_landmarks)
+    result = region_point_to_point(
+        TO_PREDICTION.apply(vertices),
+        ground_truth,
+        region,
+        pred_landmarks=TO_PREDICTION.apply(face_landmarks),
+        gt_landmarks=face_landmarks,
+    )
     assert result.evaluated.sum() == len(region) and result.distances.shape == (len(region),)
     aligned = result.transform.apply(TO_PREDICTION.apply(vertices)[region])
     brute = np.linalg.norm(aligned[:, None] - ground_truth[None], axis=2).min(1)
@@ -159,7 +197,7 @@ def test_metric_modules_pool_points_or_summarise_samples():
     points = pooled.compute()
     assert points["mean"].item() == pytest.approx(2.0) and points["median"].item() == pytest.approx(1.0)
     assert points["std"].item() == pytest.approx(np.std([1, 1, 1, 1, 3, 5]))
-    samples = per_sample.compute()   # sample means 1 and 4
+    samples = per_sample.compute()  # sample means 1 and 4
     assert samples["mean"].item() == pytest.approx(2.5) and samples["std"].item() == pytest.approx(1.5)
     assert samples["median"].item() == pytest.approx(2.5)
     with pytest.raises(ValueError, match="reduction"):

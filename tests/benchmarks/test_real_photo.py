@@ -12,8 +12,15 @@ import torch
 
 from benchmarks.ceiling import CeilingSettings, fit_model_to_mesh
 from benchmarks.metrics import SimilarityTransform
-from benchmarks.real_photo import (CEILING, CEILING_IDENTITY, MEAN_FACE, RealPhotoSettings, evaluate_real_photo,
-                                   real_photo_markdown, split_photographs)
+from benchmarks.real_photo import (
+    CEILING,
+    CEILING_IDENTITY,
+    MEAN_FACE,
+    RealPhotoSettings,
+    evaluate_real_photo,
+    real_photo_markdown,
+    split_photographs,
+)
 from benchmarks.report import markdown_table
 from benchmarks.scan_render import Light, ScanRenderSettings, prepare_scan, render_scan
 from benchmarks.textured_scan import TexturedScan, load_textured_scan
@@ -21,8 +28,9 @@ from reconstruction.pipeline import Predicted
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
 
-SMALL = ScanRenderSettings(image_size=48, focal=120.0, background_top=(1.0, 0.0, 0.0),
-                           background_bottom=(0.0, 0.0, 1.0))
+SMALL = ScanRenderSettings(
+    image_size=48, focal=120.0, background_top=(1.0, 0.0, 0.0), background_bottom=(0.0, 0.0, 1.0)
+)
 
 
 def flat_card() -> TexturedScan:
@@ -31,8 +39,16 @@ def flat_card() -> TexturedScan:
     faces = np.array([[0, 1, 2], [0, 2, 3]])
     texture = np.empty((4, 4, 3), np.uint8)
     texture[:] = (200, 100, 50)
-    return TexturedScan(vertices, faces, np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float64), faces.copy(),
-                        texture, np.zeros((68, 3)), 1.0, "card")
+    return TexturedScan(
+        vertices,
+        faces,
+        np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float64),
+        faces.copy(),
+        texture,
+        np.zeros((68, 3)),
+        1.0,
+        "card",
+    )
 
 
 def test_render_is_texture_times_light_over_the_gradient() -> None:
@@ -96,16 +112,29 @@ class ConstantPredictor:
 @pytest.mark.slow
 def test_protocol_end_to_end_on_tiny_settings(ict_small, tmp_path) -> None:
     ceiling = CeilingSettings(iterations=2, max_points=300)
-    settings = RealPhotoSettings(pitches_deg=(0.0,), yaws_deg=(0.0, 30.0), lights=("key", "flat"), fit_photos=False,
-                                 fit_renders=1, render=ScanRenderSettings(image_size=256, focal=600.0),
-                                 ceiling=ceiling)
+    settings = RealPhotoSettings(
+        pitches_deg=(0.0,),
+        yaws_deg=(0.0, 30.0),
+        lights=("key", "flat"),
+        fit_photos=False,
+        fit_renders=1,
+        render=ScanRenderSettings(image_size=256, focal=600.0),
+        ceiling=ceiling,
+    )
     scan = load_textured_scan(settings.scan_dir)
-    oracle_fit = fit_model_to_mesh(ict_small, scan.vertices, scan.faces, scan.landmarks,
-                                   settings=dataclasses.replace(ceiling, expression=False))
+    oracle_fit = fit_model_to_mesh(
+        ict_small, scan.vertices, scan.faces, scan.landmarks, settings=dataclasses.replace(ceiling, expression=False)
+    )
     mean_face = ConstantPredictor(ict_small, torch.zeros(1, ict_small.layout.n_id), "mean-face predictor")
     oracle = ConstantPredictor(ict_small, oracle_fit.coeffs.identity, "oracle")
-    result = evaluate_real_photo(settings, ict_small, {"mean": mean_face, "oracle": oracle}, log=lambda _: None,
-                                 out_dir=tmp_path, fitting=("oracle",))
+    result = evaluate_real_photo(
+        settings,
+        ict_small,
+        {"mean": mean_face, "oracle": oracle},
+        log=lambda _: None,
+        out_dir=tmp_path,
+        fitting=("oracle",),
+    )
     assert not result.failed, result.failed
     assert mean_face.calls == 4 and oracle.calls == 1  # 2 photos + 2 renders; the fitted subset is 1 render
     mean_ref, ceiling_ref = result.references[MEAN_FACE][0], result.references[CEILING][0]
@@ -131,8 +160,19 @@ def test_command_line_settings() -> None:
     from experiments.commands.benchmark import real_photo_settings
 
     parser = build_parser()
-    args = parser.parse_args(["benchmark", "--real-photo-yaws=-30,0", "--real-photo-pitches=0",
-                              "--real-photo-lights", "flat", "--real-photo-size", "256", "--real-photo-fit", "2"])
+    args = parser.parse_args(
+        [
+            "benchmark",
+            "--real-photo-yaws=-30,0",
+            "--real-photo-pitches=0",
+            "--real-photo-lights",
+            "flat",
+            "--real-photo-size",
+            "256",
+            "--real-photo-fit",
+            "2",
+        ]
+    )
     settings = real_photo_settings(args)
     assert settings.yaws_deg == (-30.0, 0.0) and settings.pitches_deg == (0.0,) and settings.lights == ("flat",)
     assert settings.render.image_size == 256 and settings.render.focal == pytest.approx(600.0)
@@ -157,12 +197,24 @@ def test_benchmark_report_holds_the_protocol(tmp_path, monkeypatch) -> None:
     checkpoint = tmp_path / "rnet.ckpt"
     torch.save({"state_dict": build_rnet_module(cfg).state_dict(), "face3d_config": to_yaml(cfg)}, checkpoint)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    real_photo = RealPhotoSettings(pitches_deg=(0.0,), yaws_deg=(0.0,), lights=("key",),
-                                   render=ScanRenderSettings(image_size=256, focal=600.0),
-                                   ceiling=CeilingSettings(iterations=1, max_points=200))
-    settings = BenchmarkSettings(checkpoint=checkpoint, out_dir=tmp_path / "report", identities=1, fit_images=0,
-                                 speed=False, wandb=True, datasets=DatasetSettings(paths_file=None, environ={}),
-                                 real_photo=real_photo, device="cpu")
+    real_photo = RealPhotoSettings(
+        pitches_deg=(0.0,),
+        yaws_deg=(0.0,),
+        lights=("key",),
+        render=ScanRenderSettings(image_size=256, focal=600.0),
+        ceiling=CeilingSettings(iterations=1, max_points=200),
+    )
+    settings = BenchmarkSettings(
+        checkpoint=checkpoint,
+        out_dir=tmp_path / "report",
+        identities=1,
+        fit_images=0,
+        speed=False,
+        wandb=True,
+        datasets=DatasetSettings(paths_file=None, environ={}),
+        real_photo=real_photo,
+        device="cpu",
+    )
     result = run_benchmark(settings, log=lambda _: None)
     rows = {row.method: row for row in result.real_photo.rows("photos")}
     assert rows["R-Net"].stats.count == 2 and "fit" not in rows  # fit_images=0: no fitting rows

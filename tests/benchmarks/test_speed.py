@@ -17,7 +17,10 @@ def photos():
     from PIL import Image
 
     takeo = np.asarray(Image.open(mio.data_dir_path() / "takeo.ppm").convert("RGB"))
-    return [("takeo", np.ascontiguousarray(takeo)), ("takeo cut", np.ascontiguousarray(takeo[:, : int(0.6 * takeo.shape[1])]))]
+    return [
+        ("takeo", np.ascontiguousarray(takeo)),
+        ("takeo cut", np.ascontiguousarray(takeo[:, : int(0.6 * takeo.shape[1])])),
+    ]
 
 
 @pytest.mark.slow
@@ -47,8 +50,11 @@ def test_onnx_rows_time_pytorch_onnx_int8_and_a_whole_photo(smoke_rnet):
     threads = torch.get_num_threads()
     rows = onnx_speed_rows(rnet, face_model, cfg.renderer.image_size, threads=(1,), repeats=1, photo_repeats=1)
     assert [row.task for row in rows] == [
-        "R-Net inference, PyTorch", "R-Net inference, onnxruntime fp32", "R-Net inference, onnxruntime int8 (dynamic)",
-        "whole photo, ONNX R-Net (decode, detect, landmarks, align, skin, R-Net, mesh)"]
+        "R-Net inference, PyTorch",
+        "R-Net inference, onnxruntime fp32",
+        "R-Net inference, onnxruntime int8 (dynamic)",
+        "whole photo, ONNX R-Net (decode, detect, landmarks, align, skin, R-Net, mesh)",
+    ]
     assert all(row.value is not None and row.value > 0 for row in rows), [row.note for row in rows]
     assert [row.unit for row in rows] == ["ms/face"] * 3 + ["ms/photo"]
     assert "1 torch thread(s)" in rows[0].setting and "thread CPU time" in rows[1].note

@@ -3,8 +3,16 @@ import pytest
 import torch
 import trimesh
 
-from benchmarks.metrics import (TriangleMesh, closest_points_on_triangles, crop_mesh, nearest_vertex,
-                                point_to_plane, point_to_surface, radius_mask, vertex_normals)
+from benchmarks.metrics import (
+    TriangleMesh,
+    closest_points_on_triangles,
+    crop_mesh,
+    nearest_vertex,
+    point_to_plane,
+    point_to_surface,
+    radius_mask,
+    vertex_normals,
+)
 
 
 def brute_force_trimesh(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -29,7 +37,7 @@ def test_closest_points_agree_with_trimesh_on_random_triangles():
 
 def test_degenerate_triangles_fall_back_to_their_edges():
     a = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    b = np.array([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])   # collinear; then a single point
+    b = np.array([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # collinear; then a single point
     c = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
     points = np.array([[1.5, 2.0, 0.0], [0.0, 0.0, 0.0]])
     closest = closest_points_on_triangles(points, a, b, c)
@@ -42,8 +50,13 @@ def test_point_to_surface_matches_trimesh_brute_force(bumpy_sphere):
     # Near the surface, far outside, and deep inside (the hardest case for the search pruning).
     directions = rng.normal(size=(60, 3))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    points = np.concatenate([vertices[rng.choice(len(vertices), 60)] + rng.normal(scale=2.0, size=(60, 3)),
-                             directions * 120.0, rng.normal(scale=5.0, size=(20, 3))])
+    points = np.concatenate(
+        [
+            vertices[rng.choice(len(vertices), 60)] + rng.normal(scale=2.0, size=(60, 3)),
+            directions * 120.0,
+            rng.normal(scale=5.0, size=(20, 3)),
+        ]
+    )
     query = point_to_surface(points, vertices, faces)
     np.testing.assert_allclose(query.distances, brute_force_trimesh(points, vertices, faces), atol=1e-9)
     # The reported closest point lies on the reported triangle.
@@ -66,8 +79,7 @@ def test_distances_to_a_plane_are_exact(make_grid):
     vertices, faces = grid_mesh(11, 50.0, lambda x, y: 0.0 * x)
     rng = np.random.default_rng(4)
     points = np.column_stack([rng.uniform(-40, 40, (500, 2)), rng.uniform(-20, 20, 500)])
-    np.testing.assert_allclose(point_to_surface(points, vertices, faces).distances, np.abs(points[:, 2]),
-                               atol=1e-12)
+    np.testing.assert_allclose(point_to_surface(points, vertices, faces).distances, np.abs(points[:, 2]), atol=1e-12)
     np.testing.assert_allclose(point_to_plane(points, vertices, faces)[0], np.abs(points[:, 2]), atol=1e-12)
     # Beyond the border the surface distance includes the horizontal gap; the plane distance does not.
     outside = np.array([[53.0, 0.0, 4.0]])

@@ -10,8 +10,16 @@ import pytest
 
 from benchmarks.datasets.io import DatasetFormatError
 from benchmarks.metrics import point_to_surface
-from benchmarks.textured_scan import (IBUG_GROUPS, JAMES_DIR, frontal_transform, load_textured_scan, read_ljson,
-                                      read_textured_obj, rotation_angle_deg, settle_units)
+from benchmarks.textured_scan import (
+    IBUG_GROUPS,
+    JAMES_DIR,
+    frontal_transform,
+    load_textured_scan,
+    read_ljson,
+    read_textured_obj,
+    rotation_angle_deg,
+    settle_units,
+)
 
 
 def test_obj_with_texture_coordinates_keeps_uv_ids_apart_from_vertex_ids(tmp_path) -> None:
@@ -21,8 +29,8 @@ def test_obj_with_texture_coordinates_keeps_uv_ids_apart_from_vertex_ids(tmp_pat
         "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\n"
         "vt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\nvt 0.5 0.5\n"
         "vn 0 0 1\n"
-        "f 1/1/1 2/2/1 3/3/1 4/4/1\n"   # a quad: two triangles
-        "f -4/5 -2/3 -1/4\n"             # negative (relative) ids, no normal
+        "f 1/1/1 2/2/1 3/3/1 4/4/1\n"  # a quad: two triangles
+        "f -4/5 -2/3 -1/4\n"  # negative (relative) ids, no normal
     )
     mesh = read_textured_obj(tmp_path / "m.obj")
     np.testing.assert_array_equal(mesh.faces, [[0, 1, 2], [0, 2, 3], [0, 2, 3]])
@@ -38,17 +46,30 @@ def test_obj_without_texture_coordinates_fails_with_the_line(tmp_path) -> None:
 
 
 def _ljson(points: np.ndarray, labels: list[tuple[str, list[int]]]) -> dict:
-    return {"version": 3, "groups": {"LJSON": {
-        "landmarks": {"points": points.tolist(), "connectivity": []},
-        "labels": [{"label": name, "mask": mask} for name, mask in labels]}}}
+    return {
+        "version": 3,
+        "groups": {
+            "LJSON": {
+                "landmarks": {"points": points.tolist(), "connectivity": []},
+                "labels": [{"label": name, "mask": mask} for name, mask in labels],
+            }
+        },
+    }
 
 
 def test_ljson_groups_are_reordered_into_ibug_order(tmp_path) -> None:
     ibug = np.arange(68 * 3, dtype=np.float64).reshape(68, 3)
     # menpo3d's james order: jaw, left eye, right eye, left brow, nose, right brow, mouth.
     order = ["jaw", "left_eye", "right_eye", "left_eyebrow", "nose", "right_eyebrow", "mouth"]
-    names = {"jaw": "chin", "left_eye": "leye", "right_eye": "reye", "left_eyebrow": "leyebrow", "nose": "nose",
-             "right_eyebrow": "reyebrow", "mouth": "mouth"}
+    names = {
+        "jaw": "chin",
+        "left_eye": "leye",
+        "right_eye": "reye",
+        "left_eyebrow": "leyebrow",
+        "nose": "nose",
+        "right_eyebrow": "reyebrow",
+        "mouth": "mouth",
+    }
     stored, labels, start = [], [], 0
     for group in order:
         ids = list(IBUG_GROUPS[group])

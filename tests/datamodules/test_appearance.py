@@ -9,9 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.appearance import (APPEARANCE_GAP, GAMMA, AppearanceSettings, PictureLight, build_head_scene,
-                                    camera_for_focal, degrade_picture, render_scene, sample_identity_look,
-                                    sample_picture_light, shade_vertices, vertex_albedo)
+from datamodules.appearance import (
+    APPEARANCE_GAP,
+    GAMMA,
+    AppearanceSettings,
+    PictureLight,
+    build_head_scene,
+    camera_for_focal,
+    degrade_picture,
+    render_scene,
+    sample_identity_look,
+    sample_picture_light,
+    shade_vertices,
+    vertex_albedo,
+)
 from datamodules.synthetic import aligned_translation
 from preprocessing.align import template_from_face_model
 from renderers.camera import PinholeCamera, model_to_camera, project
@@ -45,8 +56,10 @@ def test_lambert_is_the_clamped_cosine():
 
 def test_hemisphere_ambient_blends_ground_to_sky():
     normals = unit([[[0.0, 1.0, 0.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]]])
-    sky, ground = torch.tensor([[0.6, 0.7, 0.9]], dtype=torch.float64), torch.tensor([[0.2, 0.1, 0.0]],
-                                                                                       dtype=torch.float64)
+    sky, ground = (
+        torch.tensor([[0.6, 0.7, 0.9]], dtype=torch.float64),
+        torch.tensor([[0.2, 0.1, 0.0]], dtype=torch.float64),
+    )
     out = hemisphere_ambient(normals, sky, ground)[0]
     assert torch.allclose(out[0], sky[0]) and torch.allclose(out[1], ground[0])
     assert torch.allclose(out[2], (sky[0] + ground[0]) / 2)
@@ -69,19 +82,42 @@ def test_shading_matches_the_analytic_lambert_value():
     normals = unit([[[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]])
     vertices = torch.zeros(1, 2, 3, dtype=torch.float64)
     tilt = math.radians(30.0)
-    light = PictureLight(directions=np.array([[math.sin(tilt), 0.0, math.cos(tilt)], [0.0, 0.0, 1.0]]),
-                         colours=np.array([[1.0, 0.9, 0.8], [0.0, 0.0, 0.0]]), sky=np.full(3, 0.2),
-                         ground=np.full(3, 0.2), shadow=False, specular=0.0, shininess=10.0, exposure=1.3,
-                         use_sh=False)
-    out = shade_vertices(albedo, normals, vertices, [light], torch.zeros(1, 27, dtype=torch.float64),
-                         torch.ones(2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64), 10.0)[0]
+    light = PictureLight(
+        directions=np.array([[math.sin(tilt), 0.0, math.cos(tilt)], [0.0, 0.0, 1.0]]),
+        colours=np.array([[1.0, 0.9, 0.8], [0.0, 0.0, 0.0]]),
+        sky=np.full(3, 0.2),
+        ground=np.full(3, 0.2),
+        shadow=False,
+        specular=0.0,
+        shininess=10.0,
+        exposure=1.3,
+        use_sh=False,
+    )
+    out = shade_vertices(
+        albedo,
+        normals,
+        vertices,
+        [light],
+        torch.zeros(1, 27, dtype=torch.float64),
+        torch.ones(2, dtype=torch.float64),
+        torch.ones(1, 2, dtype=torch.float64),
+        10.0,
+    )[0]
     linear = albedo[0, 0] ** GAMMA
     lit = (1.3 * linear * (torch.tensor([1.0, 0.9, 0.8], dtype=torch.float64) * math.cos(tilt) + 0.2)) ** (1 / GAMMA)
     dark = (1.3 * linear * 0.2) ** (1 / GAMMA)  # facing away: ambient only, the light is clamped to zero
     assert torch.allclose(out[0], lit, atol=1e-12) and torch.allclose(out[1], dark, atol=1e-12)
     # A shadowed vertex keeps only the ambient.
-    shadowed = shade_vertices(albedo, normals, vertices, [light], torch.zeros(1, 27, dtype=torch.float64),
-                              torch.ones(2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), 10.0)[0]
+    shadowed = shade_vertices(
+        albedo,
+        normals,
+        vertices,
+        [light],
+        torch.zeros(1, 27, dtype=torch.float64),
+        torch.ones(2, dtype=torch.float64),
+        torch.zeros(1, 2, dtype=torch.float64),
+        10.0,
+    )[0]
     assert torch.allclose(shadowed[0], dark, atol=1e-12)
 
 
@@ -101,8 +137,9 @@ def test_light_draws_are_deterministic_and_in_range():
     for seed in range(20):
         a, b = np.random.default_rng(seed), np.random.default_rng(seed)
         sample_picture_light(a, settings)
-        sample_picture_light(b, dataclasses.replace(APPEARANCE_GAP, coloured_light_probability=1.0,
-                                                    fill_probability=1.0))
+        sample_picture_light(
+            b, dataclasses.replace(APPEARANCE_GAP, coloured_light_probability=1.0, fill_probability=1.0)
+        )
         assert a.random() == b.random()
 
 
@@ -133,13 +170,12 @@ def test_skin_tones_span_light_to_dark(scene):
 
 
 def test_without_features_the_face_is_one_skin_colour(scene):
-    plain = dataclasses.replace(APPEARANCE_GAP, skin_grain=0.0, brow_strength=(0.0, 0.0),
-                                facial_hair_probability=0.0)
+    plain = dataclasses.replace(APPEARANCE_GAP, skin_grain=0.0, brow_strength=(0.0, 0.0), facial_hair_probability=0.0)
     look = sample_identity_look(np.random.default_rng(0), plain)
     albedo = vertex_albedo(scene.regions, look, plain)
     regions = scene.regions
     face = np.zeros(scene.n_vertices, bool)
-    face[:scene.n_face] = True
+    face[: scene.n_face] = True
     face &= (regions["hair_height"] < 0.25) & (regions["temples"] == 0)
     assert np.allclose(albedo[face], np.clip(look.skin, 0, 1), atol=1e-6)
     assert (regions["lips"][face] > 0.5).sum() > 50  # the lips are among them
@@ -154,9 +190,9 @@ def test_without_features_the_face_is_one_skin_colour(scene):
 def test_scene_regions_cover_eyes_cap_and_socket(scene, ict_small):
     regions = scene.regions
     head = scene.head
-    assert np.all(regions["eye"][head.n_area:head.n_vertices] == 1) and not regions["eye"][:head.n_area].any()
+    assert np.all(regions["eye"][head.n_area : head.n_vertices] == 1) and not regions["eye"][: head.n_area].any()
     assert regions["cap"].sum() > 100 and regions["socket"].sum() > 8
-    pupils = regions["iris_angle"][head.n_area:head.n_vertices] < 0.15
+    pupils = regions["iris_angle"][head.n_area : head.n_vertices] < 0.15
     assert 0 < pupils.sum() < 0.1 * (head.n_vertices - head.n_area)
     # Extra vertices are tied to head vertices with weights that sum to one.
     assert torch.allclose(scene.weights.sum(1), torch.ones(scene.weights.shape[0]))
@@ -164,11 +200,12 @@ def test_scene_regions_cover_eyes_cap_and_socket(scene, ict_small):
 
 
 def test_scene_moves_with_the_face_model(scene, ict_small):
-    coeffs = ict_small.layout.zeros(2).replace(identity=torch.randn(2, ict_small.layout.n_id),
-                                               expression=torch.randn(2, ict_small.layout.n_exp))
+    coeffs = ict_small.layout.zeros(2).replace(
+        identity=torch.randn(2, ict_small.layout.n_id), expression=torch.randn(2, ict_small.layout.n_exp)
+    )
     vertices = scene.vertices(ict_small, coeffs.identity, coeffs.expression)
     assert vertices.shape == (2, scene.n_vertices, 3)
-    assert torch.allclose(vertices[:, :ict_small.n_vertices], ict_small.shape(coeffs), atol=1e-6)
+    assert torch.allclose(vertices[:, : ict_small.n_vertices], ict_small.shape(coeffs), atol=1e-6)
     rest = scene.vertices(ict_small, torch.zeros(1, ict_small.layout.n_id), torch.zeros(1, ict_small.layout.n_exp))
     assert torch.allclose(rest[0], scene.mean, atol=1e-6)
 
@@ -179,14 +216,27 @@ def test_scene_moves_with_the_face_model(scene, ict_small):
 def render(ict_small, scene, settings, seed: int = 0, yaw_deg: float = 0.0, full: bool = True):
     camera = PinholeCamera().resized(SIZE, SIZE)
     coeffs = ict_small.layout.zeros(1).replace(angles=torch.tensor([[0.0, math.radians(yaw_deg), 0.0]]))
-    coeffs = coeffs.replace(translation=aligned_translation(ict_small, coeffs, camera,
-                                                            template_from_face_model(ict_small, camera)))
-    albedo = torch.from_numpy(vertex_albedo(scene.regions, sample_identity_look(np.random.default_rng(seed), settings),
-                                            settings))[None]
+    coeffs = coeffs.replace(
+        translation=aligned_translation(ict_small, coeffs, camera, template_from_face_model(ict_small, camera))
+    )
+    albedo = torch.from_numpy(
+        vertex_albedo(scene.regions, sample_identity_look(np.random.default_rng(seed), settings), settings)
+    )[None]
     light = sample_picture_light(np.random.default_rng(seed), settings)
-    image, mask = render_scene(scene, ict_small, coeffs.identity, coeffs.expression, coeffs.angles,
-                               coeffs.translation, albedo, [light], coeffs.lighting, camera,
-                               auto_exposure=settings.auto_exposure, backend="torch")
+    image, mask = render_scene(
+        scene,
+        ict_small,
+        coeffs.identity,
+        coeffs.expression,
+        coeffs.angles,
+        coeffs.translation,
+        albedo,
+        [light],
+        coeffs.lighting,
+        camera,
+        auto_exposure=settings.auto_exposure,
+        backend="torch",
+    )
     return image[0], mask[0, 0], coeffs, camera
 
 
@@ -205,8 +255,13 @@ def test_full_head_has_no_holes_at_the_eyes(ict_small, scene):
 
 def test_cast_shadows_only_darken(ict_small, scene):
     # Without auto-exposure: a camera metering the face would brighten the shadowed picture.
-    settings = AppearanceSettings(sh_probability=0.0, shadow_probability=1.0, key_azimuth_deg=(70.0, 80.0),
-                                  key_elevation_deg=(30.0, 40.0), auto_exposure=0.0)
+    settings = AppearanceSettings(
+        sh_probability=0.0,
+        shadow_probability=1.0,
+        key_azimuth_deg=(70.0, 80.0),
+        key_elevation_deg=(30.0, 40.0),
+        auto_exposure=0.0,
+    )
     lit, _, _, _ = render(ict_small, scene, dataclasses.replace(settings, shadow_probability=0.0))
     shadowed, mask, _, _ = render(ict_small, scene, settings)
     darker = (lit - shadowed).sum(0)
@@ -219,8 +274,11 @@ def test_focal_camera_keeps_the_face_size():
     wide = camera_for_focal(camera, 0.5)
     point = torch.tensor([[0.5, 0.3, 0.0]])
     for cam in (camera, wide):
-        assert torch.allclose(project(model_to_camera(point, cam.camera_distance), cam),
-                              project(model_to_camera(point, camera.camera_distance), camera), atol=1e-4)
+        assert torch.allclose(
+            project(model_to_camera(point, cam.camera_distance), cam),
+            project(model_to_camera(point, camera.camera_distance), camera),
+            atol=1e-4,
+        )
     # Off the origin's plane the perspective differs: the nose (closer) grows more in the wide view.
     nose = torch.tensor([[0.5, 0.3, 1.0]])
     centre = torch.tensor(camera.principal_point)
@@ -261,8 +319,9 @@ def test_bad_settings_are_named():
 
 def test_auto_exposure_brings_dark_and_light_faces_closer(ict_small, scene):
     def mean_face(settings, tone):
-        settings = dataclasses.replace(settings, skin_palette_range=(tone, tone), sh_probability=0.0,
-                                       exposure=(1.0, 1.0))
+        settings = dataclasses.replace(
+            settings, skin_palette_range=(tone, tone), sh_probability=0.0, exposure=(1.0, 1.0)
+        )
         image, mask, _, _ = render(ict_small, scene, settings)
         return float(image.mean(0)[mask > 0].mean())
 
@@ -282,7 +341,7 @@ def test_indoor_backgrounds_are_muted_deterministic_and_varied():
     assert first.shape == (48, 40, 3) and first.dtype == np.float32 and 0.0 <= first.min() and first.max() <= 1.0
     assert np.array_equal(first, draw_background(np.random.default_rng(2), 48, 40, "indoor"))
     others = [indoor_background(np.random.default_rng(s), 48, 40) for s in range(5)]
-    assert min(np.abs(a - b).mean() for i, a in enumerate(others) for b in others[i + 1:]) > 0.01
+    assert min(np.abs(a - b).mean() for i, a in enumerate(others) for b in others[i + 1 :]) > 0.01
     with pytest.raises(ValueError, match="background style"):
         draw_background(np.random.default_rng(0), 8, 8, "beach")
 

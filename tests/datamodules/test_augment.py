@@ -7,8 +7,16 @@ import math
 import pytest
 import torch
 
-from datamodules.augment import (FLIP_PERMUTATION_68, Augmentation, apply_augmentation, augment_sample,
-                                 sample_augmentation, similarity_matrix, transform_landmarks, warp_images)
+from datamodules.augment import (
+    FLIP_PERMUTATION_68,
+    Augmentation,
+    apply_augmentation,
+    augment_sample,
+    sample_augmentation,
+    similarity_matrix,
+    transform_landmarks,
+    warp_images,
+)
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
 
@@ -32,8 +40,26 @@ def test_flip_permutation_is_an_involution_of_68_points():
     perm = torch.tensor(FLIP_PERMUTATION_68)
     assert sorted(FLIP_PERMUTATION_68) == list(range(68))
     assert torch.equal(perm[perm], torch.arange(68))
-    pairs = {0: 16, 17: 26, 21: 22, 31: 35, 36: 45, 37: 44, 38: 43, 39: 42, 40: 47, 41: 46, 48: 54, 49: 53,
-             50: 52, 55: 59, 56: 58, 60: 64, 61: 63, 65: 67}
+    pairs = {
+        0: 16,
+        17: 26,
+        21: 22,
+        31: 35,
+        36: 45,
+        37: 44,
+        38: 43,
+        39: 42,
+        40: 47,
+        41: 46,
+        48: 54,
+        49: 53,
+        50: 52,
+        55: 59,
+        56: 58,
+        60: 64,
+        61: 63,
+        65: 67,
+    }
     for a, b in pairs.items():
         assert FLIP_PERMUTATION_68[a] == b and FLIP_PERMUTATION_68[b] == a
     for centre in (8, 27, 28, 29, 30, 33, 51, 57, 62, 66):
@@ -57,8 +83,9 @@ def test_landmarks_follow_the_image(flip):
     k = 37
     image = dot_image(*landmarks[k].tolist()).float().expand(3, SIZE, SIZE)
     skin = dot_image(*landmarks[k].tolist()).float()
-    augmentation = Augmentation(similarity_matrix(SIZE, SIZE, shift=(3.5, -2.0), scale=1.08, rotation_deg=9.0,
-                                                  flip=flip), flipped=flip)
+    augmentation = Augmentation(
+        similarity_matrix(SIZE, SIZE, shift=(3.5, -2.0), scale=1.08, rotation_deg=9.0, flip=flip), flipped=flip
+    )
     out_image, out_landmarks, out_skin = apply_augmentation(image, landmarks.float(), skin, augmentation)
     moved_k = FLIP_PERMUTATION_68[k] if flip else k
     assert torch.allclose(centroid(out_image[:1]), out_landmarks[moved_k].double(), atol=0.05)
@@ -80,13 +107,15 @@ def test_sampled_transforms_stay_in_range():
     centre = torch.tensor([SIZE / 2.0, SIZE / 2.0], dtype=torch.float64)
     flips = 0
     for _ in range(200):
-        augmentation = sample_augmentation(SIZE, SIZE, generator, max_shift_px=10.0, max_scale=0.1,
-                                           max_rotation_deg=10.0, flip_probability=0.5)
+        augmentation = sample_augmentation(
+            SIZE, SIZE, generator, max_shift_px=10.0, max_scale=0.1, max_rotation_deg=10.0, flip_probability=0.5
+        )
         linear, offset = augmentation.matrix[:, :2], augmentation.matrix[:, 2]
         scale = math.sqrt(abs(float(torch.linalg.det(linear))))
         assert 0.9 - 1e-9 <= scale <= 1.1 + 1e-9
-        unflipped = linear @ torch.diag(torch.tensor([-1.0, 1.0], dtype=torch.float64)) if augmentation.flipped \
-            else linear
+        unflipped = (
+            linear @ torch.diag(torch.tensor([-1.0, 1.0], dtype=torch.float64)) if augmentation.flipped else linear
+        )
         assert abs(math.degrees(math.atan2(float(unflipped[0, 1]), float(unflipped[0, 0])))) <= 10.0 + 1e-9
         shift = offset - (centre - linear @ centre)
         assert shift.abs().max() <= 10.0 + 1e-9

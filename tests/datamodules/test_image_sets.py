@@ -10,9 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.image_sets import (DEGRADATIONS, ImageSetDataModule, PreparedImageSetDataset,
-                                    SyntheticImageSetDataset, collate_image_sets, group_by_identity, identity_of,
-                                    split_identities)
+from datamodules.image_sets import (
+    DEGRADATIONS,
+    ImageSetDataModule,
+    PreparedImageSetDataset,
+    SyntheticImageSetDataset,
+    collate_image_sets,
+    group_by_identity,
+    identity_of,
+    split_identities,
+)
 from datamodules.prepared import read_prepared
 
 SIZE = 48
@@ -160,8 +167,15 @@ def test_photo_look_side_light_lights_the_side_the_coefficients_say(ict_small):
     from datamodules.appearance import AppearanceSettings
 
     sharp = AppearanceSettings(blur_probability=0.0, jpeg_probability=0.0, focal_scale=(1.0, 1.0))
-    side = make_sets(ict_small, n_sets=2, set_size=3, max_yaw_deg=15.0, degrade_probability=1.0,
-                     degradations=("side_light",), appearance=sharp)
+    side = make_sets(
+        ict_small,
+        n_sets=2,
+        set_size=3,
+        max_yaw_deg=15.0,
+        degrade_probability=1.0,
+        degradations=("side_light",),
+        appearance=sharp,
+    )
     lighting = side.layout.split(torch.from_numpy(side.arrays.coefficients)).lighting.reshape(-1, 3, 9)
     for k, image in enumerate(side.arrays.images.astype(float).mean(1)):
         landmarks = side.arrays.landmarks[k]

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from datamodules.batch import FaceBatch
-from datamodules.prepared import (PreparedImagesDataModule, PreparedImagesDataset, read_prepared,
-                                  split_records)
+from datamodules.prepared import PreparedImagesDataModule, PreparedImagesDataset, read_prepared, split_records
 from preprocessing.pipeline import MANIFEST_NAME, NO_FACE, OK, output_paths
 
 SIZE = 64
@@ -39,8 +38,15 @@ def write_prepare_output(root: Path, n_ok: int = N_OK, n_failed: int = 2) -> lis
         cv2.imwrite(str(root / outputs["skin"]), skin)
         records.append({"source": source, "sha256": f"{i:064x}", "status": OK, "reason": None, "outputs": outputs})
     for i in range(n_failed):
-        records.append({"source": f"people/blurry_{i}.jpg", "sha256": f"{100 + i:064x}", "status": NO_FACE,
-                        "reason": "no face found by dlib-hog", "outputs": None})
+        records.append(
+            {
+                "source": f"people/blurry_{i}.jpg",
+                "sha256": f"{100 + i:064x}",
+                "status": NO_FACE,
+                "reason": "no face found by dlib-hog",
+                "outputs": None,
+            }
+        )
     (root / MANIFEST_NAME).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     return records
 

@@ -11,8 +11,14 @@ import torch
 from datamodules.appearance import AppearanceSettings
 from datamodules.backgrounds import OCCLUDER_KINDS, draw_occluder, random_background
 from datamodules.batch import FaceBatch
-from datamodules.synthetic import (SyntheticFaceDataModule, SyntheticFaceDataset, aligned_translation,
-                                   coefficient_prior_std, sample_rng, soft_composite)
+from datamodules.synthetic import (
+    SyntheticFaceDataModule,
+    SyntheticFaceDataset,
+    aligned_translation,
+    coefficient_prior_std,
+    sample_rng,
+    soft_composite,
+)
 from face_model.model import five_points_from_68
 from face_model.sampling import CoefficientPrior, sample_coefficients
 from preprocessing.align import fit_scale_translation, template_from_face_model
@@ -27,8 +33,14 @@ NOISE_PX = 1.0
 
 
 def make_dataset(face_model, n_samples: int = 12, **overrides) -> SyntheticFaceDataset:
-    args = dict(split="train", seed=SEED, image_size=SIZE, occluder_probability=0.5, landmark_noise_px=NOISE_PX,
-                render_batch_size=8)
+    args = dict(
+        split="train",
+        seed=SEED,
+        image_size=SIZE,
+        occluder_probability=0.5,
+        landmark_noise_px=NOISE_PX,
+        render_batch_size=8,
+    )
     args.update(overrides)
     return SyntheticFaceDataset(face_model, n_samples, **args)
 
@@ -55,8 +67,11 @@ def test_same_seed_gives_identical_samples(ict_small, synthetic_train):
 
 def test_splits_and_seeds_never_share_identities(ict_small, synthetic_train):
     train = synthetic_train.sample_coefficients(range(12)).identity
-    for other in (make_dataset(ict_small, split="val"), make_dataset(ict_small, split="test"),
-                  make_dataset(ict_small, seed=SEED + 1)):
+    for other in (
+        make_dataset(ict_small, split="val"),
+        make_dataset(ict_small, split="test"),
+        make_dataset(ict_small, seed=SEED + 1),
+    ):
         identities = other.sample_coefficients(range(12)).identity
         assert torch.cdist(train, identities).min() > 0.5
 
@@ -74,8 +89,17 @@ def test_sample_shapes_and_dtypes(ict_small, synthetic_train):
 
 
 def test_datamodule_yields_face_batches_with_ground_truth(ict_small):
-    dm = SyntheticFaceDataModule(ict_small, image_size=SIZE, n_train=6, n_val=3, n_test=2, batch_size=4,
-                                 num_workers=0, seed=SEED, render_batch_size=8)
+    dm = SyntheticFaceDataModule(
+        ict_small,
+        image_size=SIZE,
+        n_train=6,
+        n_val=3,
+        n_test=2,
+        batch_size=4,
+        num_workers=0,
+        seed=SEED,
+        render_batch_size=8,
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert isinstance(batch, FaceBatch) and batch.batch_size == 4
@@ -104,10 +128,15 @@ def test_ground_truth_agrees_with_labels(ict_small, synthetic_train):
     scales = torch.from_numpy(arrays.focal_scale)
     assert float(scales.min()) < 0.9 and float(scales.max()) > 1.1
     with torch.no_grad():
-        projected = torch.cat([
-            renderer.project_landmarks(coeffs.index(slice(i, i + 1)).replace(
-                translation=coeffs.translation[i:i + 1] * scales[i]), synthetic_train.picture_camera(i))
-            for i in range(len(synthetic_train))])
+        projected = torch.cat(
+            [
+                renderer.project_landmarks(
+                    coeffs.index(slice(i, i + 1)).replace(translation=coeffs.translation[i : i + 1] * scales[i]),
+                    synthetic_train.picture_camera(i),
+                )
+                for i in range(len(synthetic_train))
+            ]
+        )
         vertices = ict_small.shape(coeffs)
         # Under the crop's camera the stored coefficients put the face at about the same place and size (only
         # the perspective differs: near parts grow more through a short focal length).
@@ -189,9 +218,14 @@ def test_cache_round_trip(ict_small, tmp_path, monkeypatch):
         regenerated.materialise()
     assert np.array_equal(regenerated.arrays.images, first.arrays.images)
     # Any generation parameter changes the key.
-    for change in ({"landmark_noise_px": 2.0}, {"split": "val"}, {"max_yaw_deg": 60.0}, {"n_samples": 4},
-                   {"appearance": AppearanceSettings(look="model")},
-                   {"appearance": AppearanceSettings(jpeg_probability=0)}):
+    for change in (
+        {"landmark_noise_px": 2.0},
+        {"split": "val"},
+        {"max_yaw_deg": 60.0},
+        {"n_samples": 4},
+        {"appearance": AppearanceSettings(look="model")},
+        {"appearance": AppearanceSettings(jpeg_probability=0)},
+    ):
         args = {"n_samples": 3, "cache_dir": tmp_path, **change}
         assert make_dataset(ict_small, **args).cache_path != first.cache_path, change
 
@@ -230,7 +264,7 @@ def test_backgrounds_are_deterministic_and_varied():
     assert 0.0 <= first.min() and first.max() <= 1.0
     assert np.array_equal(first, random_background(np.random.default_rng(5), 32, 48))
     others = [random_background(np.random.default_rng(seed), 32, 48) for seed in range(6)]
-    assert min(np.abs(a - b).mean() for i, a in enumerate(others) for b in others[i + 1:]) > 0.01
+    assert min(np.abs(a - b).mean() for i, a in enumerate(others) for b in others[i + 1 :]) > 0.01
 
 
 def test_bad_arguments_are_named(ict_small):
@@ -241,8 +275,13 @@ def test_bad_arguments_are_named(ict_small):
 
 
 def test_model_look_is_the_face_models_own_render(ict_small):
-    dataset = make_dataset(ict_small, n_samples=3, occluder_probability=0.0, pixel_noise_std=0.0,
-                           appearance=AppearanceSettings(look="model"))
+    dataset = make_dataset(
+        ict_small,
+        n_samples=3,
+        occluder_probability=0.0,
+        pixel_noise_std=0.0,
+        appearance=AppearanceSettings(look="model"),
+    )
     camera = PinholeCamera().resized(SIZE, SIZE)
     coeffs = ict_small.layout.split(torch.from_numpy(dataset.arrays.coefficients))
     with torch.no_grad():

@@ -54,8 +54,12 @@ def test_export_writes_a_checked_model_and_refuses_to_overwrite(checkpoint, expo
 
 def test_export_prints_the_deviation_from_pytorch(checkpoint, tmp_path, capsys):
     out = tmp_path / "r_net_int8.onnx"
-    assert cli.main(["export-onnx", "--ckpt", str(checkpoint), "--out", str(out), "--quantize", "int8",
-                     "--check-faces", "2"]) == 0
+    assert (
+        cli.main(
+            ["export-onnx", "--ckpt", str(checkpoint), "--out", str(out), "--quantize", "int8", "--check-faces", "2"]
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     assert f"wrote {out}" in stdout and "int8" in stdout and "ict face model" in stdout and "64x64 crops" in stdout
     assert "onnxruntime vs PyTorch on 2 rendered faces: largest coefficient difference" in stdout
@@ -76,10 +80,38 @@ def test_export_without_a_checkpoint_exports_the_bundled_rnet_or_names_its_file(
 @pytest.mark.slow
 def test_reconstruct_with_onnx_matches_the_checkpoint(checkpoint, exported, takeo, tmp_path, capsys):
     by_onnx, by_ckpt = tmp_path / "onnx", tmp_path / "ckpt"
-    assert cli.main(["reconstruct", "--images", str(takeo), "--out", str(by_onnx), "--onnx", str(exported),
-                     "--texture-size", "64"]) == 0
-    assert cli.main(["reconstruct", "--images", str(takeo), "--out", str(by_ckpt), "--ckpt", str(checkpoint),
-                     "--texture-size", "64"]) == 0
+    assert (
+        cli.main(
+            [
+                "reconstruct",
+                "--images",
+                str(takeo),
+                "--out",
+                str(by_onnx),
+                "--onnx",
+                str(exported),
+                "--texture-size",
+                "64",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "reconstruct",
+                "--images",
+                str(takeo),
+                "--out",
+                str(by_ckpt),
+                "--ckpt",
+                str(checkpoint),
+                "--texture-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     assert "with onnx:r_net.onnx (ict model, 64-pixel crops, cpu)" in stdout
     (record,) = [json.loads(line) for line in (by_onnx / "report.jsonl").read_text().splitlines()]
@@ -100,6 +132,7 @@ def test_reconstruct_onnx_refuses_options_that_do_not_apply(exported, takeo, tmp
     assert "--onnx runs on onnxruntime's CPU provider" in capsys.readouterr().err
     foreign = tmp_path / "foreign.onnx"
     foreign.write_bytes(b"not a model")
-    assert cli.main(["reconstruct", "--images", str(takeo), "--out", str(tmp_path / "out"), "--onnx",
-                     str(foreign)]) == 2
+    assert (
+        cli.main(["reconstruct", "--images", str(takeo), "--out", str(tmp_path / "out"), "--onnx", str(foreign)]) == 2
+    )
     assert f"{foreign} could not be loaded as an ONNX model" in capsys.readouterr().err

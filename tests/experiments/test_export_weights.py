@@ -10,7 +10,14 @@ import torch
 
 import networks.bundled_weights as bw
 from experiments import cli
-from experiments.build import BUNDLED, build_face_model, build_rnet, build_rnet_module, load_rnet_checkpoint, read_rnet_source
+from experiments.build import (
+    BUNDLED,
+    build_face_model,
+    build_rnet,
+    build_rnet_module,
+    load_rnet_checkpoint,
+    read_rnet_source,
+)
 from experiments.config import load_config, to_yaml
 
 pytestmark = pytest.mark.usefixtures("reuse_face_models")
@@ -32,16 +39,33 @@ def tiny_checkpoint(tmp_path_factory):
         for layer in module.rnet.final_layers:
             layer.weight.normal_(std=1e-3)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"state_dict": module.state_dict(), "face3d_config": to_yaml(cfg), "global_step": 3, "epoch": 1,
-                "face3d_training": {"wall_seconds": 90.0, "step": 3, "hardware": ["CPU test"]}}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "face3d_config": to_yaml(cfg),
+            "global_step": 3,
+            "epoch": 1,
+            "face3d_training": {"wall_seconds": 90.0, "step": 3, "hardware": ["CPU test"]},
+        },
+        path,
+    )
     return path, module
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("weights")
-    main(["export-weights", "--ckpt", str(tiny_checkpoint[0]), "--out", str(out), "--cache-dir",
-          str(tmp_path_factory.mktemp("cache"))])
+    main(
+        [
+            "export-weights",
+            "--ckpt",
+            str(tiny_checkpoint[0]),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path_factory.mktemp("cache")),
+        ]
+    )
     return out
 
 
@@ -90,15 +114,23 @@ def test_network_init_fine_tunes_from_the_bundled_and_from_a_checkpoint(bundled_
         torch.testing.assert_close(from_bundled.state_dict()[name], value.half().to(value.dtype), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("override, key", [("renderer.image_size=96", "renderer.image_size"),
-                                            ("face_model.n_id=10", "face_model.n_id"),
-                                            ("network.landmark_input=true", "network.landmark_input")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("renderer.image_size=96", "renderer.image_size"),
+        ("face_model.n_id=10", "face_model.n_id"),
+        ("network.landmark_input=true", "network.landmark_input"),
+    ],
+)
 def test_network_init_refuses_another_face_model_crop_size_or_network(bundled_here, tiny_checkpoint, override, key):
     path, trained = tiny_checkpoint
     for source in (BUNDLED, str(path)):
         cfg = tiny_cfg(f"network.init={source}", override)
-        with pytest.raises(ValueError, match=rf"trained for another face model, crop size or network \({key}=.*"
-                                             rf"set {key}="):
+        with pytest.raises(
+            ValueError,
+            match=rf"trained for another face model, crop size or network \({key}=.*"
+            rf"set {key}=",
+        ):
             build_rnet(cfg, trained.face_model)
 
 
@@ -147,13 +179,28 @@ def test_export_refuses_what_is_not_a_training_checkpoint(exported, tmp_path, ca
     assert "missing.ckpt not found" in capsys.readouterr().err
 
 
-def test_benchmark_scores_the_bundled_rnet_when_there_is_no_train_single_checkpoint(bundled_here, tmp_path,
-                                                                                     monkeypatch, capsys):
+def test_benchmark_scores_the_bundled_rnet_when_there_is_no_train_single_checkpoint(
+    bundled_here, tmp_path, monkeypatch, capsys
+):
     for name in ("MICC", "FACEWAREHOUSE", "BU3DFE", "NOW"):
         monkeypatch.setenv(f"FACE3D_DATA_{name}", str(tmp_path / "absent"))
     out = tmp_path / "report"
-    main(["benchmark", "--outputs-dir", str(tmp_path / "outputs"), "--identities", "1", "--no-fit", "--no-speed",
-          "--no-wandb", "--out", str(out), "--device", "cpu"])
+    main(
+        [
+            "benchmark",
+            "--outputs-dir",
+            str(tmp_path / "outputs"),
+            "--identities",
+            "1",
+            "--no-fit",
+            "--no-speed",
+            "--no-wandb",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert "the bundled R-Net" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["checkpoint"]["path"] == str(bundled_here.resolve() / "rnet.pt")

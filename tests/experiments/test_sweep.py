@@ -16,18 +16,44 @@ import yaml
 from experiments.commands import sweep as sweep_command
 from experiments.config import ExperimentConfig
 from experiments.sweep import (
-    RESULT_FILE, SWEEP_DIR, InProcessExecutor, Metric, RunFailed, RunRecord, SubprocessExecutor, SweepError,
-    expand, load_sweep, plan, run_sweep, sort_records,
+    RESULT_FILE,
+    SWEEP_DIR,
+    InProcessExecutor,
+    Metric,
+    RunFailed,
+    RunRecord,
+    SubprocessExecutor,
+    SweepError,
+    expand,
+    load_sweep,
+    plan,
+    run_sweep,
+    sort_records,
 )
 
-COMMAND = ["${env}", "${interpreter}", "-m", "experiments.cli", "train", "--config", "default",
-           "trainer.max_steps=2", "${args_no_hyphens}"]
+COMMAND = [
+    "${env}",
+    "${interpreter}",
+    "-m",
+    "experiments.cli",
+    "train",
+    "--config",
+    "default",
+    "trainer.max_steps=2",
+    "${args_no_hyphens}",
+]
 
 
 def write_sweep(tmp_path: Path, parameters: dict, method: str = "grid", name: str = "demo", **extra) -> Path:
-    body = {"program": "experiments/cli.py", "name": name, "method": method,
-            "metric": {"name": "test/shape_error_mm", "goal": "minimize"}, "parameters": parameters,
-            "command": COMMAND, **extra}
+    body = {
+        "program": "experiments/cli.py",
+        "name": name,
+        "method": method,
+        "metric": {"name": "test/shape_error_mm", "goal": "minimize"},
+        "parameters": parameters,
+        "command": COMMAND,
+        **extra,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
@@ -52,56 +78,76 @@ class FakeTrain:
             self.fail_when(cfg)
         loss = cfg.loss
         error = 5.0 - loss.photometric - 1000 * loss.landmark - 2 * loss.perceptual
-        return FakeResult({"test/shape_error_mm": error, "test/mean_face_error_mm": 5.0,
-                           "test/landmark_error_px": 3.0 + error})
+        return FakeResult(
+            {"test/shape_error_mm": error, "test/mean_face_error_mm": 5.0, "test/landmark_error_px": 3.0 + error}
+        )
 
 
 def quiet(_: str) -> None:
     pass
 
 
-TABLE1 = {"loss.photometric": {"values": [0.0, 1.92]}, "loss.landmark": {"values": [0.0, 1.6e-3]},
-          "loss.perceptual": {"values": [0.0, 0.2]}}
+TABLE1 = {
+    "loss.photometric": {"values": [0.0, 1.92]},
+    "loss.landmark": {"values": [0.0, 1.6e-3]},
+    "loss.perceptual": {"values": [0.0, 0.2]},
+}
 
 
 # ------------------------------------------------------------------------------------------ expansion
 
 
 def test_grid_is_the_cartesian_product_of_values_with_fixed_values_in_every_run(tmp_path):
-    sweep = load_sweep(write_sweep(tmp_path, {
-        "loss.photometric": {"values": [1.0, 2.0]},
-        "renderer.image_size": {"values": [64, 96, 128]},
-        "trainer.max_epochs": {"value": 1},
-    }))
+    sweep = load_sweep(
+        write_sweep(
+            tmp_path,
+            {
+                "loss.photometric": {"values": [1.0, 2.0]},
+                "renderer.image_size": {"values": [64, 96, 128]},
+                "trainer.max_epochs": {"value": 1},
+            },
+        )
+    )
     combos = expand(sweep)
     assert len(combos) == 6
     assert {(c["loss.photometric"], c["renderer.image_size"]) for c in combos} == {
-        (p, s) for p in (1.0, 2.0) for s in (64, 96, 128)}
+        (p, s) for p in (1.0, 2.0) for s in (64, 96, 128)
+    }
     assert all(c["trainer.max_epochs"] == 1 for c in combos)
     assert expand(sweep, count=4) == combos[:4]
 
     runs = plan(sweep)
     assert runs[0].config_files == ("default",)
     # The command's fixed tokens, then the parameters exactly as W&B's agent writes them.
-    assert runs[0].overrides == ("trainer.max_steps=2", "loss.photometric=1.0", "renderer.image_size=64",
-                                 "trainer.max_epochs=1")
+    assert runs[0].overrides == (
+        "trainer.max_steps=2",
+        "loss.photometric=1.0",
+        "renderer.image_size=64",
+        "trainer.max_epochs=1",
+    )
     assert len({r.run_id for r in runs}) == 6 and all(r.run_id.startswith("demo-") for r in runs)
 
 
 def test_random_draws_are_seeded_within_bounds_and_follow_their_distributions(tmp_path):
-    sweep = load_sweep(write_sweep(tmp_path, method="random", parameters={
-        "a_uniform": {"min": 0.5, "max": 2.0},
-        "b_int": {"min": 1, "max": 4},
-        "c_logv": {"distribution": "log_uniform_values", "min": 1.0e-4, "max": 1.0e-2},
-        "d_log": {"distribution": "log_uniform", "min": -2, "max": 0},
-        "e_q": {"distribution": "q_uniform", "min": 0, "max": 100, "q": 10},
-        "f_qf": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25},
-        "g_inv": {"distribution": "inv_log_uniform_values", "min": 0.1, "max": 10.0},
-        "h_normal": {"distribution": "normal", "mu": 3.0, "sigma": 0.5},
-        "i_cat": {"values": ["x", "y", "z"]},
-        "j_fixed": {"value": 7},
-        "k_lognormal": {"distribution": "log_normal", "mu": 0.0, "sigma": 0.3},
-    }))
+    sweep = load_sweep(
+        write_sweep(
+            tmp_path,
+            method="random",
+            parameters={
+                "a_uniform": {"min": 0.5, "max": 2.0},
+                "b_int": {"min": 1, "max": 4},
+                "c_logv": {"distribution": "log_uniform_values", "min": 1.0e-4, "max": 1.0e-2},
+                "d_log": {"distribution": "log_uniform", "min": -2, "max": 0},
+                "e_q": {"distribution": "q_uniform", "min": 0, "max": 100, "q": 10},
+                "f_qf": {"distribution": "q_uniform", "min": 0.0, "max": 1.0, "q": 0.25},
+                "g_inv": {"distribution": "inv_log_uniform_values", "min": 0.1, "max": 10.0},
+                "h_normal": {"distribution": "normal", "mu": 3.0, "sigma": 0.5},
+                "i_cat": {"values": ["x", "y", "z"]},
+                "j_fixed": {"value": 7},
+                "k_lognormal": {"distribution": "log_normal", "mu": 0.0, "sigma": 0.3},
+            },
+        )
+    )
     draws = expand(sweep, count=400, seed=3)
     assert draws == expand(sweep, count=400, seed=3)
     assert draws != expand(sweep, count=400, seed=4)
@@ -124,10 +170,17 @@ def test_random_draws_are_seeded_within_bounds_and_follow_their_distributions(tm
 
 
 def test_random_categorical_probabilities_and_run_cap_default(tmp_path):
-    sweep = load_sweep(write_sweep(tmp_path, method="random", run_cap=30, parameters={
-        "loss.perceptual": {"values": [0.1, 0.2, 0.3], "probabilities": [0.0, 1.0, 1.0]},
-        "optim.lr": {"distribution": "uniform", "min": 1.0e-4, "max": 1.0e-3},
-    }))
+    sweep = load_sweep(
+        write_sweep(
+            tmp_path,
+            method="random",
+            run_cap=30,
+            parameters={
+                "loss.perceptual": {"values": [0.1, 0.2, 0.3], "probabilities": [0.0, 1.0, 1.0]},
+                "optim.lr": {"distribution": "uniform", "min": 1.0e-4, "max": 1.0e-3},
+            },
+        )
+    )
     draws = expand(sweep)
     assert len(draws) == 30 and {d["loss.perceptual"] for d in draws} == {0.2, 0.3}
 
@@ -146,21 +199,24 @@ def test_all_zero_loss_combination_is_skipped_not_trained(tmp_path):
 # ------------------------------------------------------------------------------------------ errors
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"method": "bayes"}, "method: grid"),
-    ({"method": "hyperband"}, "method must be one of"),
-    ({"parameters": {"x": {"distribution": "beta", "a": 1, "b": 1}}}, "'beta' is not supported"),
-    ({"parameters": {"x": {"distribution": "log_uniform_values", "min": "1e-4", "max": 1.0}}}, "1.0e-4"),
-    ({"parameters": {"x": {"min": 2.0, "max": 1.0}}}, "larger than max"),
-    ({"parameters": {"x": {"distribution": "log_uniform_values", "min": 0.0, "max": 1.0}}}, "min > 0"),
-    ({"parameters": {"loss": {"parameters": {"photometric": {"values": [1]}}}}}, "loss.photometric"),
-    ({"parameters": {"x": {"values": []}}}, "non-empty list"),
-    ({"command": None}, "args_no_hyphens"),
-    ({"command": ["${env}", "${interpreter}", "-m", "experiments.cli", "train", "${args}"]}, "args_no_hyphens"),
-    ({"command": ["${env}", "${interpreter}", "train.py", "${args_no_hyphens}"]}, "train"),
-    ({"command": [*COMMAND[:-1], "--fast-dev-run", "${args_no_hyphens}"]}, "train fully"),
-    ({"metric": {"name": "test/shape_error_mm", "goal": "lowest"}}, "minimize"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"method": "bayes"}, "method: grid"),
+        ({"method": "hyperband"}, "method must be one of"),
+        ({"parameters": {"x": {"distribution": "beta", "a": 1, "b": 1}}}, "'beta' is not supported"),
+        ({"parameters": {"x": {"distribution": "log_uniform_values", "min": "1e-4", "max": 1.0}}}, "1.0e-4"),
+        ({"parameters": {"x": {"min": 2.0, "max": 1.0}}}, "larger than max"),
+        ({"parameters": {"x": {"distribution": "log_uniform_values", "min": 0.0, "max": 1.0}}}, "min > 0"),
+        ({"parameters": {"loss": {"parameters": {"photometric": {"values": [1]}}}}}, "loss.photometric"),
+        ({"parameters": {"x": {"values": []}}}, "non-empty list"),
+        ({"command": None}, "args_no_hyphens"),
+        ({"command": ["${env}", "${interpreter}", "-m", "experiments.cli", "train", "${args}"]}, "args_no_hyphens"),
+        ({"command": ["${env}", "${interpreter}", "train.py", "${args_no_hyphens}"]}, "train"),
+        ({"command": [*COMMAND[:-1], "--fast-dev-run", "${args_no_hyphens}"]}, "train fully"),
+        ({"metric": {"name": "test/shape_error_mm", "goal": "lowest"}}, "minimize"),
+    ],
+)
 def test_unusable_sweep_files_fail_with_the_fix(tmp_path, change, message):
     body = {"parameters": {"loss.photometric": {"values": [1.0]}}, **change}
     with pytest.raises(SweepError, match=message):
@@ -198,8 +254,9 @@ def test_table1_sweeps_cover_the_paper_grid():
     for name in ("table1_losses", "table1_cpu"):
         runs = plan(load_sweep(name))
         assert len(runs) == 8 and sum(r.skip_reason is not None for r in runs) == 1
-        assert {(r.params["loss.photometric"], r.params["loss.landmark"], r.params["loss.perceptual"])
-                for r in runs} == {(p, lm, pc) for p in (0.0, 1.92) for lm in (0.0, 1.6e-3) for pc in (0.0, 0.2)}
+        assert {
+            (r.params["loss.photometric"], r.params["loss.landmark"], r.params["loss.perceptual"]) for r in runs
+        } == {(p, lm, pc) for p in (0.0, 1.92) for lm in (0.0, 1.6e-3) for pc in (0.0, 0.2)}
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -210,14 +267,18 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
         if cfg.loss.photometric == 1.0:
             raise RuntimeError("renderer exploded")
 
-    sweep = load_sweep(write_sweep(tmp_path, {
-        # NaN weights give a NaN metric, which counts as a failure.
-        "loss.photometric": {"values": [1.0, 2.0, 3.0, float("nan")]},
-    }))
+    sweep = load_sweep(
+        write_sweep(
+            tmp_path,
+            {
+                # NaN weights give a NaN metric, which counts as a failure.
+                "loss.photometric": {"values": [1.0, 2.0, 3.0, float("nan")]},
+            },
+        )
+    )
     fake = FakeTrain(fail_when)
     records = run_sweep(sweep, tmp_path / "out", executor=InProcessExecutor(fake), log=quiet)
-    by_value = {"nan" if math.isnan(r.params["loss.photometric"]) else r.params["loss.photometric"]: r
-                for r in records}
+    by_value = {"nan" if math.isnan(r.params["loss.photometric"]) else r.params["loss.photometric"]: r for r in records}
     assert by_value[1.0].status == "failed" and "RuntimeError: renderer exploded" in by_value[1.0].error
     assert by_value["nan"].status == "failed" and "is nan" in by_value["nan"].error
     assert by_value[2.0].status == by_value[3.0].status == "ok"
@@ -231,9 +292,13 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_runs_sort_by_the_metric_goal_failed_then_skipped_last():
-    records = [RunRecord("a", {}, "ok", metric=2.0), RunRecord("b", {}, "failed", error="x"),
-               RunRecord("c", {}, "skipped"), RunRecord("d", {}, "ok", metric=1.0),
-               RunRecord("e", {}, "ok", metric=3.0)]
+    records = [
+        RunRecord("a", {}, "ok", metric=2.0),
+        RunRecord("b", {}, "failed", error="x"),
+        RunRecord("c", {}, "skipped"),
+        RunRecord("d", {}, "ok", metric=1.0),
+        RunRecord("e", {}, "ok", metric=3.0),
+    ]
     assert [r.run_id for r in sort_records(Metric("m", "minimize"), records)] == ["d", "a", "e", "b", "c"]
     assert [r.run_id for r in sort_records(Metric("m", "maximize"), records)] == ["e", "a", "d", "b", "c"]
 
@@ -254,7 +319,7 @@ def test_summary_files_rank_the_runs(tmp_path):
     md = (out / "summary.md").read_text()
     assert "| 1 | " in md and "test/shape_error_mm" in md and "loss.perceptual" in md
     assert "trainer.max_steps=2" in md, "the fixed settings are listed above the table"
-    result = (out / best["run_id"] / RESULT_FILE)
+    result = out / best["run_id"] / RESULT_FILE
     assert result.is_file()
 
 
@@ -316,18 +381,46 @@ def test_command_dry_run_lists_the_runs_without_training(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_real_tiny_sweep_trains_in_child_processes_as_wandb_offline_runs(tmp_path):
-    tiny = ["renderer.image_size=32", "network.backbone=resnet18", "network.pretrained=null", "network.frozen_layers=0",
-            "trainer.precision=32-true", "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
-            "data.batch_size=4", "data.synthetic.n_train=8", "data.synthetic.n_val=4",
-            "data.synthetic.n_test=4", "trainer.max_steps=2", "trainer.max_epochs=1", "logging.wandb_mode=online"]
+    tiny = [
+        "renderer.image_size=32",
+        "network.backbone=resnet18",
+        "network.pretrained=null",
+        "network.frozen_layers=0",
+        "trainer.precision=32-true",
+        "face_model.n_id=8",
+        "face_model.n_exp=8",
+        "face_model.n_tex=6",
+        "data.batch_size=4",
+        "data.synthetic.n_train=8",
+        "data.synthetic.n_val=4",
+        "data.synthetic.n_test=4",
+        "trainer.max_steps=2",
+        "trainer.max_epochs=1",
+        "logging.wandb_mode=online",
+    ]
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "program": "experiments/cli.py", "name": "tiny", "method": "grid",
-        "metric": {"name": "test/shape_error_mm", "goal": "minimize"},
-        "parameters": {"loss.perceptual": {"values": [0.0, 0.2]}},
-        "command": ["${env}", "${interpreter}", "-m", "experiments.cli", "train", "--config", "default", *tiny,
-                    "${args_no_hyphens}"],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "program": "experiments/cli.py",
+                "name": "tiny",
+                "method": "grid",
+                "metric": {"name": "test/shape_error_mm", "goal": "minimize"},
+                "parameters": {"loss.perceptual": {"values": [0.0, 0.2]}},
+                "command": [
+                    "${env}",
+                    "${interpreter}",
+                    "-m",
+                    "experiments.cli",
+                    "train",
+                    "--config",
+                    "default",
+                    *tiny,
+                    "${args_no_hyphens}",
+                ],
+            }
+        )
+    )
     records = run_sweep(load_sweep(path), tmp_path / "out", log=quiet)
     assert [r.status for r in records] == ["ok", "ok"], [r.error for r in records]
     for r in records:

@@ -92,7 +92,8 @@ def expected_front_model(raw: dict, n_id: int, n_exp: int, n_tex: int) -> dict:
     exp_ids = raw["front"].astype(int) - 1
     full_ids = raw["trim"][exp_ids].astype(int) - 1
     out = {
-        "mean": np.zeros((N_FRONT, 3)), "tex": np.zeros((N_FRONT, 3)),
+        "mean": np.zeros((N_FRONT, 3)),
+        "tex": np.zeros((N_FRONT, 3)),
         "id": np.zeros((n_id, N_FRONT, 3)),
         "exp": np.zeros((n_exp, N_FRONT, 3)),
         "alb": np.zeros((n_tex, N_FRONT, 3)),
@@ -133,10 +134,17 @@ def test_prepare_writes_deep3d_layout(raw_dir):
     mat = scipy.io.loadmat(out)
     shapes = {key: mat[key].shape for key in mat if not key.startswith("__")}
     assert shapes == {
-        "meanshape": (1, 3 * N_FRONT), "meantex": (1, 3 * N_FRONT),
-        "idBase": (3 * N_FRONT, 80), "exBase": (3 * N_FRONT, 64), "texBase": (3 * N_FRONT, 80),
-        "tri": raw["info"]["tri"].shape, "point_buf": (N_FRONT, 8), "tri_mask2": (10, 3),
-        "keypoints": (1, 68), "frontmask2_idx": (20, 1), "skinmask": (1, N_FRONT),
+        "meanshape": (1, 3 * N_FRONT),
+        "meantex": (1, 3 * N_FRONT),
+        "idBase": (3 * N_FRONT, 80),
+        "exBase": (3 * N_FRONT, 64),
+        "texBase": (3 * N_FRONT, 80),
+        "tri": raw["info"]["tri"].shape,
+        "point_buf": (N_FRONT, 8),
+        "tri_mask2": (10, 3),
+        "keypoints": (1, 68),
+        "frontmask2_idx": (20, 1),
+        "skinmask": (1, N_FRONT),
     }
     # Index arrays pass through unchanged (still 1-based), exactly as Deep3D's transferBFM09.
     for key in ("tri", "point_buf", "tri_mask2", "keypoints", "frontmask2_idx", "skinmask"):
@@ -321,11 +329,13 @@ def test_load_front_file_conversions(tmp_path):
     _close(model.mean_shape, xyz - xyz.mean(0))
     # Mode k, vertex j, axis c sits in row 3j + c, column k of the (3V, n) matrices.
     for key, basis, scale in (
-        ("idBase", model.id_basis, 1), ("exBase", model.exp_basis, 1), ("texBase", model.albedo_basis, 255)
+        ("idBase", model.id_basis, 1),
+        ("exBase", model.exp_basis, 1),
+        ("texBase", model.albedo_basis, 255),
     ):
         for k in range(src[key].shape[1]):
             for j in range(V):
-                _close(basis[k, j], src[key][3 * j: 3 * j + 3, k] / scale)
+                _close(basis[k, j], src[key][3 * j : 3 * j + 3, k] / scale)
     _close(model.albedo_mean[4], src["meantex"][0, 12:15] / 255)
     assert model.triangles.tolist() == [[0, 1, 4], [0, 4, 3], [1, 2, 5], [1, 5, 4]]
     assert model.landmark_ids[:8].tolist() == [0, 1, 2, 3, 4, 5, 0, 1]
@@ -350,8 +360,11 @@ def test_load_missing_file_says_how_to_build_it(tmp_path):
     ("change", "options", "pattern"),
     [
         ({"exBase": None}, {}, r"lacks key\(s\) \['exBase'\]"),
-        ({"idBase": np.zeros((3 * V + 3, 4))}, {},
-         r"'idBase' has shape \(21, 4\), expected \(3V, n\) with V=6 = \(18, any\)"),
+        (
+            {"idBase": np.zeros((3 * V + 3, 4))},
+            {},
+            r"'idBase' has shape \(21, 4\), expected \(3V, n\) with V=6 = \(18, any\)",
+        ),
         ({"meanshape": np.zeros((1, 17))}, {}, r"'meanshape' has 17 entries"),
         ({"meantex": np.zeros((1, 3))}, {}, r"'meantex' has shape \(1, 3\)"),
         ({"keypoints": np.ones((2, 68))}, {}, r"'keypoints' has shape \(2, 68\)"),

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from face_model.coefficients import CoeffLayout, Coefficients
+from face_model.coefficients import Coefficients, CoeffLayout
 
 
 def test_deep3d_layout_has_257_entries_in_deep3d_order():

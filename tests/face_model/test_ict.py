@@ -56,7 +56,7 @@ def test_expression_pca_is_orthogonal_and_keeps_total_variance():
     np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0, atol=1e-4)
     assert np.all(np.diff(np.diag(gram)) <= 1e-6), "modes sorted by variance"
     # Trace of the offset covariance std^2 B^T B is preserved by the rotation to principal axes.
-    np.testing.assert_allclose(np.trace(gram), std ** 2 * (shapes ** 2).sum(), rtol=1e-5)
+    np.testing.assert_allclose(np.trace(gram), std**2 * (shapes**2).sum(), rtol=1e-5)
     # Same subspace as the blendshapes: projecting them onto the modes loses nothing.
     q, _ = np.linalg.qr(modes.T)
     flat = shapes.reshape(6, -1)
@@ -72,10 +72,12 @@ def test_albedo_prior_is_plausible(ict_small):
     assert float(m.albedo_mean.min()) > 0.2 and float(m.albedo_mean.max()) < 0.8
     # Lips are redder than the cheeks.
     lip = m.albedo_mean[m.landmark_ids[62]]
-    assert float(lip[0] - lip[1]) > float(m.albedo_mean[m.skin_mask][:, 0].mean() - m.albedo_mean[m.skin_mask][:, 1].mean())
+    assert float(lip[0] - lip[1]) > float(
+        m.albedo_mean[m.skin_mask][:, 0].mean() - m.albedo_mean[m.skin_mask][:, 1].mean()
+    )
     _, area = cotangent_laplacian(m.mean_shape.double().numpy(), m.triangles.numpy())
     weights = torch.from_numpy(area / area.sum()).float()
-    stds = ((m.albedo_basis ** 2).sum(-1) * weights).sum(-1).sqrt()
+    stds = ((m.albedo_basis**2).sum(-1) * weights).sum(-1).sqrt()
     assert torch.all(stds[:-1] >= stds[1:] - 1e-6), "albedo modes sorted by prior variance"
     # The leading mode is a global tone: the same colour at every vertex.
     first = m.albedo_basis[0]

@@ -8,9 +8,13 @@ from face_model.model import five_points_from_68
 def tiny_model(**overrides) -> FaceModel:
     v = 70
     args = dict(
-        mean_shape=torch.randn(v, 3), id_basis=torch.randn(4, v, 3), exp_basis=torch.randn(3, v, 3),
-        albedo_mean=torch.rand(v, 3), albedo_basis=torch.randn(2, v, 3) * 0.1,
-        triangles=torch.randint(0, v, (40, 3)), landmark_ids=torch.arange(68),
+        mean_shape=torch.randn(v, 3),
+        id_basis=torch.randn(4, v, 3),
+        exp_basis=torch.randn(3, v, 3),
+        albedo_mean=torch.rand(v, 3),
+        albedo_basis=torch.randn(2, v, 3) * 0.1,
+        triangles=torch.randint(0, v, (40, 3)),
+        landmark_ids=torch.arange(68),
         skin_mask=torch.ones(v, dtype=torch.bool),
     )
     args.update(overrides)
@@ -26,8 +30,9 @@ def test_zero_coefficients_give_the_mean():
 
 def test_shape_is_linear_in_each_basis():
     m = tiny_model()
-    c = m.layout.zeros(1).replace(identity=torch.tensor([[0.0, 2.0, 0.0, 0.0]]),
-                                  expression=torch.tensor([[0.0, 0.0, -1.0]]))
+    c = m.layout.zeros(1).replace(
+        identity=torch.tensor([[0.0, 2.0, 0.0, 0.0]]), expression=torch.tensor([[0.0, 0.0, -1.0]])
+    )
     expected = m.mean_shape + 2.0 * m.id_basis[1] - m.exp_basis[2]
     torch.testing.assert_close(m.shape(c)[0], expected)
 

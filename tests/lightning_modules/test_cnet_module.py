@@ -7,19 +7,28 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from benchmarks.metrics import vertex_error
 from datamodules.image_sets import collate_image_sets
-from experiments.build import (build_cnet_module, build_face_model, build_image_set_datamodule, build_rnet_module,
-                               load_cnet_checkpoint)
+from experiments.build import (
+    build_cnet_module,
+    build_face_model,
+    build_image_set_datamodule,
+    build_rnet_module,
+    load_cnet_checkpoint,
+)
 from experiments.config import load_config
 from lightning_modules.cnet_module import CNetModule
-from benchmarks.metrics import vertex_error
 from networks.aggregation import mean_aggregate
 from networks.rnet import RNetOutput
 
 TINY = [
-    "data.sets.set_size=3", "data.sets.batch_size=2",
-    "data.sets.n_train=4", "data.sets.n_val=2", "data.sets.n_test=2",
-    "cnet.conv_channels=[8,8,8]", "cnet.hidden=16",
+    "data.sets.set_size=3",
+    "data.sets.batch_size=2",
+    "data.sets.n_train=4",
+    "data.sets.n_val=2",
+    "data.sets.n_test=2",
+    "cnet.conv_channels=[8,8,8]",
+    "cnet.hidden=16",
     "trainer.log_every_n_steps=1",
     "logging.wandb=false",
 ]
@@ -50,8 +59,9 @@ def test_start_is_exactly_shape_averaging(setup):
         module = build_cnet_module(cfg, rnet_module, strategy).train()
         prediction = module(batch.images, batch.valid, batch.full)
         assert torch.equal(prediction.confidence, torch.full_like(prediction.confidence, 0.5))
-        torch.testing.assert_close(prediction.aggregated, mean_aggregate(prediction.identity, batch.valid),
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            prediction.aggregated, mean_aggregate(prediction.identity, batch.valid), rtol=0, atol=1e-6
+        )
         assert prediction.identity.std(dim=1).min() > 0  # the pictures really disagree
 
 
@@ -102,8 +112,9 @@ def test_padding_changes_neither_the_aggregate_nor_the_loss(setup):
         torch.testing.assert_close(again.aggregated, padded_prediction.aggregated)
         # Sum over each set, mean over sets: the padded batch's loss is the mean of its sets' own sums.
         losses = module.compute_losses(padded, padded_prediction)["total"]
-        first = module.compute_losses(collate_image_sets([dataset[0]]), module(
-            full.images[:1], full.valid[:1], True))["total"]
+        first = module.compute_losses(collate_image_sets([dataset[0]]), module(full.images[:1], full.valid[:1], True))[
+            "total"
+        ]
         second_batch = collate_image_sets([short])
         second = module.compute_losses(second_batch, module(second_batch.images, second_batch.valid, True))["total"]
         torch.testing.assert_close(losses, (first + second) / 2, rtol=1e-4, atol=1e-5)
@@ -125,8 +136,9 @@ def test_strategy_and_head_must_match(setup):
 def test_fast_dev_run_and_checkpoint_round_trip(setup, tmp_path):
     cfg, rnet_module, datamodule = setup
     module = build_cnet_module(cfg, rnet_module, "s4")
-    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.fit(module, datamodule=datamodule)
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     for key in ("val/shape_error_mm", "val/shape_averaging_error_mm", "val/per_image_error_mm", "val/total"):
@@ -141,8 +153,10 @@ def test_fast_dev_run_and_checkpoint_round_trip(setup, tmp_path):
     batch = batch_of(datamodule)
     module.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(batch.images, batch.valid, batch.full, render=False).aggregated,
-                                   module(batch.images, batch.valid, batch.full, render=False).aggregated)
+        torch.testing.assert_close(
+            loaded(batch.images, batch.valid, batch.full, render=False).aggregated,
+            module(batch.images, batch.valid, batch.full, render=False).aggregated,
+        )
     with pytest.raises(ValueError, match="not a C-Net checkpoint"):
         torch.save({"state_dict": {}, "face3d_config": "name: x\n"}, tmp_path / "rnet.ckpt")
         load_cnet_checkpoint(tmp_path / "rnet.ckpt")
@@ -166,8 +180,12 @@ class _InformativeRNet(torch.nn.Module):
 
 def _noisy_truth(dataset, batch, generator):
     layout = dataset.layout
-    rows = [torch.from_numpy(dataset.arrays.coefficients[int(dataset.arrays.offsets[i]):int(dataset.arrays.offsets[i + 1])])
-            for i in batch.index.tolist()]
+    rows = [
+        torch.from_numpy(
+            dataset.arrays.coefficients[int(dataset.arrays.offsets[i]) : int(dataset.arrays.offsets[i + 1])]
+        )
+        for i in batch.index.tolist()
+    ]
     coeffs = layout.split(torch.cat(rows))
     degraded = (batch.metadata.degradation.flatten() > 0).float()
     noise = torch.randn(coeffs.identity.shape, generator=generator) * (0.2 + 1.8 * degraded)[:, None]
@@ -183,9 +201,13 @@ def test_cnet_learns_to_trust_the_clean_pictures_and_beats_averaging(setup):
     from datamodules.image_sets import ImageSetDataModule, SyntheticImageSetDataset
 
     common = dict(set_size=4, image_size=64, degrade_probability=0.5, degradations=("noise",))
-    data = ImageSetDataModule({"train": SyntheticImageSetDataset(rnet_module.face_model, 24, split="train", **common),
-                               "test": SyntheticImageSetDataset(rnet_module.face_model, 12, split="test", **common)},
-                              batch_size=4)
+    data = ImageSetDataModule(
+        {
+            "train": SyntheticImageSetDataset(rnet_module.face_model, 24, split="train", **common),
+            "test": SyntheticImageSetDataset(rnet_module.face_model, 12, split="test", **common),
+        },
+        batch_size=4,
+    )
     data.setup()
     module = build_cnet_module(cfg, rnet_module, "s4").train()
     bench = _InformativeRNet(module.rnet)
@@ -206,8 +228,9 @@ def test_cnet_learns_to_trust_the_clean_pictures_and_beats_averaging(setup):
             prediction = module(batch.images, batch.valid, batch.full, render=False)
             truth = batch.ground_truth.vertices
             errors["s4"].append(vertex_error(module.neutral_shape(prediction.aggregated), truth))
-            errors["mean"].append(vertex_error(module.neutral_shape(mean_aggregate(prediction.identity, batch.valid)),
-                                               truth))
+            errors["mean"].append(
+                vertex_error(module.neutral_shape(mean_aggregate(prediction.identity, batch.valid)), truth)
+            )
             score = prediction.confidence.sum(-1)
             clean.append(score[batch.metadata.degradation == 0])
             noisy.append(score[batch.metadata.degradation > 0])

@@ -8,6 +8,7 @@ from experiments.config import load_config
 from experiments.train import TrainResult, train
 from lightning_modules.callbacks import FiniteLossGuard, NonFiniteLossError
 
+
 def tiny_config(tmp_path, *extra):
     return load_config(["default", "smoke"], [f"logging.output_dir={tmp_path}", *extra])
 
@@ -18,10 +19,23 @@ def test_fast_dev_run_trains_validates_and_draws_overlays(tmp_path):
 
 
 def test_the_default_pretrained_sface_backbone_trains_with_its_frozen_weights_fixed(tmp_path):
-    cfg = load_config(["default"], [
-        "renderer.image_size=64", "face_model.n_id=8", "face_model.n_exp=8", "face_model.n_tex=6",
-        "data.batch_size=4", "data.synthetic.n_train=8", "data.synthetic.n_val=4", "data.synthetic.n_test=4",
-        "trainer.max_steps=2", "trainer.max_epochs=1", "logging.wandb=false", f"logging.output_dir={tmp_path}"])
+    cfg = load_config(
+        ["default"],
+        [
+            "renderer.image_size=64",
+            "face_model.n_id=8",
+            "face_model.n_exp=8",
+            "face_model.n_tex=6",
+            "data.batch_size=4",
+            "data.synthetic.n_train=8",
+            "data.synthetic.n_val=4",
+            "data.synthetic.n_test=4",
+            "trainer.max_steps=2",
+            "trainer.max_epochs=1",
+            "logging.wandb=false",
+            f"logging.output_dir={tmp_path}",
+        ],
+    )
     assert cfg.network.backbone == "sface" and cfg.network.frozen_layers > 0
     result = train(cfg)
     module, _ = load_rnet_checkpoint(result.last_checkpoint)
@@ -35,8 +49,13 @@ def test_the_default_pretrained_sface_backbone_trains_with_its_frozen_weights_fi
 
 
 def test_the_summary_puts_the_shape_error_next_to_the_mean_face_baseline(tmp_path):
-    metrics = {"test/shape_error_mm": 4.6, "test/mean_face_error_mm": 4.9, "test/better_than_mean_face": 0.72,
-               "test/landmark_error_px": 3.05, "test/identity_r": 0.126}
+    metrics = {
+        "test/shape_error_mm": 4.6,
+        "test/mean_face_error_mm": 4.9,
+        "test/better_than_mean_face": 0.72,
+        "test/landmark_error_px": 3.05,
+        "test/identity_r": 0.126,
+    }
     text = TrainResult(tmp_path, None, None, None, None, metrics, test_samples=256).summary()
     assert "identity coefficients vs the truth: mean r 0.13 over the first ten modes" in text
     assert "4.60 mm after rigid alignment, 6.1% lower than the mean-face baseline (4.90 mm) on 256" in text
@@ -46,8 +65,15 @@ def test_the_summary_puts_the_shape_error_next_to_the_mean_face_baseline(tmp_pat
 
 
 def test_bf16_mixed_channels_last_trains_and_measures_shape_error_in_float32(tmp_path):
-    result = train(tiny_config(tmp_path, "trainer.precision=bf16-mixed", "trainer.channels_last=true",
-                               "trainer.max_steps=1", "trainer.max_epochs=1"))
+    result = train(
+        tiny_config(
+            tmp_path,
+            "trainer.precision=bf16-mixed",
+            "trainer.channels_last=true",
+            "trainer.max_steps=1",
+            "trainer.max_epochs=1",
+        )
+    )
     error, baseline = result.test_metrics["test/shape_error_mm"], result.test_metrics["test/mean_face_error_mm"]
     assert 0.0 < baseline < 50.0 and 0.0 < error < 50.0
     # One step of a zero-initialised head moves the shape by far less than bf16's ~0.4% of a decimetre.
@@ -189,8 +215,9 @@ def test_the_learning_rate_decays_by_steps_or_by_epochs(tmp_path, by_steps):
 
 
 def test_a_landmark_input_rnet_trains_and_reloads(tmp_path):
-    result = train(tiny_config(tmp_path, "network.landmark_input=true", "network.landmark_hidden=8",
-                               "trainer.max_steps=1"))
+    result = train(
+        tiny_config(tmp_path, "network.landmark_input=true", "network.landmark_hidden=8", "trainer.max_steps=1")
+    )
     module, cfg = load_rnet_checkpoint(result.last_checkpoint)
     assert cfg.network.landmark_input and module.rnet.landmark_net is not None
     prediction = module(torch.rand(2, 3, 64, 64), torch.rand(2, 68, 2) * 64)

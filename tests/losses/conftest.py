@@ -17,9 +17,7 @@ class TinyRecognition(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(0)
         self.input_size = input_size
-        self.register_buffer(
-            "template", torch.tensor([[3.5, 4.0], [8.5, 4.0], [6.0, 6.5], [4.0, 9.0], [8.0, 9.0]])
-        )
+        self.register_buffer("template", torch.tensor([[3.5, 4.0], [8.5, 4.0], [6.0, 6.5], [4.0, 9.0], [8.0, 9.0]]))
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.norm = nn.BatchNorm2d(4)
         self.fc = nn.Linear(4 * input_size[0] * input_size[1], 8)

@@ -22,8 +22,13 @@ def _batch(make_render, make_coeffs, sh_channels=3):
     target[:, 48] = torch.tensor([5.0, 11.5])
     target[:, 54] = torch.tensor([10.0, 11.5])
     attention = torch.rand(render.mask.shape, generator=generator)
-    return dict(images=images, render=render, target_landmarks=target, skin_attention=attention,
-                coeffs=make_coeffs(sh_channels=sh_channels))
+    return dict(
+        images=images,
+        render=render,
+        target_landmarks=target,
+        skin_attention=attention,
+        coeffs=make_coeffs(sh_channels=sh_channels),
+    )
 
 
 def test_loss_weights_defaults_are_the_paper_values():
@@ -74,8 +79,15 @@ def test_gradients_reach_render_and_coefficients_but_not_the_network(make_render
     out = HybridLoss(LossWeights(gamma=10.0), SKIN, recognition)(**batch)
     out["total"].backward()
     render, coeffs = batch["render"], batch["coeffs"]
-    for grad in (render.image.grad, render.landmarks.grad, render.albedo.grad,
-                 coeffs.identity.grad, coeffs.expression.grad, coeffs.albedo.grad, coeffs.lighting.grad):
+    for grad in (
+        render.image.grad,
+        render.landmarks.grad,
+        render.albedo.grad,
+        coeffs.identity.grad,
+        coeffs.expression.grad,
+        coeffs.albedo.grad,
+        coeffs.lighting.grad,
+    ):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert all(not p.requires_grad and p.grad is None for p in recognition.parameters())
 
@@ -106,9 +118,7 @@ def test_zero_loss_for_a_perfect_fit(make_render, make_coeffs, recognition):
         albedo=torch.full_like(render.albedo, 0.5),
     )
     coeffs = batch["coeffs"]
-    coeffs = coeffs.replace(
-        **{n: torch.zeros_like(getattr(coeffs, n)) for n in ("identity", "expression", "albedo")}
-    )
+    coeffs = coeffs.replace(**{n: torch.zeros_like(getattr(coeffs, n)) for n in ("identity", "expression", "albedo")})
     loss = HybridLoss(LossWeights(gamma=10.0), SKIN, recognition)
     out = loss(**{**batch, "render": perfect, "coeffs": coeffs})
     assert out["total"].item() == pytest.approx(0.0, abs=1e-6)
@@ -120,10 +130,17 @@ def test_landmark_term_is_resolution_independent(make_render, make_coeffs):
     loss = HybridLoss(only_landmarks, SKIN)
     small = loss(**batch)["landmark"]
     render = batch["render"]
-    large = dataclasses.replace(render, image=torch.zeros(2, 3, 32, 32), mask=torch.zeros(2, 1, 32, 32),
-                                landmarks=render.landmarks * 2)
-    out = loss(**{**batch, "images": torch.zeros(2, 3, 32, 32), "render": large,
-                  "target_landmarks": batch["target_landmarks"] * 2})
+    large = dataclasses.replace(
+        render, image=torch.zeros(2, 3, 32, 32), mask=torch.zeros(2, 1, 32, 32), landmarks=render.landmarks * 2
+    )
+    out = loss(
+        **{
+            **batch,
+            "images": torch.zeros(2, 3, 32, 32),
+            "render": large,
+            "target_landmarks": batch["target_landmarks"] * 2,
+        }
+    )
     torch.testing.assert_close(out["landmark"], small)
     assert set(out) == {"landmark", "total", "raw/landmark"}
 

@@ -36,8 +36,12 @@ def _warp_numpy(image, matrix, out_size):
             u, v = x - 0.5, y - 0.5
             j0, i0 = math.floor(u), math.floor(v)
             fu, fv = u - j0, v - i0
-            for ii, jj, weight in ((i0, j0, (1 - fu) * (1 - fv)), (i0, j0 + 1, fu * (1 - fv)),
-                                   (i0 + 1, j0, (1 - fu) * fv), (i0 + 1, j0 + 1, fu * fv)):
+            for ii, jj, weight in (
+                (i0, j0, (1 - fu) * (1 - fv)),
+                (i0, j0 + 1, fu * (1 - fv)),
+                (i0 + 1, j0, (1 - fu) * fv),
+                (i0 + 1, j0 + 1, fu * fv),
+            ):
                 if 0 <= ii < height and 0 <= jj < width:
                     out[:, i, j] += weight * image[:, ii, jj]
     return out

@@ -20,9 +20,7 @@ def test_coefficient_regularization_matches_numpy(make_coeffs):
 
 def test_coefficient_regularization_is_zero_at_the_mean_and_has_gradients(make_coeffs):
     coeffs = make_coeffs()
-    zero = coeffs.replace(
-        **{n: torch.zeros_like(getattr(coeffs, n)) for n in ("identity", "expression", "albedo")}
-    )
+    zero = coeffs.replace(**{n: torch.zeros_like(getattr(coeffs, n)) for n in ("identity", "expression", "albedo")})
     assert coefficient_regularization(zero).item() == 0.0
     coefficient_regularization(coeffs).backward()
     for name in ("identity", "expression", "albedo"):

@@ -15,7 +15,7 @@ with ``--import-mode=importlib``, under which test files cannot import a sibling
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from types import SimpleNamespace
 
 import cv2
@@ -65,7 +65,7 @@ def _astronaut_photo() -> Photo:
     return Photo("astronaut", image, points)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_photo(name: str) -> Photo:
     if name == "astronaut":
         return _astronaut_photo()

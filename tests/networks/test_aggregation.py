@@ -4,8 +4,17 @@ the strategies are what the paper defines, and gradients stay finite where weigh
 import pytest
 import torch
 
-from networks.aggregation import (aggregate, confidence_sum, mean_aggregate, most_confident_image, s1_aggregate,
-                                  s2_aggregate, s3_aggregate, s4_aggregate, weighted_identity)
+from networks.aggregation import (
+    aggregate,
+    confidence_sum,
+    mean_aggregate,
+    most_confident_image,
+    s1_aggregate,
+    s2_aggregate,
+    s3_aggregate,
+    s4_aggregate,
+    weighted_identity,
+)
 
 B, N, K = 3, 5, 7
 
@@ -47,8 +56,10 @@ def test_permuting_the_images_of_a_set_changes_nothing(sets):
     confidence = torch.rand(B, N, K, dtype=torch.float64)
     order = torch.randperm(N)
     for strategy in ("mean", "s2", "s3", "s4"):
-        torch.testing.assert_close(aggregate(strategy, identity[:, order], valid, confidence[:, order]),
-                                   aggregate(strategy, identity, valid, confidence))
+        torch.testing.assert_close(
+            aggregate(strategy, identity[:, order], valid, confidence[:, order]),
+            aggregate(strategy, identity, valid, confidence),
+        )
 
 
 def test_padding_never_counts_even_when_it_holds_garbage():
@@ -61,8 +72,8 @@ def test_padding_never_counts_even_when_it_holds_garbage():
         result = aggregate(strategy, garbage_identity, valid, garbage_confidence)
         assert torch.isfinite(result).all()
         for b, n in ((0, 3), (1, 1)):
-            alone = aggregate(strategy, identity[b:b + 1, :n], valid[b:b + 1, :n], confidence[b:b + 1, :n])
-            torch.testing.assert_close(result[b:b + 1], alone)
+            alone = aggregate(strategy, identity[b : b + 1, :n], valid[b : b + 1, :n], confidence[b : b + 1, :n])
+            torch.testing.assert_close(result[b : b + 1], alone)
     # A set of one picture is that picture, whatever its confidence.
     torch.testing.assert_close(s4_aggregate(identity, confidence, valid)[1], identity[1, 0])
 

@@ -84,4 +84,3 @@ def test_checkpoint_of_another_depth_is_refused(tmp_path: Path) -> None:
     torch.save(IResNet((1, 1, 2, 1)).state_dict(), path)
     with pytest.raises(ValueError, match="layer3.1"):
         load_arcface_weights(IResNet((1, 1, 1, 1)), path)
-

@@ -53,8 +53,9 @@ def test_zero_initialised_start_is_exactly_plain_averaging(rnet):
         confidence = make_cnet(rnet, kind).train().from_features(out.features)
         assert torch.equal(confidence, torch.full_like(confidence, 0.5))
         aggregate = s4_aggregate if kind == "elementwise" else s1_aggregate
-        torch.testing.assert_close(aggregate(identity, confidence.reshape(2, 4, -1), valid),
-                                   mean_aggregate(identity, valid), rtol=0, atol=1e-7)
+        torch.testing.assert_close(
+            aggregate(identity, confidence.reshape(2, 4, -1), valid), mean_aggregate(identity, valid), rtol=0, atol=1e-7
+        )
 
 
 def test_gradients_reach_cnet_through_the_aggregation_and_not_rnet(rnet):
@@ -64,8 +65,9 @@ def test_gradients_reach_cnet_through_the_aggregation_and_not_rnet(rnet):
         out = rnet(images)
     identity = out.coeffs.identity.reshape(2, 3, -1)
     target = torch.randn(2, LAYOUT.n_id)
-    aggregated = s4_aggregate(identity, cnet.from_features(out.features).reshape(2, 3, -1),
-                              torch.ones(2, 3, dtype=torch.bool))
+    aggregated = s4_aggregate(
+        identity, cnet.from_features(out.features).reshape(2, 3, -1), torch.ones(2, 3, dtype=torch.bool)
+    )
     (aggregated - target).square().sum().backward()
     # At the zero start only the last layer gets a gradient (the earlier ones are multiplied by its zeros).
     assert cnet.out.weight.grad.abs().sum() > 0 and cnet.out.bias.grad.abs().sum() > 0

@@ -21,7 +21,6 @@ from networks.rnet import RNet
 HEADS = (80, 64, 80, 3, 27, 2, 1)
 
 
-
 def _randomise_batchnorm(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for module in model.modules():

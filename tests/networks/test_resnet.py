@@ -20,7 +20,6 @@ from networks.resnet import (
 )
 
 
-
 def _bn(prefix: str, channels: int) -> list[tuple[str, tuple[int, ...]]]:
     return [(f"{prefix}.{name}", (channels,)) for name in ("weight", "bias", "running_mean", "running_var")] + [
         (f"{prefix}.num_batches_tracked", ())

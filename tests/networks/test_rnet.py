@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from face_model.coefficients import CoeffLayout, Coefficients
+from face_model.coefficients import Coefficients, CoeffLayout
 from networks.resnet import ResNetFeatures, resnet18
 from networks.rnet import RNet, RNetOutput, head_sizes, load_pretrained_backbone
 
 BFM = CoeffLayout(n_id=80, n_exp=64, n_tex=80, sh_channels=3)
 SMALL = CoeffLayout(n_id=10, n_exp=10, n_tex=9, sh_channels=1)
-
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +131,7 @@ def test_landmark_features_separate_shape_from_placement() -> None:
     # Independent reference in numpy: centre on the centroid, divide by the RMS distance to it.
     p = points.double().numpy()
     centred = p - p.mean(axis=1, keepdims=True)
-    rms = np.sqrt((centred ** 2).sum(-1).mean(-1))
+    rms = np.sqrt((centred**2).sum(-1).mean(-1))
     np.testing.assert_allclose(features[:, :136].numpy(), (centred / rms[:, None, None]).reshape(2, -1), atol=1e-5)
     np.testing.assert_allclose(features[:, 136:138].numpy(), p.mean(axis=1) / 64 - 0.5, atol=1e-6)
     np.testing.assert_allclose(features[:, 138].numpy(), np.log(rms / 64), atol=1e-5)

@@ -21,8 +21,16 @@ def tiny_face_model(landmarks3d: torch.Tensor) -> FaceModel:
     """A FaceModel whose 68 vertices are its landmarks (one zero mode per basis)."""
     n = landmarks3d.shape[0]
     zeros = torch.zeros(1, n, 3)
-    return FaceModel(landmarks3d, zeros, zeros, torch.full((n, 3), 0.5), zeros, torch.tensor([[0, 1, 2]]),
-                     torch.arange(n), torch.ones(n, dtype=torch.bool))
+    return FaceModel(
+        landmarks3d,
+        zeros,
+        zeros,
+        torch.full((n, 3), 0.5),
+        zeros,
+        torch.tensor([[0, 1, 2]]),
+        torch.arange(n),
+        torch.ones(n, dtype=torch.bool),
+    )
 
 
 def blob_image(height: int, width: int, centre: tuple[float, float], sigma: float) -> np.ndarray:
@@ -34,7 +42,7 @@ def blob_image(height: int, width: int, centre: tuple[float, float], sigma: floa
 
 def centroid(image: np.ndarray) -> np.ndarray:
     weights = image[..., 0].astype(np.float64)
-    ys, xs = np.mgrid[0:image.shape[0], 0:image.shape[1]] + 0.5
+    ys, xs = np.mgrid[0 : image.shape[0], 0 : image.shape[1]] + 0.5
     return np.array([(xs * weights).sum(), (ys * weights).sum()]) / weights.sum()
 
 
@@ -133,8 +141,11 @@ def test_other_crop_size(ict_template):
     camera = PinholeCamera().resized(256, 256)
     template = ict_template * 256 / 224  # the resized camera scales the projection
     points = torch.randn(68, 3) * 0.5
-    np.testing.assert_allclose(template_from_face_model(tiny_face_model(points), camera),
-                               template_from_face_model(tiny_face_model(points)) * 256 / 224, rtol=1e-6)
+    np.testing.assert_allclose(
+        template_from_face_model(tiny_face_model(points), camera),
+        template_from_face_model(tiny_face_model(points)) * 256 / 224,
+        rtol=1e-6,
+    )
     aligned = align_face(np.full((300, 300, 3), 50, np.uint8), synthetic_68(template / 1.5), template, crop_size=256)
     assert aligned.crop.shape == (256, 256, 3)
     np.testing.assert_allclose(aligned.five_points, template, atol=1e-4)

@@ -43,7 +43,7 @@ def test_several_faces_records_count_and_keeps_largest(photo, hog_detector, nme)
     small = cv2.resize(image, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
     canvas = np.full((image.shape[0], image.shape[1] + small.shape[1] + 20, 3), 127, np.uint8)
     canvas[:, : image.shape[1]] = image
-    canvas[: small.shape[0], image.shape[1] + 20:] = small
+    canvas[: small.shape[0], image.shape[1] + 20 :] = small
     detection, n_faces = detect_largest_face(hog_detector, np.ascontiguousarray(canvas))
     assert n_faces == 2
     assert nme(detection.landmarks68, truth) < NME_FAILURE  # the full-size copy, not the small one
@@ -114,8 +114,11 @@ def covers_face(box, truth: np.ndarray) -> bool:
     """The box holds the centre of the visible labelled landmarks and is about face-sized."""
     centre = truth.mean(0)
     size = np.ptp(truth, axis=0).max()
-    return (box.left < centre[0] < box.right and box.top < centre[1] < box.bottom
-            and 0.4 * size < box.right - box.left < 2.5 * size)
+    return (
+        box.left < centre[0] < box.right
+        and box.top < centre[1] < box.bottom
+        and 0.4 * size < box.right - box.left < 2.5 * size
+    )
 
 
 def test_cascade_uses_hog_alone_when_it_finds_the_face(photo, cascade, hog_detector, nme):
@@ -139,8 +142,10 @@ def test_cascade_finds_a_cut_off_face_that_hog_misses(photo, cascade, hog_detect
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, make", [("breakingbad.jpg", lambda image: rolled(image, 30.0)),
-                                        ("lenna.png", lambda image: left_part(image, 0.6))])
+@pytest.mark.parametrize(
+    "name, make",
+    [("breakingbad.jpg", lambda image: rolled(image, 30.0)), ("lenna.png", lambda image: left_part(image, 0.6))],
+)
 def test_cascade_finds_rolled_and_cut_faces_that_hog_misses(photo, cascade, hog_detector, name, make):
     """A head rolled by 30 degrees, a face cut by the border: HOG finds nothing, the cascade's MMOD stage does."""
     image, _ = photo(name)

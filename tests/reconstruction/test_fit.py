@@ -33,8 +33,9 @@ def photo(ict_small):
     Image.fromarray(skimage.data.astronaut()).save(buffer, format="PNG")
     camera = PinholeCamera().resized(CROP, CROP)
     template = template_from_face_model(ict_small, camera)
-    result = process_image(buffer.getvalue(), make_detector("dlib-hog"), template,
-                           PrepareConfig(crop_size=CROP, workers=0))
+    result = process_image(
+        buffer.getvalue(), make_detector("dlib-hog"), template, PrepareConfig(crop_size=CROP, workers=0)
+    )
     assert result.status == OK, result.reason
     return CropBatch.from_aligned(result.aligned, result.skin, "cpu")
 
@@ -88,8 +89,14 @@ def test_images_of_a_batch_are_fitted_independently(photo, renderer, ict_small):
     loss = HybridLoss(LossWeights(perceptual=0.0), ict_small.skin_mask)
     settings = FitSettings(rigid_iterations=20, shape_iterations=20, iterations=0)
     shifted = photo.landmarks + torch.tensor([3.0, -2.0])
-    batch = fit_coefficients(photo.images.repeat(2, 1, 1, 1), torch.cat([photo.landmarks, shifted]),
-                             photo.skin.repeat(2, 1, 1, 1), renderer, loss, settings)
+    batch = fit_coefficients(
+        photo.images.repeat(2, 1, 1, 1),
+        torch.cat([photo.landmarks, shifted]),
+        photo.skin.repeat(2, 1, 1, 1),
+        renderer,
+        loss,
+        settings,
+    )
     alone = fit_coefficients(photo.images, shifted, photo.skin, renderer, loss, settings)
     torch.testing.assert_close(batch.coeffs.index(1).translation, alone.coeffs.translation, atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(batch.coeffs.index(1).identity, alone.coeffs.identity, atol=1e-3, rtol=1e-3)
@@ -100,8 +107,9 @@ def test_landmark_stage_terms_equal_the_hybrid_loss_terms(photo, renderer, ict_s
     loss = HybridLoss(LossWeights(perceptual=0.0), ict_small.skin_mask)
     coeffs = ict_small.layout.zeros(1).replace(identity=torch.linspace(-1, 1, ict_small.layout.n_id)[None])
     render = renderer(coeffs)
-    full = loss(images=photo.images, render=render, target_landmarks=photo.landmarks,
-                skin_attention=photo.skin, coeffs=coeffs)
+    full = loss(
+        images=photo.images, render=render, target_landmarks=photo.landmarks, skin_attention=photo.skin, coeffs=coeffs
+    )
     cheap = landmark_terms(loss, renderer.project_landmarks(coeffs), photo.landmarks, coeffs, float(CROP))
     for name in ("landmark", "regularization", "raw/landmark", "raw/regularization"):
         torch.testing.assert_close(cheap[name], full[name])
@@ -126,8 +134,16 @@ def test_reference_cache_gives_the_network_s_answers(photo):
 
     net = build_recognition_net("sface")
     cached = ReferenceCache(net)
-    five = torch.stack([photo.landmarks[:, 36:42].mean(1), photo.landmarks[:, 42:48].mean(1),
-                        photo.landmarks[:, 30], photo.landmarks[:, 48], photo.landmarks[:, 54]], dim=1)
+    five = torch.stack(
+        [
+            photo.landmarks[:, 36:42].mean(1),
+            photo.landmarks[:, 42:48].mean(1),
+            photo.landmarks[:, 30],
+            photo.landmarks[:, 48],
+            photo.landmarks[:, 54],
+        ],
+        dim=1,
+    )
     for shift in (0.0, 0.1):
         render = (photo.images * 0.8 + shift).requires_grad_(True)
         mask = torch.ones_like(photo.skin)
@@ -170,7 +186,8 @@ def test_a_shared_identity_uses_every_picture_of_the_person(renderer, ict_small)
     pictures = ict_small.layout.zeros(3).replace(
         identity=identity.expand(3, -1),
         expression=0.5 * torch.randn(3, ict_small.layout.n_exp, generator=generator),
-        angles=torch.tensor([[0.05, -0.8, 0.0], [0.0, 0.0, 0.0], [-0.05, 0.8, 0.0]]))
+        angles=torch.tensor([[0.05, -0.8, 0.0], [0.0, 0.0, 0.0], [-0.05, 0.8, 0.0]]),
+    )
     target = renderer.project_landmarks(pictures).detach() + 1.0 * torch.randn(3, 68, 2, generator=generator)
     images, skin = torch.zeros(3, 3, CROP, CROP), torch.zeros(3, 1, CROP, CROP)
     loss = HybridLoss(LossWeights(perceptual=0.0, regularization=3e-3), ict_small.skin_mask)
@@ -228,7 +245,8 @@ def test_untrusted_landmarks_keep_the_identity_near_the_mean_face(renderer, ict_
     prior keeps the identity smaller."""
     generator = torch.Generator().manual_seed(1)
     target = renderer.project_landmarks(ict_small.layout.zeros(1)).detach() + 15.0 * torch.randn(
-        1, 68, 2, generator=generator)
+        1, 68, 2, generator=generator
+    )
     images, skin = torch.zeros(1, 3, CROP, CROP), torch.zeros(1, 1, CROP, CROP)
     loss = HybridLoss(LossWeights(perceptual=0.0, regularization=1e-3), ict_small.skin_mask)
     plain = FitSettings(rigid_iterations=30, shape_iterations=60, iterations=0, untrusted_identity_prior=0.0)

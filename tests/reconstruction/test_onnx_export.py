@@ -68,8 +68,9 @@ def test_onnx_coefficients_match_pytorch(exported, smoke_rnet, batch):
     np.testing.assert_allclose(run_onnx(path, images), reference, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("size,grid,opset", [(7, (2, 2), 17), (5, (2, 3), 17), (6, (3, 3), 17), (4, (1, 1), 17),
-                                             (7, (2, 2), 18)])
+@pytest.mark.parametrize(
+    "size,grid,opset", [(7, (2, 2), 17), (5, (2, 3), 17), (6, (3, 3), 17), (4, (1, 1), 17), (7, (2, 2), 18)]
+)
 def test_adaptive_pooling_exports_exactly_with_overlapping_bins(tmp_path, size, grid, opset):
     """SFace's 7x7 map pooled to 2x2 has overlapping bins, which the stock exporter refuses."""
 
@@ -81,8 +82,15 @@ def test_adaptive_pooling_exports_exactly_with_overlapping_bins(tmp_path, size, 
     path = tmp_path / "pool.onnx"
     with _export_rules(opset), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(Pool(), (x,), str(path), opset_version=opset, dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "batch"}})
+        torch.onnx.export(
+            Pool(),
+            (x,),
+            str(path),
+            opset_version=opset,
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
     np.testing.assert_allclose(run_onnx(path, x), F.adaptive_avg_pool2d(x, grid).numpy(), rtol=1e-6, atol=1e-6)
 
 
@@ -96,8 +104,9 @@ def test_prelu_exports_as_elementwise_operations_with_the_same_values(tmp_path, 
     path = tmp_path / "prelu.onnx"
     with _export_rules(17), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(prelu, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "batch"}})
+        torch.onnx.export(
+            prelu, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}}
+        )
     assert "PRelu" not in {node.op_type for node in onnx.load(str(path)).graph.node}
     with torch.no_grad():
         np.testing.assert_allclose(run_onnx(path, x), prelu(x).numpy(), rtol=1e-6, atol=1e-6)

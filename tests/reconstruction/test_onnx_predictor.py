@@ -58,8 +58,9 @@ def test_predictor_rebuilds_the_face_model_and_matches_pytorch(exported, smoke_r
     with torch.no_grad():
         reference = rnet(images).coeffs
     for field in dataclasses.fields(reference):
-        torch.testing.assert_close(getattr(predicted.coeffs, field.name), getattr(reference, field.name),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            getattr(predicted.coeffs, field.name), getattr(reference, field.name), rtol=1e-4, atol=1e-5
+        )
     assert predicted.details["seconds"] > 0
 
 
@@ -84,41 +85,68 @@ def test_a_missing_or_unreadable_file_is_named(tmp_path):
 def test_an_onnx_model_of_another_kind_is_refused(tmp_path):
     """A valid ONNX model that is not an R-Net: no face3d metadata."""
     node = onnx.helper.make_node("Identity", ["x"], ["y"])
-    graph = onnx.helper.make_graph([node], "other", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
-                                                                                       [1, 10])],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 10])])
+    graph = onnx.helper.make_graph(
+        [node],
+        "other",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 10])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 10])],
+    )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     onnx.helper.set_model_props(model, {"author": "someone"})
     path = tmp_path / "classifier.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(ValueError, match=r"classifier.onnx is not a face3d R-Net ONNX model: it has no face3d "
-                                         r"metadata \(found keys \['author'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"classifier.onnx is not a face3d R-Net ONNX model: it has no face3d "
+        r"metadata \(found keys \['author'\]\)",
+    ):
         OnnxRNet(path)
 
 
 def test_metadata_that_disagrees_with_the_graph_is_refused(exported, tmp_path):
     layout = json.loads({p.key: p.value for p in onnx.load(str(exported)).metadata_props}["face3d.coeff_layout"])
     wider = edited(exported, tmp_path / "wider.onnx", coeff_layout=json.dumps({**layout, "n_id": 9, "size": 56}))
-    with pytest.raises(ValueError, match=r"wider.onnx does not match its own face3d metadata: outputs .*expected one "
-                                         r"float \(batch, 56\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"wider.onnx does not match its own face3d metadata: outputs .*expected one "
+        r"float \(batch, 56\)",
+    ):
         OnnxRNet(wider)
-    camera = json.dumps({"focal": 1015.0 * 112 / 224, "principal_point": [56.0, 56.0], "image_size": [112, 112],
-                         "camera_distance": 10.0})
+    camera = json.dumps(
+        {
+            "focal": 1015.0 * 112 / 224,
+            "principal_point": [56.0, 56.0],
+            "image_size": [112, 112],
+            "camera_distance": 10.0,
+        }
+    )
     bigger = edited(exported, tmp_path / "bigger.onnx", camera=camera, crop_size="112")
-    with pytest.raises(ValueError, match=r"bigger.onnx does not match its own face3d metadata: inputs .*\(batch, 3, "
-                                         r"112, 112\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"bigger.onnx does not match its own face3d metadata: inputs .*\(batch, 3, "
+        r"112, 112\)",
+    ):
         OnnxRNet(bigger)
 
 
 def test_broken_or_foreign_metadata_is_refused(exported, tmp_path):
     with pytest.raises(ValueError, match=r"old.onnx has face3d metadata format 'face3d-rnet-onnx/0'"):
         OnnxRNet(edited(exported, tmp_path / "old.onnx", format="face3d-rnet-onnx/0"))
-    with pytest.raises(ValueError, match=r"nolayout.onnx has broken face3d metadata \(missing key "
-                                         r"face3d.coeff_layout\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"nolayout.onnx has broken face3d metadata \(missing key "
+        r"face3d.coeff_layout\)",
+    ):
         OnnxRNet(edited(exported, tmp_path / "nolayout.onnx", coeff_layout=None))
     with pytest.raises(ValueError, match=r"order.onnx has broken face3d metadata \(coefficient order"):
-        layout = {"n_id": 8, "n_exp": 8, "n_tex": 6, "sh_channels": 3, "size": 55,
-                  "order": ["expression", "identity", "albedo", "angles", "lighting", "translation"]}
+        layout = {
+            "n_id": 8,
+            "n_exp": 8,
+            "n_tex": 6,
+            "sh_channels": 3,
+            "size": 55,
+            "order": ["expression", "identity", "albedo", "angles", "lighting", "translation"],
+        }
         OnnxRNet(edited(exported, tmp_path / "order.onnx", coeff_layout=json.dumps(layout)))
 
 
@@ -126,11 +154,19 @@ def test_a_network_of_another_face_model_file_is_refused(exported, tmp_path):
     other = edited(exported, tmp_path / "other.onnx", face_model_digest="0" * 64)
     net = OnnxRNet(other)  # the network itself is fine
     assert net.metadata.face_model_digest == "0" * 64
-    with pytest.raises(ValueError, match=r"other.onnx was trained with ict_face.npz of sha256 000000000000\.\.\., "
-                                         r"but .*ict_face.npz has sha256"):
+    with pytest.raises(
+        ValueError,
+        match=r"other.onnx was trained with ict_face.npz of sha256 000000000000\.\.\., "
+        r"but .*ict_face.npz has sha256",
+    ):
         OnnxRNetPredictor(other)
-    bfm = edited(exported, tmp_path / "bfm.onnx", face_model="bfm", face_model_name="bfm09",
-                 face_model_file="BFM_model_front.mat")
+    bfm = edited(
+        exported,
+        tmp_path / "bfm.onnx",
+        face_model="bfm",
+        face_model_name="bfm09",
+        face_model_file="BFM_model_front.mat",
+    )
     with pytest.raises(ValueError, match=r"bfm.onnx was trained with the 'bfm09' face model .*--bfm-path FILE"):
         OnnxRNetPredictor(bfm)
     with pytest.raises(FileNotFoundError, match=r"face model file .*nope.mat not found; give the path"):

@@ -101,8 +101,14 @@ def run(photos, ict_small, tmp_path_factory):
 def test_every_bad_prediction_is_reported_and_the_run_goes_on(run):
     out, summary, records = run
     assert {key: r["status"] for key, r in records.items()} == {
-        "a.ppm": "ok", "b.ppm": DIVERGED, "c.ppm": DIVERGED, "d.ppm": DIVERGED, "e.ppm": DIVERGED, "f_cut.png": "ok",
-        "g.ppm": DIVERGED}
+        "a.ppm": "ok",
+        "b.ppm": DIVERGED,
+        "c.ppm": DIVERGED,
+        "d.ppm": DIVERGED,
+        "e.ppm": DIVERGED,
+        "f_cut.png": "ok",
+        "g.ppm": DIVERGED,
+    }
     assert summary.status_counts == {"ok": 2, DIVERGED: 5}
     assert records["g.ppm"]["reason"].startswith("albedo coefficients at 4.0 standard deviations on average")
     assert records["b.ppm"]["reason"].startswith("1 non-finite coefficients")
@@ -164,7 +170,9 @@ def test_checks_and_limits(ict_small):
     assert divergence_reasons(checks) == []
     assert divergence_reasons(checks, limits=DivergenceLimits(max_landmark_error=0.04))[0].startswith("projected")
     bad = prediction_checks(coeffs, np.full((68, 2), np.inf), landmarks, 100, {"loss/photo": math.inf})
-    assert divergence_reasons(bad, {"loss/photo": math.inf}) == ["non-finite loss/photo",
-                                                                 "projected landmarks are not finite"]
+    assert divergence_reasons(bad, {"loss/photo": math.inf}) == [
+        "non-finite loss/photo",
+        "projected landmarks are not finite",
+    ]
     with pytest.raises(ValueError, match="positive"):
         DivergenceLimits(max_coefficient_std=0)

@@ -50,9 +50,15 @@ def glb_mesh(path) -> trimesh.Trimesh:
 def test_set_writes_glb_meshes_and_four_panel_overlays(module, ict_small, tmp_path):
     rng = np.random.default_rng(0)
     big = rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)
-    pictures = [SetPicture("a", rng.integers(0, 255, (CROP, CROP, 3), dtype=np.uint8),
-                           np.full((68, 2), 32.0, np.float32), detected_by="dlib-mmod"),
-                SetPicture("b", rng.integers(0, 255, (CROP, CROP, 3), dtype=np.uint8), None, overlay_input=big)]
+    pictures = [
+        SetPicture(
+            "a",
+            rng.integers(0, 255, (CROP, CROP, 3), dtype=np.uint8),
+            np.full((68, 2), 32.0, np.float32),
+            detected_by="dlib-mmod",
+        ),
+        SetPicture("b", rng.integers(0, 255, (CROP, CROP, 3), dtype=np.uint8), None, overlay_input=big),
+    ]
     result = reconstruct_set(pictures, module, None, tmp_path, plots=False)
     identity = glb_mesh(result.files["identity_glb"])
     assert len(identity.vertices) == ict_small.n_vertices and len(identity.faces) == len(ict_small.triangles)
@@ -61,9 +67,11 @@ def test_set_writes_glb_meshes_and_four_panel_overlays(module, ict_small, tmp_pa
     for name in "ab":
         picture = glb_mesh(tmp_path / "pictures" / f"{name}.glb")
         assert len(picture.vertices) == ict_small.n_vertices
-        np.testing.assert_allclose(picture.vertices,
-                                   trimesh.load(tmp_path / "pictures" / f"{name}.obj", process=False).vertices / 1000,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            picture.vertices,
+            trimesh.load(tmp_path / "pictures" / f"{name}.obj", process=False).vertices / 1000,
+            atol=1e-6,
+        )
         overlay = cv2.imread(str(result.files[f"picture_{name}_overlay"]))
         assert overlay.shape == (512, 4 * 512, 3)
     with open(result.files["confidences_csv"]) as handle:

@@ -77,8 +77,7 @@ def test_one_euro_rejects_bad_input():
 def test_smooth_coefficients_shares_identity_and_smooths_pose(ict_small):
     layout = ict_small.layout
     n = 12
-    coeffs = layout.zeros(n).replace(identity=torch.randn(n, layout.sizes["identity"]),
-                                     angles=torch.randn(n, 3) * 0.1)
+    coeffs = layout.zeros(n).replace(identity=torch.randn(n, layout.sizes["identity"]), angles=torch.randn(n, 3) * 0.1)
     out = smooth_coefficients(coeffs, np.arange(n), 25.0)
     torch.testing.assert_close(out.identity, coeffs.identity.mean(0, keepdim=True).expand(n, -1))
     assert out.angles.diff(dim=0).abs().mean() < coeffs.angles.diff(dim=0).abs().mean()
@@ -159,8 +158,11 @@ def detector():
 
 
 # The smoke R-Net is untrained: its landmarks are not checked, its coefficients only have to vary with the image.
-SETTINGS = VideoSettings(detector="dlib-hog", limits=DivergenceLimits(max_landmark_error=10.0, max_coefficient_std=1e3,
-                                                                      max_coefficient_rms=1e3), progress=False)
+SETTINGS = VideoSettings(
+    detector="dlib-hog",
+    limits=DivergenceLimits(max_landmark_error=10.0, max_coefficient_std=1e3, max_coefficient_rms=1e3),
+    progress=False,
+)
 
 
 def test_clip_is_detected_once_then_tracked_with_every_output(takeo, predictor, detector, tmp_path):
@@ -216,9 +218,10 @@ def test_a_face_that_leaves_is_lost_then_found_again(takeo, predictor, detector,
 
 def test_a_clip_without_a_face_is_an_error_naming_the_frames(predictor, detector, tmp_path):
     rng = np.random.default_rng(0)
-    clip = write_clip(tmp_path / "noface.avi",
-                      [cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (9, 9), 3)
-                       for _ in range(4)])
+    clip = write_clip(
+        tmp_path / "noface.avi",
+        [cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (9, 9), 3) for _ in range(4)],
+    )
     with pytest.raises(ValueError, match="no face in any of the 4 frames of"):
         reconstruct_video(clip, tmp_path / "out", predictor, SETTINGS, face_detector=detector)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -261,8 +264,12 @@ def test_command_reconstructs_a_clip_and_reports_problems(takeo, predictor, tmp_
     clip = write_clip(tmp_path / "clip.avi", frames)
     monkeypatch.setattr(command, "build_predictor", lambda args: predictor)
     monkeypatch.setattr(video, "VideoSettings", functools.partial(VideoSettings, limits=SETTINGS.limits))
-    assert main(["reconstruct", "--video", str(clip), "--out", str(tmp_path / "out"), "--detector", "dlib-hog",
-                 "--meshes"]) == 0
+    assert (
+        main(
+            ["reconstruct", "--video", str(clip), "--out", str(tmp_path / "out"), "--detector", "dlib-hog", "--meshes"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "4 frames (detected 1, tracked 3)" in out and "frames/s" in out
     assert (tmp_path / "out" / "overlay.mp4").is_file() and len(list((tmp_path / "out" / "meshes").glob("*.obj"))) == 4

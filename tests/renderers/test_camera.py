@@ -3,8 +3,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from renderers.camera import (PinholeCamera, euler_to_rotation, model_to_camera, project, rigid_transform,
-                              to_screen)
+from renderers.camera import PinholeCamera, euler_to_rotation, model_to_camera, project, rigid_transform, to_screen
 
 
 def test_rotation_matches_scipy_extrinsic_xyz():

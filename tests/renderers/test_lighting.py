@@ -46,8 +46,9 @@ def test_irradiance_against_numpy_reference():
     lighting = torch.randn(2, 27, dtype=torch.float64) * 0.3
     gamma = lighting.numpy().reshape(2, 3, 9).copy()
     gamma[:, :, 0] += DEFAULT_AMBIENT
-    basis = (real_sh_numpy(normals.reshape(-1, 3).numpy())
-             * np.array([BAND_FACTOR[l] * (-1) ** m for l, m in ORDER])).reshape(2, 15, 9)
+    basis = (
+        real_sh_numpy(normals.reshape(-1, 3).numpy()) * np.array([BAND_FACTOR[l] * (-1) ** m for l, m in ORDER])
+    ).reshape(2, 15, 9)
     ref = np.einsum("bnk,bck->bnc", basis, gamma)
     np.testing.assert_allclose(irradiance(normals, lighting).numpy(), ref, atol=1e-12)
 

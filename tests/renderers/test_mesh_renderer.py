@@ -54,8 +54,10 @@ def test_light_from_the_image_left_brightens_the_left_cheek(renderer, ict_small)
 
 def test_gradients_reach_every_coefficient_group(renderer, ict_small):
     coeffs = ict_small.layout.zeros(2)
-    params = {k: getattr(coeffs, k).clone().requires_grad_() for k in
-              ("identity", "expression", "albedo", "angles", "lighting", "translation")}
+    params = {
+        k: getattr(coeffs, k).clone().requires_grad_()
+        for k in ("identity", "expression", "albedo", "angles", "lighting", "translation")
+    }
     out = renderer(coeffs.replace(**params))
     loss = (out.image * torch.linspace(0, 1, out.image.shape[-1])).sum() + out.landmarks.sum()
     loss.backward()

@@ -21,8 +21,9 @@ from renderers.rasterizer import (
 SIZE = (48, 48)
 
 
-def reference_rasterize(screen: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int],
-                        near: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reference_rasterize(
+    screen: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int], near: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every pixel against every face in float64: (pix_to_face, bary, depth) like `rasterize`."""
     height, width = image_size
     screen = screen.double()
@@ -77,8 +78,9 @@ def icosphere(subdivisions: int) -> tuple[torch.Tensor, torch.Tensor]:
     verts = [tuple(c / math.hypot(*v) for c in v) for p in corners for v in (p, p[1:] + p[:1], p[2:] + p[:2])]
     faces = []
     for a, b, c in ConvexHull(verts).simplices.tolist():  # the icosahedron's 20 faces, any winding
-        normal = torch.linalg.cross(torch.tensor(verts[b]) - torch.tensor(verts[a]),
-                                    torch.tensor(verts[c]) - torch.tensor(verts[a]))
+        normal = torch.linalg.cross(
+            torch.tensor(verts[b]) - torch.tensor(verts[a]), torch.tensor(verts[c]) - torch.tensor(verts[a])
+        )
         faces.append((a, b, c) if normal @ torch.tensor(verts[a]) > 0 else (a, c, b))
     for _ in range(subdivisions):
         midpoints: dict[tuple[int, int], int] = {}
@@ -172,9 +174,21 @@ def test_nearest_face_wins_whatever_the_face_order(front_first):
 
 
 def test_off_screen_faces_are_skipped_and_partly_visible_faces_clipped_to_the_image():
-    screen = torch.tensor([[[-30.0, -30.0, 3.0], [-10.0, -30.0, 3.0], [-20.0, -5.0, 3.0],
-                            [60.0, 10.0, 3.0], [90.0, 10.0, 3.0], [70.0, 30.0, 3.0],
-                            [-20.0, 20.0, 3.0], [30.0, 24.0, 3.0], [-10.0, 70.0, 3.0]]])
+    screen = torch.tensor(
+        [
+            [
+                [-30.0, -30.0, 3.0],
+                [-10.0, -30.0, 3.0],
+                [-20.0, -5.0, 3.0],
+                [60.0, 10.0, 3.0],
+                [90.0, 10.0, 3.0],
+                [70.0, 30.0, 3.0],
+                [-20.0, 20.0, 3.0],
+                [30.0, 24.0, 3.0],
+                [-10.0, 70.0, 3.0],
+            ]
+        ]
+    )
     faces = torch.arange(9).view(3, 3)
     fragments = assert_matches_reference(screen, faces)
     assert set(fragments.pix_to_face.unique().tolist()) == {-1, 2}
@@ -227,8 +241,11 @@ def test_backface_culling_hides_nothing_of_a_closed_outward_mesh():
 def test_chunking_blocking_and_repeated_runs_give_identical_results(monkeypatch):
     screen, faces = random_triangles(150)
     reference = rasterize(screen, faces, SIZE, max_pairs=1 << 20)
-    runs = [rasterize(screen, faces, SIZE, max_pairs=7), rasterize(screen, faces, SIZE, max_pairs=1000),
-            rasterize(screen, faces, SIZE, max_pairs=1 << 20)]
+    runs = [
+        rasterize(screen, faces, SIZE, max_pairs=7),
+        rasterize(screen, faces, SIZE, max_pairs=1000),
+        rasterize(screen, faces, SIZE, max_pairs=1 << 20),
+    ]
     monkeypatch.setattr(torch_backend, "_CPU_BLOCK", 64)  # many small blocks of faces
     runs.append(rasterize(screen, faces, SIZE))
     for fragments in runs:
@@ -245,8 +262,9 @@ def test_float64_input_matches_reference():
 def _gradcheck_scene() -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     # Corners a quarter pixel off the centre lattice: no centre lies within 1e-6 px of an edge, so the
     # coverage is constant under gradcheck's perturbations.
-    screen = torch.tensor([[[1.25, 1.25, 2.0], [9.25, 2.25, 3.0], [2.25, 8.75, 2.5], [10.75, 9.25, 4.0]]],
-                          dtype=torch.float64)
+    screen = torch.tensor(
+        [[[1.25, 1.25, 2.0], [9.25, 2.25, 3.0], [2.25, 8.75, 2.5], [10.75, 9.25, 4.0]]], dtype=torch.float64
+    )
     faces = torch.tensor([[0, 1, 2], [1, 3, 2]])
     return screen, faces, (11, 12)
 
@@ -277,8 +295,12 @@ def test_gradients_reach_x_y_depth_and_attributes():
     fragments = rasterize(screen, faces, SIZE)
     image = interpolate(colors, faces, fragments)
     (image.square().sum() + fragments.depth.sum()).backward()
-    for name, grad in (("x", screen.grad[..., 0]), ("y", screen.grad[..., 1]), ("depth", screen.grad[..., 2]),
-                       ("colours", colors.grad)):
+    for name, grad in (
+        ("x", screen.grad[..., 0]),
+        ("y", screen.grad[..., 1]),
+        ("depth", screen.grad[..., 2]),
+        ("colours", colors.grad),
+    ):
         assert grad.isfinite().all(), name
         assert grad.abs().sum() > 0, name
 
@@ -345,16 +367,24 @@ def test_pytorch3d_backend_agrees_with_portable_backend():
     [
         ((torch.zeros(5, 3), torch.zeros(1, 3, dtype=torch.long), SIZE), {}, ValueError, r"\(B, V, 3\)"),
         ((torch.zeros(1, 5, 2), torch.zeros(1, 3, dtype=torch.long), SIZE), {}, ValueError, r"\(B, V, 3\)"),
-        ((torch.zeros(1, 5, 3, dtype=torch.float16), torch.zeros(1, 3, dtype=torch.long), SIZE), {}, TypeError,
-         "float32 or float64"),
+        (
+            (torch.zeros(1, 5, 3, dtype=torch.float16), torch.zeros(1, 3, dtype=torch.long), SIZE),
+            {},
+            TypeError,
+            "float32 or float64",
+        ),
         ((torch.zeros(1, 5, 3), torch.zeros(3, dtype=torch.long), SIZE), {}, ValueError, r"\(F, 3\)"),
         ((torch.zeros(1, 5, 3), torch.zeros(1, 3), SIZE), {}, TypeError, "int32 or int64"),
         ((torch.zeros(1, 5, 3), torch.tensor([[0, 1, 5]]), SIZE), {}, ValueError, "V = 5"),
         ((torch.zeros(1, 5, 3), torch.tensor([[0, -1, 2]]), SIZE), {}, ValueError, "V = 5"),
         ((torch.zeros(1, 5, 3), torch.tensor([[0, 1, 2]]), (0, 4)), {}, ValueError, "image_size"),
         ((torch.zeros(1, 5, 3), torch.tensor([[0, 1, 2]]), 48), {}, ValueError, "image_size"),
-        ((torch.zeros(1, 5, 3), torch.tensor([[0, 1, 2]]), SIZE), {"backend": "opengl"}, ValueError,
-         "unknown rasterizer backend 'opengl'"),
+        (
+            (torch.zeros(1, 5, 3), torch.tensor([[0, 1, 2]]), SIZE),
+            {"backend": "opengl"},
+            ValueError,
+            "unknown rasterizer backend 'opengl'",
+        ),
         ((torch.zeros(1, 5, 3), torch.tensor([[0, 1, 2]]), SIZE), {"max_pairs": 0}, ValueError, "max_pairs"),
         ((torch.zeros(1, 5, 3), torch.tensor([[0, 1, 2]]), SIZE), {"near": -1.0}, ValueError, "near"),
     ],

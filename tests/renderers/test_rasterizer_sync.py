@@ -19,6 +19,7 @@ from renderers.rasterizer import interpolate, rasterize
 
 rasterize_module = importlib.import_module("renderers.rasterizer.rasterize")
 
+
 def test_the_counter_sees_each_kind_of_sync_and_nothing_else():
     x = torch.tensor([1.0, -2.0, 3.0])
     with HostSyncCounter() as counter:
@@ -120,8 +121,12 @@ def _smoke_module_and_batch(tmp_path, *overrides):
     gen = torch.Generator().manual_seed(0)
     # Targets at the mean face's landmarks, so the landmark term is of the usual size.
     landmarks = module.renderer.project_landmarks(module.rnet.layout.zeros(batch)).detach()
-    faces = FaceBatch(images=torch.rand(batch, 3, size, size, generator=gen), landmarks=landmarks,
-                      skin=torch.rand(batch, 1, size, size, generator=gen), index=torch.arange(batch))
+    faces = FaceBatch(
+        images=torch.rand(batch, 3, size, size, generator=gen),
+        landmarks=landmarks,
+        skin=torch.rand(batch, 1, size, size, generator=gen),
+        index=torch.arange(batch),
+    )
     return module, faces
 
 

@@ -25,8 +25,10 @@ def grid_plane(n: int = 21, half: float = 2.0) -> tuple[torch.Tensor, torch.Tens
 
 def scene_with_square(height: float = 1.0, size: float = 0.5):
     plane, triangles, xs = grid_plane()
-    square = torch.tensor([[-size, -size, height], [size, -size, height], [size, size, height], [-size, size, height]],
-                          dtype=torch.float64)
+    square = torch.tensor(
+        [[-size, -size, height], [size, -size, height], [size, size, height], [-size, size, height]],
+        dtype=torch.float64,
+    )
     vertices = torch.cat([plane, square]).unsqueeze(0)
     n = plane.shape[0]
     faces = torch.cat([triangles, torch.tensor([[0, 1, 2], [0, 2, 3]]) + n])
@@ -81,8 +83,9 @@ def test_filtering_softens_only_the_shadow_edge():
 @pytest.mark.parametrize("map_size", [32, 96])
 def test_a_convex_body_does_not_shadow_its_lit_side(map_size):
     # An octahedron: every face towards the light is lit, the opposite vertex is shadowed.
-    vertices = torch.tensor([[[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]],
-                            dtype=torch.float64)
+    vertices = torch.tensor(
+        [[[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]], dtype=torch.float64
+    )
     faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
     lit = shadow_visibility(vertices, faces, torch.tensor([[0.0, 0.0, 1.0]]), map_size=map_size, filter_radius=0)[0]
     assert lit[4] == 1 and lit[5] == 0

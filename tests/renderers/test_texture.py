@@ -23,14 +23,16 @@ def gradient_texture(height: int = 16, width: int = 24) -> torch.Tensor:
 
 def quad(x0: float, y0: float, x1: float, y1: float, depth: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Screen-space axis-aligned rectangle as two triangles: (1, 4, 3) vertices, (2, 3) faces."""
-    screen = torch.tensor([[[x0, y0, depth], [x1, y0, depth], [x1, y1, depth], [x0, y1, depth]]],
-                          dtype=torch.float64)
+    screen = torch.tensor([[[x0, y0, depth], [x1, y0, depth], [x1, y1, depth], [x0, y1, depth]]], dtype=torch.float64)
     return screen, torch.tensor([[0, 1, 2], [0, 2, 3]])
 
 
 def pixel_centres(size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    ys, xs = torch.meshgrid(torch.arange(size[0], dtype=torch.float64) + 0.5,
-                            torch.arange(size[1], dtype=torch.float64) + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(size[0], dtype=torch.float64) + 0.5,
+        torch.arange(size[1], dtype=torch.float64) + 0.5,
+        indexing="ij",
+    )
     return xs, ys
 
 
@@ -54,8 +56,9 @@ def test_linear_gradient_texture_on_a_quad_matches_the_analytic_uv() -> None:
 def test_uvs_are_perspective_correct_on_a_tilted_plane() -> None:
     camera = PinholeCamera(focal=60.0, principal_point=(20.0, 16.0), image_size=SIZE)
     # A plane receding in depth from 4 to 8 (camera space), uv = its (x, y) position rescaled into [0, 1].
-    corners = torch.tensor([[-1.0, -1.0, 4.0], [1.0, -1.0, 4.0], [1.0, 1.0, 8.0], [-1.0, 1.0, 8.0]],
-                           dtype=torch.float64)
+    corners = torch.tensor(
+        [[-1.0, -1.0, 4.0], [1.0, -1.0, 4.0], [1.0, 1.0, 8.0], [-1.0, 1.0, 8.0]], dtype=torch.float64
+    )
     uvs = (corners[:, :2] + 1.0) / 2.0
     faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
     fragments = rasterize(to_screen(corners, camera)[None], faces, SIZE)
@@ -79,18 +82,30 @@ def test_uv_ids_are_independent_of_vertex_ids() -> None:
     texture = torch.zeros(3, 4, 8, dtype=torch.float64)
     texture[0, :, :4] = 1.0  # left half red
     texture[2, :, 4:] = 1.0  # right half blue
-    uvs = torch.tensor([[0.1, 0.2], [0.3, 0.2], [0.3, 0.8],  # inside the red half
-                        [0.6, 0.2], [0.9, 0.2], [0.9, 0.8], [0.6, 0.8]], dtype=torch.float64)  # blue half
+    uvs = torch.tensor(
+        [
+            [0.1, 0.2],
+            [0.3, 0.2],
+            [0.3, 0.8],  # inside the red half
+            [0.6, 0.2],
+            [0.9, 0.2],
+            [0.9, 0.8],
+            [0.6, 0.8],
+        ],
+        dtype=torch.float64,
+    )  # blue half
     uv_faces = torch.tensor([[0, 1, 2], [3, 5, 6]])
     fragments = rasterize(screen, faces, SIZE)
     colours = texture_image(texture, uvs, uv_faces, fragments)[0]
     first = fragments.pix_to_face[0] == 0
     second = fragments.pix_to_face[0] == 1
     assert first.any() and second.any()
-    torch.testing.assert_close(colours[first], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).expand(
-        int(first.sum()), 3))
-    torch.testing.assert_close(colours[second], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(
-        int(second.sum()), 3))
+    torch.testing.assert_close(
+        colours[first], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).expand(int(first.sum()), 3)
+    )
+    torch.testing.assert_close(
+        colours[second], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(int(second.sum()), 3)
+    )
 
 
 def test_batched_textures_and_gradients() -> None:
