@@ -2,7 +2,7 @@
 fitted to the mesh in 3D, to read every reconstruction's error between the mean face and this ceiling.
 
 `fit_model_to_mesh` starts from the similarity that maps the model's landmark vertices onto the target's
-landmarks (`benchmarks.metrics.fit_similarity`, Umeyama) and then alternates, for a handful of iterations:
+landmarks (`metrics.fit_similarity`, Umeyama) and then alternates, for a handful of iterations:
 
 1. correspondences, both ways, inside the scored crop (target points within ``crop_radius`` of the crop
    centre, the nose tip for the Genova protocol):
@@ -14,7 +14,7 @@ landmarks (`benchmarks.metrics.fit_similarity`, Umeyama) and then alternates, fo
      the target is sparse;
 2. a regularised linear least-squares solve for identity and expression (the model is linear in them) together
    with a small similarity update applied after the current one: one Gauss-Newton step on the point-to-surface
-   distances of the pairs, linearised along each pair's residual direction as `benchmarks.metrics.icp` does
+   distances of the pairs, linearised along each pair's residual direction as `metrics.icp` does
    (point-to-plane; closest-point pairs alone would make the shape slide and converge slowly), with
    ``regularization`` times the squared coefficient norm.
 
@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.metrics import SimilarityTransform, TriangleMesh, centroid_alignment, fit_similarity, radius_mask
-from benchmarks.metrics.alignment import _residual_directions, _rodrigues
-from benchmarks.metrics.protocols import GENOVA_CROP_RADIUS_MM
-from benchmarks.metrics.surface import as_faces, as_points
 from face_model.coefficients import Coefficients
 from face_model.model import NOSE_TIP_68
+from geometry.points import as_faces, as_points
+from geometry.similarity import SimilarityTransform, fit_similarity
+from metrics import TriangleMesh, centroid_alignment, radius_mask
+from metrics.alignment import _residual_directions, _rodrigues
+from metrics.protocols import GENOVA_CROP_RADIUS_MM
 
 INNER_LANDMARKS = tuple(range(17, 68))
 """Brows, nose, eyes and mouth: the iBUG-68 landmarks on the same anatomy on a scan and on a face model, used for
@@ -221,7 +222,7 @@ def fit_model_to_mesh(
         rows, means, points, normals, w, rms = correspondences(shape, transform)
         history.append(rms)
         # One Gauss-Newton step on the point-to-surface distances (linearised along each pair's residual
-        # direction, as `benchmarks.metrics.icp` does) jointly in the coefficients, which enter linearly, and a
+        # direction, as `metrics.icp` does) jointly in the coefficients, which enter linearly, and a
         # small similarity applied after the current one, parametrised like ICP's point-to-plane step.
         moved = transform.apply(means + rows @ coeffs)
         directions = _residual_directions(moved, points, normals)

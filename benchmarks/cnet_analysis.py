@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from benchmarks.metrics import vertex_error
 from datamodules.image_sets import DEGRADATIONS, SetBatch
+from metrics import vertex_error
 from networks.aggregation import aggregate, mean_aggregate
 
 if TYPE_CHECKING:

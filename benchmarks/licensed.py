@@ -34,7 +34,8 @@ import torch
 
 from benchmarks.datasets import DatasetFormatError, open_bu3dfe, open_facewarehouse, open_micc, open_now
 from benchmarks.datasets.paths import PATHS_FILE
-from benchmarks.metrics import (
+from face_model.coefficients import Coefficients
+from metrics import (
     DM_TO_MM,
     NOW_LANDMARKS_68,
     ErrorStats,
@@ -43,7 +44,6 @@ from benchmarks.metrics import (
     scan_to_mesh,
     summarise,
 )
-from face_model.coefficients import Coefficients
 from preprocessing.detect import DEFAULT_DETECTOR
 
 DATASETS = ("micc", "facewarehouse", "bu3dfe", "now")

@@ -22,7 +22,7 @@ Two looks of the same grid (`POSE_GRID_LOOKS`; same identities, poses and expres
   between the two rows of a method is what the appearance model costs it.
 
 The ground truth is the identity's NEUTRAL shape (mean + identity, zero expression, before pose), and every
-method is scored on the neutral shape of its identity estimate: `benchmarks.metrics.vertex_error` with "rigid"
+method is scored on the neutral shape of its identity estimate: `metrics.vertex_error` with "rigid"
 alignment, in mm -- the metric of the training logs, restricted to identity.
 
 Rendering is the synthetic data's (`datamodules.image_sets.SyntheticImageSetDataset`, which renders, aligns and

@@ -1,7 +1,7 @@
 """Scoring the synthetic 20-pose protocol (`benchmarks.pose_grid`): methods, table rows, error-vs-yaw plot.
 
 Every error is the shape error of a NEUTRAL identity shape against the ground-truth identity shape, after rigid
-alignment, in mm (`benchmarks.metrics.vertex_error` with "rigid"). Methods:
+alignment, in mm (`metrics.vertex_error` with "rigid"). Methods:
 
 * ``mean_face``: the model's mean shape (no reconstruction at all), one value per identity repeated for its
   pictures;
@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader
 
 from benchmarks.ceiling import share_of_gain as ceiling_share
 from benchmarks.cnet_analysis import collect_set_evaluation, neutral_shape, strategy_errors
-from benchmarks.metrics import ErrorStats, summarise, vertex_error
 from benchmarks.pose_grid import PoseGridDataset, fit_subset, pose_grid
 from datamodules.image_sets import collate_image_sets
+from metrics import ErrorStats, summarise, vertex_error
 
 METHODS = (
     ("mean_face", "mean face (no reconstruction)", "picture"),

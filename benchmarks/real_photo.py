@@ -9,7 +9,7 @@ align onto the predictor's crop: `preprocessing.pipeline.process_image`; then th
 * **renders**: the textured scan rendered at a pose grid (pitch x yaw) under several lights over a gradient
   background at a photo-like resolution (`benchmarks.scan_render`).
 
-Every reconstruction is scored as the licensed scan protocols score MICC and BU-3DFE (`benchmarks.metrics
+Every reconstruction is scored as the licensed scan protocols score MICC and BU-3DFE (`metrics
 .scan_to_mesh`): the NEUTRAL identity shape (expression set to zero) in mm, scan points within 95 mm of the
 scan's nose tip, similarity ICP started from the inner 51 landmarks (the scan's annotated ones and the model's
 landmark vertices), exact point-to-surface distances; a picture's value is the mean distance over the crop.
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from benchmarks.ceiling import INNER_LANDMARKS, CeilingSettings, fit_model_to_mesh, share_of_gain
-from benchmarks.metrics import DM_TO_MM, ErrorStats, scan_to_mesh, summarise
-from benchmarks.metrics.protocols import GENOVA_CROP_RADIUS_MM
 from benchmarks.scan_render import LIGHTS, ScanRenderSettings, prepare_scan, render_scan
 from benchmarks.textured_scan import JAMES_DIR, TexturedScan, frontal_transform, load_textured_scan, rotation_angle_deg
+from metrics import DM_TO_MM, ErrorStats, scan_to_mesh, summarise
+from metrics.protocols import GENOVA_CROP_RADIUS_MM
 from preprocessing.detect import DEFAULT_DETECTOR
 
 MEAN_FACE = "mean face"
@@ -481,7 +481,7 @@ def real_photo_markdown(result: RealPhotoResult, table: Callable[..., str]) -> l
         f"mm), tilted {scan['tilt_from_model_frame_deg']:.1f}° from the face model's frame. Score: the neutral "
         f"identity shape of each reconstruction, scan points within {protocol['crop_radius_mm']:g} mm of the scan's "
         f"nose tip ({scan['crop_points']} points), similarity ICP from the inner 51 landmarks, point-to-surface "
-        "distance in mm (`benchmarks.metrics.scan_to_mesh`, as MICC and BU-3DFE); one value per picture (its mean "
+        "distance in mm (`metrics.scan_to_mesh`, as MICC and BU-3DFE); one value per picture (its mean "
         "distance). References: the mean face and the model's ceiling (`benchmarks.ceiling`: identity + "
         "expression fitted to the scan in 3D); share of gain = (mean face − method) / (mean face − ceiling). One "
         "person: a check, not a tuning target.",

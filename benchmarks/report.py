@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 METRIC_TEXT = (
     "shape error in mm of the NEUTRAL identity shape against the ground-truth identity shape, after "
-    "rigid alignment (`benchmarks.metrics.vertex_error`, 'rigid': the training logs' metric, "
+    "rigid alignment (`metrics.vertex_error`, 'rigid': the training logs' metric, "
     "restricted to identity)"
 )
 

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.metrics import DM_TO_MM, SimilarityTransform
 from benchmarks.textured_scan import TexturedScan
+from geometry.normals import vertex_normals
+from geometry.similarity import SimilarityTransform
+from metrics import DM_TO_MM
 from renderers.camera import PinholeCamera, euler_to_rotation, model_to_camera, to_screen
-from renderers.geometry import vertex_normals
 from renderers.rasterizer import interpolate, rasterize
 from renderers.texture import texture_image
 

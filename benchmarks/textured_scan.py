@@ -20,7 +20,8 @@ import numpy as np
 
 from benchmarks.ceiling import INNER_LANDMARKS
 from benchmarks.datasets.io import DatasetFormatError
-from benchmarks.metrics import DM_TO_MM, SimilarityTransform, fit_similarity
+from geometry.similarity import SimilarityTransform, fit_similarity
+from metrics import DM_TO_MM
 
 JAMES_DIR = Path(__file__).resolve().parent / "assets" / "james"
 """The shipped scan: ``james.obj`` (+ ``.mtl``), ``james.jpg``, ``james.ljson``, LICENSE, PROVENANCE.md."""

@@ -41,8 +41,8 @@ from datamodules.backgrounds import BACKGROUND_STYLES
 from face_model.coefficients import Coefficients
 from face_model.ict import ICTHeadGeometry, ict_head_geometry
 from face_model.model import FaceModel
+from geometry.normals import vertex_normals
 from renderers.camera import PinholeCamera, euler_to_rotation, model_to_camera, rigid_transform, to_screen
-from renderers.geometry import vertex_normals
 from renderers.lighting import blinn_phong, hemisphere_ambient, irradiance, lambert
 from renderers.rasterizer import interpolate, rasterize
 from renderers.shadow import ambient_occlusion, shadow_visibility

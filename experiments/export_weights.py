@@ -86,8 +86,8 @@ def evaluate_on_test_faces(module, cfg: ExperimentConfig, cache_dir: Path | None
     """Scores ``module`` on the synthetic test split of ``cfg`` (see the module docstring); {} without ground truth."""
     if cfg.data.kind != "synthetic":
         return {}
-    from benchmarks.metrics.functional import landmark_error, vertex_error
     from experiments.build import build_datamodule
+    from metrics import landmark_error, vertex_error
 
     face_model = module.face_model
     datamodule = build_datamodule(cfg, face_model, cache_dir=cache_dir)

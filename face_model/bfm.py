@@ -158,7 +158,7 @@ def _modes(where: Path, key: str, basis: np.ndarray, n_vertices: int, keep: int 
 def _warn_if_inward(where: Path, mean_shape: np.ndarray, triangles: np.ndarray) -> None:
     """Warn when the triangles' winding makes normals point away from the viewer (-z).
 
-    Deep3D computes normals with the same winding rule as `renderers.geometry.face_normals`, so the
+    Deep3D computes normals with the same winding rule as `geometry.normals.face_normals`, so the
     triangles are kept as stored (its lighting coefficients then mean the same here); this only flags a
     file whose winding would break the renderer's CCW-from-the-front assumption.
     """

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from face_model.coefficients import Coefficients, CoeffLayout
-from renderers.geometry import vertex_normals
+from geometry.normals import vertex_normals
 
 N_LANDMARKS = 68
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, replace
 import pytorch_lightning as pl
 import torch
 
-from benchmarks.metrics import ShapeError
 from datamodules.image_sets import SetBatch
 from face_model.coefficients import Coefficients
 from lightning_modules.rnet_module import OptimSettings
 from losses.hybrid import HybridLoss
 from losses.photometric import skin_attention
+from metrics import ShapeError
 from networks.aggregation import GLOBAL_STRATEGIES, STRATEGIES, aggregate, mean_aggregate
 from networks.cnet import CNet
 from networks.rnet import RNet

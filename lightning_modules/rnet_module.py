@@ -12,11 +12,11 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics.regression import PearsonCorrCoef
 
-from benchmarks.metrics import FractionCloser, LandmarkError, ShapeError
 from datamodules.batch import FaceBatch
 from face_model.coefficients import Coefficients
 from losses.hybrid import HybridLoss
 from losses.photometric import skin_attention
+from metrics import FractionCloser, LandmarkError, ShapeError
 from networks.rnet import RNet
 from renderers.mesh_renderer import MeshRenderer, RenderOutput
 

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from face_model.coefficients import Coefficients
+from geometry.similarity import umeyama
 from preprocessing.align import align_face, template_from_face_model, warp_image
 from preprocessing.detect import DEFAULT_DETECTOR, FaceBox, FaceDetector, detect_largest_face, make_detector
 from reconstruction.export import UNIT_SCALES, write_obj, write_ply
@@ -243,12 +244,13 @@ def tracking_failure(
         return f"landmarks jumped by {jump:.2f} face sizes (limit {settings.max_jump:g})"
     # Similarity (Umeyama, 2D) from the previous points to the new ones; the residual is what no rigid motion
     # with scale explains.
-    a, b = previous - previous.mean(0), current - current.mean(0)
-    u, s, vt = np.linalg.svd(b.T @ a)
-    d = np.sign(np.linalg.det(u @ vt)) or 1.0
-    rotation = u @ np.diag([1.0, d]) @ vt
-    scale = (s[0] + d * s[1]) / (a**2).sum()
-    residual = float(np.sqrt(((b - scale * a @ rotation.T) ** 2).sum(1).mean())) / size_cur
+    a, b = (
+        torch.from_numpy(np.asarray(previous, np.float64))[None],
+        torch.from_numpy(np.asarray(current, np.float64))[None],
+    )
+    scale, rotation, translation = umeyama(a, b)
+    moved = scale.view(-1, 1, 1) * a @ rotation.transpose(1, 2) + translation[:, None]
+    residual = float((b - moved).square().sum(-1).mean().sqrt()) / size_cur
     if residual > settings.max_shape_change:
         return f"landmark shape changed by {residual:.3f} face sizes (limit {settings.max_shape_change:g})"
     return None

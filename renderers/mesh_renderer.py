@@ -9,8 +9,8 @@ from torch import nn
 
 from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
+from geometry.normals import vertex_normals
 from renderers.camera import PinholeCamera, euler_to_rotation, model_to_camera, rigid_transform, to_screen
-from renderers.geometry import vertex_normals
 from renderers.lighting import DEFAULT_AMBIENT, shade
 from renderers.rasterizer import interpolate, rasterize
 from renderers.rasterizer.rasterize import BACKENDS

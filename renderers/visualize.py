@@ -149,8 +149,8 @@ def render_overlay_views(
         detected: (N, 2) detected landmarks in crop pixels, or None.
         panel: panel side P in pixels.
     """
+    from geometry.normals import vertex_normals
     from renderers.camera import to_screen
-    from renderers.geometry import vertex_normals
 
     crop_size = renderer.camera.image_size[0]
     factor = panel / crop_size

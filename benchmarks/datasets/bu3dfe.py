@@ -17,7 +17,7 @@ Expected layout (``root`` is the folder holding the subject folders)::
 File names are ``<subject>_<expression><level><race>_<kind>.<ext>`` with race one of WH, AE, AM, BL, IN,
 LA. Protocol (Deng et al. 2019): the 100 neutral frontal faces (expression "NE00"), reconstruction from
 the F2D image, ICP with scale and point-to-plane error against the scan
-(`benchmarks.metrics.scan_to_mesh`).
+(`metrics.scan_to_mesh`).
 """
 
 from __future__ import annotations

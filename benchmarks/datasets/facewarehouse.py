@@ -17,7 +17,7 @@ Expected layout (``root`` is the folder holding the ``Tester_N`` folders)::
 Protocol (Tewari et al. 2017, MoFA; followed by Deng et al. 2019): 9 subjects x 20 expressions; the
 predicted mesh is aligned to the ground truth and the point-to-point error is measured on a small and a
 large face region defined on the *predicted* topology (Deng et al. shared theirs for BFM in
-microsoft/Deep3DFaceReconstruction issue #65): `benchmarks.metrics.region_point_to_point` with region
+microsoft/Deep3DFaceReconstruction issue #65): `metrics.region_point_to_point` with region
 ids from `load_regions`. Pass the 9 testers of that protocol as ``subjects``: the list is not part of the
 release and is not guessed here.
 

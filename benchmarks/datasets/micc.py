@@ -26,7 +26,7 @@ Optional, not part of the release:
   ``ffmpeg -i Indoor-Cooperative.mjpg frames/subject_01/Indoor-Cooperative/%05d.jpg``).
 
 Protocol (Genova et al. 2018, followed by Deng et al. 2019): reconstruct the frames of one video, take the
-average shape of the sequence (or the C-Net aggregate), then `benchmarks.metrics.scan_to_mesh` against the
+average shape of the sequence (or the C-Net aggregate), then `metrics.scan_to_mesh` against the
 neutral scan: keep scan points within 95 mm of the nose tip, ICP with isotropic scale, point-to-plane
 distance; report mean ± std over subjects per setting. MICC has no official scan landmarks: without an
 annotated nose tip pass the prediction's nose-tip vertex as ``mesh_crop_center`` (and for the first

@@ -14,12 +14,12 @@ Expected layout (``root`` is ``NoW_Dataset/final_release_version``)::
 
 Subjects look like ``FaMoS_180424_03335_TA``. The 7 landmarks are, in order: outer and inner corner of the
 eye on the image left, inner and outer corner of the other eye, the bottom of the nose tip, the two mouth
-corners (image left first): `benchmarks.metrics.NOW_LANDMARKS_68` selects them from iBUG-68 landmarks.
+corners (image left first): `metrics.NOW_LANDMARKS_68` selects them from iBUG-68 landmarks.
 
 Predictions for the official evaluation (github.com/soubhiksanyal/now_evaluation, ``compute_error.py``)
 go in ``<predictions>/<subject>/<challenge>/<image stem>.obj`` with the 7 landmarks of that mesh in
 ``<image stem>.npy`` (a (7, 3) array in the mesh's frame and units): `export_prediction` writes both.
-The same protocol runs here with `benchmarks.metrics.now_scan_to_mesh`.
+The same protocol runs here with `metrics.now_scan_to_mesh`.
 
 Pitfall - export the UNCROPPED identity mesh: neutral expression (expression coefficients zero), no pose,
 the model's whole surface. The scan crop reaches the forehead, cheeks and chin; a tightly cropped
@@ -41,7 +41,7 @@ import numpy as np
 
 from benchmarks.datasets.io import DatasetFormatError, read_lines, read_mesh, read_pp, scale_to_mm, to_numpy, write_obj
 from benchmarks.datasets.paths import PATHS_FILE, Opened, open_dataset
-from benchmarks.metrics.functional import DM_TO_MM, NOW_LANDMARKS_68
+from metrics import DM_TO_MM, NOW_LANDMARKS_68
 
 CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")
 IMAGE_LIST = "imagepathsvalidation.txt"

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from benchmarks.ceiling import CeilingSettings, fit_model_to_mesh, share_of_gain
-from benchmarks.metrics import DM_TO_MM, SimilarityTransform, point_to_surface
+from geometry.similarity import SimilarityTransform
+from metrics import DM_TO_MM, point_to_surface
 
 FAST = CeilingSettings(iterations=6, max_points=1500)
 EXACT = CeilingSettings(iterations=6, max_points=1500, regularization=1e-8)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from benchmarks.cnet_analysis import SetEvaluation, confidence_by_degradation, strategy_errors, strategy_table
-from benchmarks.metrics import vertex_error
 from datamodules.image_sets import DEGRADATIONS
 from experiments.train_aggregate import AggregateResult, identity_information_note
 from face_model import load_face_model
+from metrics import vertex_error
 
 pytestmark = pytest.mark.usefixtures("reuse_face_models")
 

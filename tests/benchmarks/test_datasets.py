@@ -20,7 +20,7 @@ from benchmarks.datasets import (
     read_face_box,
     read_obj,
 )
-from benchmarks.metrics import NOW_LANDMARKS_68, now_scan_to_mesh
+from metrics import NOW_LANDMARKS_68, now_scan_to_mesh
 
 NO_CONFIG = {"environ": {}, "paths_file": None}
 

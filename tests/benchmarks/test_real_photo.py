@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from benchmarks.ceiling import CeilingSettings, fit_model_to_mesh
-from benchmarks.metrics import SimilarityTransform
 from benchmarks.real_photo import (
     CEILING,
     CEILING_IDENTITY,
@@ -24,6 +23,7 @@ from benchmarks.real_photo import (
 from benchmarks.report import markdown_table
 from benchmarks.scan_render import Light, ScanRenderSettings, prepare_scan, render_scan
 from benchmarks.textured_scan import TexturedScan, load_textured_scan
+from geometry.similarity import SimilarityTransform
 from reconstruction.pipeline import Predicted
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer

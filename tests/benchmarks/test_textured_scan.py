@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from benchmarks.datasets.io import DatasetFormatError
-from benchmarks.metrics import point_to_surface
 from benchmarks.textured_scan import (
     IBUG_GROUPS,
     JAMES_DIR,
@@ -20,6 +19,7 @@ from benchmarks.textured_scan import (
     rotation_angle_deg,
     settle_units,
 )
+from metrics import point_to_surface
 
 
 def test_obj_with_texture_coordinates_keeps_uv_ids_apart_from_vertex_ids(tmp_path) -> None:

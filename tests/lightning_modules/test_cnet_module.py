@@ -7,7 +7,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from benchmarks.metrics import vertex_error
 from datamodules.image_sets import collate_image_sets
 from experiments.build import (
     build_cnet_module,
@@ -18,6 +17,7 @@ from experiments.build import (
 )
 from experiments.config import load_config
 from lightning_modules.cnet_module import CNetModule
+from metrics import vertex_error
 from networks.aggregation import mean_aggregate
 from networks.rnet import RNetOutput
 

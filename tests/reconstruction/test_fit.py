@@ -179,7 +179,7 @@ def test_a_shared_identity_uses_every_picture_of_the_person(renderer, ict_small)
     """Three pictures of one identity (frontal, and 45 degrees either way) with noisy landmarks: fitted
     together with one identity they recover it better than the single-picture fits do on average, and
     each picture keeps its own pose and expression."""
-    from benchmarks.metrics import vertex_error
+    from metrics import vertex_error
 
     generator = torch.Generator().manual_seed(3)
     identity = torch.randn(1, ict_small.layout.n_id, generator=generator)

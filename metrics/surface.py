@@ -18,41 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
+
+from geometry.normals import vertex_normals
+from geometry.points import as_faces, as_points
 
 # Triangles (nearest centroids first) examined per query point in the first round of `closest_points`.
 _INITIAL_CANDIDATES = 8
 # Point-triangle pairs evaluated at once: bounds the temporary memory to some 100 MB.
 _PAIR_CHUNK = 1 << 18
-
-
-def as_points(x: Any, name: str = "points") -> np.ndarray:
-    """Array-like or torch tensor of shape (N, 3) -> C-contiguous float64 (N, 3) array."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    array = np.ascontiguousarray(x, dtype=np.float64)
-    if array.ndim != 2 or array.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (N, 3), got {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite coordinates")
-    return array
-
-
-def as_faces(x: Any, n_vertices: int, name: str = "faces") -> np.ndarray:
-    """Array-like or torch tensor of shape (F, 3) vertex ids -> int64 (F, 3) array, range-checked."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    faces = np.ascontiguousarray(x)
-    if faces.ndim != 2 or faces.shape[1] != 3 or faces.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (F, 3) with F > 0, got {faces.shape}")
-    if not np.issubdtype(faces.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer vertex ids, got dtype {faces.dtype}")
-    faces = faces.astype(np.int64)
-    if faces.min() < 0 or faces.max() >= n_vertices:
-        raise ValueError(
-            f"{name} refer to vertex ids in [{faces.min()}, {faces.max()}] but there are {n_vertices} vertices"
-        )
-    return faces
 
 
 @dataclass(frozen=True)
@@ -238,21 +213,6 @@ def nearest_vertex(points: Any, vertices: Any) -> tuple[np.ndarray, np.ndarray]:
     return distances, ids.astype(np.int64)
 
 
-def vertex_normals(vertices: Any, faces: Any) -> np.ndarray:
-    """(V, 3) unit area-weighted vertex normals (counter-clockwise faces point outwards); isolated
-    vertices get a zero normal."""
-    vertices = as_points(vertices, "vertices")
-    faces = as_faces(faces, len(vertices))
-    corners = vertices[faces]
-    # The cross product's length is twice the area: summing it weights each face by its area.
-    face_normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals = np.zeros_like(vertices)
-    for corner in range(3):
-        np.add.at(normals, faces[:, corner], face_normals)
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    return np.divide(normals, length, out=np.zeros_like(normals), where=length > 0)
-
-
 def point_to_plane(
     points: Any, vertices: Any, faces: Any | None = None, normals: Any | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +224,9 @@ def point_to_plane(
     if normals is None:
         if faces is None:
             raise ValueError("point_to_plane needs faces or per-vertex normals")
-        normals = vertex_normals(vertices, faces)
+        faces = as_faces(faces, len(vertices))
+        normals = vertex_normals(torch.from_numpy(vertices)[None], torch.from_numpy(faces), area_weighted=True)
+        normals = normals[0].numpy()
     else:
         normals = as_points(normals, "normals")
         if len(normals) != len(vertices):

@@ -1,7 +1,7 @@
-"""Similarity transforms: closed-form fit from correspondences (Umeyama) and ICP with isotropic scale.
+"""ICP with isotropic scale, and a coarse centroid start, for scans without correspondences.
 
-A `SimilarityTransform` maps ``x -> scale * R x + t`` with a proper rotation R (no reflection: a
-mirrored face is a different face). ICP alternates closest-point correspondences (SciPy cKDTree on
+Transforms are `geometry.similarity.SimilarityTransform` (``x -> scale * R x + t`` with a proper rotation R:
+a mirrored face is a different face), fitted from correspondences by `geometry.similarity.fit_similarity`. ICP alternates closest-point correspondences (SciPy cKDTree on
 vertices, or exact closest points on triangles) and an update: a point-to-plane Gauss-Newton step
 against a mesh, the closed-form fit between point sets.
 
@@ -19,74 +19,9 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
-from benchmarks.metrics.surface import TriangleMesh, as_points
-
-
-@dataclass(frozen=True)
-class SimilarityTransform:
-    """``x -> scale * rotation @ x + translation``.
-
-    scale: positive float; rotation: (3, 3) proper rotation; translation: (3,)
-    """
-
-    scale: float
-    rotation: np.ndarray
-    translation: np.ndarray
-
-    @staticmethod
-    def identity() -> SimilarityTransform:
-        return SimilarityTransform(1.0, np.eye(3), np.zeros(3))
-
-    def apply(self, points: Any) -> np.ndarray:
-        """(N, 3) -> (N, 3) transformed points."""
-        return self.scale * as_points(points) @ self.rotation.T + self.translation
-
-    def inverse(self) -> SimilarityTransform:
-        rotation = self.rotation.T
-        return SimilarityTransform(1.0 / self.scale, rotation, -(rotation @ self.translation) / self.scale)
-
-    def compose(self, first: SimilarityTransform) -> SimilarityTransform:
-        """The transform that applies ``first`` and then ``self``."""
-        return SimilarityTransform(
-            self.scale * first.scale,
-            self.rotation @ first.rotation,
-            self.scale * self.rotation @ first.translation + self.translation,
-        )
-
-    def matrix(self) -> np.ndarray:
-        """(4, 4) homogeneous matrix."""
-        out = np.eye(4)
-        out[:3, :3] = self.scale * self.rotation
-        out[:3, 3] = self.translation
-        return out
-
-
-def fit_similarity(
-    source: Any, target: Any, with_scale: bool = True, weights: Any | None = None
-) -> SimilarityTransform:
-    """Least-squares transform mapping (N, 3) ``source`` onto corresponding ``target`` points
-    (Umeyama 1991), optionally weighted by (N,) non-negative ``weights``; rigid when not ``with_scale``."""
-    source, target = as_points(source, "source"), as_points(target, "target")
-    if source.shape != target.shape:
-        raise ValueError(f"source {source.shape} and target {target.shape} points do not correspond")
-    w = np.ones(len(source)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(source),) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError("weights must be (N,) non-negative with a positive sum")
-    w = w / w.sum()
-    mu_s, mu_t = w @ source, w @ target
-    s, t = source - mu_s, target - mu_t
-    var_s = float(w @ (s * s).sum(1))
-    if (w > 0).sum() < 3 or var_s <= 0:
-        raise ValueError("a similarity transform needs at least 3 distinct, non-coincident points")
-    cov = (t * w[:, None]).T @ s
-    u, sigma, vt = np.linalg.svd(cov)
-    # Flip the weakest axis when the best orthogonal fit is a reflection.
-    d = np.array([1.0, 1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
-    rotation = u @ np.diag(d) @ vt
-    scale = float((sigma * d).sum() / var_s) if with_scale else 1.0
-    if scale <= 0:
-        raise ValueError("degenerate correspondences: the fitted scale is not positive")
-    return SimilarityTransform(scale, rotation, mu_t - scale * rotation @ mu_s)
+from geometry.points import as_points
+from geometry.similarity import SimilarityTransform, fit_similarity
+from metrics.surface import TriangleMesh
 
 
 def centroid_alignment(source: Any, target: Any, with_scale: bool = True) -> SimilarityTransform:

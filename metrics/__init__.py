@@ -1,36 +1,30 @@
-"""Evaluation metrics: pure functions (`functional`, built on `surface`, `alignment`, `protocols`,
-`stats`) and thin torchmetrics wrappers (`modules`)."""
+"""Evaluation metrics: pure functions (`functional` for correspondences, `surface`, `alignment` and
+`protocols` for scans, `stats`) and thin torchmetrics wrappers over them (`modules`). Similarity transforms
+and normals are `geometry`'s."""
 
-from benchmarks.metrics.functional import (
-    DM_TO_MM,
+from metrics.alignment import ICPResult, centroid_alignment, icp
+from metrics.functional import DM_TO_MM, landmark_error, vertex_error
+from metrics.modules import ErrorSummary, FractionCloser, LandmarkError, ScanToMeshError, ShapeError
+from metrics.protocols import (
     NOW_LANDMARKS_68,
     AlignedErrors,
-    ErrorStats,
-    ICPResult,
-    SimilarityTransform,
-    SurfaceQuery,
-    TriangleMesh,
-    centroid_alignment,
-    closest_points_on_triangles,
-    crop_mesh,
-    fit_similarity,
-    icp,
-    landmark_error,
-    nearest_vertex,
     now_face_crop_mask,
     now_landmarks_from_68,
     now_scan_to_mesh,
-    point_to_plane,
-    point_to_surface,
-    procrustes,
-    radius_mask,
     region_point_to_point,
     scan_to_mesh,
-    summarise,
-    vertex_error,
-    vertex_normals,
 )
-from benchmarks.metrics.modules import ErrorSummary, FractionCloser, LandmarkError, ScanToMeshError, ShapeError
+from metrics.stats import ErrorStats, summarise
+from metrics.surface import (
+    SurfaceQuery,
+    TriangleMesh,
+    closest_points_on_triangles,
+    crop_mesh,
+    nearest_vertex,
+    point_to_plane,
+    point_to_surface,
+    radius_mask,
+)
 
 __all__ = [
     "DM_TO_MM",
@@ -43,13 +37,11 @@ __all__ = [
     "LandmarkError",
     "ScanToMeshError",
     "ShapeError",
-    "SimilarityTransform",
     "SurfaceQuery",
     "TriangleMesh",
     "centroid_alignment",
     "closest_points_on_triangles",
     "crop_mesh",
-    "fit_similarity",
     "icp",
     "landmark_error",
     "nearest_vertex",
@@ -58,11 +50,9 @@ __all__ = [
     "now_scan_to_mesh",
     "point_to_plane",
     "point_to_surface",
-    "procrustes",
     "radius_mask",
     "region_point_to_point",
     "scan_to_mesh",
     "summarise",
     "vertex_error",
-    "vertex_normals",
 ]

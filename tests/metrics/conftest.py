@@ -7,7 +7,7 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from benchmarks.metrics import SimilarityTransform
+from geometry.similarity import SimilarityTransform
 
 
 def grid_mesh(n: int, half_width: float, height) -> tuple[np.ndarray, np.ndarray]:

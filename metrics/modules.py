@@ -7,7 +7,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from benchmarks.metrics.functional import landmark_error, summarise, vertex_error
+from metrics.functional import landmark_error, vertex_error
+from metrics.stats import summarise
 
 
 class _MeanOverSamples(Metric):

@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.metrics.alignment import SimilarityTransform, centroid_alignment, fit_similarity, icp
-from benchmarks.metrics.stats import ErrorStats, summarise
-from benchmarks.metrics.surface import TriangleMesh, as_faces, as_points, nearest_vertex, point_to_plane, radius_mask
+from geometry.points import as_faces, as_points
+from geometry.similarity import SimilarityTransform, fit_similarity
+from metrics.alignment import centroid_alignment, icp
+from metrics.stats import ErrorStats, summarise
+from metrics.surface import TriangleMesh, nearest_vertex, point_to_plane, radius_mask
 
 NOW_LANDMARKS_68 = (36, 39, 42, 45, 33, 48, 54)
 """iBUG-68 ids of NoW's 7 landmarks, in NoW's order: outer and inner corner of the eye on the image left,

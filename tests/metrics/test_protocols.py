@@ -3,11 +3,11 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from benchmarks.metrics import (
+from geometry.similarity import SimilarityTransform
+from metrics import (
     NOW_LANDMARKS_68,
     ErrorSummary,
     ScanToMeshError,
-    SimilarityTransform,
     crop_mesh,
     now_face_crop_mask,
     now_landmarks_from_68,

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-import torch
 from scipy.spatial.transform import Rotation
 
-from benchmarks.metrics import SimilarityTransform, centroid_alignment, fit_similarity, icp, procrustes
+from geometry.similarity import SimilarityTransform
+from metrics import centroid_alignment, icp
 
 
 def perturbed(transform: SimilarityTransform, degrees: float, shift: float, scale: float) -> SimilarityTransform:
@@ -23,36 +23,6 @@ def assert_recovers(
     assert np.linalg.norm(found.translation - truth.translation) < translation, (
         f"translation {found.translation} vs {truth.translation}"
     )
-
-
-def test_similarity_transform_algebra(similarity):
-    points = np.random.default_rng(0).normal(size=(20, 3))
-    np.testing.assert_allclose(similarity.inverse().apply(similarity.apply(points)), points, atol=1e-12)
-    twice = similarity.compose(similarity)
-    np.testing.assert_allclose(twice.apply(points), similarity.apply(similarity.apply(points)), atol=1e-10)
-    homogeneous = np.column_stack([points, np.ones(20)]) @ similarity.matrix().T
-    np.testing.assert_allclose(homogeneous[:, :3], similarity.apply(points), atol=1e-12)
-
-
-def test_fit_similarity_recovers_known_transform_and_agrees_with_procrustes(similarity):
-    source = np.random.default_rng(1).normal(scale=30.0, size=(40, 3))
-    target = similarity.apply(source)
-    found = fit_similarity(source, target)
-    assert_recovers(found, similarity, 1e-8, 1e-12, 1e-9)
-    reference = procrustes(torch.from_numpy(source)[None], torch.from_numpy(target)[None], scale=True)
-    torch.testing.assert_close(torch.from_numpy(found.apply(source))[None], reference)
-    rigid = fit_similarity(source, target, with_scale=False)
-    assert rigid.scale == 1.0 and np.isclose(np.linalg.det(rigid.rotation), 1.0)
-
-
-def test_fit_similarity_never_reflects_and_rejects_degenerate_input():
-    source = np.random.default_rng(2).normal(size=(30, 3))
-    found = fit_similarity(source, source * np.array([-1.0, 1.0, 1.0]))
-    assert np.isclose(np.linalg.det(found.rotation), 1.0)
-    with pytest.raises(ValueError, match="3 distinct"):
-        fit_similarity(np.ones((5, 3)), np.ones((5, 3)))
-    with pytest.raises(ValueError, match="correspond"):
-        fit_similarity(source, source[:10])
 
 
 def test_icp_recovers_similarity_from_a_noisy_partial_scan(bumpy_sphere, similarity):

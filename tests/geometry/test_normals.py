@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from renderers.geometry import face_normals, vertex_normals
+from geometry.normals import face_normals, vertex_normals
 
 
 def grid_mesh(n: int = 4):
@@ -36,3 +36,18 @@ def test_vertex_normals_equal_numpy_average_of_unit_face_normals():
     ref = acc[used] / np.linalg.norm(acc[used], axis=1, keepdims=True)
     np.testing.assert_allclose(vertex_normals(v, f)[0].numpy()[used], ref, atol=1e-10)
     torch.testing.assert_close(face_normals(v, f)[0], torch.from_numpy(fn))
+
+
+def test_area_weighted_vertex_normals_equal_numpy_area_weighted_sum():
+    rng = np.random.default_rng(3)
+    verts = rng.normal(size=(30, 3))
+    faces = np.array([f for f in rng.integers(0, 25, size=(60, 3)) if len(set(f)) == 3])
+    cross = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
+    acc = np.zeros_like(verts)
+    np.add.at(acc, faces.ravel(), np.repeat(cross, 3, axis=0))
+    length = np.linalg.norm(acc, axis=1, keepdims=True)
+    ref = np.divide(acc, length, out=np.zeros_like(acc), where=length > 0)
+    found = vertex_normals(torch.from_numpy(verts)[None], torch.from_numpy(faces), area_weighted=True)[0].numpy()
+    np.testing.assert_allclose(found, ref, atol=1e-12)
+    # Vertices 25..29 belong to no face: zero normals, not NaN.
+    assert (found[25:] == 0).all()
