@@ -62,18 +62,13 @@ import torch
 
 from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
+from geometry.mesh_io import UVLayout
 from losses.hybrid import HybridLoss, LossWeights
 from preprocessing.align import AlignedFace, template_from_face_model, warp_image
 from preprocessing.detect import DEFAULT_DETECTOR, FaceDetector, make_detector
 from preprocessing.pipeline import ERROR, OK, STATUSES, UNREADABLE, PrepareConfig, list_images, process_image
-from reconstruction.export import (
-    COEFFICIENT_FIELDS,
-    ExportOptions,
-    Reconstruction,
-    UVLayout,
-    ict_uv_layout,
-    write_reconstruction,
-)
+from reconstruction.coefficient_io import COEFFICIENT_FIELDS
+from reconstruction.export import ExportOptions, Reconstruction, write_reconstruction
 from reconstruction.fit import (
     FIT_LOSS_WEIGHTS,
     FitResult,
@@ -82,6 +77,7 @@ from reconstruction.fit import (
     detector_landmark_weights,
     fit_coefficients,
 )
+from reconstruction.uv_texture import ict_uv_layout
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
 from renderers.visualize import OVERLAY_PANEL, render_overlay_views

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from face_model.coefficients import Coefficients
+from geometry.mesh_io import write_glb, write_obj, write_ply
 from networks.aggregation import GLOBAL_STRATEGIES, STRATEGIES, aggregate
-from reconstruction.export import GLB_SCALE, UNIT_SCALES, write_glb, write_obj, write_ply
+from reconstruction.units import GLB_SCALE, UNIT_SCALES
 from renderers.visualize import OVERLAY_PANEL, overlay_panels, render_overlay_views, save_png
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})

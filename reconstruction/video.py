@@ -55,10 +55,10 @@ import numpy as np
 import torch
 
 from face_model.coefficients import Coefficients
+from geometry.mesh_io import write_obj, write_ply
 from geometry.similarity import umeyama
 from preprocessing.align import align_face, template_from_face_model, warp_image
 from preprocessing.detect import DEFAULT_DETECTOR, FaceBox, FaceDetector, detect_largest_face, make_detector
-from reconstruction.export import UNIT_SCALES, write_obj, write_ply
 from reconstruction.pipeline import (
     CropBatch,
     DivergenceLimits,
@@ -67,6 +67,7 @@ from reconstruction.pipeline import (
     prediction_checks,
     write_atomically,
 )
+from reconstruction.units import UNIT_SCALES
 from renderers.visualize import GEOMETRY_BACKGROUND, label, render_overlay_views
 
 DETECTED, TRACKED, LOST, DIVERGED, UNREADABLE = "detected", "tracked", "lost", "diverged", "unreadable"

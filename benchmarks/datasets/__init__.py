@@ -11,7 +11,7 @@ from benchmarks.datasets.facewarehouse import (
     load_regions,
     open_facewarehouse,
 )
-from benchmarks.datasets.io import DatasetFormatError, Mesh, read_mesh, read_obj, read_pp, read_wrl, write_obj
+from benchmarks.datasets.io import DatasetFormatError, Mesh, read_mesh, read_obj, read_pp, read_wrl
 from benchmarks.datasets.micc import MICCFlorence, MICCSample, open_micc
 from benchmarks.datasets.now import (
     NoWImage,
@@ -56,5 +56,4 @@ __all__ = [
     "read_obj",
     "read_pp",
     "read_wrl",
-    "write_obj",
 ]

@@ -1,4 +1,4 @@
-"""Readers (and an OBJ writer) for the file formats of the evaluation datasets.
+"""Readers for the file formats of the evaluation datasets (mesh files are written by `geometry.mesh_io`).
 
 Every reader raises `DatasetFormatError` naming the file when it cannot make sense of it. Meshes come
 back as `Mesh` (float64 vertices, int64 triangles; polygons are fan-triangulated), landmarks as float64
@@ -135,23 +135,6 @@ def _obj_general(lines: list[str], path: Path) -> Mesh:
             polygons.append([r - 1 if r > 0 else n + r for r in refs])
     points = np.array(vertices, dtype=np.float64).reshape(-1, 3)
     return Mesh(points, _triangulate(polygons, len(points), path))
-
-
-def write_obj(path: str | Path, vertices: Any, faces: Any) -> None:
-    """Write (V, 3) vertices and (F, 3) zero-based triangles as an OBJ without colours (NoW's mesh loader
-    rejects per-vertex colours), creating parent folders."""
-    vertices = np.asarray(to_numpy(vertices), dtype=np.float64)
-    faces = np.asarray(to_numpy(faces), dtype=np.int64)
-    if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise ValueError(f"vertices must have shape (V, 3), got {vertices.shape}")
-    in_range = faces.size == 0 or (faces.min() >= 0 and faces.max() < len(vertices))
-    if faces.ndim != 2 or faces.shape[1] != 3 or not in_range:
-        raise ValueError(f"faces must be (F, 3) ids in [0, {len(vertices)}), got shape {faces.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices]
-    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces]
-    path.write_text("\n".join(lines) + "\n")
 
 
 # VRML: the first "[" list after a (non-texture) Coordinate/Coordinate3 node's "point" field, and after

@@ -39,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.datasets.io import DatasetFormatError, read_lines, read_mesh, read_pp, scale_to_mm, to_numpy, write_obj
+from benchmarks.datasets.io import DatasetFormatError, read_lines, read_mesh, read_pp, scale_to_mm, to_numpy
 from benchmarks.datasets.paths import PATHS_FILE, Opened, open_dataset
+from geometry.mesh_io import write_obj
 from metrics import DM_TO_MM, NOW_LANDMARKS_68
 
 CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")

@@ -13,8 +13,8 @@ from benchmarks.datasets.io import (
     read_vertex_ids,
     read_wrl,
     scale_to_mm,
-    write_obj,
 )
+from geometry.mesh_io import write_obj
 
 VRML2 = """#VRML V2.0 utf8
 # A comment mentioning Coordinate { point [ 9 9 9 ] } must not count.

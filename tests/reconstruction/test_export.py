@@ -13,22 +13,13 @@ from PIL import Image
 
 from face_model.model import FaceModel
 from face_model.sampling import sample_coefficients
+from geometry.mesh_io import split_uv_seams
 from preprocessing.align import AlignedFace
-from reconstruction.export import (
-    DEEP3D_MAT_KEYS,
-    ExportOptions,
-    UVLayout,
-    bake_texture,
-    crop_to_image,
-    ict_uv_layout,
-    load_coefficients,
-    save_coefficients,
-    split_uv_seams,
-    write_obj,
-    write_ply,
-    write_reconstruction,
-)
+from reconstruction.coefficient_io import DEEP3D_MAT_KEYS, load_coefficients, save_coefficients
+from reconstruction.export import ExportOptions, write_reconstruction
 from reconstruction.pipeline import make_reconstruction
+from reconstruction.pose_io import crop_to_image
+from reconstruction.uv_texture import bake_texture, ict_uv_layout
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
 from renderers.visualize import GEOMETRY_BACKGROUND
@@ -111,12 +102,7 @@ def test_ascii_ply_and_decimetres(tmp_path, ict_recon):
     assert json.loads(paths["pose"].read_text())["units"] == "dm"
 
 
-def test_single_writers_validate_their_inputs(tmp_path):
-    vertices = np.zeros((3, 3))
-    with pytest.raises(ValueError, match="triangles index"):
-        write_obj(tmp_path / "a.obj", vertices, np.array([[0, 1, 3]]))
-    with pytest.raises(ValueError, match="colors"):
-        write_ply(tmp_path / "a.ply", vertices, np.array([[0, 1, 2]]), np.zeros((2, 3)))
+def test_export_options_validate_units():
     with pytest.raises(ValueError, match="units"):
         ExportOptions(units="inch")
 
@@ -179,32 +165,6 @@ def test_textured_obj_and_albedo_texture(written, ict_uv):
     assert 80 < red < 250
 
 
-def test_baking_interpolates_exactly_in_uv_space(ict_small, ict_uv):
-    # Colours that are a linear function of the UV coordinates come back as that function at every texel
-    # centre inside the chart: barycentric interpolation of a linear function is exact.
-    from reconstruction.export import uv_to_vertex
-
-    size = 128
-    mapping = uv_to_vertex(ict_small.triangles.numpy(), ict_uv.tri_uv, len(ict_uv.uv))
-    colours = np.zeros((ict_small.n_vertices, 3))
-    used = mapping >= 0
-    colours[mapping[used], 0] = ict_uv.uv[used, 0]
-    colours[mapping[used], 1] = ict_uv.uv[used, 1]
-    colours[:, 2] = 0.5
-    texture, coverage = bake_texture(colours, ict_small.triangles.numpy(), ict_uv, size)
-    rows, cols = np.nonzero(coverage)
-    u = (cols + 0.5) / size
-    v = 1.0 - (rows + 0.5) / size
-    np.testing.assert_allclose(texture[rows, cols, 0] / 255.0, u, atol=1.0 / 255 + 1e-6)
-    np.testing.assert_allclose(texture[rows, cols, 1] / 255.0, v, atol=1.0 / 255 + 1e-6)
-
-
-def test_uv_layout_only_for_the_bundled_mesh(ict_small):
-    assert ict_uv_layout(ict_small.triangles.numpy()[:-1], ict_small.n_vertices) is None
-    layout = ict_uv_layout(ict_small.triangles.numpy(), ict_small.n_vertices)
-    assert isinstance(layout, UVLayout) and layout.tri_uv.shape == tuple(ict_small.triangles.shape)
-
-
 def test_overlay_is_four_panels_of_512_pixels(written):
     import cv2
 
@@ -256,19 +216,6 @@ def test_textured_glb_splits_seams_and_carries_the_texture(written, ict_uv):
     pairs = zip(recon.triangles.ravel(), ict_uv.tri_uv.ravel())
     corners = {(int(v), tuple(np.round(ict_uv.uv[t], 6))) for v, t in pairs}
     assert all((int(v), tuple(np.round(u, 6))) in corners for v, u in zip(vertex_ids, uv))
-
-
-def test_uv_seams_split_shared_vertices():
-    """Two triangles sharing the edge 1-2, whose corners have other UVs in the second triangle: a seam."""
-    triangles = np.array([[0, 1, 2], [2, 1, 3]])
-    layout = UVLayout(
-        uv=np.array([[0, 0], [1, 0], [0, 1], [0.5, 0.5], [0.6, 0.5], [0.6, 0.6]], float),
-        tri_uv=np.array([[0, 1, 2], [3, 4, 5]]),
-    )
-    vertex_ids, uv, faces = split_uv_seams(triangles, layout)
-    assert len(vertex_ids) == 6  # vertices 1 and 2 appear twice
-    np.testing.assert_array_equal(vertex_ids[faces], triangles)
-    np.testing.assert_array_equal(uv[faces], layout.uv[layout.tri_uv])
 
 
 def test_glb_loads_back_with_every_vertex_and_colour(written):
@@ -336,7 +283,7 @@ def test_ict_reconstruction_has_no_deep3d_mat(written):
 
 
 def test_monochrome_lighting_becomes_rgb_gamma(tmp_path):
-    from reconstruction.export import save_deep3d_mat
+    from reconstruction.coefficient_io import save_deep3d_mat
 
     model = fake_bfm(n_id=4, n_exp=3, n_tex=2)
     coeffs = model.layout.zeros(1).replace(lighting=torch.arange(9.0)[None])
