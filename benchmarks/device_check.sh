@@ -5,7 +5,7 @@
 # 1. creates a separate venv (.venv-cuda, so a CPU .venv is left alone) through the Makefile with a CUDA build of
 #    torch 2.13.0 (at most 4 minutes; skipped when the venv is already installed);
 # 2. runs the `gpu`-marked tests (at most 1 minute);
-# 3. runs benchmarks/device_check.py (at most 3 minutes): rasterizer faces/s, host syncs, R-Net training
+# 3. runs experiments/device_check.py (at most 3 minutes): rasterizer faces/s, host syncs, R-Net training
 #    images/s for `default` and `paper_ict`, and writes device_check.md + device_check.json into REPORT_DIR.
 #
 # The torch build: TORCH_SPEC defaults to torch==2.13.0 from PyPI, whose Linux x86-64 wheel is a CUDA build that
@@ -44,7 +44,7 @@ tests_rc=$?
 tail -n 5 "$OUT/gpu_tests.log"
 
 echo "== 3/3 device check"
-timeout 180 "$PY" -m benchmarks.device_check --device cuda --out "$OUT" --gpu-tests-log "$OUT/gpu_tests.log"
+timeout 180 "$PY" -m experiments.device_check --device cuda --out "$OUT" --gpu-tests-log "$OUT/gpu_tests.log"
 check_rc=$?
 
 echo "== done in $(( $(date +%s) - start )) s: gpu tests exit $tests_rc, device check exit $check_rc; report in $OUT/"

@@ -285,8 +285,6 @@ def log_to_wandb(result: BenchmarkResult, out_dir: Path) -> Path | None:
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    from experiments.config import LoggingConfig
-
     tables = {
         "accuracy": accuracy_table(result),
         "error_per_yaw": per_yaw_table(result.pose_grid),
@@ -315,7 +313,7 @@ def log_to_wandb(result: BenchmarkResult, out_dir: Path) -> Path | None:
         **result.checkpoint.config,
     }
     run = wandb.init(
-        project=LoggingConfig().wandb_project,
+        project=result.checkpoint.wandb_project,
         name=f"benchmark-{out_dir.name}",
         job_type="benchmark",
         dir=str(out_dir),

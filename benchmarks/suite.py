@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -85,13 +86,32 @@ class BenchmarkSettings:
 
 
 @dataclass(frozen=True)
+class ModelLoaders:
+    """How the benchmark rebuilds trained modules; the entry point builds it (``face3d benchmark`` passes
+    `experiments.build`'s loaders), because rebuilding needs the experiment configs, a layer above this one.
+
+    load_rnet:  ``(path) -> (RNetModule in eval mode, its ExperimentConfig)``
+    load_cnet:  ``(path) -> (CNetModule in eval mode, its ExperimentConfig)``
+    build_cnet: ``(config, rnet_module, strategy) -> CNetModule`` (the "mean" strategy: shape averaging)
+    """
+
+    load_rnet: Callable[..., tuple[Any, Any]]
+    load_cnet: Callable[..., tuple[Any, Any]]
+    build_cnet: Callable[..., Any]
+
+
+@dataclass(frozen=True)
 class CheckpointInfo:
-    """The checkpoint and what the report says about it."""
+    """The checkpoint and what the report says about it.
+
+    wandb_project: the W&B project of the run that trained it; the benchmark's W&B run goes there too.
+    """
 
     path: Path
     epoch: int | None
     global_step: int | None
     config: dict
+    wandb_project: str
 
 
 @dataclass(frozen=True)
@@ -171,7 +191,11 @@ def _checkpoint_info(path: Path, cfg) -> CheckpointInfo:
     stored = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     epoch, step = stored.get("epoch"), stored.get("global_step")
     return CheckpointInfo(
-        path, None if epoch is None else int(epoch), None if step is None else int(step), config_summary(cfg)
+        path,
+        None if epoch is None else int(epoch),
+        None if step is None else int(step),
+        config_summary(cfg),
+        cfg.logging.wandb_project,
     )
 
 
@@ -183,11 +207,11 @@ def same_rnet(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     )
 
 
-def _load_cnet(path: Path, rnet_module, rnet_path: Path) -> tuple[torch.nn.Module | None, str | None, str]:
+def _load_cnet(
+    path: Path, rnet_module, rnet_path: Path, load_cnet: Callable[..., tuple[Any, Any]]
+) -> tuple[torch.nn.Module | None, str | None, str]:
     """(C-Net module or None, note when skipped, strategy)."""
-    from experiments.build import load_cnet_checkpoint
-
-    module, _ = load_cnet_checkpoint(path)
+    module, _ = load_cnet(path)
     if module.cnet is None:
         return None, f"C-Net row skipped: {path} holds no C-Net (strategy 'mean')", module.strategy
     if not same_rnet(module.rnet, rnet_module.rnet):
@@ -204,8 +228,11 @@ def _load_cnet(path: Path, rnet_module, rnet_path: Path) -> tuple[torch.nn.Modul
     return module, None, strategy
 
 
-def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = print) -> BenchmarkResult:
-    """Run the benchmark (module docstring) and write its outputs into ``settings.out_dir``."""
+def run_benchmark(
+    settings: BenchmarkSettings, loaders: ModelLoaders, log: Callable[[str], None] = print
+) -> BenchmarkResult:
+    """Run the benchmark (module docstring) with the modules ``loaders`` rebuild and write its outputs into
+    ``settings.out_dir``."""
     import warnings
 
     from benchmarks.licensed import RNetPicturePredictor, evaluate_datasets
@@ -213,7 +240,6 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     from benchmarks.pose_grid_eval import evaluate_pose_grid, plot_error_vs_yaw
     from benchmarks.report import write_outputs
     from benchmarks.speed import device_name, measure_speed
-    from experiments.build import build_cnet_module, load_rnet_checkpoint
 
     # Intended: R-Net and the perceptual network are frozen in eval mode.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -230,13 +256,15 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
         torch.backends.cudnn.benchmark = False
 
     log(f"loading R-Net {settings.checkpoint}")
-    rnet_module, cfg = load_rnet_checkpoint(settings.checkpoint)
+    rnet_module, cfg = loaders.load_rnet(settings.checkpoint)
     info = _checkpoint_info(Path(settings.checkpoint), cfg)
     notes = [settings.cnet_note] if settings.cnet_note else []
-    modules = {"mean": build_cnet_module(cfg, rnet_module, "mean")}
+    modules = {"mean": loaders.build_cnet(cfg, rnet_module, "mean")}
     if settings.cnet_checkpoint is not None:
         log(f"loading C-Net {settings.cnet_checkpoint}")
-        cnet_module, note, strategy = _load_cnet(Path(settings.cnet_checkpoint), rnet_module, Path(settings.checkpoint))
+        cnet_module, note, strategy = _load_cnet(
+            Path(settings.cnet_checkpoint), rnet_module, Path(settings.checkpoint), loaders.load_cnet
+        )
         if cnet_module is not None:
             modules[strategy] = cnet_module
         else:

@@ -14,6 +14,9 @@ import torch
 
 SH_BANDS = 9
 """Second-order spherical harmonics: 1 + 3 + 5 basis functions."""
+DEFAULT_AMBIENT = 0.8
+"""Added to the constant SH band of every colour channel by the shading (`renderers.lighting`), so lighting
+coefficients are offsets from a uniform ambient light and start at zero."""
 
 _FIELD_ORDER = ("identity", "expression", "albedo", "angles", "lighting", "translation")
 

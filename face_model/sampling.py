@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from face_model.coefficients import SH_BANDS, Coefficients, CoeffLayout
-from renderers.lighting import DEFAULT_AMBIENT
+from face_model.coefficients import DEFAULT_AMBIENT, SH_BANDS, Coefficients, CoeffLayout
 
 
 @dataclass(frozen=True)

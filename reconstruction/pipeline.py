@@ -55,7 +55,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -229,6 +229,10 @@ class Predictor(Protocol):
     def predict(self, crops: CropBatch) -> Predicted: ...
 
 
+CheckpointLoader = Callable[..., tuple[torch.nn.Module, Any]]
+"""``(path, map_location=device) -> (module, config)``: rebuilds a trained module from a file."""
+
+
 class RNetPredictor:
     """A trained R-Net: coefficients in one forward pass.
 
@@ -244,16 +248,16 @@ class RNetPredictor:
         self.name = name
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> RNetPredictor:
-        """Load a ``face3d train`` checkpoint (its stored config rebuilds face model, camera and network).
+    def from_checkpoint(
+        cls, path: str | Path, load: CheckpointLoader, device: str | torch.device = "cpu"
+    ) -> RNetPredictor:
+        """The R-Net that ``load(path, map_location=device)`` rebuilds, named after the file.
 
-        Raises FileNotFoundError for a missing file and ValueError for a file that is not such a checkpoint.
+        ``load`` is given by the entry point (``experiments.build.load_rnet_checkpoint`` for ``face3d train``
+        checkpoints and exported weights): rebuilding a module needs the experiment configs, which this package
+        does not import. Its errors (FileNotFoundError, ValueError naming the problem) pass through.
         """
-        # Imported here: the checkpoint path needs Lightning and the config system, the rest of this
-        # package does not.
-        from experiments.build import load_rnet_checkpoint
-
-        module, _ = load_rnet_checkpoint(path, map_location=device)
+        module, _ = load(path, map_location=device)
         return cls(module.to(device), name=f"rnet:{Path(path).name}")
 
     def predict(self, crops: CropBatch) -> Predicted:

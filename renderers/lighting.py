@@ -16,10 +16,7 @@ import math
 
 import torch
 
-from face_model.coefficients import SH_BANDS
-
-DEFAULT_AMBIENT = 0.8
-"""Added to the constant band of every colour channel, so lighting coefficients start at zero."""
+from face_model.coefficients import DEFAULT_AMBIENT, SH_BANDS
 
 # Per band: (SH normalisation) x (Deep3D's convolution factors pi, 2pi/sqrt(3), 2pi/sqrt(8)).
 _BAND0 = math.sqrt(math.pi) / 2.0

@@ -207,7 +207,8 @@ def real_photo_settings(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from benchmarks.licensed import DatasetSettings
-    from benchmarks.suite import BenchmarkSettings, run_benchmark
+    from benchmarks.suite import BenchmarkSettings, ModelLoaders, run_benchmark
+    from experiments.build import build_cnet_module, load_cnet_checkpoint, load_rnet_checkpoint
 
     for name in ("identities", "fit_images", "fit_iterations"):
         if getattr(args, name) is not None and getattr(args, name) < (1 if name == "identities" else 0):
@@ -277,6 +278,6 @@ def run(args: argparse.Namespace) -> int:
         appearance_gap=args.appearance_gap,
         device=args.device,
     )
-    result = run_benchmark(settings)
+    result = run_benchmark(settings, ModelLoaders(load_rnet_checkpoint, load_cnet_checkpoint, build_cnet_module))
     print("\n" + result.summary())
     return 0

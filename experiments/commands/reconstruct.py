@@ -285,9 +285,10 @@ def build_predictor(args: argparse.Namespace):
 
         return OnnxRNetPredictor(args.onnx, face_model_path=args.bfm_path, threads=args.threads)
     if not args.fit:
-        from experiments.build import BUNDLED
+        from experiments.build import BUNDLED, load_rnet_checkpoint
 
-        return RNetPredictor.from_checkpoint(args.ckpt if args.ckpt is not None else BUNDLED, device=args.device)
+        path = args.ckpt if args.ckpt is not None else BUNDLED
+        return RNetPredictor.from_checkpoint(path, load_rnet_checkpoint, device=args.device)
     from face_model import load_face_model
     from reconstruction.fit import FitSettings
 

@@ -15,12 +15,14 @@ import torch
 from benchmarks.licensed import DatasetSettings, evaluate_datasets
 from benchmarks.pose_grid import BENCHMARK_SEED_BASE, PITCHES_DEG, YAWS_DEG, PoseGridDataset, fit_subset, pose_grid
 from benchmarks.pose_grid_eval import per_yaw_share_table, per_yaw_table
-from benchmarks.suite import BenchmarkSettings, _load_cnet, run_benchmark
+from benchmarks.suite import BenchmarkSettings, ModelLoaders, _load_cnet, run_benchmark
 from experiments import cli
+from experiments.build import build_cnet_module, load_cnet_checkpoint, load_rnet_checkpoint
 from experiments.config import load_config, to_yaml
 
 TINY_MODEL = ["renderer.image_size=32", "cnet.conv_channels=[8,8,8]", "cnet.hidden=16"]
 """On top of the configs default + smoke."""
+LOADERS = ModelLoaders(load_rnet_checkpoint, load_cnet_checkpoint, build_cnet_module)
 NO_DATASETS = DatasetSettings(paths_file=None, environ={})
 
 
@@ -49,8 +51,6 @@ def _save_rnet(path: Path, seed: int = 0) -> Path:
 
 def _save_cnet(path: Path, rnet_checkpoint: Path) -> Path:
     """A C-Net checkpoint as `face3d train-aggregate` writes it (`CNetModule.on_save_checkpoint`), untrained."""
-    from experiments.build import build_cnet_module, load_rnet_checkpoint
-
     rnet_module, cfg = load_rnet_checkpoint(rnet_checkpoint)
     module = build_cnet_module(cfg, rnet_module, "s4")
     state = {k: v for k, v in module.state_dict().items() if not k.startswith(("renderer.", "loss."))}
@@ -93,7 +93,7 @@ def _settings(checkpoints, out_dir: Path, **changes) -> BenchmarkSettings:
 
 @pytest.fixture(scope="module")
 def run(checkpoints, tmp_path_factory):
-    return run_benchmark(_settings(checkpoints, tmp_path_factory.mktemp("report")), log=lambda line: None)
+    return run_benchmark(_settings(checkpoints, tmp_path_factory.mktemp("report")), LOADERS, log=lambda line: None)
 
 
 def read_metrics(result) -> dict:
@@ -224,7 +224,7 @@ def test_the_mean_face_row_matches_an_independent_numpy_computation(run):
 
 
 def test_two_runs_with_the_same_seed_give_identical_accuracy(run, checkpoints, tmp_path):
-    again = run_benchmark(_settings(checkpoints, tmp_path / "again"), log=lambda line: None)
+    again = run_benchmark(_settings(checkpoints, tmp_path / "again"), LOADERS, log=lambda line: None)
     assert read_metrics(again)["accuracy"] == read_metrics(run)["accuracy"]
 
 
@@ -244,11 +244,9 @@ def test_missing_datasets_get_one_line_skip_notes(run):
 
 
 def test_a_cnet_of_another_rnet_is_skipped_with_a_note(checkpoints, tmp_path):
-    from experiments.build import load_rnet_checkpoint
-
     other = _save_rnet(tmp_path / "other.ckpt", seed=1)
     module, _ = load_rnet_checkpoint(other)
-    cnet, note, _ = _load_cnet(checkpoints[1], module, other)
+    cnet, note, _ = _load_cnet(checkpoints[1], module, other, load_cnet_checkpoint)
     assert cnet is None and "another R-Net" in note and str(other) in note
 
 
@@ -383,6 +381,7 @@ def test_wandb_offline_run_holds_the_tables_and_plot(checkpoints, tmp_path, monk
     monkeypatch.setenv("WANDB_MODE", "offline")
     result = run_benchmark(
         _settings(checkpoints, tmp_path / "wb", identities=1, fit_images=0, appearance_gap=False, wandb=True),
+        LOADERS,
         log=lambda line: None,
     )
     run_dir = result.files["wandb"]

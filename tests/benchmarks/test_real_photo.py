@@ -189,8 +189,8 @@ def test_command_line_settings() -> None:
 def test_benchmark_report_holds_the_protocol(tmp_path, monkeypatch) -> None:
     """`run_benchmark` with a tiny R-Net and a tiny grid: report.md, metrics.json, the summary and W&B."""
     from benchmarks.licensed import DatasetSettings
-    from benchmarks.suite import BenchmarkSettings, run_benchmark
-    from experiments.build import build_rnet_module
+    from benchmarks.suite import BenchmarkSettings, ModelLoaders, run_benchmark
+    from experiments.build import build_cnet_module, build_rnet_module, load_cnet_checkpoint, load_rnet_checkpoint
     from experiments.config import load_config, to_yaml
 
     cfg = load_config(["default", "smoke"], ["renderer.image_size=32"])
@@ -215,7 +215,8 @@ def test_benchmark_report_holds_the_protocol(tmp_path, monkeypatch) -> None:
         real_photo=real_photo,
         device="cpu",
     )
-    result = run_benchmark(settings, log=lambda _: None)
+    loaders = ModelLoaders(load_rnet_checkpoint, load_cnet_checkpoint, build_cnet_module)
+    result = run_benchmark(settings, loaders, log=lambda _: None)
     rows = {row.method: row for row in result.real_photo.rows("photos")}
     assert rows["R-Net"].stats.count == 2 and "fit" not in rows  # fit_images=0: no fitting rows
     report = (tmp_path / "report" / "report.md").read_text()

@@ -240,13 +240,13 @@ def test_an_undecodable_video_is_a_clear_error_and_writes_nothing(predictor, det
 
 def test_the_default_bundled_rnet_fails_with_the_loaders_message_when_absent(tmp_path, monkeypatch):
     import networks.bundled_weights
-    from experiments.build import BUNDLED
+    from experiments.build import BUNDLED, load_rnet_checkpoint
     from networks.bundled_weights import WEIGHTS_NAME
 
     # A checkout whose weights were deleted (the shipped folder stands in for it here).
     monkeypatch.setattr(networks.bundled_weights, "BUNDLED_DIR", tmp_path / "no-weights")
     with pytest.raises((FileNotFoundError, ValueError)) as err:
-        RNetPredictor.from_checkpoint(BUNDLED)
+        RNetPredictor.from_checkpoint(BUNDLED, load_rnet_checkpoint)
     assert WEIGHTS_NAME in str(err.value) or "bundled" in str(err.value)
 
 

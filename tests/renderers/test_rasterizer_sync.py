@@ -1,7 +1,7 @@
 """The sync-free rasterizer path (`rasterize(sync_free=True)`, the CUDA default) and the R-Net training step
 never wait for the device.
 
-On the CPU a host sync cannot be observed directly, so `benchmarks.device_check.HostSyncCounter` records every
+On the CPU a host sync cannot be observed directly, so `experiments.device_check.HostSyncCounter` records every
 operation that would be one on CUDA (``.item()``, ``nonzero``, boolean masks, ``unique``, ``torch.tensor``
 copies, ``tolist``, ...). The GPU test checks the same under ``torch.cuda.set_sync_debug_mode("error")``.
 """
@@ -14,7 +14,7 @@ import importlib
 import pytest
 import torch
 
-from benchmarks.device_check import HostSyncCounter
+from experiments.device_check import HostSyncCounter
 from renderers.rasterizer import interpolate, rasterize
 
 rasterize_module = importlib.import_module("renderers.rasterizer.rasterize")

@@ -1,6 +1,6 @@
 """Device check: is the GPU path fast and free of host syncs on this machine? One report, Markdown and JSON.
 
-    python -m benchmarks.device_check [--out DIR] [--device cuda|cpu] [--quick]
+    python -m experiments.device_check [--out DIR] [--device cuda|cpu] [--quick]
 
 Measures, on one device:
 

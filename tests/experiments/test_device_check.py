@@ -1,4 +1,4 @@
-"""benchmarks/device_check.py end to end on the CPU at its quick sizes (the GPU run is device_check.sh's)."""
+"""experiments/device_check.py end to end on the CPU at its quick sizes (the GPU run is device_check.sh's)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import device_check
+from experiments import device_check
 
 
 def test_the_quick_cpu_check_writes_one_report_with_every_section(tmp_path, capsys):
