@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/ruff check --quiet .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -m "not slow and not gpu and not weights and not data" --durations=15
 
 test-all: $(STAMP)
