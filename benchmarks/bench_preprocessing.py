@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--face-model", default="ict", help="template source (default ict)")
     args = parser.parse_args(argv)
 
-    from preprocessing.pipeline import MANIFEST_NAME, PrepareConfig, resolve_template
+    from preprocessing.config import PrepareConfig
+    from preprocessing.outputs import MANIFEST_NAME
+    from preprocessing.templates import resolve_template
 
     template = resolve_template(args.face_model)
     with tempfile.TemporaryDirectory(prefix="bench_prep_") as tmp:

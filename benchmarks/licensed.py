@@ -73,8 +73,8 @@ class RNetPicturePredictor:
 
     def __init__(self, rnet_module, detector: str = DEFAULT_DETECTOR, device: str | torch.device = "cpu") -> None:
         from preprocessing.align import template_from_face_model
+        from preprocessing.config import PrepareConfig
         from preprocessing.detect import make_detector
-        from preprocessing.pipeline import PrepareConfig
 
         camera = rnet_module.renderer.camera
         self.rnet = rnet_module.rnet.to(device).eval()

@@ -2,7 +2,7 @@
 scan, BSD-3) whose texture holds the two photographs taken at scan time.
 
 Two sets of pictures, each run through the normal ``face3d reconstruct`` path (decode, detect, 68 landmarks,
-align onto the predictor's crop: `preprocessing.pipeline.process_image`; then the predictor:
+align onto the predictor's crop: `preprocessing.image.process_image`; then the predictor:
 `reconstruction.pipeline.RNetPredictor`, `FittingPredictor`):
 
 * **photos**: the texture image is two photographs side by side; each half is one picture;
@@ -333,8 +333,9 @@ def evaluate_real_photo(
     out_dir: where the contact sheet of the renders is written (``real_photo_renders.png``), or None.
     """
     from preprocessing.align import template_from_face_model
+    from preprocessing.config import PrepareConfig
     from preprocessing.detect import make_detector
-    from preprocessing.pipeline import OK, PrepareConfig, process_image
+    from preprocessing.image import OK, process_image
     from reconstruction.pipeline import CropBatch
 
     start = time.perf_counter()

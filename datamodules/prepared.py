@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import augment_sample
 from datamodules.batch import collate_face_samples
-from preprocessing.pipeline import MANIFEST_NAME
-from preprocessing.pipeline import OK as STATUS_OK
+from preprocessing.image import OK as STATUS_OK
+from preprocessing.outputs import MANIFEST_NAME
 
 REFERENCE_CROP_SIZE = 224
 """Crop size that the augmentation's pixel shift is specified for (Deep3D's)."""

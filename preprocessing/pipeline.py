@@ -30,119 +30,48 @@ match its previous record, and whose outputs still exist, is not processed again
 re-read when size and mtime are unchanged, unless ``rehash``). The config hash covers every setting that
 changes outputs (detector, sizes, thresholds, the template's values, the code version) but not the number
 of workers. Records with status ``error`` (unexpected exceptions) are always retried.
+
+Modules: `preprocessing.config` (settings, cache key), `preprocessing.templates`, `preprocessing.image` (one
+image, statuses), `preprocessing.outputs` (files and manifest); this one walks the folder and runs the workers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
 import time
 import traceback
-import warnings
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from preprocessing.align import AlignedFace, align_face, template_from_face_model
-from preprocessing.detect import (
-    DEFAULT_DETECTOR,
-    DETECTORS,
-    Detection,
-    FaceDetector,
-    detect_largest_face,
-    make_detector,
+from preprocessing.config import PREPROCESSING_VERSION, PrepareConfig, config_hash
+from preprocessing.detect import FaceDetector, make_detector
+from preprocessing.image import ERROR, OK, STATUSES, UNREADABLE, ImageResult, process_image
+from preprocessing.outputs import (
+    CONFIG_NAME,
+    MANIFEST_NAME,
+    manifest_record,
+    read_manifest,
+    write_manifest,
+    write_outputs,
 )
-from preprocessing.skin import skin_posterior
-
-# Bump when a code change alters outputs, so caches made by older code are not reused.
-# 2: records name the detector stage that found the face (``detected_by``) and its time.
-PREPROCESSING_VERSION = 2
-
-OK = "ok"
-UNREADABLE = "unreadable"
-TOO_SMALL = "too_small"
-TOO_LARGE = "too_large"
-NO_FACE = "no_face"
-BAD_LANDMARKS = "bad_landmarks"
-ERROR = "error"
-STATUSES = (OK, UNREADABLE, TOO_SMALL, TOO_LARGE, NO_FACE, BAD_LANDMARKS, ERROR)
+from preprocessing.templates import resolve_template
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm", ".tif", ".tiff", ".webp", ".gif"}
 )
-MANIFEST_NAME = "manifest.jsonl"
-CONFIG_NAME = "prepare_config.json"
 # Below this many images to process, a pool costs more than it saves: starting one (fork server imports,
 # a 100 MB dlib model per worker) takes ~2 s, while one process does ~5 photos/s.
 MIN_IMAGES_FOR_POOL = 24
 # Write the manifest this often during a run, so an interrupted run keeps most of its work cached.
 CHECKPOINT_SECONDS = 30.0
-
-_EXIF_ORIENTATION_TAG = 0x0112
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    """Preprocessing settings. All but ``workers`` enter the config hash that keys the cache."""
-
-    detector: str = DEFAULT_DETECTOR
-    """One of `preprocessing.detect.DETECTORS`; the default HOG-then-MMOD cascade covers turned heads."""
-    upsample: int | None = None
-    """dlib pyramid upsampling steps; None = 1 for dlib-hog and the cascade's HOG stage (finds 40 px faces),
-    0 for dlib-mmod (CPU-bound; the cascade's MMOD stage always runs at 0)."""
-    crop_size: int = 224
-    template_source: str = "ict"
-    """Where the (5, 2) template comes from: a face model name for `face_model.load_face_model` ("ict"),
-    a face model file (.npz / .mat), or a .npy holding the (5, 2) template in crop pixels."""
-    skin_prior: float = 0.5
-    workers: int | None = None
-    """Worker processes; None = all CPU cores, 0 or 1 = in this process."""
-    max_detect_side: int = 1024
-    """Photos are shrunk to this longer side for detection (landmarks still use full resolution)."""
-    min_detect_side: int = 160
-    """Smaller photos are enlarged to this longer side for detection. Thumbnails only: with upsample 1
-    dlib's 80 px HOG window already finds 40 px faces, about the smallest that ``max_upscale`` accepts."""
-    min_image_side: int = 32
-    """Images with a shorter side are ``too_small`` without trying."""
-    max_upscale: float = 4.0
-    """Faces needing more than this enlargement to reach the template's size are ``too_small``."""
-    max_pixels: int = 100_000_000
-    """Images with more pixels are ``too_large`` (decompression-bomb guard)."""
-    device: str = "cpu"
-    """For the fan / insightface backends."""
-    weights_dir: str | None = None
-    """Weight folder for fan (torch hub checkpoints) / insightface (root holding models/buffalo_l)."""
-
-    def __post_init__(self) -> None:
-        if self.detector not in DETECTORS:
-            raise ValueError(f"unknown detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
-        if not 0.0 < self.skin_prior < 1.0:
-            raise ValueError(f"skin_prior must be in (0, 1), got {self.skin_prior}")
-        if self.crop_size < 16:
-            raise ValueError(f"crop_size must be >= 16, got {self.crop_size}")
-        if self.min_detect_side > self.max_detect_side:
-            raise ValueError("min_detect_side must not exceed max_detect_side")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
-
-    @property
-    def resolved_upsample(self) -> int:
-        if self.upsample is not None:
-            return self.upsample
-        return 0 if self.detector == "dlib-mmod" else 1
-
-    @property
-    def resolved_workers(self) -> int:
-        return (os.cpu_count() or 1) if self.workers is None else self.workers
 
 
 @dataclass(frozen=True)
@@ -166,264 +95,6 @@ class PrepareSummary:
     @property
     def n_failed(self) -> int:
         return self.n_images - self.status_counts.get(OK, 0)
-
-
-@dataclass(frozen=True, eq=False)
-class DecodedImage:
-    """rgb: (H, W, 3) uint8 after EXIF orientation; mode: PIL mode of the file; orientation: EXIF tag (1 = none)."""
-
-    rgb: np.ndarray
-    mode: str
-    orientation: int
-    grayscale: bool
-
-
-@dataclass(frozen=True, eq=False)
-class ImageResult:
-    """Outcome for one image; ``aligned`` and ``skin`` ((S, S) float32 posterior) are set when status is ok."""
-
-    status: str
-    reason: str | None = None
-    image: DecodedImage | None = None
-    detection: Detection | None = None
-    n_faces: int | None = None
-    aligned: AlignedFace | None = None
-    skin: np.ndarray | None = None
-
-
-class ImageRejected(Exception):
-    """Raised inside the per-image steps to end processing with a status and a reason."""
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-# --------------------------------------------------------------------------------------------- templates
-
-
-def resolve_template(source: str, crop_size: int = 224) -> np.ndarray:
-    """(5, 2) float64 template in crop pixels from a face model name, a face model file, or a .npy."""
-    from renderers.camera import PinholeCamera
-
-    path = Path(source).expanduser()
-    if path.suffix == ".npy":
-        if not path.is_file():
-            raise FileNotFoundError(f"template file {path} not found")
-        template = np.load(path).astype(np.float64)
-        if template.shape != (5, 2):
-            raise ValueError(f"template {path} has shape {template.shape}, expected (5, 2) crop pixels")
-        return template
-    camera = PinholeCamera().resized(crop_size, crop_size)
-    if path.suffix in (".npz", ".mat"):
-        from face_model.model import FaceModel
-
-        return template_from_face_model(FaceModel.from_file(path), camera)
-    from face_model import load_face_model
-
-    # The template needs only the mean face and its landmarks: for ICT, skip the bases (the expression
-    # PCA alone is an SVD of seconds); the mean and landmark ids do not depend on these options.
-    options = dict(n_id=0, n_exp=1, n_tex=0, expression_basis="blendshapes") if source == "ict" else {}
-    return template_from_face_model(load_face_model(source, **options), camera)
-
-
-def config_hash(config: PrepareConfig, template: np.ndarray) -> str:
-    """Short sha256 of everything that changes outputs: config (but workers), template values, code version."""
-    settings = asdict(config)
-    # Not output-changing: the worker count, the device (float rounding aside), and the template's source
-    # name (its values are hashed instead, so an explicit template and an equal named one share a cache).
-    for key in ("workers", "device", "template_source"):
-        settings.pop(key)
-    settings["upsample"] = config.resolved_upsample
-    settings["template"] = np.round(np.asarray(template, dtype=np.float64), 4).tolist()
-    settings["version"] = PREPROCESSING_VERSION
-    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------------ single image
-
-
-def decode_image(data: bytes, max_pixels: int = PrepareConfig.max_pixels) -> DecodedImage:
-    """Bytes -> upright (H, W, 3) uint8 RGB. Raises `ImageRejected` for unreadable or oversized files.
-
-    EXIF orientation is applied (phones store portraits sideways with a rotation tag); grayscale,
-    palette, CMYK and 16-bit images become 8-bit RGB; alpha is dropped.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageRejected(TOO_LARGE, f"{width}x{height} image exceeds max_pixels {max_pixels}")
-            mode = image.mode
-            image, orientation = _exif_upright(image)
-            rgb = _to_rgb8(image)
-    except ImageRejected:
-        raise
-    except Image.DecompressionBombError as err:
-        raise ImageRejected(TOO_LARGE, str(err)) from err
-    except UnidentifiedImageError as err:
-        raise ImageRejected(UNREADABLE, "not a recognised image format") from err
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        # PIL reports truncated or corrupt data through these.
-        raise ImageRejected(UNREADABLE, f"corrupt image data: {type(err).__name__}: {err}") from err
-    grayscale = mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") or bool(
-        np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
-    )
-    return DecodedImage(rgb=rgb, mode=mode, orientation=orientation, grayscale=grayscale)
-
-
-def _exif_upright(image: Image.Image) -> tuple[Image.Image, int]:
-    """Apply the EXIF orientation tag; a malformed EXIF block leaves the pixels as stored (orientation 1)."""
-    try:
-        orientation = int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
-        return ImageOps.exif_transpose(image), orientation
-    except Exception:  # noqa: BLE001 - PIL raises assorted types on broken EXIF; the pixels may still be fine
-        return image, 1
-
-
-def _to_rgb8(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # Wide grey levels: PIL's convert("L") clips rather than rescales, so rescale here.
-        values = np.asarray(image, dtype=np.float64)
-        top = 1.0 if image.mode == "F" and values.max() <= 1.0 else 65535.0 if values.max() > 255 else 255.0
-        grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-
-
-def process_image(data: bytes, detector: FaceDetector, template: np.ndarray, config: PrepareConfig) -> ImageResult:
-    """Decode, detect, align and classify skin for one image file's bytes. Never raises for bad images
-    (`ImageRejected` becomes a status); unexpected errors propagate to the caller, which records them."""
-    image = None
-    detection = None
-    n_faces = None
-    try:
-        image = decode_image(data, config.max_pixels)
-        height, width = image.rgb.shape[:2]
-        if min(height, width) < config.min_image_side:
-            raise ImageRejected(TOO_SMALL, f"{width}x{height} image is below min_image_side {config.min_image_side}")
-        detection, n_faces = detect_largest_face(detector, image.rgb, config.max_detect_side, config.min_detect_side)
-        if detection is None:
-            raise ImageRejected(NO_FACE, f"no face found by {detector.name}")
-        if not np.isfinite(detection.landmarks68).all():
-            raise ImageRejected(BAD_LANDMARKS, "landmarks are not finite")
-        try:
-            aligned = align_face(image.rgb, detection.landmarks68, template, config.crop_size)
-        except ValueError as err:
-            raise ImageRejected(BAD_LANDMARKS, str(err)) from err
-        if aligned.scale > config.max_upscale:
-            raise ImageRejected(
-                TOO_SMALL,
-                f"face needs x{aligned.scale:.1f} enlargement to fill the crop (max_upscale {config.max_upscale})",
-            )
-    except ImageRejected as rejected:
-        return ImageResult(rejected.status, rejected.reason, image, detection, n_faces)
-    with _one_torch_thread():
-        skin = skin_posterior(aligned.crop, prior=config.skin_prior) * aligned.valid
-    return ImageResult(OK, None, image, detection, n_faces, aligned, skin.astype(np.float32))
-
-
-@contextmanager
-def _one_torch_thread():
-    """Run torch single-threaded for a moment: a 224x224 posterior takes ~15 ms on one core, but an OpenMP
-    team waits at every barrier for its slowest thread, and on a busy machine (or beside pool workers)
-    that made it ~20x slower. The caller's thread setting is restored."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-# --------------------------------------------------------------------------------------------- outputs
-
-
-def output_paths(relative: str) -> dict[str, str]:
-    """Output files of one source, relative to the output folder (posix)."""
-    return {
-        "crop": f"crops/{relative}.png",
-        "landmarks": f"landmarks/{relative}.npy",
-        "skin": f"skin/{relative}.png",
-    }
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", image)
-    if not ok:
-        raise OSError(f"PNG encoding failed for {path}")
-    path.write_bytes(encoded.tobytes())
-
-
-def _write_outputs(out_dir: Path, relative: str, result: ImageResult) -> dict[str, str]:
-    paths = output_paths(relative)
-    _write_png(out_dir / paths["crop"], result.aligned.crop)
-    landmarks_path = out_dir / paths["landmarks"]
-    landmarks_path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(landmarks_path, result.aligned.landmarks68.astype(np.float32))
-    _write_png(out_dir / paths["skin"], np.round(result.skin * 255.0).astype(np.uint8))
-    return paths
-
-
-def _record(
-    relative: str,
-    source: Path,
-    digest: str,
-    stat: os.stat_result | None,
-    cfg_hash: str,
-    detector_name: str,
-    result: ImageResult,
-    outputs: dict[str, str] | None,
-    seconds: float,
-) -> dict:
-    record = {
-        "source": relative,
-        "source_path": str(source),
-        "sha256": digest,
-        "size": stat.st_size if stat else None,
-        "mtime_ns": stat.st_mtime_ns if stat else None,
-        "config_hash": cfg_hash,
-        "detector": detector_name,
-        "status": result.status,
-        "reason": result.reason,
-        "n_faces": result.n_faces,
-        "outputs": outputs,
-        "seconds": round(seconds, 4),
-    }
-    if result.image is not None:
-        record.update(
-            image_size=list(result.image.rgb.shape[:2]),
-            source_mode=result.image.mode,
-            exif_orientation=result.image.orientation,
-            grayscale=result.image.grayscale,
-        )
-    if result.detection is not None:
-        record.update(
-            box=result.detection.box.as_list(),
-            detector_score=result.detection.box.score,
-            detected_by=result.detection.detector,
-            detect_seconds=round(result.detection.seconds, 4),
-        )
-    if result.aligned is not None:
-        record.update(
-            transform=result.aligned.transform.tolist(),
-            align_scale=result.aligned.scale,
-            align_residual=result.aligned.residual,
-            valid_fraction=float(result.aligned.valid.mean()),
-        )
-    return record
-
-
-# ------------------------------------------------------------------------------------------- the runner
 
 
 @dataclass(frozen=True)
@@ -488,7 +159,7 @@ def _process_file(job: _Job, state: _WorkerState) -> dict:
         digest = hashlib.sha256(data).hexdigest()
     except OSError as err:
         result = ImageResult(UNREADABLE, f"cannot read file: {type(err).__name__}: {err}")
-        return _record(
+        return manifest_record(
             job.relative,
             job.source,
             digest,
@@ -501,12 +172,12 @@ def _process_file(job: _Job, state: _WorkerState) -> dict:
         )
     try:
         result = process_image(data, state.detector, state.template, state.config)
-        outputs = _write_outputs(state.out_dir, job.relative, result) if result.status == OK else None
+        outputs = write_outputs(state.out_dir, job.relative, result) if result.status == OK else None
     except Exception as err:  # noqa: BLE001 - one broken image (or a library bug on it) must not end the run
         last = traceback.extract_tb(err.__traceback__)[-1]
         result = ImageResult(ERROR, f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})")
         outputs = None
-    return _record(
+    return manifest_record(
         job.relative,
         job.source,
         digest,
@@ -534,26 +205,6 @@ def list_images(images_dir: Path, exclude: Path | None = None) -> tuple[list[str
             else:
                 ignored += 1
     return sorted(images), ignored
-
-
-def read_manifest(path: Path) -> dict[str, dict]:
-    """Records of a manifest.jsonl by source; unparsable lines are dropped (they will be recomputed)."""
-    records = {}
-    if not path.is_file():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-            records[record["source"]] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return records
-
-
-def _write_manifest(path: Path, records: dict[str, dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(records[key], sort_keys=True) + "\n" for key in sorted(records)))
-    os.replace(tmp, path)
 
 
 def _current_sha256(path: Path, record: dict | None, rehash: bool) -> str | None:
@@ -666,7 +317,7 @@ def prepare(
             records[record["source"]] = record
             bar.update(1)
             if time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-                _write_manifest(manifest_path, records)
+                write_manifest(manifest_path, records)
                 last_checkpoint = time.monotonic()
 
         try:
@@ -683,9 +334,9 @@ def prepare(
                         collect(record)
         finally:
             bar.close()
-            _write_manifest(manifest_path, records)
+            write_manifest(manifest_path, records)
     else:
-        _write_manifest(manifest_path, records)
+        write_manifest(manifest_path, records)
 
     statuses = Counter(record["status"] for record in records.values())
     reasons = Counter(record.get("reason") or record["status"] for record in records.values() if record["status"] != OK)

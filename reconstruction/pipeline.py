@@ -65,8 +65,10 @@ from face_model.model import FaceModel
 from geometry.mesh_io import UVLayout
 from losses.hybrid import HybridLoss, LossWeights
 from preprocessing.align import AlignedFace, template_from_face_model, warp_image
+from preprocessing.config import PrepareConfig
 from preprocessing.detect import DEFAULT_DETECTOR, FaceDetector, make_detector
-from preprocessing.pipeline import ERROR, OK, STATUSES, UNREADABLE, PrepareConfig, list_images, process_image
+from preprocessing.image import ERROR, OK, STATUSES, UNREADABLE, process_image
+from preprocessing.pipeline import list_images
 from reconstruction.coefficient_io import COEFFICIENT_FIELDS
 from reconstruction.export import ExportOptions, Reconstruction, write_reconstruction
 from reconstruction.fit import (

@@ -17,7 +17,7 @@
 
 `frames_from_video` (every k-th frame, OpenCV) and `frames_from_folder` turn a video or a folder of frames
 into encoded pictures, and `align_pictures` runs them through the ``face3d prepare`` preprocessing
-(`preprocessing.pipeline.process_image`), skipping frames without a face.
+(`preprocessing.image.process_image`), skipping frames without a face.
 """
 
 from __future__ import annotations
@@ -468,11 +468,11 @@ class AlignedPictures:
 def align_pictures(
     sources: Iterable[tuple[str, bytes]], detector, template: np.ndarray, config, overlay_size: int = OVERLAY_PANEL
 ) -> AlignedPictures:
-    """Run ``face3d prepare``'s per-image preprocessing (`preprocessing.pipeline.process_image`) on encoded
+    """Run ``face3d prepare``'s per-image preprocessing (`preprocessing.image.process_image`) on encoded
     pictures; pictures without a usable face are skipped with their reason. Each picture also keeps its
     overlay input: the crop's view re-sampled from the photo at ``overlay_size`` (at least the crop's)."""
     from preprocessing.align import warp_image
-    from preprocessing.pipeline import OK, process_image
+    from preprocessing.image import OK, process_image
 
     pictures, skipped = [], []
     for name, data in sources:

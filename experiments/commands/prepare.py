@@ -69,7 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `face3d --help` does not load torch, OpenCV and dlib.
-    from preprocessing.pipeline import OK, PrepareConfig, prepare
+    from preprocessing.config import PrepareConfig
+    from preprocessing.image import OK
+    from preprocessing.pipeline import prepare
 
     if not args.images.is_dir():
         raise FileNotFoundError(f"--images {args.images} does not exist or is not a folder")

@@ -329,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that `face3d --help` does not load torch, OpenCV and dlib.
     import torch
 
-    from preprocessing.pipeline import OK
+    from preprocessing.image import OK
     from reconstruction.export import ExportOptions
     from reconstruction.pipeline import collect_images, reconstruct_images
 

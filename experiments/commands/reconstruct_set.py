@@ -92,8 +92,9 @@ def load_models(cnet_ckpt: str | None, rnet_ckpt: str | None, outputs_dir: str =
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports here, so `face3d --help` stays fast.
+    from preprocessing.config import PrepareConfig
     from preprocessing.detect import make_detector
-    from preprocessing.pipeline import PrepareConfig, resolve_template
+    from preprocessing.templates import resolve_template
     from reconstruction.sets import (
         align_pictures,
         fit_set,

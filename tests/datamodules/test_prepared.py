@@ -12,7 +12,8 @@ import torch
 
 from datamodules.batch import FaceBatch
 from datamodules.prepared import PreparedImagesDataModule, PreparedImagesDataset, read_prepared, split_records
-from preprocessing.pipeline import MANIFEST_NAME, NO_FACE, OK, output_paths
+from preprocessing.image import NO_FACE, OK
+from preprocessing.outputs import MANIFEST_NAME, output_paths
 
 SIZE = 64
 N_OK = 10

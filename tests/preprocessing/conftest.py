@@ -64,6 +64,6 @@ def hog_detector():
 
 @pytest.fixture(scope="session")
 def ict_template() -> np.ndarray:
-    from preprocessing.pipeline import resolve_template
+    from preprocessing.templates import resolve_template
 
     return resolve_template("ict", 224)

