@@ -152,31 +152,21 @@ def _run_job(job: _Job) -> dict:
 def _process_file(job: _Job, state: _WorkerState) -> dict:
     """Process one file into its record; every exception becomes a status, so a run never stops."""
     start = time.perf_counter()
-    digest, stat = "", None
+    digest, stat, outputs = "", None, None
     try:
         stat = job.source.stat()
         data = job.source.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
     except OSError as err:
         result = ImageResult(UNREADABLE, f"cannot read file: {type(err).__name__}: {err}")
-        return manifest_record(
-            job.relative,
-            job.source,
-            digest,
-            stat,
-            state.cfg_hash,
-            state.detector.name,
-            result,
-            None,
-            time.perf_counter() - start,
-        )
-    try:
-        result = process_image(data, state.detector, state.template, state.config)
-        outputs = write_outputs(state.out_dir, job.relative, result) if result.status == OK else None
-    except Exception as err:  # noqa: BLE001 - one broken image (or a library bug on it) must not end the run
-        last = traceback.extract_tb(err.__traceback__)[-1]
-        result = ImageResult(ERROR, f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})")
-        outputs = None
+    else:
+        try:
+            result = process_image(data, state.detector, state.template, state.config)
+            outputs = write_outputs(state.out_dir, job.relative, result) if result.status == OK else None
+        except Exception as err:  # noqa: BLE001 - one broken image (or a library bug on it) must not end the run
+            last = traceback.extract_tb(err.__traceback__)[-1]
+            result = ImageResult(ERROR, f"{type(err).__name__}: {err} ({Path(last.filename).name}:{last.lineno})")
+            outputs = None
     return manifest_record(
         job.relative,
         job.source,

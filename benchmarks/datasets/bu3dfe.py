@@ -23,14 +23,15 @@ the F2D image, ICP with scale and point-to-plane error against the scan
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.datasets.io import DatasetFormatError, read_mesh, read_point_rows, scale_to_mm
-from benchmarks.datasets.paths import PATHS_FILE, Opened, open_dataset
+from benchmarks.datasets.paths import open_dataset
 
 N_LANDMARKS = 83
 _SUBJECT = re.compile(r"^[FM]\d{4}$")
@@ -122,20 +123,6 @@ class BU3DFE:
             yield BU3DFESample(subject, expression, race, image, scan, mesh.vertices, mesh.faces, landmarks)
 
 
-def open_bu3dfe(
-    root: str | Path | None = None,
-    *,
-    expression: str = "NE00",
-    unit_to_mm: float = 1.0,
-    paths_file: str | Path | None = PATHS_FILE,
-    environ: Mapping[str, str] | None = None,
-) -> Opened[BU3DFE]:
-    """Open BU-3DFE from ``root``, ``FACE3D_DATA_BU3DFE`` or ``paths.yaml``; skipped (dataset None,
-    one-line note) when not configured or absent."""
-    return open_dataset(
-        "bu3dfe",
-        root,
-        lambda found: BU3DFE(found, expression=expression, unit_to_mm=unit_to_mm),
-        paths_file=paths_file,
-        environ=environ,
-    )
+open_bu3dfe = partial(open_dataset, "bu3dfe", BU3DFE)
+"""``open_bu3dfe(root=None, *, paths_file, environ, **options)``: `BU3DFE` from ``root``, ``FACE3D_DATA_BU3DFE`` or
+``paths.yaml`` (`benchmarks.datasets.paths.open_dataset`); ``options`` are `BU3DFE`'s keyword arguments."""

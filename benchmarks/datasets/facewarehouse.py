@@ -28,14 +28,15 @@ gives a face-sized mesh; pass a number once you know it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.datasets.io import DatasetFormatError, read_counted_points, read_mesh, read_vertex_ids, scale_to_mm
-from benchmarks.datasets.paths import PATHS_FILE, Opened, open_dataset
+from benchmarks.datasets.paths import open_dataset
 
 N_POSES = 20
 _TESTER = re.compile(r"^Tester_(\d+)$")
@@ -143,24 +144,9 @@ class FaceWarehouse:
             yield FaceWarehouseSample(subject, pose, image, mesh_path, mesh.vertices, mesh.faces, landmarks, factor)
 
 
-def open_facewarehouse(
-    root: str | Path | None = None,
-    *,
-    subjects: Sequence[str | int] | None = None,
-    poses: Sequence[int] = tuple(range(N_POSES)),
-    unit_to_mm: float | str = "auto",
-    paths_file: str | Path | None = PATHS_FILE,
-    environ: Mapping[str, str] | None = None,
-) -> Opened[FaceWarehouse]:
-    """Open FaceWarehouse from ``root``, ``FACE3D_DATA_FACEWAREHOUSE`` or ``paths.yaml``; skipped
-    (dataset None, one-line note) when not configured or absent."""
-    return open_dataset(
-        "facewarehouse",
-        root,
-        lambda found: FaceWarehouse(found, subjects=subjects, poses=poses, unit_to_mm=unit_to_mm),
-        paths_file=paths_file,
-        environ=environ,
-    )
+open_facewarehouse = partial(open_dataset, "facewarehouse", FaceWarehouse)
+"""``open_facewarehouse(root=None, *, paths_file, environ, **options)``: `FaceWarehouse` from ``root``, ``FACE3D_DATA_FACEWAREHOUSE`` or
+``paths.yaml`` (`benchmarks.datasets.paths.open_dataset`); ``options`` are `FaceWarehouse`'s keyword arguments."""
 
 
 def _image(folder: Path, stem: str) -> Path:

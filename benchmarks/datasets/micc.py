@@ -38,12 +38,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.datasets.io import DatasetFormatError, read_mesh, read_pp, scale_to_mm
-from benchmarks.datasets.paths import PATHS_FILE, Opened, open_dataset
+from benchmarks.datasets.paths import open_dataset
 
 SETTINGS = ("Indoor-Cooperative", "PTZ-Indoor", "PTZ-Outdoor")
 SCAN_NAMES = ("frontal1", "frontal2")
@@ -174,24 +175,9 @@ class MICCFlorence:
         )
 
 
-def open_micc(
-    root: str | Path | None = None,
-    *,
-    scan_names: Sequence[str] = ("frontal1",),
-    frames_root: str | Path | None = None,
-    unit_to_mm: float = 1.0,
-    paths_file: str | Path | None = PATHS_FILE,
-    environ: Mapping[str, str] | None = None,
-) -> Opened[MICCFlorence]:
-    """Open MICC Florence from ``root``, ``FACE3D_DATA_MICC`` or ``paths.yaml``; skipped (dataset None,
-    one-line note) when not configured or absent."""
-    return open_dataset(
-        "micc",
-        root,
-        lambda found: MICCFlorence(found, scan_names=scan_names, frames_root=frames_root, unit_to_mm=unit_to_mm),
-        paths_file=paths_file,
-        environ=environ,
-    )
+open_micc = partial(open_dataset, "micc", MICCFlorence)
+"""``open_micc(root=None, *, paths_file, environ, **options)``: `MICCFlorence` from ``root``, ``FACE3D_DATA_MICC`` or
+``paths.yaml`` (`benchmarks.datasets.paths.open_dataset`); ``options`` are `MICCFlorence`'s keyword arguments."""
 
 
 def _scan_file(folder: Path) -> Path:

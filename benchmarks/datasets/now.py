@@ -32,15 +32,16 @@ half a millimetre (now_evaluation issue #27: ~1.87 mm mean on validation with th
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.datasets.io import DatasetFormatError, read_lines, read_mesh, read_pp, scale_to_mm, to_numpy
-from benchmarks.datasets.paths import PATHS_FILE, Opened, open_dataset
+from benchmarks.datasets.paths import open_dataset
 from geometry.mesh_io import write_obj
 from metrics import DM_TO_MM, NOW_LANDMARKS_68
 
@@ -168,23 +169,9 @@ class NoWValidation:
         return scans[0], landmarks[0]
 
 
-def open_now(
-    root: str | Path | None = None,
-    *,
-    challenges: Sequence[str] = CHALLENGES,
-    unit_to_mm: float = 1.0,
-    paths_file: str | Path | None = PATHS_FILE,
-    environ: Mapping[str, str] | None = None,
-) -> Opened[NoWValidation]:
-    """Open the NoW validation split from ``root``, ``FACE3D_DATA_NOW`` or ``paths.yaml``; skipped
-    (dataset None, one-line note) when not configured or absent."""
-    return open_dataset(
-        "now",
-        root,
-        lambda found: NoWValidation(found, challenges=challenges, unit_to_mm=unit_to_mm),
-        paths_file=paths_file,
-        environ=environ,
-    )
+open_now = partial(open_dataset, "now", NoWValidation)
+"""``open_now(root=None, *, paths_file, environ, **options)``: `NoWValidation` from ``root``, ``FACE3D_DATA_NOW`` or
+``paths.yaml`` (`benchmarks.datasets.paths.open_dataset`); ``options`` are `NoWValidation`'s keyword arguments."""
 
 
 def read_face_box(path: str | Path) -> tuple[float, float, float, float]:

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import yaml
 
@@ -107,15 +107,18 @@ def _from_paths_file(name: str, paths_file: str | Path | None) -> Path | None:
 
 def open_dataset(
     name: str,
-    root: str | Path | None,
-    build: Callable[[Path], T],
+    build: Callable[..., T],
+    root: str | Path | None = None,
     *,
     paths_file: str | Path | None = PATHS_FILE,
     environ: Mapping[str, str] | None = None,
+    **options: Any,
 ) -> Opened[T]:
-    """Locate dataset ``name`` and ``build`` it from its root, or skip it with a note."""
+    """Locate dataset ``name`` (``root``, else ``FACE3D_DATA_<NAME>``, else ``paths.yaml``) and ``build(found_root,
+    **options)`` it (the dataset class and its keyword options); skipped (dataset None, a one-line note) when not
+    configured or absent. Each dataset module binds its name and class: ``open_micc(root, scan_names=...)``."""
     found, note = locate(name, root, paths_file=paths_file, environ=environ)
     if found is None:
         return Opened(None, note)
-    dataset = build(found)
+    dataset = build(found, **options)
     return Opened(dataset, f"{note}, {len(dataset)} samples")
