@@ -2,7 +2,7 @@
 fitted to the mesh in 3D, to read every reconstruction's error between the mean face and this ceiling.
 
 `fit_model_to_mesh` starts from the similarity that maps the model's landmark vertices onto the target's
-landmarks (`metrics.fit_similarity`, Umeyama) and then alternates, for a handful of iterations:
+landmarks (`geometry.similarity.fit_similarity`, Umeyama) and then alternates, for a handful of iterations:
 
 1. correspondences, both ways, inside the scored crop (target points within ``crop_radius`` of the crop
    centre, the nose tip for the Genova protocol):
@@ -33,9 +33,9 @@ import torch
 from face_model.coefficients import Coefficients
 from face_model.model import NOSE_TIP_68
 from geometry.points import as_faces, as_points
-from geometry.similarity import SimilarityTransform, fit_similarity
+from geometry.similarity import SimilarityTransform, fit_similarity, rotation_from_vector
 from metrics import TriangleMesh, centroid_alignment, radius_mask
-from metrics.alignment import _residual_directions, _rodrigues
+from metrics.alignment import residual_directions
 from metrics.protocols import GENOVA_CROP_RADIUS_MM
 
 INNER_LANDMARKS = tuple(range(17, 68))
@@ -225,7 +225,7 @@ def fit_model_to_mesh(
         # direction, as `metrics.icp` does) jointly in the coefficients, which enter linearly, and a
         # small similarity applied after the current one, parametrised like ICP's point-to-plane step.
         moved = transform.apply(means + rows @ coeffs)
-        directions = _residual_directions(moved, points, normals)
+        directions = residual_directions(moved, points, normals)
         pivot = w @ moved / w.sum()
         lever = moved - pivot
         # d/dc of s R (means + rows c) + t along the direction: s (R^T d) . rows.
@@ -242,7 +242,7 @@ def fit_model_to_mesh(
         coeffs = coeffs + step[:n_coeffs]
         sigma = step[n_coeffs] if settings.with_scale else 0.0
         omega, tau = step[-6:-3], step[-3:]
-        rotation = _rodrigues(omega)
+        rotation = rotation_from_vector(omega)
         delta = SimilarityTransform(float(1.0 + sigma), rotation, pivot + tau - (1.0 + sigma) * rotation @ pivot)
         transform = delta.compose(transform)
 

@@ -56,6 +56,16 @@ class SimilarityTransform:
         return out
 
 
+def rotation_from_vector(omega: np.ndarray) -> np.ndarray:
+    """(3,) rotation vector (axis times angle in radians) -> (3, 3) rotation matrix (Rodrigues' formula)."""
+    angle = float(np.linalg.norm(omega))
+    if angle < 1e-15:
+        return np.eye(3)
+    k = omega / angle
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross
+
+
 def umeyama(
     source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, with_scale: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

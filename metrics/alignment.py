@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from geometry.points import as_points
-from geometry.similarity import SimilarityTransform, fit_similarity
+from geometry.similarity import SimilarityTransform, fit_similarity, rotation_from_vector
 from metrics.surface import TriangleMesh
 
 
@@ -94,12 +94,12 @@ def _plane_step(moved: np.ndarray, fixed: np.ndarray, normals: np.ndarray, with_
     omega, tau = solution[-6:-3], solution[-3:]
     if 1.0 + sigma <= 0:
         raise ValueError("point-to-plane ICP step collapsed the scale: the start is too far off")
-    rotation = _rodrigues(omega)
+    rotation = rotation_from_vector(omega)
     scale = 1.0 + sigma
     return SimilarityTransform(float(scale), rotation, centre + tau - scale * rotation @ centre)
 
 
-def _residual_directions(moved: np.ndarray, fixed: np.ndarray, normals: np.ndarray) -> np.ndarray:
+def residual_directions(moved: np.ndarray, fixed: np.ndarray, normals: np.ndarray) -> np.ndarray:
     """Unit directions of the residuals, the gradient of the point-to-surface distance.
 
     For a closest point inside a triangle this is the face normal (up to sign, which the squared
@@ -111,15 +111,6 @@ def _residual_directions(moved: np.ndarray, fixed: np.ndarray, normals: np.ndarr
     scale = np.abs(fixed).max() + np.abs(moved).max()
     tiny = length[:, 0] <= 1e-12 * scale
     return np.where(tiny[:, None], normals, residual / np.where(tiny[:, None], 1.0, length))
-
-
-def _rodrigues(omega: np.ndarray) -> np.ndarray:
-    angle = float(np.linalg.norm(omega))
-    if angle < 1e-15:
-        return np.eye(3)
-    k = omega / angle
-    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross
 
 
 def icp(
@@ -200,7 +191,7 @@ def icp(
             break
         if normals is not None:
             moved = transform.apply(moving[use])
-            delta = _plane_step(moved, fixed[use], _residual_directions(moved, fixed[use], normals[use]), with_scale)
+            delta = _plane_step(moved, fixed[use], residual_directions(moved, fixed[use], normals[use]), with_scale)
             transform = delta.compose(transform)
         else:
             transform = fit_similarity(moving[use], fixed[use], with_scale=with_scale)

@@ -18,7 +18,7 @@ millimetres unless ``ExportOptions(units="dm")``; a textured OBJ for the ICT mod
 panels: input, reconstruction over it, grey geometry, landmarks). `reconstruction.export` documents
 each file and the frames.
 
-Every image gets a record with a ``status`` (`REPORT_STATUSES`: those of `preprocessing.pipeline.STATUSES`,
+Every image gets a record with a ``status`` (`REPORT_STATUSES`: those of `preprocessing.image.STATUSES`,
 ok, unreadable, too_small, too_large, no_face, bad_landmarks, error, plus ``diverged``) and a ``reason``; a bad
 image never stops the run. Records are
 appended to ``out_dir/report.jsonl`` as soon as each image is done, so an interrupted run keeps

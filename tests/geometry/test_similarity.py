@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from geometry.similarity import SimilarityTransform, fit_similarity, procrustes, umeyama
+from geometry.similarity import SimilarityTransform, fit_similarity, procrustes, rotation_from_vector, umeyama
 
 
 @pytest.fixture
@@ -90,3 +90,9 @@ def test_umeyama_weights_and_two_dimensions():
     torch.testing.assert_close(translation[0], torch.tensor([3.0, -1.0], dtype=torch.float64))
     unweighted, _, _ = umeyama(source, target)
     assert abs(float(unweighted) - 0.8) > 1e-3
+
+
+def test_rotation_from_vector_agrees_with_scipy():
+    omega = np.array([0.3, -1.1, 0.7])
+    np.testing.assert_allclose(rotation_from_vector(omega), Rotation.from_rotvec(omega).as_matrix(), atol=1e-12)
+    np.testing.assert_array_equal(rotation_from_vector(np.zeros(3)), np.eye(3))
