@@ -29,9 +29,10 @@ Outputs under ``out_dir``:
   flat coefficient vectors (`face_model.coefficients.CoeffLayout` order, ``layout`` names the fields),
   ``identity`` and ``albedo`` shared over the clip, ``landmarks`` (n, 68, 2) in frame pixels, ``status`` of
   every frame and ``fps``; written when the frames are done, also when the run stops early;
-* ``overlay.mp4``: input | reconstruction over the input | grey geometry, every frame (lost ones show the input
-  alone), the smoothed coefficients, OpenCV's mp4v codec;
-* ``meshes/frame_NNNNNN.obj`` and ``.ply`` with ``meshes=True``: every frame's posed mesh (smoothed);
+* ``overlay.mp4``: input | reconstruction over the input | grey geometry | landmarks (the tracked ones red, the
+  model's green), every frame (lost ones show the input alone), the smoothed coefficients, OpenCV's mp4v codec;
+* ``meshes/frame_NNNNNN.obj``, ``.ply`` and ``.glb`` with ``meshes=True``: every frame's posed mesh (smoothed);
+  the ``.glb`` in metres, as every other binary glTF the project writes;
 * ``report.json``: frame counts, which frames were detected / tracked / lost / diverged (as ranges), the lost
   stretches, the timings per stage and the frames per second (wall and CPU time).
 
@@ -55,9 +56,9 @@ import numpy as np
 import torch
 
 from face_model.coefficients import Coefficients
-from geometry.mesh_io import write_obj, write_ply
+from geometry.mesh_io import write_glb, write_obj, write_ply
 from geometry.similarity import umeyama
-from preprocessing.align import align_face, template_from_face_model, warp_image
+from preprocessing.align import align_face, template_from_face_model, transform_points, warp_image
 from preprocessing.detect import DEFAULT_DETECTOR, FaceBox, FaceDetector, detect_largest_face, make_detector
 from reconstruction.pipeline import (
     CropBatch,
@@ -67,8 +68,15 @@ from reconstruction.pipeline import (
     prediction_checks,
     write_atomically,
 )
-from reconstruction.units import UNIT_SCALES
-from renderers.visualize import GEOMETRY_BACKGROUND, label, render_overlay_views
+from reconstruction.units import GLB_SCALE, UNIT_SCALES
+from renderers.visualize import (
+    GEOMETRY_BACKGROUND,
+    LANDMARK_COLOUR,
+    TARGET_COLOUR,
+    draw_landmarks,
+    label,
+    render_overlay_views,
+)
 
 DETECTED, TRACKED, LOST, DIVERGED, UNREADABLE = "detected", "tracked", "lost", "diverged", "unreadable"
 FRAME_STATUSES = (DETECTED, TRACKED, LOST, DIVERGED, UNREADABLE)
@@ -729,14 +737,16 @@ def _write_outputs(
                 coeffs = None if k is None else smoothed.index(k).to(model.mean_shape.device)
                 if mesh_folder is not None and coeffs is not None:
                     with torch.no_grad():
-                        posed = renderer.pose(model.shape(coeffs), coeffs)[0].cpu().numpy() * scale
+                        posed = renderer.pose(model.shape(coeffs), coeffs)[0].cpu().numpy()
                         colours = model.albedo(coeffs)[0].clamp(0, 1).cpu().numpy()
                     stem = mesh_folder / f"frame_{index:06d}"
-                    write_obj(stem.with_suffix(".obj"), posed, triangles, colours)
-                    write_ply(stem.with_suffix(".ply"), posed, triangles, colours)
+                    write_obj(stem.with_suffix(".obj"), posed * scale, triangles, colours)
+                    write_ply(stem.with_suffix(".ply"), posed * scale, triangles, colours)
+                    write_glb(stem.with_suffix(".glb"), posed * GLB_SCALE, triangles, colours)
                 if settings.overlay:
+                    frame = by_index[index]
                     strip = overlay_strip(
-                        renderer, coeffs, rgb, by_index[index].transform, crop_size, by_index[index].status
+                        renderer, coeffs, rgb, frame.transform, crop_size, frame.status, frame.landmarks
                     )
                     if writer is None:
                         writer = cv2.VideoWriter(
@@ -775,18 +785,28 @@ def overlay_strip(
     transform: np.ndarray | None,
     crop_size: int,
     status: str = LOST,
+    landmarks: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(H, 3W, 3) uint8: the frame | the reconstruction over it | the grey geometry alone, in the frame's pixels.
+    """(H, 4W, 3) uint8: the frame | the reconstruction over it | the grey geometry alone | the landmarks, in the
+    frame's pixels (the same four panels as a photo's overlay).
 
     The reconstruction is rendered in the crop's view at about the frame's resolution and warped back with the
-    inverse of the crop ``transform``; a frame without coefficients shows the input and two empty panels, the
-    second labelled with its ``status``."""
+    inverse of the crop ``transform``; ``landmarks`` (68, 2) are the frame's detected or tracked points in frame
+    pixels (red), drawn with the model's projected landmarks (green). A frame without coefficients shows the
+    input, an empty geometry panel and its tracked points if it has any, the second panel labelled with its
+    ``status``."""
     height, width = frame.shape[:2]
+    tracked = np.zeros((0, 2)) if landmarks is None else np.asarray(landmarks, np.float64)
+    points_caption = "red tracked, green model"
     if coeffs is None:
         empty = np.empty_like(frame)
         empty[:] = GEOMETRY_BACKGROUND
         caption = "no face" if status == LOST else status
-        return np.concatenate([label(frame, "input"), label(frame, caption), label(empty, "geometry")], axis=1)
+        points = draw_landmarks(frame, tracked, TARGET_COLOUR)
+        return np.concatenate(
+            [label(frame, "input"), label(frame, caption), label(empty, "geometry"), label(points, points_caption)],
+            axis=1,
+        )
     crop_scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
     # The panel has the frame's resolution over the crop (capped: a huge face needs no 4k render).
     panel = int(np.clip(round(crop_size / crop_scale), crop_size, 1024))
@@ -799,7 +819,14 @@ def overlay_strip(
     mask = mask[..., None] >= 128 if mask.ndim == 2 else mask[..., :1] >= 128
     over, _ = warp_image(over_panel, to_frame, (height, width))
     geometry, _ = warp_image(views.geometry, to_frame, (height, width), border_value=GEOMETRY_BACKGROUND[0])
+    model_points = transform_points(views.landmarks, to_frame)
+    points = draw_landmarks(draw_landmarks(frame, tracked, TARGET_COLOUR), model_points, LANDMARK_COLOUR)
     return np.concatenate(
-        [label(frame, "input"), label(np.where(mask, over, frame), "reconstruction"), label(geometry, "geometry")],
+        [
+            label(frame, "input"),
+            label(np.where(mask, over, frame), "reconstruction"),
+            label(geometry, "geometry"),
+            label(points, points_caption),
+        ],
         axis=1,
     )

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import trimesh
 from PIL import Image
 
 from reconstruction.pipeline import DivergenceLimits, RNetPredictor
@@ -23,6 +24,7 @@ from reconstruction.video import (
     frame_ranges,
     lost_stretches,
     one_euro,
+    overlay_strip,
     reconstruct_video,
     smooth_coefficients,
     tracking_failure,
@@ -194,10 +196,41 @@ def test_clip_is_detected_once_then_tracked_with_every_output(takeo, predictor, 
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 10
     ok, first = capture.read()
     capture.release()
-    assert ok and first.shape == (240, 3 * 320, 3)
+    assert ok and first.shape == (240, 4 * 320, 3)
     meshes = sorted((tmp_path / "out" / "meshes").iterdir())
-    assert len(meshes) == 20 and meshes[0].name == "frame_000000.obj"
+    assert len(meshes) == 30 and [m.name for m in meshes[:3]] == [f"frame_000000.{e}" for e in ("glb", "obj", "ply")]
+    # The glTF holds the same posed mesh as the PLY, in metres instead of millimetres.
+    glb = trimesh.load(meshes[0], force="mesh", process=False)
+    ply = trimesh.load(meshes[2], process=False)
+    np.testing.assert_allclose(np.asarray(glb.vertices) * 1000.0, np.asarray(ply.vertices), rtol=1e-5, atol=1e-2)
     assert not list((tmp_path / "out").glob(".*partial*"))
+
+
+def test_overlay_strip_draws_both_landmark_sets_where_they_belong_in_the_frame(predictor):
+    renderer = predictor.renderer
+    model = renderer.face_model
+    coeffs = model.layout.zeros(1)
+    crop = int(renderer.camera.image_size[0])
+    # The crop is the frame's region from (40, 20) at half the frame's resolution.
+    transform = np.array([[0.5, 0.0, -20.0], [0.0, 0.5, -10.0]])
+    frame = np.full((480, 640, 3), 128, np.uint8)
+    tracked = np.array([[15.5, 470.5], [620.5, 15.5]])  # outside the crop, away from the model's points
+    strip = overlay_strip(renderer, coeffs, frame, transform, crop, TRACKED, tracked)
+    assert strip.shape == (480, 4 * 640, 3)
+    panel = strip[:, 3 * 640 :].astype(int)
+    red, green = np.array([230, 40, 40]), np.array([40, 220, 40])
+    for x, y in tracked:
+        assert np.abs(panel[int(y), int(x)] - red).sum() < 30
+    # Independently: the model's landmarks at the crop's size, taken back to the frame by the crop's inverse.
+    with torch.no_grad():
+        in_crop = renderer(coeffs).landmarks[0].numpy()
+    in_frame = (in_crop - transform[:, 2]) / 0.5
+    hits = [np.abs(panel[int(y), int(x)] - green).sum() < 30 for x, y in in_frame]
+    assert np.mean(hits) > 0.9
+
+    lost = overlay_strip(renderer, None, frame, None, crop, LOST, tracked)
+    assert lost.shape == (480, 4 * 640, 3)
+    assert np.abs(lost[int(tracked[0, 1]), 3 * 640 + int(tracked[0, 0])].astype(int) - red).sum() < 30
 
 
 def test_a_face_that_leaves_is_lost_then_found_again(takeo, predictor, detector, tmp_path):
