@@ -13,6 +13,7 @@ import torch
 from datamodules.image_sets import (
     DEGRADATIONS,
     ImageSetDataModule,
+    ImageSetSettings,
     PreparedImageSetDataset,
     SyntheticImageSetDataset,
     collate_image_sets,
@@ -25,10 +26,25 @@ from datamodules.prepared import read_prepared
 SIZE = 48
 
 
+RUNTIME = ("split", "image_size", "cache_dir", "prior", "device", "backend")
+
+
 def make_sets(face_model, n_sets=4, **overrides):
-    args = dict(set_size=5, split="train", seed=5, image_size=SIZE, degrade_probability=0.6, render_batch_size=16)
-    args.update(overrides)
-    return SyntheticImageSetDataset(face_model, n_sets, **args)
+    """``n_sets`` sets in their split; ``overrides`` are `ImageSetSettings` fields or runtime arguments."""
+    runtime = {"split": "train", "image_size": SIZE, **{k: v for k, v in overrides.items() if k in RUNTIME}}
+    settings = dict(
+        n_train=n_sets,
+        n_val=n_sets,
+        n_test=n_sets,
+        set_size=5,
+        seed=5,
+        degrade_probability=0.6,
+        render_batch_size=16,
+        # The dataset's landmark noise before the settings held every default.
+        landmark_noise_px=2.0,
+    )
+    settings.update({k: v for k, v in overrides.items() if k not in RUNTIME})
+    return SyntheticImageSetDataset(face_model, ImageSetSettings(**settings), **runtime)
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +166,14 @@ def test_prepared_photos_are_grouped_by_folder_into_sets(tmp_path):
     train, val = split_identities(groups, 0.0)
     assert sorted(train) == ["alice", "bob"] and not val
 
-    fixed = PreparedImageSetDataset(groups, set_size=2, image_size=16, random_sets=False, sets_per_identity=2)
+    two_of_two = ImageSetSettings(kind="prepared", set_size=2, sets_per_identity=2)
+    fixed = PreparedImageSetDataset(groups, two_of_two, image_size=16, random_sets=False)
     assert len(fixed) == 4
     assert [r.source for r in fixed.choose(0)] == [r.source for r in fixed.choose(0)]
     batch = collate_image_sets([fixed[0], fixed[2]])
     assert batch.images.shape == (2, 2, 3, 16, 16) and batch.ground_truth is None and batch.metadata is None
     assert batch.landmarks[0, 0, 0, 0] < 16  # landmarks scaled with the crop
-    everything = PreparedImageSetDataset(groups, set_size=5, image_size=None)
+    everything = PreparedImageSetDataset(groups, ImageSetSettings(kind="prepared"), image_size=None, random_sets=True)
     padded = collate_image_sets([everything[0], everything[1]])
     assert torch.equal(padded.valid.sum(1), torch.tensor([3, 2])) and not padded.full
     with pytest.raises(ValueError, match="one folder per person"):
