@@ -205,3 +205,24 @@ def test_photo_look_side_light_lights_the_side_the_coefficients_say(ict_small):
         # A positive x band brightens the subject's right (image left); the photo look lights from there.
         lit_left = float(lighting[k, 0, 3]) > 0
         assert (left_mean > right_mean) == lit_left, (k, left_mean, right_mean)
+
+
+def test_prepared_sets_of_few_people_still_validate_on_one(tmp_path):
+    sources = ["alice/1.png", "alice/2.png", "bob/a.png", "bob/b.png", "carol/x.png", "carol/y.png"]
+    _write_prepared(tmp_path, sources)
+    settings = ImageSetSettings(kind="prepared", root=str(tmp_path), val_fraction=0.01, set_size=2, batch_size=2)
+    with pytest.warns(UserWarning, match="holding out one"):
+        datamodule = ImageSetDataModule.from_settings(settings, None, image_size=16)
+    train, val = datamodule.dataset("train"), datamodule.dataset("val")
+    assert len(val) == 1 and len(train) == 2 and not set(train.names) & set(val.names)
+    batch = next(iter(datamodule.val_dataloader()))
+    assert batch.images.shape == (1, 2, 3, 16, 16)
+
+
+def test_bad_image_set_settings_are_named():
+    with pytest.raises(ValueError, match="min_set_size"):
+        ImageSetSettings(set_size=3, min_set_size=4)
+    with pytest.raises(ValueError, match="unknown degradations"):
+        ImageSetSettings(degradations=("rain",))
+    with pytest.raises(ValueError, match="image-set kind"):
+        ImageSetSettings(kind="video")
