@@ -276,7 +276,84 @@ class SyntheticArrays:
         )
 
 
-class SyntheticFaceDataset(CachedGeneration, Dataset):
+class RenderedFaceDataset(CachedGeneration, Dataset):
+    """What the rendered datasets share (`SyntheticFaceDataset` here, `datamodules.synthetic_sets`' image sets): a
+    private CPU copy of the face model, the crop's camera, the prior with the settings' angle ranges, the look, and
+    how and where to render.
+
+    ``settings`` is the subclass's settings dataclass; it has ``seed``, ``max_yaw_deg``, ``max_pitch_deg``,
+    ``max_roll_deg``, ``landmark_noise_px``, ``pixel_noise_std``, ``render_batch_size`` and ``appearance``.
+    """
+
+    def __init__(
+        self,
+        face_model: FaceModel,
+        settings,
+        split: str,
+        image_size: int,
+        cache_dir: str | Path | None,
+        prior: CoefficientPrior,
+        device: str | torch.device,
+        backend: str,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        if image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        # A private CPU copy: the caller's model may move to a GPU with the LightningModule that shares it,
+        # while ground-truth vertices are computed here, possibly in DataLoader workers.
+        self.face_model = copy.deepcopy(face_model).cpu()
+        self.settings = settings
+        self.split = split
+        self.seed = settings.seed
+        self.image_size = image_size
+        self.landmark_noise_px = settings.landmark_noise_px
+        self.pixel_noise_std = settings.pixel_noise_std
+        self.prior = dataclasses.replace(
+            prior, yaw_deg=settings.max_yaw_deg, pitch_deg=settings.max_pitch_deg, roll_deg=settings.max_roll_deg
+        )
+        self.camera = PinholeCamera().resized(image_size, image_size)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.appearance = settings.appearance
+        self.render_batch_size = settings.render_batch_size
+        self.device = torch.device(device)
+        self.backend = backend
+        self._scene: HeadScene | None = None
+        self.generation_seconds: float | None = None
+        """Wall time of the generation, None until generated (or when read from the cache)."""
+        self._arrays = None
+        self._cache_key: str | None = None
+
+    @property
+    def layout(self) -> CoeffLayout:
+        return self.face_model.layout
+
+    @property
+    def scene(self) -> HeadScene:
+        """What the photo look renders (built on first use, shared by datasets of the same face model)."""
+        if self._scene is None:
+            self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
+        return self._scene
+
+    def renderer_and_template(self) -> tuple[MeshRenderer, np.ndarray]:
+        """The renderer on the generation device and the crop's alignment template."""
+        model = self.face_model if self.device.type == "cpu" else copy.deepcopy(self.face_model).to(self.device)
+        return MeshRenderer(model, self.camera, backend=self.backend), template_from_face_model(model, self.camera)
+
+    def render_model_look(
+        self, renderer: MeshRenderer, coeffs: Coefficients
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The face model's own render: (B, 3, H, W) image in [0, 1], (B, 1, H, W) mask, (B, 68, 2) landmarks."""
+        with torch.no_grad():
+            out = renderer(coeffs)
+        return out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu(), out.landmarks.float().cpu().numpy()
+
+    def background_style(self) -> str:
+        # The model look keeps its procedural backgrounds (what it always had).
+        return "procedural" if self.appearance.look == "model" else self.appearance.background
+
+
+class SyntheticFaceDataset(RenderedFaceDataset):
     """Rendered random faces with weak labels and 3D ground truth (see the module docstring).
 
     Generated once, on first access, and cached under ``cache_dir`` (`datamodules.generated_cache`).
@@ -311,40 +388,11 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         device: str | torch.device = "cpu",
         backend: str = "auto",
     ) -> None:
-        n_samples = settings.size(split)
-        if image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
-        # A private CPU copy: the caller's model may move to a GPU with the LightningModule that shares it,
-        # while ground-truth vertices are computed here, possibly in DataLoader workers.
-        self.face_model = copy.deepcopy(face_model).cpu()
-        self.settings = settings
-        self.n_samples = n_samples
-        self.split = split
-        self.seed = settings.seed
-        self.image_size = image_size
+        super().__init__(face_model, settings, split, image_size, cache_dir, prior, device, backend)
+        self.n_samples = settings.size(split)
         self.occluder_probability = settings.occluder_probability
-        self.landmark_noise_px = settings.landmark_noise_px
-        self.pixel_noise_std = settings.pixel_noise_std
-        self.prior = dataclasses.replace(
-            prior, yaw_deg=settings.max_yaw_deg, pitch_deg=settings.max_pitch_deg, roll_deg=settings.max_roll_deg
-        )
-        self.camera = PinholeCamera().resized(image_size, image_size)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.appearance = settings.appearance
-        self.render_batch_size = settings.render_batch_size
-        self.device = torch.device(device)
-        self.backend = backend
-        self._scene: HeadScene | None = None
-        self.generation_seconds: float | None = None
-        """Wall time of the generation, None until generated (or when read from the cache)."""
-        self._arrays: SyntheticArrays | None = None
-        self._cache_key: str | None = None
 
     # ----------------------------------------------------------------------------------- cache identity
-
-    @property
-    def layout(self) -> CoeffLayout:
-        return self.face_model.layout
 
     def generation_parameters(self) -> dict:
         """Everything that determines the generated arrays (the cache key is a hash of this)."""
@@ -384,9 +432,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         )
 
     def generate(self) -> SyntheticArrays:
-        model = self.face_model if self.device.type == "cpu" else copy.deepcopy(self.face_model).to(self.device)
-        renderer = MeshRenderer(model, self.camera, backend=self.backend)
-        template = template_from_face_model(model, self.camera)
+        renderer, template = self.renderer_and_template()
         parts = []
         # tqdm hides itself when the output is not a terminal (logs, CI).
         with tqdm(total=self.n_samples, desc=f"synthetic {self.split}", unit="face", disable=None, leave=False) as bar:
@@ -422,13 +468,6 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             ]
         )
 
-    @property
-    def scene(self) -> HeadScene:
-        """What the photo look renders (built on first use, shared by datasets of the same face model)."""
-        if self._scene is None:
-            self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
-        return self._scene
-
     def focal_scales(self, indices: range | list[int]) -> list[float]:
         """Each sample's focal length relative to the crop's camera (1 in the model look)."""
         if self.appearance.look == "model":
@@ -440,9 +479,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
         if self.appearance.look == "model":
-            with torch.no_grad():
-                out = renderer(coeffs)
-            return out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu(), out.landmarks.float().cpu().numpy()
+            return self.render_model_look(renderer, coeffs)
         settings = self.appearance
         looks = [sample_identity_look(sample_rng(self.seed, self.split, i, "look"), settings) for i in indices]
         lights = [sample_picture_light(sample_rng(self.seed, self.split, i, "light"), settings) for i in indices]
@@ -458,8 +495,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             renderer.face_model, self.sample_coefficients(indices).to(self.device), self.camera, template, focal
         )
         render, mask, clean = self._render(renderer, shown, cameras, indices)
-        # The model look keeps its procedural backgrounds (what it always had).
-        style = "procedural" if self.appearance.look == "model" else self.appearance.background
+        style = self.background_style()
         backgrounds = np.stack(
             [draw_background(sample_rng(self.seed, self.split, i, "background"), size, size, style) for i in indices]
         )

@@ -16,7 +16,6 @@ What is generated is set by `datamodules.image_sets.ImageSetSettings`.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -26,10 +25,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from datamodules.appearance import (
-    HeadScene,
     degrade_picture,
     render_photo,
     sample_focal_scale,
@@ -38,19 +35,11 @@ from datamodules.appearance import (
     side_light,
 )
 from datamodules.backgrounds import draw_background, draw_occluder
-from datamodules.generated_cache import CachedGeneration
 from datamodules.loaders import SPLITS
-from datamodules.synthetic import (
-    model_digest,
-    place_faces,
-    project_landmarks,
-    shared_head_scene,
-    soft_composite,
-)
+from datamodules.synthetic import RenderedFaceDataset, model_digest, place_faces, project_landmarks, soft_composite
 from face_model.coefficients import SH_BANDS, Coefficients
 from face_model.model import FaceModel
 from face_model.sampling import CoefficientPrior, sample_lighting
-from preprocessing.align import template_from_face_model
 from preprocessing.skin import skin_posterior_torch
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
@@ -129,7 +118,7 @@ class Degradation:
     side_ambient: float = -0.35
 
 
-class SyntheticImageSetDataset(CachedGeneration, Dataset):
+class SyntheticImageSetDataset(RenderedFaceDataset):
     """Rendered image sets of random identities with 3D ground truth (see the module docstring).
 
     Args:
@@ -161,37 +150,14 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         device: str | torch.device = "cpu",
         backend: str = "auto",
     ) -> None:
-        n_sets = settings.size(split)
-        if image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {image_size}")
-        self.face_model = copy.deepcopy(face_model).cpu()
-        self.layout = self.face_model.layout
-        self.settings = settings
-        self.n_sets = n_sets
+        super().__init__(face_model, settings, split, image_size, cache_dir, prior, device, backend)
+        self.n_sets = settings.size(split)
         self.set_size = settings.set_size
         self.min_set_size = settings.min_set_size
-        self.split = split
-        self.seed = settings.seed
-        self.image_size = image_size
         self.albedo_jitter = settings.albedo_jitter
         self.degrade_probability = settings.degrade_probability
         self.degradations = tuple(settings.degradations)
         self.degradation = settings.degradation
-        self.landmark_noise_px = settings.landmark_noise_px
-        self.pixel_noise_std = settings.pixel_noise_std
-        self.prior = dataclasses.replace(
-            prior, yaw_deg=settings.max_yaw_deg, pitch_deg=settings.max_pitch_deg, roll_deg=settings.max_roll_deg
-        )
-        self.camera = PinholeCamera().resized(image_size, image_size)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.appearance = settings.appearance
-        self._scene: HeadScene | None = None
-        self.render_batch_size = settings.render_batch_size
-        self.device = torch.device(device)
-        self.backend = backend
-        self._arrays: SyntheticSetArrays | None = None
-        self._cache_key: str | None = None
-        self.generation_seconds: float | None = None
 
     # ------------------------------------------------------------------------------------------ cache
 
@@ -292,9 +258,7 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
             sizes.append(len(plan["yaw_deg"]))
             jobs += [(i, j, *self.picture_draws(i, j, plan)) for j in range(len(plan["yaw_deg"]))]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        model = self.face_model if self.device.type == "cpu" else copy.deepcopy(self.face_model).to(self.device)
-        renderer = MeshRenderer(model, self.camera, backend=self.backend)
-        template = template_from_face_model(model, self.camera)
+        renderer, template = self.renderer_and_template()
         parts = [
             self._generate_batch(renderer, template, jobs[start : start + self.render_batch_size])
             for start in range(0, len(jobs), self.render_batch_size)
@@ -311,21 +275,12 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
             )
         return SyntheticSetArrays(offsets, *(np.concatenate([p[k] for p in parts]) for k in range(5)))
 
-    @property
-    def scene(self) -> HeadScene:
-        """What the photo look renders (built on first use, shared by datasets of the same face model)."""
-        if self._scene is None:
-            self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
-        return self._scene
-
     def _render(
         self, renderer: MeshRenderer, coeffs: Coefficients, cameras: list[PinholeCamera], jobs: list
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
         if self.appearance.look == "model":
-            with torch.no_grad():
-                out = renderer(coeffs)
-            return out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu(), out.landmarks.float().cpu().numpy()
+            return self.render_model_look(renderer, coeffs)
         settings = self.appearance
         looks: dict[int, object] = {}
         lights = []
@@ -361,7 +316,7 @@ class SyntheticImageSetDataset(CachedGeneration, Dataset):
         drawn = Coefficients.cat([job[2] for job in jobs]).to(self.device)
         shown, coeffs, cameras = place_faces(renderer.face_model, drawn, self.camera, template, focal)
         render, mask, clean = self._render(renderer, shown, cameras, jobs)
-        style = "procedural" if self.appearance.look == "model" else self.appearance.background
+        style = self.background_style()
         backgrounds = np.stack(
             [
                 draw_background(set_rng(self.seed, self.split, i, "background", j), size, size, style)

@@ -237,18 +237,23 @@ def _refuse_other_files(checkpoint, path: Path) -> None:
         )
 
 
-def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu") -> RNetSource:
-    """Trained R-Net weights: ``"bundled"`` (the R-Net shipped in ``networks/weights/``), a weights folder or its
-    ``rnet.pt`` (written by ``face3d export-weights``; checksum verified), or a ``face3d train`` checkpoint."""
+def _weights_folder(source: str | Path) -> Path | None:
+    """The weights folder ``source`` names (``"bundled"``, a folder, or the ``rnet.pt`` beside its model card);
+    None when it names something else (a ``face3d train`` checkpoint)."""
     from networks.bundled_weights import BUNDLED_DIR, CARD_NAME, WEIGHTS_NAME
 
     if str(source) == BUNDLED:
-        return _weights_source(BUNDLED_DIR)
+        return BUNDLED_DIR
     path = Path(source)
     if path.is_dir():
-        return _weights_source(path)
+        return path
     if path.name == WEIGHTS_NAME and (path.parent / CARD_NAME).is_file():
-        return _weights_source(path.parent)
+        return path.parent
+    return None
+
+
+def _read_rnet_checkpoint(path: Path, map_location: str | torch.device) -> tuple[dict, ExperimentConfig]:
+    """A ``face3d train`` checkpoint and its config; FileNotFoundError or ValueError saying what to pass instead."""
     checkpoint = _read_checkpoint(
         path,
         map_location,
@@ -257,7 +262,17 @@ def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu
         "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)",
     )
     _refuse_other_files(checkpoint, path)
-    cfg = config_from_checkpoint(checkpoint, path)
+    return checkpoint, config_from_checkpoint(checkpoint, path)
+
+
+def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu") -> RNetSource:
+    """Trained R-Net weights: ``"bundled"`` (the R-Net shipped in ``networks/weights/``), a weights folder or its
+    ``rnet.pt`` (written by ``face3d export-weights``; checksum verified), or a ``face3d train`` checkpoint."""
+    folder = _weights_folder(source)
+    if folder is not None:
+        return _weights_source(folder)
+    path = Path(source)
+    checkpoint, cfg = _read_rnet_checkpoint(path, map_location)
     state = checkpoint.get("state_dict", {})
     rnet_state = {k.removeprefix("rnet."): v for k, v in state.items() if k.startswith("rnet.")}
     if not rnet_state:
@@ -287,28 +302,13 @@ def load_rnet_state(rnet, state_dict: dict, origin: str) -> None:
 def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild an `RNetModule` and its config from a checkpoint written by ``face3d train``, or from R-Net weights
     (``"bundled"`` or a ``face3d export-weights`` folder, see `read_rnet_source`)."""
-    from networks.bundled_weights import CARD_NAME, WEIGHTS_NAME
-
-    path_like = Path(path)
-    if (
-        str(path) == BUNDLED
-        or path_like.is_dir()
-        or (path_like.name == WEIGHTS_NAME and (path_like.parent / CARD_NAME).is_file())
-    ):
+    if _weights_folder(path) is not None:
         source = read_rnet_source(path, map_location)
         module = build_rnet_module(_for_checkpoint_weights(source.config))
         load_rnet_state(module.rnet, source.state_dict, source.origin)
         return module.eval(), source.config
-    path = path_like
-    checkpoint = _read_checkpoint(
-        path,
-        map_location,
-        f"checkpoint {path} not found; train one with `make "
-        "train-single` or `face3d train --config NAME` (checkpoints are under "
-        "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)",
-    )
-    _refuse_other_files(checkpoint, path)
-    cfg = config_from_checkpoint(checkpoint, path)
+    path = Path(path)
+    checkpoint, cfg = _read_rnet_checkpoint(path, map_location)
     module = build_rnet_module(_for_checkpoint_weights(cfg))
     try:
         missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
