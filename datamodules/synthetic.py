@@ -285,16 +285,20 @@ class RenderedFaceDataset(CachedGeneration, Dataset):
     ``max_roll_deg``, ``landmark_noise_px``, ``pixel_noise_std``, ``render_batch_size`` and ``appearance``.
     """
 
+    cache_version: int
+    """Part of the cache key: each subclass bumps its own whenever a change alters what given settings generate."""
+
     def __init__(
         self,
         face_model: FaceModel,
         settings,
-        split: str,
+        split: str = "train",
+        *,
         image_size: int,
-        cache_dir: str | Path | None,
-        prior: CoefficientPrior,
-        device: str | torch.device,
-        backend: str,
+        cache_dir: str | Path | None = None,
+        prior: CoefficientPrior = CoefficientPrior(),
+        device: str | torch.device = "cpu",
+        backend: str = "auto",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -327,6 +331,24 @@ class RenderedFaceDataset(CachedGeneration, Dataset):
     @property
     def layout(self) -> CoeffLayout:
         return self.face_model.layout
+
+    def generation_parameters(self) -> dict:
+        """What every rendered dataset's pictures depend on; subclasses add their own (the cache key hashes it)."""
+        return {
+            "version": self.cache_version,
+            "split": self.split,
+            "seed": self.seed,
+            "image_size": self.image_size,
+            "landmark_noise_px": self.landmark_noise_px,
+            "pixel_noise_std": self.pixel_noise_std,
+            "prior": dataclasses.asdict(self.prior),
+            "appearance": self.appearance.as_dict(),
+            "face_model": {
+                "name": self.face_model.name,
+                "layout": dataclasses.asdict(self.layout),
+                "digest": model_digest(self.face_model),
+            },
+        }
 
     @property
     def scene(self) -> HeadScene:
@@ -375,46 +397,20 @@ class SyntheticFaceDataset(RenderedFaceDataset):
     """
 
     array_type = SyntheticArrays
+    cache_version = CACHE_VERSION
 
-    def __init__(
-        self,
-        face_model: FaceModel,
-        settings: SyntheticFaceSettings = SyntheticFaceSettings(),
-        split: str = "train",
-        *,
-        image_size: int,
-        cache_dir: str | Path | None = None,
-        prior: CoefficientPrior = CoefficientPrior(),
-        device: str | torch.device = "cpu",
-        backend: str = "auto",
-    ) -> None:
-        super().__init__(face_model, settings, split, image_size, cache_dir, prior, device, backend)
-        self.n_samples = settings.size(split)
-        self.occluder_probability = settings.occluder_probability
+    @property
+    def n_samples(self) -> int:
+        return self.settings.size(self.split)
 
     # ----------------------------------------------------------------------------------- cache identity
 
     def generation_parameters(self) -> dict:
-        """Everything that determines the generated arrays (the cache key is a hash of this)."""
-        return {
-            "version": CACHE_VERSION,
-            "n_samples": self.n_samples,
-            "split": self.split,
-            "seed": self.seed,
-            "image_size": self.image_size,
-            "occluder_probability": self.occluder_probability,
-            "landmark_noise_px": self.landmark_noise_px,
-            "pixel_noise_std": self.pixel_noise_std,
-            "prior": dataclasses.asdict(self.prior),
-            "appearance": self.appearance.as_dict(),
-            "face_model": {
-                "name": self.face_model.name,
-                "vertices": self.face_model.n_vertices,
-                "triangles": int(self.face_model.triangles.shape[0]),
-                "layout": dataclasses.asdict(self.layout),
-                "digest": model_digest(self.face_model),
-            },
-        }
+        params = super().generation_parameters()
+        params["face_model"].update(
+            vertices=self.face_model.n_vertices, triangles=int(self.face_model.triangles.shape[0])
+        )
+        return {**params, "n_samples": self.n_samples, "occluder_probability": self.settings.occluder_probability}
 
     def cache_stem(self) -> str:
         return f"synthetic-{self.face_model.name}-{self.split}-{self.n_samples}x{self.image_size}"
@@ -509,7 +505,7 @@ class SyntheticFaceDataset(RenderedFaceDataset):
         for k, i in enumerate(indices):
             rng = sample_rng(self.seed, self.split, i, "occluder")
             # The decision is drawn whatever the probability, so the stream's later draws do not depend on it.
-            if rng.random() < self.occluder_probability:
+            if rng.random() < self.settings.occluder_probability:
                 kind = int(rng.integers(len(OCCLUDER_KINDS)))
                 images[k], coverage = draw_occluder(images[k], clean[k], rng, OCCLUDER_KINDS[kind])
                 occluder[k], occlusion[k] = kind, coverage > 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
@@ -36,17 +35,16 @@ from datamodules.appearance import (
 )
 from datamodules.backgrounds import draw_background, draw_occluder
 from datamodules.loaders import SPLITS
-from datamodules.synthetic import RenderedFaceDataset, model_digest, place_faces, project_landmarks, soft_composite
+from datamodules.synthetic import RenderedFaceDataset, place_faces, project_landmarks, soft_composite
 from face_model.coefficients import SH_BANDS, Coefficients
-from face_model.model import FaceModel
-from face_model.sampling import CoefficientPrior, sample_lighting
+from face_model.sampling import sample_lighting
 from preprocessing.skin import skin_posterior_torch
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
 
 if TYPE_CHECKING:
     # The settings live beside the DataModule, which imports this module.
-    from datamodules.image_sets import ImageSetSettings
+    pass
 
 DEGRADATIONS = ("none", "occluder", "blur", "noise", "side_light")
 """Per-picture degradation kinds; `SetMetadata.degradation` indexes this tuple."""
@@ -137,53 +135,29 @@ class SyntheticImageSetDataset(RenderedFaceDataset):
     """
 
     array_type = SyntheticSetArrays
+    cache_version = CACHE_VERSION
 
-    def __init__(
-        self,
-        face_model: FaceModel,
-        settings: ImageSetSettings,
-        split: str = "train",
-        *,
-        image_size: int,
-        cache_dir: str | Path | None = None,
-        prior: CoefficientPrior = CoefficientPrior(),
-        device: str | torch.device = "cpu",
-        backend: str = "auto",
-    ) -> None:
-        super().__init__(face_model, settings, split, image_size, cache_dir, prior, device, backend)
-        self.n_sets = settings.size(split)
-        self.set_size = settings.set_size
-        self.min_set_size = settings.min_set_size
-        self.albedo_jitter = settings.albedo_jitter
-        self.degrade_probability = settings.degrade_probability
-        self.degradations = tuple(settings.degradations)
-        self.degradation = settings.degradation
+    @property
+    def n_sets(self) -> int:
+        return self.settings.size(self.split)
+
+    @property
+    def set_size(self) -> int:
+        return self.settings.set_size
 
     # ------------------------------------------------------------------------------------------ cache
 
     def generation_parameters(self) -> dict:
-        """Everything that decides the generated pictures (the cache key hashes it)."""
+        settings = self.settings
         return {
-            "version": CACHE_VERSION,
+            **super().generation_parameters(),
             "n_sets": self.n_sets,
             "set_size": self.set_size,
-            "min_set_size": self.min_set_size,
-            "split": self.split,
-            "seed": self.seed,
-            "image_size": self.image_size,
-            "albedo_jitter": self.albedo_jitter,
-            "degrade_probability": self.degrade_probability,
-            "degradations": list(self.degradations),
-            "degradation": dataclasses.asdict(self.degradation),
-            "landmark_noise_px": self.landmark_noise_px,
-            "pixel_noise_std": self.pixel_noise_std,
-            "prior": dataclasses.asdict(self.prior),
-            "appearance": self.appearance.as_dict(),
-            "face_model": {
-                "name": self.face_model.name,
-                "layout": dataclasses.asdict(self.layout),
-                "digest": model_digest(self.face_model),
-            },
+            "min_set_size": settings.min_set_size,
+            "albedo_jitter": settings.albedo_jitter,
+            "degrade_probability": settings.degrade_probability,
+            "degradations": list(settings.degradations),
+            "degradation": dataclasses.asdict(settings.degradation),
         }
 
     def cache_stem(self) -> str:
@@ -210,8 +184,8 @@ class SyntheticImageSetDataset(RenderedFaceDataset):
         size_draw = rng.random()
         size = (
             self.set_size
-            if self.min_set_size is None
-            else self.min_set_size + int(size_draw * (self.set_size - self.min_set_size + 1))
+            if self.settings.min_set_size is None
+            else self.settings.min_set_size + int(size_draw * (self.set_size - self.settings.min_set_size + 1))
         )
         # Stratified yaws: one picture per equal bin of [-max, max], in random order.
         bins = rng.permutation(size)
@@ -223,7 +197,7 @@ class SyntheticImageSetDataset(RenderedFaceDataset):
         rng = set_rng(self.seed, self.split, set_index, "coefficients", image)
         layout, prior, deg = self.layout, self.prior, math.pi / 180.0
         expression = rng.standard_normal(layout.n_exp) * prior.expression_std
-        albedo = plan["albedo"] + rng.standard_normal(layout.n_tex) * self.albedo_jitter
+        albedo = plan["albedo"] + rng.standard_normal(layout.n_tex) * self.settings.albedo_jitter
         pitch, roll = rng.uniform(-1.0, 1.0, 2) * (prior.pitch_deg, prior.roll_deg)
         angles = np.array([pitch, plan["yaw_deg"][image], roll]) * deg
         generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
@@ -234,11 +208,14 @@ class SyntheticImageSetDataset(RenderedFaceDataset):
         kind = 0
         # All draws happen whatever the probability, so the stream does not depend on it.
         degrade, choice, side = decision.random(), int(decision.integers(1 << 30)), decision.choice([-1.0, 1.0])
-        if degrade < self.degrade_probability:
-            kind = DEGRADATIONS.index(self.degradations[choice % len(self.degradations)])
+        if degrade < self.settings.degrade_probability:
+            kind = DEGRADATIONS.index(self.settings.degradations[choice % len(self.settings.degradations)])
         if DEGRADATIONS[kind] == "side_light":
             lighting = side_lit(
-                lighting, side * self.degradation.side_light, self.degradation.side_ambient, layout.sh_channels
+                lighting,
+                side * self.settings.degradation.side_light,
+                self.settings.degradation.side_ambient,
+                layout.sh_channels,
             )
         as_row = lambda values: torch.as_tensor(np.asarray(values), dtype=torch.float32).reshape(1, -1)  # noqa: E731
         coeffs = Coefficients(
@@ -359,10 +336,12 @@ class SyntheticImageSetDataset(RenderedFaceDataset):
         if kind == "occluder":
             return draw_occluder(image, landmarks, rng)[0]
         if kind == "blur":
-            sigma = rng.uniform(*self.degradation.blur_sigma_px) * scale
+            sigma = rng.uniform(*self.settings.degradation.blur_sigma_px) * scale
             return cv2.GaussianBlur(image, (0, 0), sigma)
         if kind == "noise":
-            return image + rng.normal(0.0, rng.uniform(*self.degradation.noise_std), image.shape).astype(np.float32)
+            return image + rng.normal(0.0, rng.uniform(*self.settings.degradation.noise_std), image.shape).astype(
+                np.float32
+            )
         return image
 
     # ------------------------------------------------------------------------------------------ access

@@ -100,7 +100,7 @@ def test_degradations_follow_their_probability_and_change_only_their_pictures(ic
         assert soft < sharp
     side = make_sets(ict_small, n_sets=2, degrade_probability=1.0, degradations=("side_light",))
     lighting = side.layout.split(torch.from_numpy(side.arrays.coefficients)).lighting.reshape(-1, 3, 9)
-    assert torch.allclose(lighting[:, :, 3].abs(), torch.tensor(side.degradation.side_light))
+    assert torch.allclose(lighting[:, :, 3].abs(), torch.tensor(side.settings.degradation.side_light))
 
 
 def test_deterministic_cached_and_split_apart(ict_small, sets, tmp_path):
