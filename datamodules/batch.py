@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import torch
+
+B = TypeVar("B")
+
+
+def moved(batch: B, device: torch.device | str, non_blocking: bool = False) -> B:
+    """A frozen batch dataclass with every field that can move (tensors, nested batches) on ``device``; other
+    fields (None, flags) as they are."""
+    values = {f.name: getattr(batch, f.name) for f in fields(batch)}
+    return type(batch)(
+        **{
+            name: value.to(device, non_blocking=non_blocking) if value is not None and hasattr(value, "to") else value
+            for name, value in values.items()
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -19,7 +34,7 @@ class GroundTruth:
     vertices: torch.Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> GroundTruth:
-        return GroundTruth(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
+        return moved(self, device, non_blocking)
 
 
 @dataclass(frozen=True)
@@ -44,11 +59,7 @@ class FaceBatch:
         return self.images.shape[0]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> FaceBatch:
-        move = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in move.items():
-            if value is not None:
-                move[name] = value.to(device, non_blocking=non_blocking)
-        return FaceBatch(**move)
+        return moved(self, device, non_blocking)
 
     def to_memory_format(self, memory_format: torch.memory_format) -> FaceBatch:
         """The same batch with images in ``memory_format`` (channels_last for faster convolutions)."""

@@ -3,9 +3,11 @@ set of the batch (`collate_image_sets`), with the 3D ground truth and per-pictur
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
+
+from datamodules.batch import moved
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class SetGroundTruth:
     vertices: torch.Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SetGroundTruth:
-        return SetGroundTruth(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
+        return moved(self, device, non_blocking)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class SetMetadata:
     degradation: torch.Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SetMetadata:
-        return SetMetadata(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
+        return moved(self, device, non_blocking)
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,7 @@ class SetBatch:
         return self.images.shape[1]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> SetBatch:
-        moved = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            moved[f.name] = value.to(device, non_blocking=non_blocking) if hasattr(value, "to") else value
-        return SetBatch(**moved)
+        return moved(self, device, non_blocking)
 
 
 def collate_image_sets(samples: list[dict]) -> SetBatch:

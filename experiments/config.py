@@ -208,17 +208,23 @@ def _explain(err: Exception, schema: DictConfig, source: str) -> ConfigError:
     return ConfigError(f"invalid value for '{key}' in {source}: {getattr(err, 'msg', err)}")
 
 
-def resolve_config_path(name: str | Path) -> Path:
-    """A config given as a path, or by name under experiments/configs/ (``paper_ict`` or
-    ``ablations/no_perceptual``)."""
+def resolve_named_yaml(name: str | Path, folder: Path, what: str) -> Path:
+    """A YAML file given as a path, or by name (without ``.yaml``, sub-folders allowed) under ``folder``;
+    FileNotFoundError listing the known names when neither exists."""
     path = Path(name)
     if path.is_file():
         return path
-    candidate = CONFIG_DIR / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
+    candidate = folder / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
     if candidate.is_file():
         return candidate
-    known = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
-    raise FileNotFoundError(f"config {name!r} not found (as a path or under {CONFIG_DIR}); known configs: {known}")
+    known = sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+    raise FileNotFoundError(f"{what} {name!r} not found (as a path or under {folder}); known {what}s: {known}")
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config given as a path, or by name under experiments/configs/ (``paper_ict`` or
+    ``ablations/no_perceptual``)."""
+    return resolve_named_yaml(name, CONFIG_DIR, "config")
 
 
 def _merge(base: DictConfig, node: Any, schema: DictConfig, source: str) -> DictConfig:
