@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -41,10 +40,6 @@ from face_model.sampling import sample_lighting
 from preprocessing.skin import skin_posterior_torch
 from renderers.camera import PinholeCamera
 from renderers.mesh_renderer import MeshRenderer
-
-if TYPE_CHECKING:
-    # The settings live beside the DataModule, which imports this module.
-    pass
 
 DEGRADATIONS = ("none", "occluder", "blur", "noise", "side_light")
 """Per-picture degradation kinds; `SetMetadata.degradation` indexes this tuple."""
