@@ -305,6 +305,8 @@ def validate(config: ExperimentConfig) -> None:
             "data.sets.kind=prepared needs data.sets.root (a `face3d prepare` folder of photos "
             "organised one subfolder per person)"
         )
+    if config.data.num_workers < -1:
+        raise ConfigError(f"data.num_workers must be >= 0, or -1 to follow the machine, got {config.data.num_workers}")
     if config.network.init is not None and config.network.deep3d_checkpoint:
         raise ConfigError("network.init and network.deep3d_checkpoint both say where R-Net starts: keep one")
     tc = config.trainer

@@ -122,6 +122,8 @@ def test_a_value_a_settings_class_refuses_names_its_section():
         load_config(overrides=["data.sets.degradations=[rain]"])
     with pytest.raises(ConfigError, match="data.synthetic.n_trian'.*data.synthetic.n_train"):
         load_config(overrides=["data.synthetic.n_trian=3"])
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        load_config(overrides=["data.num_workers=-2"])
 
 
 def test_a_config_stored_before_the_settings_classes_still_loads():
