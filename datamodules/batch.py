@@ -7,23 +7,25 @@ from typing import TypeVar
 
 import torch
 
-B = TypeVar("B")
+M = TypeVar("M", bound="Movable")
 
 
-def moved(batch: B, device: torch.device | str, non_blocking: bool = False) -> B:
-    """A frozen batch dataclass with every field that can move (tensors, nested batches) on ``device``; other
-    fields (None, flags) as they are."""
-    values = {f.name: getattr(batch, f.name) for f in fields(batch)}
-    return type(batch)(
-        **{
-            name: value.to(device, non_blocking=non_blocking) if value is not None and hasattr(value, "to") else value
-            for name, value in values.items()
-        }
-    )
+class Movable:
+    """Base of the frozen batch dataclasses: `to` moves every field that can move (tensors, nested batches) and
+    keeps the others (None, flags). Lightning moves batches to the device through it."""
+
+    def to(self: M, device: torch.device | str, non_blocking: bool = False) -> M:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return type(self)(
+            **{
+                name: value.to(device, non_blocking=non_blocking) if hasattr(value, "to") else value
+                for name, value in values.items()
+            }
+        )
 
 
 @dataclass(frozen=True)
-class GroundTruth:
+class GroundTruth(Movable):
     """3D ground truth, where the data has it (synthetic faces).
 
     coefficients: (B, layout.size) flat coefficient vector that generated the image (`CoeffLayout.split`)
@@ -33,12 +35,9 @@ class GroundTruth:
     coefficients: torch.Tensor
     vertices: torch.Tensor
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> GroundTruth:
-        return moved(self, device, non_blocking)
-
 
 @dataclass(frozen=True)
-class FaceBatch:
+class FaceBatch(Movable):
     """Aligned face crops with their weak labels.
 
     images:        (B, 3, H, W) RGB float in [0, 1]
@@ -57,9 +56,6 @@ class FaceBatch:
     @property
     def batch_size(self) -> int:
         return self.images.shape[0]
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> FaceBatch:
-        return moved(self, device, non_blocking)
 
     def to_memory_format(self, memory_format: torch.memory_format) -> FaceBatch:
         """The same batch with images in ``memory_format`` (channels_last for faster convolutions)."""

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from datamodules.batch import moved
+from datamodules.batch import Movable
 
 
 @dataclass(frozen=True)
-class SetGroundTruth:
+class SetGroundTruth(Movable):
     """3D ground truth of each set's identity, where the data has it (synthetic sets).
 
     identity: (B, n_id) identity coefficients
@@ -21,12 +21,9 @@ class SetGroundTruth:
     identity: torch.Tensor
     vertices: torch.Tensor
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> SetGroundTruth:
-        return moved(self, device, non_blocking)
-
 
 @dataclass(frozen=True)
-class SetMetadata:
+class SetMetadata(Movable):
     """What was done to each picture, for analysis (synthetic sets); padding holds zeros.
 
     yaw_deg:     (B, N) float head yaw in degrees (the y-axis angle of `Coefficients.angles`): 0 is frontal,
@@ -39,12 +36,9 @@ class SetMetadata:
     occluded: torch.Tensor
     degradation: torch.Tensor
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> SetMetadata:
-        return moved(self, device, non_blocking)
-
 
 @dataclass(frozen=True)
-class SetBatch:
+class SetBatch(Movable):
     """B image sets of one identity each, padded to N pictures.
 
     images:       (B, N, 3, H, W) RGB float in [0, 1]; padding is 0
@@ -75,9 +69,6 @@ class SetBatch:
     @property
     def set_size(self) -> int:
         return self.images.shape[1]
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> SetBatch:
-        return moved(self, device, non_blocking)
 
 
 def collate_image_sets(samples: list[dict]) -> SetBatch:
