@@ -141,3 +141,12 @@ def test_a_config_stored_before_the_settings_classes_still_loads():
     assert cfg.data.sets.degradations == ("blur", "noise") and not cfg.data.prepared.augment
     assert cfg.optim.lr_step_steps == 2048 and cfg.loss.perceptual == 0.0 and not cfg.loss.skin_attention
     assert load_config(base_yaml=to_yaml(cfg)) == cfg
+
+
+def test_nested_settings_are_set_from_the_command_line():
+    cfg = load_config(
+        ["default"], ["data.synthetic.appearance.look=model", "data.synthetic.appearance.focal_scale=[1,1]"]
+    )
+    assert cfg.data.synthetic.appearance.look == "model" and cfg.data.synthetic.appearance.focal_scale == (1.0, 1.0)
+    with pytest.raises(ConfigError, match="'data.synthetic.appearance'.*unknown look 'cartoon'"):
+        load_config(overrides=["data.synthetic.appearance.look=cartoon"])
