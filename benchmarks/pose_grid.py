@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from datamodules.appearance import APPEARANCE_GAP, AppearanceSettings
-from datamodules.image_sets import SyntheticImageSetDataset
+from datamodules.image_sets import ImageSetSettings, SyntheticImageSetDataset
 from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
 from face_model.sampling import CoefficientPrior
@@ -124,13 +124,10 @@ class PoseGridDataset(SyntheticImageSetDataset):
             raise ValueError("the pose grid needs at least one pitch and one yaw")
         self.pitches_deg = tuple(float(p) for p in pitches_deg)
         self.yaws_deg = tuple(float(y) for y in yaws_deg)
-        super().__init__(
-            face_model,
-            n_identities,
+        settings = ImageSetSettings(
+            n_test=n_identities,
             set_size=len(self.pitches_deg) * len(self.yaws_deg),
-            split="test",
             seed=BENCHMARK_SEED_BASE + seed,
-            image_size=image_size,
             max_yaw_deg=max(abs(y) for y in self.yaws_deg),
             max_pitch_deg=max(abs(p) for p in self.pitches_deg),
             max_roll_deg=0.0,
@@ -139,10 +136,16 @@ class PoseGridDataset(SyntheticImageSetDataset):
             degrade_probability=0.0,
             degradations=(),
             landmark_noise_px=landmark_noise_px,
-            prior=prior,
-            cache_dir=None,
             appearance=appearance,
             render_batch_size=render_batch_size,
+        )
+        super().__init__(
+            face_model,
+            settings,
+            "test",
+            image_size=image_size,
+            cache_dir=None,
+            prior=prior,
             device=device,
             backend=backend,
         )

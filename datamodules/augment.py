@@ -14,7 +14,7 @@ input are 0 (black image, no skin), as in the aligned crops of `preprocessing.al
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -129,32 +129,55 @@ def similarity_matrix(
     return torch.cat([linear, offset[:, None]], dim=1)
 
 
+REFERENCE_CROP_SIZE = 224
+"""Crop side that `AugmentSettings.max_shift_px` is given for (Deep3D's)."""
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Ranges of the random transform (Deep3D's at 224x224).
+
+    max_shift_px:     shift uniform in +- this per axis, in pixels of a `REFERENCE_CROP_SIZE` crop (`for_width`
+                      scales it to another crop)
+    max_scale:        scale uniform in 1 +- this, in [0, 1)
+    max_rotation_deg: rotation uniform in +- this
+    flip_probability: chance of a horizontal flip, in [0, 1]
+    """
+
+    max_shift_px: float = 10.0
+    max_scale: float = 0.1
+    max_rotation_deg: float = 10.0
+    flip_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise ValueError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
+        if not 0.0 <= self.max_scale < 1.0:
+            raise ValueError(f"max_scale must be in [0, 1), got {self.max_scale}")
+
+    def for_width(self, width: int) -> AugmentSettings:
+        """The same ranges for a crop ``width`` pixels wide (the shift scales with the crop)."""
+        return replace(self, max_shift_px=self.max_shift_px * width / REFERENCE_CROP_SIZE)
+
+
 def sample_augmentation(
     height: int,
     width: int,
     generator: torch.Generator | None = None,
-    max_shift_px: float = 10.0,
-    max_scale: float = 0.1,
-    max_rotation_deg: float = 10.0,
-    flip_probability: float = 0.5,
+    settings: AugmentSettings = AugmentSettings(),
 ) -> Augmentation:
-    """Draw a transform: shift uniform in +-``max_shift_px`` per axis, scale uniform in 1 +- ``max_scale``,
-    rotation uniform in +-``max_rotation_deg``, a flip with ``flip_probability``. Deep3D's ranges at 224x224
-    are the defaults; shifts are in pixels of the image being augmented. ``generator`` None uses torch's
-    global generator, which DataLoader seeds differently in every worker."""
-    if not 0.0 <= flip_probability <= 1.0:
-        raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability}")
-    if not 0.0 <= max_scale < 1.0:
-        raise ValueError(f"max_scale must be in [0, 1), got {max_scale}")
+    """Draw a transform within ``settings``' ranges; its shift is taken as pixels of the image being augmented
+    (see `AugmentSettings.for_width`). ``generator`` None uses torch's global generator, which DataLoader seeds
+    differently in every worker."""
     u = torch.rand(5, generator=generator, dtype=torch.float64) * 2.0 - 1.0
-    flip = bool(torch.rand(1, generator=generator).item() < flip_probability)
+    flip = bool(torch.rand(1, generator=generator).item() < settings.flip_probability)
     return Augmentation(
         matrix=similarity_matrix(
             height,
             width,
-            shift=(float(u[0]) * max_shift_px, float(u[1]) * max_shift_px),
-            scale=1.0 + float(u[2]) * max_scale,
-            rotation_deg=float(u[3]) * max_rotation_deg,
+            shift=(float(u[0]) * settings.max_shift_px, float(u[1]) * settings.max_shift_px),
+            scale=1.0 + float(u[2]) * settings.max_scale,
+            rotation_deg=float(u[3]) * settings.max_rotation_deg,
             flip=flip,
         ),
         flipped=flip,
@@ -218,14 +241,8 @@ def augment_sample(
     landmarks: torch.Tensor,
     skin: torch.Tensor,
     generator: torch.Generator | None = None,
-    max_shift_px: float = 10.0,
-    max_scale: float = 0.1,
-    max_rotation_deg: float = 10.0,
-    flip_probability: float = 0.5,
+    settings: AugmentSettings = AugmentSettings(),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw a transform (`sample_augmentation`) and apply it (`apply_augmentation`)."""
     height, width = image.shape[-2:]
-    augmentation = sample_augmentation(
-        height, width, generator, max_shift_px, max_scale, max_rotation_deg, flip_probability
-    )
-    return apply_augmentation(image, landmarks, skin, augmentation)
+    return apply_augmentation(image, landmarks, skin, sample_augmentation(height, width, generator, settings))

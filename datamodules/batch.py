@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import torch
 
+M = TypeVar("M", bound="Movable")
+
+
+class Movable:
+    """Base of the frozen batch dataclasses: `to` moves every field that can move (tensors, nested batches) and
+    keeps the others (None, flags). Lightning moves batches to the device through it."""
+
+    def to(self: M, device: torch.device | str, non_blocking: bool = False) -> M:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return type(self)(
+            **{
+                name: value.to(device, non_blocking=non_blocking) if hasattr(value, "to") else value
+                for name, value in values.items()
+            }
+        )
+
 
 @dataclass(frozen=True)
-class GroundTruth:
+class GroundTruth(Movable):
     """3D ground truth, where the data has it (synthetic faces).
 
     coefficients: (B, layout.size) flat coefficient vector that generated the image (`CoeffLayout.split`)
@@ -18,12 +35,9 @@ class GroundTruth:
     coefficients: torch.Tensor
     vertices: torch.Tensor
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> GroundTruth:
-        return GroundTruth(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
-
 
 @dataclass(frozen=True)
-class FaceBatch:
+class FaceBatch(Movable):
     """Aligned face crops with their weak labels.
 
     images:        (B, 3, H, W) RGB float in [0, 1]
@@ -42,13 +56,6 @@ class FaceBatch:
     @property
     def batch_size(self) -> int:
         return self.images.shape[0]
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> FaceBatch:
-        move = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in move.items():
-            if value is not None:
-                move[name] = value.to(device, non_blocking=non_blocking)
-        return FaceBatch(**move)
 
     def to_memory_format(self, memory_format: torch.memory_format) -> FaceBatch:
         """The same batch with images in ``memory_format`` (channels_last for faster convolutions)."""

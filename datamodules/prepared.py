@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -26,13 +26,35 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.augment import augment_sample
+from datamodules.augment import AugmentSettings, augment_sample
 from datamodules.batch import collate_face_samples
+from datamodules.loaders import check_loader_args, hash_fraction, make_loader, split_by_hash
 from preprocessing.image import OK as STATUS_OK
 from preprocessing.outputs import MANIFEST_NAME
 
-REFERENCE_CROP_SIZE = 224
-"""Crop size that the augmentation's pixel shift is specified for (Deep3D's)."""
+
+@dataclass(frozen=True)
+class PreparedDataSettings:
+    """Training on a ``face3d prepare`` output folder (`PreparedImagesDataModule`; the ``data.prepared`` section of
+    the experiment config).
+
+    root:         the folder given to ``face3d prepare --out`` (with manifest.jsonl); None = not configured
+    val_fraction: share of photos (by content hash) held out for validation, in [0, 1); a folder too small for
+                  it to hold out any still gets one validation photo (`datamodules.loaders.split_by_hash`)
+    augment:      augment training samples (validation never is)
+    augmentation: the augmentation's ranges
+    seed:         seeds the training shuffle
+    """
+
+    root: str | None = None
+    val_fraction: float = 0.05
+    augment: bool = True
+    augmentation: AugmentSettings = field(default_factory=AugmentSettings)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass(frozen=True)
@@ -110,25 +132,18 @@ def _file_sha256(path: Path) -> str:
 
 
 def is_validation(content_hash: str, val_fraction: float) -> bool:
-    """Whether a photo with this content hash belongs to the validation split.
-
-    The hash is re-hashed (so that any hex or non-hex key works) and its first 8 bytes, read as a fraction
-    of 2^64, are compared with ``val_fraction``.
-    """
-    value = int.from_bytes(hashlib.sha256(content_hash.encode()).digest()[:8], "big")
-    return value / 2.0**64 < val_fraction
+    """Whether a photo with this content hash falls in the validation share (`datamodules.loaders.hash_fraction`
+    below ``val_fraction``)."""
+    return hash_fraction(content_hash) < val_fraction
 
 
 def split_records(
     records: Sequence[PreparedRecord],
     val_fraction: float,
 ) -> tuple[list[PreparedRecord], list[PreparedRecord]]:
-    """(train, val) by content hash; order within each split is kept."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    val = [r for r in records if is_validation(r.content_hash, val_fraction)]
-    train = [r for r in records if not is_validation(r.content_hash, val_fraction)]
-    return train, val
+    """(train, val) by content hash, at least one validation photo when ``val_fraction`` > 0 and there are two
+    (`datamodules.loaders.split_by_hash`); order within each split is kept."""
+    return split_by_hash(records, lambda r: r.content_hash, val_fraction, "prepared photos")
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -188,28 +203,19 @@ class PreparedImagesDataset(Dataset):
     Args:
         records: photos to serve, e.g. one split of `split_records`.
         image_size: side to resize crops to; None keeps the size prepare wrote.
-        augment: random shift, scale, rotation and flip (`datamodules.augment`), for training only.
-        max_shift_px: shift range in pixels of a 224 crop (scaled with the served size).
-        max_scale, max_rotation_deg, flip_probability: see `datamodules.augment.sample_augmentation`.
+        augmentation: random shift, scale, rotation and flip within these ranges (`datamodules.augment`), for
+            training; None serves the photos as they are.
     """
 
     def __init__(
         self,
         records: Sequence[PreparedRecord],
         image_size: int | None = None,
-        augment: bool = False,
-        max_shift_px: float = 10.0,
-        max_scale: float = 0.1,
-        max_rotation_deg: float = 10.0,
-        flip_probability: float = 0.5,
+        augmentation: AugmentSettings | None = None,
     ) -> None:
         self.records = list(records)
         self.image_size = image_size
-        self.augment = augment
-        self.max_shift_px = max_shift_px
-        self.max_scale = max_scale
-        self.max_rotation_deg = max_rotation_deg
-        self.flip_probability = flip_probability
+        self.augmentation = augmentation
 
     def __len__(self) -> int:
         return len(self.records)
@@ -219,16 +225,10 @@ class PreparedImagesDataset(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float().div_(255.0)
         landmarks_t = torch.from_numpy(landmarks)
         skin_t = torch.from_numpy(skin).unsqueeze(0)
-        if self.augment:
+        if self.augmentation is not None:
             # torch's global generator: DataLoader seeds it differently in each worker.
             image, landmarks_t, skin_t = augment_sample(
-                image,
-                landmarks_t,
-                skin_t,
-                max_shift_px=self.max_shift_px * image.shape[-1] / REFERENCE_CROP_SIZE,
-                max_scale=self.max_scale,
-                max_rotation_deg=self.max_rotation_deg,
-                flip_probability=self.flip_probability,
+                image, landmarks_t, skin_t, settings=self.augmentation.for_width(image.shape[-1])
             )
         return {"image": image, "landmarks": landmarks_t, "skin": skin_t, "index": index}
 
@@ -237,75 +237,46 @@ class PreparedImagesDataModule(pl.LightningDataModule):
     """Train / val loaders over a ``face3d prepare`` output folder (see the module docstring).
 
     Args:
-        root: the folder given to ``face3d prepare --out``.
+        settings: the folder, split and augmentation (`PreparedDataSettings`).
         image_size: side of the served crops (resized from prepare's crops if they differ); None = as written.
-        batch_size, num_workers: DataLoader settings.
-        val_fraction: share of photos (by content hash) held out for validation.
-        augment: augment training samples (validation never is).
-        seed: seeds the training shuffle.
-        max_shift_px, max_scale, max_rotation_deg, flip_probability: augmentation ranges (`PreparedImagesDataset`).
+        batch_size: photos per batch.
+        num_workers: DataLoader workers (-1: one per spare CPU; see `datamodules.loaders.resolve_num_workers`).
     """
 
     def __init__(
-        self,
-        root: str | Path,
-        image_size: int | None = 224,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        val_fraction: float = 0.05,
-        augment: bool = True,
-        seed: int = 0,
-        max_shift_px: float = 10.0,
-        max_scale: float = 0.1,
-        max_rotation_deg: float = 10.0,
-        flip_probability: float = 0.5,
+        self, settings: PreparedDataSettings, *, image_size: int | None, batch_size: int, num_workers: int = 0
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.root = Path(root)
+        check_loader_args(batch_size, num_workers)
+        if settings.root is None:
+            raise ValueError("no prepared folder given: set data.prepared.root to a folder written by `face3d prepare`")
+        self.settings = settings
+        self.root = Path(settings.root)
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.val_fraction = val_fraction
-        self.augment = augment
-        self.seed = seed
-        self.augmentation = dict(
-            max_shift_px=max_shift_px,
-            max_scale=max_scale,
-            max_rotation_deg=max_rotation_deg,
-            flip_probability=flip_probability,
-        )
         self.train_dataset: PreparedImagesDataset | None = None
         self.val_dataset: PreparedImagesDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        train, val = split_records(read_prepared(self.root), self.val_fraction)
+        settings = self.settings
+        train, val = split_records(read_prepared(self.root), settings.val_fraction)
         if not train:
             raise ValueError(
                 f"all {len(val)} photos of {self.root} fell into the validation split; lower "
-                f"val_fraction ({self.val_fraction}) or prepare more photos"
+                f"data.prepared.val_fraction ({settings.val_fraction}) or prepare more photos"
             )
-        self.train_dataset = PreparedImagesDataset(train, self.image_size, augment=self.augment, **self.augmentation)
-        self.val_dataset = PreparedImagesDataset(val, self.image_size, augment=False)
+        augmentation = settings.augmentation if settings.augment else None
+        self.train_dataset = PreparedImagesDataset(train, self.image_size, augmentation)
+        self.val_dataset = PreparedImagesDataset(val, self.image_size)
 
     def _loader(self, dataset: PreparedImagesDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader (the Trainer does this itself)")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            # A last batch of one breaks batch norm; a shuffled epoch loses nothing by skipping the remainder.
-            drop_last=shuffle and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_face_samples,
+        return make_loader(
+            dataset, self.batch_size, shuffle, self.settings.seed, self.num_workers, collate_face_samples
         )
 
     def train_dataloader(self) -> DataLoader:

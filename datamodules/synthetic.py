@@ -51,6 +51,7 @@ from datamodules.appearance import (
 from datamodules.backgrounds import OCCLUDER_KINDS, draw_background, draw_occluder
 from datamodules.batch import collate_face_samples
 from datamodules.generated_cache import CachedGeneration
+from datamodules.loaders import SPLITS, check_loader_args, make_loader, stage_splits
 from face_model.coefficients import SH_BANDS, Coefficients, CoeffLayout
 from face_model.model import FaceModel, five_points_from_68
 from face_model.sampling import CoefficientPrior, sample_coefficients
@@ -59,7 +60,6 @@ from preprocessing.skin import skin_posterior_torch
 from renderers.camera import PinholeCamera, euler_to_rotation, model_to_camera, project, rigid_transform
 from renderers.mesh_renderer import MeshRenderer
 
-SPLITS = ("train", "val", "test")
 # Independent random streams of one sample; appending a stream keeps existing samples unchanged.
 _STREAMS = ("coefficients", "background", "occluder", "landmarks", "pixels", "look", "light", "sensor", "camera")
 CACHE_VERSION = 2
@@ -191,6 +191,60 @@ def soft_composite(render: torch.Tensor, mask: torch.Tensor, background: torch.T
     return alpha * colour + (1.0 - alpha) * background
 
 
+@dataclasses.dataclass(frozen=True)
+class SyntheticFaceSettings:
+    """What the synthetic faces are (`SyntheticFaceDataset`, `SyntheticFaceDataModule`; the ``data.synthetic``
+    section of the experiment config). Every default lives here.
+
+    n_train, n_val, n_test: faces per split.
+    seed:                 base seed; (seed, split, index) fixes a sample.
+    max_yaw_deg, max_pitch_deg, max_roll_deg: pose angles are uniform in +- these (they replace the angle
+                          ranges of the coefficient prior).
+    occluder_probability: chance that a face gets one occluder (hand, sunglasses, bar, object), in [0, 1].
+    landmark_noise_px:    std of the Gaussian noise on the projected landmarks, mimicking a detector, in pixels
+                          of the crop.
+    pixel_noise_std:      sensor noise of the model look (colour values in [0, 1]); the photo look uses the
+                          appearance's sensor model instead.
+    render_batch_size:    faces rendered at once.
+    appearance:           how the pictures look (`datamodules.appearance.AppearanceSettings`): photo-like by
+                          default; ``look="model"`` is the face model's own SH render of its region. In the photo
+                          look the stored albedo and lighting coefficients are the prior's draws, not what
+                          coloured and lit the picture (the SH light is used for its ``sh_probability`` share).
+    """
+
+    n_train: int = 4000
+    n_val: int = 256
+    n_test: int = 256
+    seed: int = 0
+    max_yaw_deg: float = 80.0
+    max_pitch_deg: float = 25.0
+    max_roll_deg: float = 15.0
+    occluder_probability: float = 0.3
+    landmark_noise_px: float = 1.5
+    pixel_noise_std: float = 0.01
+    render_batch_size: int = 32
+    appearance: AppearanceSettings = dataclasses.field(default_factory=AppearanceSettings)
+
+    def __post_init__(self) -> None:
+        if min(self.n_train, self.n_val, self.n_test, self.seed) < 0:
+            raise ValueError(
+                f"n_train, n_val, n_test and seed must be >= 0, got {self.n_train}, {self.n_val}, {self.n_test}, "
+                f"{self.seed}"
+            )
+        if not 0.0 <= self.occluder_probability <= 1.0:
+            raise ValueError(f"occluder_probability must be in [0, 1], got {self.occluder_probability}")
+        if self.landmark_noise_px < 0 or self.pixel_noise_std < 0:
+            raise ValueError("landmark_noise_px and pixel_noise_std must be >= 0")
+        if self.render_batch_size < 1:
+            raise ValueError(f"render_batch_size must be >= 1, got {self.render_batch_size}")
+
+    def size(self, split: str) -> int:
+        """Faces in ``split``."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        return {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class SyntheticArrays:
     """A generated split, stored compactly (what the cache file holds).
@@ -222,34 +276,119 @@ class SyntheticArrays:
         )
 
 
-class SyntheticFaceDataset(CachedGeneration, Dataset):
+class RenderedFaceDataset(CachedGeneration, Dataset):
+    """What the rendered datasets share (`SyntheticFaceDataset` here, `datamodules.synthetic_sets`' image sets): a
+    private CPU copy of the face model, the crop's camera, the prior with the settings' angle ranges, the look, and
+    how and where to render.
+
+    ``settings`` is the subclass's settings dataclass; it has ``seed``, ``max_yaw_deg``, ``max_pitch_deg``,
+    ``max_roll_deg``, ``landmark_noise_px``, ``pixel_noise_std``, ``render_batch_size`` and ``appearance``.
+    """
+
+    cache_version: int
+    """Part of the cache key: each subclass bumps its own whenever a change alters what given settings generate."""
+
+    def __init__(
+        self,
+        face_model: FaceModel,
+        settings,
+        split: str = "train",
+        *,
+        image_size: int,
+        cache_dir: str | Path | None = None,
+        prior: CoefficientPrior = CoefficientPrior(),
+        device: str | torch.device = "cpu",
+        backend: str = "auto",
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        if image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
+        # A private CPU copy: the caller's model may move to a GPU with the LightningModule that shares it,
+        # while ground-truth vertices are computed here, possibly in DataLoader workers.
+        self.face_model = copy.deepcopy(face_model).cpu()
+        self.settings = settings
+        self.split = split
+        self.seed = settings.seed
+        self.image_size = image_size
+        self.landmark_noise_px = settings.landmark_noise_px
+        self.pixel_noise_std = settings.pixel_noise_std
+        self.prior = dataclasses.replace(
+            prior, yaw_deg=settings.max_yaw_deg, pitch_deg=settings.max_pitch_deg, roll_deg=settings.max_roll_deg
+        )
+        self.camera = PinholeCamera().resized(image_size, image_size)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.appearance = settings.appearance
+        self.render_batch_size = settings.render_batch_size
+        self.device = torch.device(device)
+        self.backend = backend
+        self._scene: HeadScene | None = None
+        self.generation_seconds: float | None = None
+        """Wall time of the generation, None until generated (or when read from the cache)."""
+        self._arrays = None
+        self._cache_key: str | None = None
+
+    @property
+    def layout(self) -> CoeffLayout:
+        return self.face_model.layout
+
+    def generation_parameters(self) -> dict:
+        """What every rendered dataset's pictures depend on; subclasses add their own (the cache key hashes it)."""
+        return {
+            "version": self.cache_version,
+            "split": self.split,
+            "seed": self.seed,
+            "image_size": self.image_size,
+            "landmark_noise_px": self.landmark_noise_px,
+            "pixel_noise_std": self.pixel_noise_std,
+            "prior": dataclasses.asdict(self.prior),
+            "appearance": self.appearance.as_dict(),
+            "face_model": {
+                "name": self.face_model.name,
+                "layout": dataclasses.asdict(self.layout),
+                "digest": model_digest(self.face_model),
+            },
+        }
+
+    @property
+    def scene(self) -> HeadScene:
+        """What the photo look renders (built on first use, shared by datasets of the same face model)."""
+        if self._scene is None:
+            self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
+        return self._scene
+
+    def renderer_and_template(self) -> tuple[MeshRenderer, np.ndarray]:
+        """The renderer on the generation device and the crop's alignment template."""
+        model = self.face_model if self.device.type == "cpu" else copy.deepcopy(self.face_model).to(self.device)
+        return MeshRenderer(model, self.camera, backend=self.backend), template_from_face_model(model, self.camera)
+
+    def render_model_look(
+        self, renderer: MeshRenderer, coeffs: Coefficients
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The face model's own render: (B, 3, H, W) image in [0, 1], (B, 1, H, W) mask, (B, 68, 2) landmarks."""
+        with torch.no_grad():
+            out = renderer(coeffs)
+        return out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu(), out.landmarks.float().cpu().numpy()
+
+    def background_style(self) -> str:
+        # The model look keeps its procedural backgrounds (what it always had).
+        return "procedural" if self.appearance.look == "model" else self.appearance.background
+
+
+class SyntheticFaceDataset(RenderedFaceDataset):
     """Rendered random faces with weak labels and 3D ground truth (see the module docstring).
 
     Generated once, on first access, and cached under ``cache_dir`` (`datamodules.generated_cache`).
 
     Args:
         face_model: the morphable model to sample and render (any `FaceModel`; the dataset keeps a CPU copy).
-        n_samples: number of faces.
+        settings: what to generate (`SyntheticFaceSettings`); the split's size is ``settings.size(split)``.
         split: "train", "val" or "test"; each split has its own random streams, so no shared identities.
-        seed: base seed; (seed, split, index) fixes a sample.
         image_size: side of the square crops; the camera is Deep3D's 224 camera resized.
-        max_yaw_deg, max_pitch_deg, max_roll_deg: pose angles are uniform in +- these; they override the
-            angle ranges of ``prior``.
-        occluder_probability: chance that a face gets one occluder (hand, sunglasses, bar, object).
-        landmark_noise_px: std of the Gaussian noise added to the projected landmarks, in pixels of this
-            image size.
-        pixel_noise_std: std of the sensor noise added to the final image (colour values in [0, 1]); the photo
-            look uses the appearance settings' sensor model instead.
-        prior: spreads of identity, expression, albedo, lighting and translation jitter.
         cache_dir: where to keep the generated arrays as ``.npz`` keyed by all generation parameters and the
             face model's content; None keeps them in memory only.
-        appearance: how the pictures look (`datamodules.appearance.AppearanceSettings`): by default photo-like
-            (whole head with eyes and hair, per-identity colouring, directional lights with shadows, blur,
-            noise, JPEG); ``AppearanceSettings(look="model")`` gives the face model's own SH render of its
-            region (the look before). In the photo look, ``pixel_noise_std`` is replaced by the settings'
-            sensor noise, and the stored albedo and lighting coefficients are the prior's draws, not what
-            coloured and lit the picture (the SH light is used for the settings' ``sh_probability`` share).
-        render_batch_size: faces rendered at once.
+        prior: spreads of identity, expression, albedo, lighting and translation jitter (its angle ranges are
+            replaced by the settings' ``max_*_deg``).
         device: where to render (a CUDA device renders much faster); samples are stored on the CPU.
         backend: rasterizer backend for `MeshRenderer`.
 
@@ -258,89 +397,20 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
     """
 
     array_type = SyntheticArrays
+    cache_version = CACHE_VERSION
 
-    def __init__(
-        self,
-        face_model: FaceModel,
-        n_samples: int,
-        split: str = "train",
-        seed: int = 0,
-        image_size: int = 224,
-        max_yaw_deg: float = 80.0,
-        max_pitch_deg: float = 20.0,
-        max_roll_deg: float = 10.0,
-        occluder_probability: float = 0.2,
-        landmark_noise_px: float = 2.0,
-        pixel_noise_std: float = 0.01,
-        prior: CoefficientPrior = CoefficientPrior(),
-        cache_dir: str | Path | None = None,
-        appearance: AppearanceSettings = AppearanceSettings(),
-        render_batch_size: int = 32,
-        device: str | torch.device = "cpu",
-        backend: str = "auto",
-    ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-        if n_samples < 0 or seed < 0:
-            raise ValueError(f"n_samples and seed must be >= 0, got {n_samples} and {seed}")
-        if image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {image_size}")
-        if not 0.0 <= occluder_probability <= 1.0:
-            raise ValueError(f"occluder_probability must be in [0, 1], got {occluder_probability}")
-        if landmark_noise_px < 0 or pixel_noise_std < 0:
-            raise ValueError("landmark_noise_px and pixel_noise_std must be >= 0")
-        if render_batch_size < 1:
-            raise ValueError(f"render_batch_size must be >= 1, got {render_batch_size}")
-        # A private CPU copy: the caller's model may move to a GPU with the LightningModule that shares it,
-        # while ground-truth vertices are computed here, possibly in DataLoader workers.
-        self.face_model = copy.deepcopy(face_model).cpu()
-        self.n_samples = n_samples
-        self.split = split
-        self.seed = seed
-        self.image_size = image_size
-        self.occluder_probability = occluder_probability
-        self.landmark_noise_px = landmark_noise_px
-        self.pixel_noise_std = pixel_noise_std
-        self.prior = dataclasses.replace(prior, yaw_deg=max_yaw_deg, pitch_deg=max_pitch_deg, roll_deg=max_roll_deg)
-        self.camera = PinholeCamera().resized(image_size, image_size)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.appearance = appearance
-        self.render_batch_size = render_batch_size
-        self.device = torch.device(device)
-        self.backend = backend
-        self._scene: HeadScene | None = None
-        self.generation_seconds: float | None = None
-        """Wall time of the generation, None until generated (or when read from the cache)."""
-        self._arrays: SyntheticArrays | None = None
-        self._cache_key: str | None = None
+    @property
+    def n_samples(self) -> int:
+        return self.settings.size(self.split)
 
     # ----------------------------------------------------------------------------------- cache identity
 
-    @property
-    def layout(self) -> CoeffLayout:
-        return self.face_model.layout
-
     def generation_parameters(self) -> dict:
-        """Everything that determines the generated arrays (the cache key is a hash of this)."""
-        return {
-            "version": CACHE_VERSION,
-            "n_samples": self.n_samples,
-            "split": self.split,
-            "seed": self.seed,
-            "image_size": self.image_size,
-            "occluder_probability": self.occluder_probability,
-            "landmark_noise_px": self.landmark_noise_px,
-            "pixel_noise_std": self.pixel_noise_std,
-            "prior": dataclasses.asdict(self.prior),
-            "appearance": self.appearance.as_dict(),
-            "face_model": {
-                "name": self.face_model.name,
-                "vertices": self.face_model.n_vertices,
-                "triangles": int(self.face_model.triangles.shape[0]),
-                "layout": dataclasses.asdict(self.layout),
-                "digest": model_digest(self.face_model),
-            },
-        }
+        params = super().generation_parameters()
+        params["face_model"].update(
+            vertices=self.face_model.n_vertices, triangles=int(self.face_model.triangles.shape[0])
+        )
+        return {**params, "n_samples": self.n_samples, "occluder_probability": self.settings.occluder_probability}
 
     def cache_stem(self) -> str:
         return f"synthetic-{self.face_model.name}-{self.split}-{self.n_samples}x{self.image_size}"
@@ -358,9 +428,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         )
 
     def generate(self) -> SyntheticArrays:
-        model = self.face_model if self.device.type == "cpu" else copy.deepcopy(self.face_model).to(self.device)
-        renderer = MeshRenderer(model, self.camera, backend=self.backend)
-        template = template_from_face_model(model, self.camera)
+        renderer, template = self.renderer_and_template()
         parts = []
         # tqdm hides itself when the output is not a terminal (logs, CI).
         with tqdm(total=self.n_samples, desc=f"synthetic {self.split}", unit="face", disable=None, leave=False) as bar:
@@ -396,13 +464,6 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             ]
         )
 
-    @property
-    def scene(self) -> HeadScene:
-        """What the photo look renders (built on first use, shared by datasets of the same face model)."""
-        if self._scene is None:
-            self._scene = shared_head_scene(self.face_model, self.appearance.full_head).to(self.device)
-        return self._scene
-
     def focal_scales(self, indices: range | list[int]) -> list[float]:
         """Each sample's focal length relative to the crop's camera (1 in the model look)."""
         if self.appearance.look == "model":
@@ -414,9 +475,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """(B, 3, H, W) render in [0, 1], (B, 1, H, W) mask and (B, 68, 2) clean landmarks, in the chosen look."""
         if self.appearance.look == "model":
-            with torch.no_grad():
-                out = renderer(coeffs)
-            return out.image.clamp(0.0, 1.0).float().cpu(), out.mask.float().cpu(), out.landmarks.float().cpu().numpy()
+            return self.render_model_look(renderer, coeffs)
         settings = self.appearance
         looks = [sample_identity_look(sample_rng(self.seed, self.split, i, "look"), settings) for i in indices]
         lights = [sample_picture_light(sample_rng(self.seed, self.split, i, "light"), settings) for i in indices]
@@ -432,8 +491,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
             renderer.face_model, self.sample_coefficients(indices).to(self.device), self.camera, template, focal
         )
         render, mask, clean = self._render(renderer, shown, cameras, indices)
-        # The model look keeps its procedural backgrounds (what it always had).
-        style = "procedural" if self.appearance.look == "model" else self.appearance.background
+        style = self.background_style()
         backgrounds = np.stack(
             [draw_background(sample_rng(self.seed, self.split, i, "background"), size, size, style) for i in indices]
         )
@@ -447,7 +505,7 @@ class SyntheticFaceDataset(CachedGeneration, Dataset):
         for k, i in enumerate(indices):
             rng = sample_rng(self.seed, self.split, i, "occluder")
             # The decision is drawn whatever the probability, so the stream's later draws do not depend on it.
-            if rng.random() < self.occluder_probability:
+            if rng.random() < self.settings.occluder_probability:
                 kind = int(rng.integers(len(OCCLUDER_KINDS)))
                 images[k], coverage = draw_occluder(images[k], clean[k], rng, OCCLUDER_KINDS[kind])
                 occluder[k], occlusion[k] = kind, coverage > 0
@@ -539,59 +597,39 @@ def model_digest(face_model: FaceModel) -> str:
 class SyntheticFaceDataModule(pl.LightningDataModule):
     """Train / val / test splits of `SyntheticFaceDataset` as `FaceBatch` loaders.
 
-    The arguments are those of `SyntheticFaceDataset` (``appearance`` included; per split sizes ``n_train``,
-    ``n_val``, ``n_test``),
-    plus ``batch_size`` and ``num_workers``. With a ``cache_dir`` missing splits are generated and written
-    in `prepare_data` (on one process), and the other processes read them in `setup`; without one every
-    process generates the splits its stage needs in `setup`.
+    Args:
+        face_model, settings, image_size, cache_dir, prior, device, backend: those of `SyntheticFaceDataset`.
+        batch_size: faces per batch.
+        num_workers: DataLoader workers (-1: one per spare CPU; see `datamodules.loaders.resolve_num_workers`).
+
+    With a ``cache_dir`` missing splits are generated and written in `prepare_data` (on one process), and the
+    other processes read them in `setup`; without one every process generates the splits its stage needs in
+    `setup`.
     """
 
     def __init__(
         self,
         face_model: FaceModel,
-        image_size: int = 224,
-        n_train: int = 2048,
-        n_val: int = 128,
-        n_test: int = 128,
-        batch_size: int = 32,
+        settings: SyntheticFaceSettings = SyntheticFaceSettings(),
+        *,
+        image_size: int,
+        batch_size: int,
         num_workers: int = 0,
-        seed: int = 0,
-        max_yaw_deg: float = 80.0,
-        max_pitch_deg: float = 20.0,
-        max_roll_deg: float = 10.0,
-        occluder_probability: float = 0.2,
-        landmark_noise_px: float = 2.0,
-        pixel_noise_std: float = 0.01,
         cache_dir: str | Path | None = None,
         prior: CoefficientPrior = CoefficientPrior(),
-        appearance: AppearanceSettings = AppearanceSettings(),
-        render_batch_size: int = 32,
         device: str | torch.device = "cpu",
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if batch_size < 1 or num_workers < 0:
-            raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+        check_loader_args(batch_size, num_workers)
         self.face_model = face_model
+        self.settings = settings
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.seed = seed
-        self.sizes = {"train": n_train, "val": n_val, "test": n_test}
+        self.seed = settings.seed
+        self.sizes = {split: settings.size(split) for split in SPLITS}
         self._dataset_args = dict(
-            seed=seed,
-            image_size=image_size,
-            max_yaw_deg=max_yaw_deg,
-            max_pitch_deg=max_pitch_deg,
-            max_roll_deg=max_roll_deg,
-            occluder_probability=occluder_probability,
-            landmark_noise_px=landmark_noise_px,
-            pixel_noise_std=pixel_noise_std,
-            prior=prior,
-            cache_dir=cache_dir,
-            appearance=appearance,
-            render_batch_size=render_batch_size,
-            device=device,
-            backend=backend,
+            image_size=image_size, cache_dir=cache_dir, prior=prior, device=device, backend=backend
         )
         self.cache_dir = cache_dir
         self.datasets: dict[str, SyntheticFaceDataset] = {}
@@ -599,9 +637,7 @@ class SyntheticFaceDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> SyntheticFaceDataset:
         """The split's dataset, built (not yet generated) on first use."""
         if split not in self.datasets:
-            self.datasets[split] = SyntheticFaceDataset(
-                self.face_model, self.sizes[split], split=split, **self._dataset_args
-            )
+            self.datasets[split] = SyntheticFaceDataset(self.face_model, self.settings, split, **self._dataset_args)
         return self.datasets[split]
 
     @property
@@ -624,25 +660,14 @@ class SyntheticFaceDataModule(pl.LightningDataModule):
                 dataset.materialise()
 
     def setup(self, stage: str | None = None) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in splits.get(stage, SPLITS) if stage is not None else SPLITS:
+        for split in stage_splits(stage):
             self.dataset(split).materialise()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
         # Generating inside DataLoader workers would repeat the work in each of them.
         dataset.materialise()
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            # A last batch of one breaks batch norm; skipping a remainder of a shuffled epoch loses nothing.
-            drop_last=shuffle and len(dataset) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_face_samples,
-        )
+        return make_loader(dataset, self.batch_size, shuffle, self.seed, self.num_workers, collate_face_samples)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

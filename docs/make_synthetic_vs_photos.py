@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from datamodules.appearance import AppearanceSettings
-from datamodules.synthetic import SyntheticFaceDataset
+from datamodules.synthetic import SyntheticFaceDataset, SyntheticFaceSettings
 from face_model import load_face_model
 from preprocessing.align import (
     fit_scale_translation,
@@ -82,7 +82,11 @@ def main() -> None:
         ("synthetic training pictures (photo look, default)", AppearanceSettings()),
         ("the same faces, face model's own look (before)", AppearanceSettings(look="model")),
     ):
-        data = SyntheticFaceDataset(model, 16, image_size=SIZE, appearance=settings)
+        # The pose and occluder values the figure was made with (the dataset's defaults then).
+        what = SyntheticFaceSettings(
+            n_train=16, max_pitch_deg=20.0, max_roll_deg=10.0, occluder_probability=0.2, appearance=settings
+        )
+        data = SyntheticFaceDataset(model, what, image_size=SIZE)
         panels.append(titled(grid(list(data.arrays.images.transpose(0, 2, 3, 1)), 4), title))
     photos = photo_crops(template)
     panels.append(titled(grid(photos, 2), "real photos, same crop"))

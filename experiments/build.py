@@ -35,17 +35,15 @@ def build_renderer(cfg: ExperimentConfig, face_model: FaceModel) -> MeshRenderer
 
 
 def build_loss(cfg: ExperimentConfig, face_model: FaceModel):
-    from losses.hybrid import HybridLoss, LossWeights
+    from losses.hybrid import HybridLoss
 
     lc = cfg.loss
-    names = {f.name for f in dataclasses.fields(LossWeights)}
-    weights = LossWeights(**{k: v for k, v in dataclasses.asdict(lc).items() if k in names})
     recognition = None
     if lc.perceptual > 0:
         from networks.recognition import build_recognition_net
 
         recognition = build_recognition_net(lc.recognition_net, lc.recognition_weights)
-    return HybridLoss(weights, face_model.skin_mask, recognition)
+    return HybridLoss(lc.weights(), face_model.skin_mask, recognition)
 
 
 def build_rnet(cfg: ExperimentConfig, face_model: FaceModel):
@@ -78,22 +76,14 @@ def build_rnet(cfg: ExperimentConfig, face_model: FaceModel):
 
 
 def build_rnet_module(cfg: ExperimentConfig, face_model: FaceModel | None = None):
-    from lightning_modules.rnet_module import OptimSettings, RNetModule
+    from lightning_modules.rnet_module import RNetModule
 
     face_model = face_model if face_model is not None else build_face_model(cfg)
-    oc = cfg.optim
     return RNetModule(
         rnet=build_rnet(cfg, face_model),
         renderer=build_renderer(cfg, face_model),
         loss=build_loss(cfg, face_model),
-        optim=OptimSettings(
-            lr=oc.lr,
-            lr_step_epochs=oc.lr_step_epochs,
-            lr_gamma=oc.lr_gamma,
-            weight_decay=oc.weight_decay,
-            identity_lr_scale=oc.identity_lr_scale,
-            lr_step_steps=oc.lr_step_steps,
-        ),
+        optim=cfg.optim,
         use_skin_attention=cfg.loss.skin_attention,
         channels_last=cfg.trainer.channels_last,
         config=to_yaml(cfg),
@@ -101,38 +91,16 @@ def build_rnet_module(cfg: ExperimentConfig, face_model: FaceModel | None = None
 
 
 def build_datamodule(cfg: ExperimentConfig, face_model: FaceModel, cache_dir: Path | None = None):
+    """The R-Net data the config's ``data`` section describes: synthetic faces or prepared photos."""
     dc = cfg.data
+    loading = dict(image_size=cfg.renderer.image_size, batch_size=dc.batch_size, num_workers=dc.num_workers)
     if dc.kind == "synthetic":
         from datamodules.synthetic import SyntheticFaceDataModule
 
-        sc = dc.synthetic
-        return SyntheticFaceDataModule(
-            face_model=face_model,
-            image_size=cfg.renderer.image_size,
-            n_train=sc.n_train,
-            n_val=sc.n_val,
-            n_test=sc.n_test,
-            batch_size=dc.batch_size,
-            num_workers=dc.num_workers,
-            seed=sc.seed,
-            max_yaw_deg=sc.max_yaw_deg,
-            max_pitch_deg=sc.max_pitch_deg,
-            max_roll_deg=sc.max_roll_deg,
-            occluder_probability=sc.occluder_probability,
-            landmark_noise_px=sc.landmark_noise_px,
-            cache_dir=cache_dir,
-        )
+        return SyntheticFaceDataModule(face_model, dc.synthetic, cache_dir=cache_dir, **loading)
     from datamodules.prepared import PreparedImagesDataModule
 
-    pc = dc.prepared
-    return PreparedImagesDataModule(
-        root=Path(pc.root),
-        image_size=cfg.renderer.image_size,
-        batch_size=dc.batch_size,
-        num_workers=dc.num_workers,
-        val_fraction=pc.val_fraction,
-        augment=pc.augment,
-    )
+    return PreparedImagesDataModule(dc.prepared, **loading)
 
 
 def config_from_checkpoint(checkpoint: dict, path: str | Path) -> ExperimentConfig:
@@ -269,18 +237,23 @@ def _refuse_other_files(checkpoint, path: Path) -> None:
         )
 
 
-def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu") -> RNetSource:
-    """Trained R-Net weights: ``"bundled"`` (the R-Net shipped in ``networks/weights/``), a weights folder or its
-    ``rnet.pt`` (written by ``face3d export-weights``; checksum verified), or a ``face3d train`` checkpoint."""
+def _weights_folder(source: str | Path) -> Path | None:
+    """The weights folder ``source`` names (``"bundled"``, a folder, or the ``rnet.pt`` beside its model card);
+    None when it names something else (a ``face3d train`` checkpoint)."""
     from networks.bundled_weights import BUNDLED_DIR, CARD_NAME, WEIGHTS_NAME
 
     if str(source) == BUNDLED:
-        return _weights_source(BUNDLED_DIR)
+        return BUNDLED_DIR
     path = Path(source)
     if path.is_dir():
-        return _weights_source(path)
+        return path
     if path.name == WEIGHTS_NAME and (path.parent / CARD_NAME).is_file():
-        return _weights_source(path.parent)
+        return path.parent
+    return None
+
+
+def _read_rnet_checkpoint(path: Path, map_location: str | torch.device) -> tuple[dict, ExperimentConfig]:
+    """A ``face3d train`` checkpoint and its config; FileNotFoundError or ValueError saying what to pass instead."""
     checkpoint = _read_checkpoint(
         path,
         map_location,
@@ -289,7 +262,17 @@ def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu
         "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)",
     )
     _refuse_other_files(checkpoint, path)
-    cfg = config_from_checkpoint(checkpoint, path)
+    return checkpoint, config_from_checkpoint(checkpoint, path)
+
+
+def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu") -> RNetSource:
+    """Trained R-Net weights: ``"bundled"`` (the R-Net shipped in ``networks/weights/``), a weights folder or its
+    ``rnet.pt`` (written by ``face3d export-weights``; checksum verified), or a ``face3d train`` checkpoint."""
+    folder = _weights_folder(source)
+    if folder is not None:
+        return _weights_source(folder)
+    path = Path(source)
+    checkpoint, cfg = _read_rnet_checkpoint(path, map_location)
     state = checkpoint.get("state_dict", {})
     rnet_state = {k.removeprefix("rnet."): v for k, v in state.items() if k.startswith("rnet.")}
     if not rnet_state:
@@ -319,28 +302,13 @@ def load_rnet_state(rnet, state_dict: dict, origin: str) -> None:
 def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild an `RNetModule` and its config from a checkpoint written by ``face3d train``, or from R-Net weights
     (``"bundled"`` or a ``face3d export-weights`` folder, see `read_rnet_source`)."""
-    from networks.bundled_weights import CARD_NAME, WEIGHTS_NAME
-
-    path_like = Path(path)
-    if (
-        str(path) == BUNDLED
-        or path_like.is_dir()
-        or (path_like.name == WEIGHTS_NAME and (path_like.parent / CARD_NAME).is_file())
-    ):
+    if _weights_folder(path) is not None:
         source = read_rnet_source(path, map_location)
         module = build_rnet_module(_for_checkpoint_weights(source.config))
         load_rnet_state(module.rnet, source.state_dict, source.origin)
         return module.eval(), source.config
-    path = path_like
-    checkpoint = _read_checkpoint(
-        path,
-        map_location,
-        f"checkpoint {path} not found; train one with `make "
-        "train-single` or `face3d train --config NAME` (checkpoints are under "
-        "outputs/<run>/checkpoints/), or use the bundled R-Net (`bundled`)",
-    )
-    _refuse_other_files(checkpoint, path)
-    cfg = config_from_checkpoint(checkpoint, path)
+    path = Path(path)
+    checkpoint, cfg = _read_rnet_checkpoint(path, map_location)
     module = build_rnet_module(_for_checkpoint_weights(cfg))
     try:
         missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
@@ -369,22 +337,19 @@ def build_cnet(cfg: ExperimentConfig, rnet, kind: str):
 def build_cnet_module(cfg: ExperimentConfig, rnet_module, strategy: str, loss=None):
     """A `CNetModule` on the R-Net, renderer and (unless ``loss`` is given) hybrid loss of ``rnet_module``."""
     from lightning_modules.cnet_module import CNetModule
-    from lightning_modules.rnet_module import OptimSettings
     from networks.aggregation import GLOBAL_STRATEGIES
 
     cnet = None
     if strategy != "mean":
         cnet = build_cnet(cfg, rnet_module.rnet, "global" if strategy in GLOBAL_STRATEGIES else "elementwise")
-    oc = cfg.optim
     return CNetModule(
         rnet=rnet_module.rnet,
         renderer=rnet_module.renderer,
         loss=loss if loss is not None else rnet_module.loss,
         cnet=cnet,
         strategy=strategy,
-        optim=OptimSettings(
-            lr=oc.lr, lr_step_epochs=oc.lr_step_epochs, lr_gamma=oc.lr_gamma, weight_decay=oc.weight_decay
-        ),
+        # C-Net decays by epochs and has no identity head: it reads lr, lr_step_epochs, lr_gamma and weight_decay.
+        optim=dataclasses.replace(cfg.optim, identity_lr_scale=1.0, lr_step_steps=None),
         use_skin_attention=cfg.loss.skin_attention,
         config=to_yaml(cfg),
     )
@@ -394,44 +359,14 @@ def build_image_set_datamodule(cfg: ExperimentConfig, face_model: FaceModel, cac
     """`ImageSetDataModule` over synthetic sets (train/val/test) or prepared photos (train/val)."""
     from datamodules.image_sets import ImageSetDataModule
 
-    sc = cfg.data.sets
-    if sc.kind == "synthetic":
-        from datamodules.image_sets import SyntheticImageSetDataset
-
-        common = dict(
-            set_size=sc.set_size,
-            min_set_size=sc.min_set_size,
-            seed=sc.seed,
-            image_size=cfg.renderer.image_size,
-            max_yaw_deg=sc.max_yaw_deg,
-            max_pitch_deg=sc.max_pitch_deg,
-            max_roll_deg=sc.max_roll_deg,
-            albedo_jitter=sc.albedo_jitter,
-            degrade_probability=sc.degrade_probability,
-            degradations=tuple(sc.degradations),
-            landmark_noise_px=sc.landmark_noise_px,
-            cache_dir=cache_dir,
-            backend=cfg.renderer.backend,
-        )
-        sizes = {"train": sc.n_train, "val": sc.n_val, "test": sc.n_test}
-        datasets = {split: SyntheticImageSetDataset(face_model, n, split=split, **common) for split, n in sizes.items()}
-    else:
-        from datamodules.image_sets import PreparedImageSetDataset, group_by_identity, split_identities
-        from datamodules.prepared import read_prepared
-
-        groups = group_by_identity(read_prepared(sc.root), min_images=sc.min_images)
-        train, val = split_identities(groups, sc.val_fraction)
-        if not train:
-            raise ValueError(
-                f"all {len(val)} identities of {sc.root} fell into the validation split; lower "
-                f"data.sets.val_fraction ({sc.val_fraction}) or add people"
-            )
-        common = dict(set_size=sc.set_size, image_size=cfg.renderer.image_size, seed=sc.seed)
-        datasets = {
-            "train": PreparedImageSetDataset(train, sets_per_identity=sc.sets_per_identity, random_sets=True, **common),
-            "val": PreparedImageSetDataset(val, random_sets=False, **common),
-        }
-    return ImageSetDataModule(datasets, batch_size=sc.batch_size, num_workers=cfg.data.num_workers, seed=sc.seed)
+    return ImageSetDataModule.from_settings(
+        cfg.data.sets,
+        face_model,
+        image_size=cfg.renderer.image_size,
+        num_workers=cfg.data.num_workers,
+        cache_dir=cache_dir,
+        backend=cfg.renderer.backend,
+    )
 
 
 def load_cnet_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):

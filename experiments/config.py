@@ -4,10 +4,16 @@ A run's config is the schema defaults, then each YAML file in order (an experime
 holds only its diff), then ``key=value`` overrides from the command line. Unknown keys and wrong types
 fail with a message that names the key, the file and the closest valid key. Only this module and the
 entry points import OmegaConf; everything else receives plain typed arguments built from it.
+
+Where a component has a frozen settings dataclass, the schema embeds it instead of repeating its fields
+(``data.synthetic``, ``data.prepared``, ``data.sets``, ``optim``; ``loss`` inherits `losses.hybrid.LossWeights`),
+so every default lives once, beside its component, and the object `load_config` returns holds those settings
+objects themselves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +21,12 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from datamodules.image_sets import ImageSetSettings
+from datamodules.prepared import PreparedDataSettings
+from datamodules.synthetic import SyntheticFaceSettings
+from lightning_modules.rnet_module import OptimSettings
+from losses.hybrid import LossWeights
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -39,94 +51,40 @@ class RendererConfig:
     image_size: int = 224
 
 
-@dataclass
-class LossConfig:
-    photometric: float = 1.92
-    landmark: float = 1.6e-3
-    perceptual: float = 0.2
-    regularization: float = 3e-4
-    texture: float = 1.0
-    gamma: float = 0.0
-    reg_id: float = 1.0
-    reg_exp: float = 0.8
-    reg_tex: float = 1.7e-3
-    """Paper value; Deep3DFaceRecon's released code uses 1.7e-2."""
-    nose_mouth_landmark_weight: float = 20.0
+@dataclass(frozen=True)
+class LossConfig(LossWeights):
+    """The hybrid loss: its weights are `losses.hybrid.LossWeights`' fields (inherited, so a weight renamed there
+    is renamed here), plus how the loss is built."""
+
     skin_attention: bool = True
     """False replaces the skin attention by 1 everywhere on the face (the paper's Fig. 2 ablation)."""
     recognition_net: str = "sface"
     """Frozen perceptual network: 'sface' (ships offline), 'arcface_r50' / 'arcface_r100' (weights needed)."""
     recognition_weights: Optional[str] = None
 
-
-@dataclass
-class SyntheticDataConfig:
-    n_train: int = 4000
-    n_val: int = 256
-    n_test: int = 256
-    seed: int = 0
-    max_yaw_deg: float = 80.0
-    max_pitch_deg: float = 25.0
-    max_roll_deg: float = 15.0
-    occluder_probability: float = 0.3
-    landmark_noise_px: float = 1.5
-    """Std of Gaussian noise on the 2D landmarks, mimicking a detector."""
-
-
-@dataclass
-class PreparedDataConfig:
-    root: Optional[str] = None
-    """Folder written by ``face3d prepare`` (with manifest.jsonl)."""
-    val_fraction: float = 0.05
-    augment: bool = True
-
-
-@dataclass
-class ImageSetConfig:
-    """Image sets for C-Net (`datamodules.image_sets`); sizes count sets (identities), not pictures."""
-
-    kind: str = "synthetic"
-    """'synthetic' (rendered sets with ground truth) or 'prepared' (one `face3d prepare` folder of photos
-    organised one subfolder per person, see `datamodules.image_sets`)."""
-    set_size: int = 5
-    """Pictures per set (5 in the paper)."""
-    min_set_size: Optional[int] = None
-    """Synthetic only: None = fixed-size sets, else sizes uniform in [min_set_size, set_size]."""
-    batch_size: int = 4
-    """Sets per batch."""
-    n_train: int = 512
-    n_val: int = 32
-    n_test: int = 64
-    seed: int = 0
-    max_yaw_deg: float = 80.0
-    """Yaws are spread over [-max, max] inside every set."""
-    max_pitch_deg: float = 20.0
-    max_roll_deg: float = 10.0
-    albedo_jitter: float = 0.2
-    """Per-picture albedo change on top of the identity's albedo (prior units)."""
-    degrade_probability: float = 0.5
-    """Chance that a picture is degraded by one of ``degradations``."""
-    degradations: list[str] = field(default_factory=lambda: ["occluder", "blur", "noise", "side_light"])
-    landmark_noise_px: float = 1.5
-    root: Optional[str] = None
-    """Prepared only: the folder written by ``face3d prepare`` over ``people/<name>/*`` photos."""
-    min_images: int = 2
-    """Prepared only: identities with fewer photos are left out."""
-    val_fraction: float = 0.1
-    """Prepared only: share of identities held out (by name hash)."""
-    sets_per_identity: int = 1
-    """Prepared only: sets drawn per identity and epoch."""
+    def weights(self) -> LossWeights:
+        """The `LossWeights` part."""
+        return LossWeights(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossWeights)})
 
 
 @dataclass
 class DataConfig:
+    """The data of a run. Each component's section is that component's own settings dataclass, so its defaults
+    live once, beside the component."""
+
     kind: str = "synthetic"
     """'synthetic' (embedded default, ground truth available) or 'prepared' (real photos)."""
     batch_size: int = 32
     num_workers: int = 0
-    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
-    prepared: PreparedDataConfig = field(default_factory=PreparedDataConfig)
-    sets: ImageSetConfig = field(default_factory=ImageSetConfig)
+    """DataLoader workers: 0 loads in the main process; -1 follows the machine (one per CPU but one); a larger
+    request is capped at that with a warning (`datamodules.loaders.resolve_num_workers`), so a config written for
+    a GPU server runs on a small machine."""
+    synthetic: SyntheticFaceSettings = field(default_factory=SyntheticFaceSettings)
+    """`datamodules.synthetic.SyntheticFaceSettings`."""
+    prepared: PreparedDataSettings = field(default_factory=PreparedDataSettings)
+    """`datamodules.prepared.PreparedDataSettings`."""
+    sets: ImageSetSettings = field(default_factory=ImageSetSettings)
+    """`datamodules.image_sets.ImageSetSettings` (C-Net)."""
 
 
 @dataclass
@@ -153,22 +111,6 @@ class NetworkConfig:
     better (see default.yaml)."""
     landmark_hidden: int = 0
     """With ``landmark_input``: width of a two-layer MLP on the landmark features (0 = the features themselves)."""
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-4
-    lr_step_epochs: int = 10
-    """Step decay period in epochs, as Deep3DFaceRecon's 'step' policy (used when ``lr_step_steps`` is None)."""
-    lr_step_steps: Optional[int] = None
-    """Step decay period in optimisation steps; replaces ``lr_step_epochs`` when set. A run bounded by
-    ``trainer.max_steps`` should decay by steps, so the schedule does not depend on the epoch length."""
-    lr_gamma: float = 0.2
-    weight_decay: float = 0.0
-    identity_lr_scale: float = 1.0
-    """R-Net: learning-rate multiplier of the identity head (1 = the paper). Adam's steps are normalised by the
-    gradient's size, and identity's share of the weak loss's gradient is small and noisy, so at 1 the head
-    moves slowly; C-Net runs ignore it."""
 
 
 @dataclass
@@ -235,7 +177,8 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    """`lightning_modules.rnet_module.OptimSettings`."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cnet: CNetConfig = field(default_factory=CNetConfig)
@@ -265,17 +208,23 @@ def _explain(err: Exception, schema: DictConfig, source: str) -> ConfigError:
     return ConfigError(f"invalid value for '{key}' in {source}: {getattr(err, 'msg', err)}")
 
 
-def resolve_config_path(name: str | Path) -> Path:
-    """A config given as a path, or by name under experiments/configs/ (``paper_ict`` or
-    ``ablations/no_perceptual``)."""
+def resolve_named_yaml(name: str | Path, folder: Path, what: str) -> Path:
+    """A YAML file given as a path, or by name (without ``.yaml``, sub-folders allowed) under ``folder``;
+    FileNotFoundError listing the known names when neither exists."""
     path = Path(name)
     if path.is_file():
         return path
-    candidate = CONFIG_DIR / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
+    candidate = folder / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
     if candidate.is_file():
         return candidate
-    known = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
-    raise FileNotFoundError(f"config {name!r} not found (as a path or under {CONFIG_DIR}); known configs: {known}")
+    known = sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+    raise FileNotFoundError(f"{what} {name!r} not found (as a path or under {folder}); known {what}s: {known}")
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config given as a path, or by name under experiments/configs/ (``paper_ict`` or
+    ``ablations/no_perceptual``)."""
+    return resolve_named_yaml(name, CONFIG_DIR, "config")
 
 
 def _merge(base: DictConfig, node: Any, schema: DictConfig, source: str) -> DictConfig:
@@ -302,9 +251,34 @@ def load_config(
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
         merged = _merge(merged, OmegaConf.from_dotlist(list(overrides)), schema, "the command-line overrides")
-    config = OmegaConf.to_object(merged)
+    config = _to_object(merged)
     validate(config)
     return config
+
+
+def _to_object(merged: DictConfig) -> ExperimentConfig:
+    """The config as dataclasses; a settings dataclass that refuses its values (its ``__post_init__``) becomes a
+    ConfigError naming its section."""
+    try:
+        return OmegaConf.to_object(merged)
+    except Exception as err:  # noqa: BLE001 - any refusal is a bad value of the config
+        raise ConfigError(f"invalid value in config section '{_refusing_section(merged)}': {err}") from None
+
+
+def _refusing_section(node: DictConfig, prefix: str = "") -> str:
+    """The deepest section of ``node`` whose dataclass cannot be built from its values ('' when none)."""
+    for key in node.keys():
+        child = node[key]
+        if not isinstance(child, DictConfig):
+            continue
+        inner = _refusing_section(child, f"{prefix}{key}.")
+        if inner:
+            return inner
+        try:
+            OmegaConf.to_object(child)
+        except Exception:  # noqa: BLE001 - looking for the section that refuses, whatever its error
+            return f"{prefix}{key}"
+    return ""
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -313,7 +287,6 @@ def validate(config: ExperimentConfig) -> None:
         "face_model.name": (config.face_model.name, ("ict", "bfm")),
         "renderer.backend": (config.renderer.backend, ("auto", "torch", "pytorch3d")),
         "data.kind": (config.data.kind, ("synthetic", "prepared")),
-        "data.sets.kind": (config.data.sets.kind, ("synthetic", "prepared")),
         "trainer.precision": (config.trainer.precision, ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "auto")),
         "logging.wandb_mode": (config.logging.wandb_mode, ("offline", "online", "disabled")),
     }
@@ -332,6 +305,8 @@ def validate(config: ExperimentConfig) -> None:
             "data.sets.kind=prepared needs data.sets.root (a `face3d prepare` folder of photos "
             "organised one subfolder per person)"
         )
+    if config.data.num_workers < -1:
+        raise ConfigError(f"data.num_workers must be >= 0, or -1 to follow the machine, got {config.data.num_workers}")
     if config.network.init is not None and config.network.deep3d_checkpoint:
         raise ConfigError("network.init and network.deep3d_checkpoint both say where R-Net starts: keep one")
     tc = config.trainer

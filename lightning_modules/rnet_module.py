@@ -26,19 +26,27 @@ IDENTITY_MODES = 10
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """Adam with step decay, as Deep3DFaceRecon ('step' policy): the learning rate is multiplied by ``lr_gamma``
-    every ``lr_step_epochs`` epochs, or every ``lr_step_steps`` optimisation steps when that is set.
+    """Adam with step decay, as Deep3DFaceRecon ('step' policy); the ``optim`` section of the experiment config.
 
-    identity_lr_scale: R-Net only: the identity head learns at ``lr * identity_lr_scale`` (1 = Deep3D). Identity is
-                       the faintest signal in the weak loss; see `experiments.config.OptimConfig`.
+    lr:                learning rate.
+    lr_step_epochs:    the learning rate is multiplied by ``lr_gamma`` every this many epochs (used when
+                       ``lr_step_steps`` is None).
+    lr_step_steps:     step decay period in optimisation steps; replaces ``lr_step_epochs`` when set. A run bounded
+                       by ``trainer.max_steps`` should decay by steps, so the schedule does not depend on the epoch
+                       length.
+    lr_gamma:          decay factor.
+    weight_decay:      Adam's weight decay.
+    identity_lr_scale: R-Net only: the identity head learns at ``lr * identity_lr_scale`` (1 = the paper). Adam's
+                       steps are normalised by the gradient's size, and identity's share of the weak loss's
+                       gradient is small and noisy, so at 1 the head moves slowly; C-Net runs ignore it.
     """
 
     lr: float = 1e-4
     lr_step_epochs: int = 10
+    lr_step_steps: int | None = None
     lr_gamma: float = 0.2
     weight_decay: float = 0.0
     identity_lr_scale: float = 1.0
-    lr_step_steps: int | None = None
 
 
 @dataclass(frozen=True)

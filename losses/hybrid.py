@@ -60,7 +60,8 @@ class LossWeights:
     nose_mouth_landmark_weight: float = 20.0
 
     def __post_init__(self) -> None:
-        negative = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) < 0}
+        # fields(LossWeights), not fields(self): the experiment config's loss section extends this class.
+        negative = {f.name: getattr(self, f.name) for f in fields(LossWeights) if getattr(self, f.name) < 0}
         if negative:
             raise ValueError(f"loss weights must be >= 0, got {negative}")
 

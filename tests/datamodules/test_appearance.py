@@ -93,31 +93,18 @@ def test_shading_matches_the_analytic_lambert_value():
         exposure=1.3,
         use_sh=False,
     )
-    out = shade_vertices(
-        albedo,
-        normals,
-        vertices,
-        [light],
-        torch.zeros(1, 27, dtype=torch.float64),
-        torch.ones(2, dtype=torch.float64),
-        torch.ones(1, 2, dtype=torch.float64),
-        10.0,
-    )[0]
+
+    def shade(visibility: torch.Tensor) -> torch.Tensor:
+        no_sh, specular = torch.zeros(1, 27, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+        return shade_vertices(albedo, normals, vertices, [light], no_sh, specular, visibility, 10.0)[0]
+
+    out = shade(torch.ones(1, 2, dtype=torch.float64))
     linear = albedo[0, 0] ** GAMMA
     lit = (1.3 * linear * (torch.tensor([1.0, 0.9, 0.8], dtype=torch.float64) * math.cos(tilt) + 0.2)) ** (1 / GAMMA)
     dark = (1.3 * linear * 0.2) ** (1 / GAMMA)  # facing away: ambient only, the light is clamped to zero
     assert torch.allclose(out[0], lit, atol=1e-12) and torch.allclose(out[1], dark, atol=1e-12)
     # A shadowed vertex keeps only the ambient.
-    shadowed = shade_vertices(
-        albedo,
-        normals,
-        vertices,
-        [light],
-        torch.zeros(1, 27, dtype=torch.float64),
-        torch.ones(2, dtype=torch.float64),
-        torch.zeros(1, 2, dtype=torch.float64),
-        10.0,
-    )[0]
+    shadowed = shade(torch.zeros(1, 2, dtype=torch.float64))
     assert torch.allclose(shadowed[0], dark, atol=1e-12)
 
 

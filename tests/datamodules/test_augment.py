@@ -10,6 +10,7 @@ import torch
 from datamodules.augment import (
     FLIP_PERMUTATION_68,
     Augmentation,
+    AugmentSettings,
     apply_augmentation,
     augment_sample,
     sample_augmentation,
@@ -107,9 +108,7 @@ def test_sampled_transforms_stay_in_range():
     centre = torch.tensor([SIZE / 2.0, SIZE / 2.0], dtype=torch.float64)
     flips = 0
     for _ in range(200):
-        augmentation = sample_augmentation(
-            SIZE, SIZE, generator, max_shift_px=10.0, max_scale=0.1, max_rotation_deg=10.0, flip_probability=0.5
-        )
+        augmentation = sample_augmentation(SIZE, SIZE, generator, AugmentSettings())
         linear, offset = augmentation.matrix[:, :2], augmentation.matrix[:, 2]
         scale = math.sqrt(abs(float(torch.linalg.det(linear))))
         assert 0.9 - 1e-9 <= scale <= 1.1 + 1e-9
@@ -122,6 +121,15 @@ def test_sampled_transforms_stay_in_range():
         assert (float(torch.linalg.det(linear)) < 0) == augmentation.flipped
         flips += augmentation.flipped
     assert 70 < flips < 130
+
+
+def test_augment_settings_refuse_bad_ranges_and_scale_the_shift_with_the_crop():
+    assert AugmentSettings() == AugmentSettings(10.0, 0.1, 10.0, 0.5)  # Deep3D's ranges
+    assert AugmentSettings().for_width(112).max_shift_px == 5.0
+    with pytest.raises(ValueError, match="flip_probability"):
+        AugmentSettings(flip_probability=1.5)
+    with pytest.raises(ValueError, match="max_scale"):
+        AugmentSettings(max_scale=1.0)
 
 
 def test_augment_sample_is_reproducible_with_a_generator():

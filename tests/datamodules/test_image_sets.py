@@ -13,6 +13,7 @@ import torch
 from datamodules.image_sets import (
     DEGRADATIONS,
     ImageSetDataModule,
+    ImageSetSettings,
     PreparedImageSetDataset,
     SyntheticImageSetDataset,
     collate_image_sets,
@@ -25,10 +26,25 @@ from datamodules.prepared import read_prepared
 SIZE = 48
 
 
+RUNTIME = ("split", "image_size", "cache_dir", "prior", "device", "backend")
+
+
 def make_sets(face_model, n_sets=4, **overrides):
-    args = dict(set_size=5, split="train", seed=5, image_size=SIZE, degrade_probability=0.6, render_batch_size=16)
-    args.update(overrides)
-    return SyntheticImageSetDataset(face_model, n_sets, **args)
+    """``n_sets`` sets in their split; ``overrides`` are `ImageSetSettings` fields or runtime arguments."""
+    runtime = {"split": "train", "image_size": SIZE, **{k: v for k, v in overrides.items() if k in RUNTIME}}
+    settings = dict(
+        n_train=n_sets,
+        n_val=n_sets,
+        n_test=n_sets,
+        set_size=5,
+        seed=5,
+        degrade_probability=0.6,
+        render_batch_size=16,
+        # The dataset's landmark noise before the settings held every default.
+        landmark_noise_px=2.0,
+    )
+    settings.update({k: v for k, v in overrides.items() if k not in RUNTIME})
+    return SyntheticImageSetDataset(face_model, ImageSetSettings(**settings), **runtime)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +100,7 @@ def test_degradations_follow_their_probability_and_change_only_their_pictures(ic
         assert soft < sharp
     side = make_sets(ict_small, n_sets=2, degrade_probability=1.0, degradations=("side_light",))
     lighting = side.layout.split(torch.from_numpy(side.arrays.coefficients)).lighting.reshape(-1, 3, 9)
-    assert torch.allclose(lighting[:, :, 3].abs(), torch.tensor(side.degradation.side_light))
+    assert torch.allclose(lighting[:, :, 3].abs(), torch.tensor(side.settings.degradation.side_light))
 
 
 def test_deterministic_cached_and_split_apart(ict_small, sets, tmp_path):
@@ -150,13 +166,14 @@ def test_prepared_photos_are_grouped_by_folder_into_sets(tmp_path):
     train, val = split_identities(groups, 0.0)
     assert sorted(train) == ["alice", "bob"] and not val
 
-    fixed = PreparedImageSetDataset(groups, set_size=2, image_size=16, random_sets=False, sets_per_identity=2)
+    two_of_two = ImageSetSettings(kind="prepared", set_size=2, sets_per_identity=2)
+    fixed = PreparedImageSetDataset(groups, two_of_two, image_size=16, random_sets=False)
     assert len(fixed) == 4
     assert [r.source for r in fixed.choose(0)] == [r.source for r in fixed.choose(0)]
     batch = collate_image_sets([fixed[0], fixed[2]])
     assert batch.images.shape == (2, 2, 3, 16, 16) and batch.ground_truth is None and batch.metadata is None
     assert batch.landmarks[0, 0, 0, 0] < 16  # landmarks scaled with the crop
-    everything = PreparedImageSetDataset(groups, set_size=5, image_size=None)
+    everything = PreparedImageSetDataset(groups, ImageSetSettings(kind="prepared"), image_size=None, random_sets=True)
     padded = collate_image_sets([everything[0], everything[1]])
     assert torch.equal(padded.valid.sum(1), torch.tensor([3, 2])) and not padded.full
     with pytest.raises(ValueError, match="one folder per person"):
@@ -188,3 +205,24 @@ def test_photo_look_side_light_lights_the_side_the_coefficients_say(ict_small):
         # A positive x band brightens the subject's right (image left); the photo look lights from there.
         lit_left = float(lighting[k, 0, 3]) > 0
         assert (left_mean > right_mean) == lit_left, (k, left_mean, right_mean)
+
+
+def test_prepared_sets_of_few_people_still_validate_on_one(tmp_path):
+    sources = ["alice/1.png", "alice/2.png", "bob/a.png", "bob/b.png", "carol/x.png", "carol/y.png"]
+    _write_prepared(tmp_path, sources)
+    settings = ImageSetSettings(kind="prepared", root=str(tmp_path), val_fraction=0.01, set_size=2, batch_size=2)
+    with pytest.warns(UserWarning, match="holding out one"):
+        datamodule = ImageSetDataModule.from_settings(settings, None, image_size=16)
+    train, val = datamodule.dataset("train"), datamodule.dataset("val")
+    assert len(val) == 1 and len(train) == 2 and not set(train.names) & set(val.names)
+    batch = next(iter(datamodule.val_dataloader()))
+    assert batch.images.shape == (1, 2, 3, 16, 16)
+
+
+def test_bad_image_set_settings_are_named():
+    with pytest.raises(ValueError, match="min_set_size"):
+        ImageSetSettings(set_size=3, min_set_size=4)
+    with pytest.raises(ValueError, match="unknown degradations"):
+        ImageSetSettings(degradations=("rain",))
+    with pytest.raises(ValueError, match="image-set kind"):
+        ImageSetSettings(kind="video")

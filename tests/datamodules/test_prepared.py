@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from datamodules.batch import FaceBatch
-from datamodules.prepared import PreparedImagesDataModule, PreparedImagesDataset, read_prepared, split_records
+from datamodules.prepared import (
+    PreparedDataSettings,
+    PreparedImagesDataModule,
+    PreparedImagesDataset,
+    is_validation,
+    read_prepared,
+    split_records,
+)
 from preprocessing.image import NO_FACE, OK
 from preprocessing.outputs import MANIFEST_NAME, output_paths
 
@@ -67,7 +74,7 @@ def test_reads_only_ok_records(prepared_root):
 def test_missing_manifest_says_to_run_prepare(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"face3d prepare --images DIR --out"):
         read_prepared(tmp_path)
-    dm = PreparedImagesDataModule(tmp_path, image_size=SIZE)
+    dm = PreparedImagesDataModule(PreparedDataSettings(root=str(tmp_path)), image_size=SIZE, batch_size=4)
     with pytest.raises(FileNotFoundError, match="manifest"):
         dm.setup("fit")
 
@@ -91,7 +98,8 @@ def test_split_is_by_content_and_stable(prepared_root):
 
 
 def test_datamodule_batches_match_the_files(prepared_root):
-    dm = PreparedImagesDataModule(prepared_root, image_size=None, batch_size=4, val_fraction=0.3, augment=False)
+    settings = PreparedDataSettings(root=str(prepared_root), val_fraction=0.3, augment=False)
+    dm = PreparedImagesDataModule(settings, image_size=None, batch_size=4)
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))
     assert isinstance(batch, FaceBatch) and batch.ground_truth is None
@@ -119,13 +127,41 @@ def test_resizing_scales_landmarks(prepared_root):
 
 def test_augmentation_is_for_training_only(prepared_root):
     torch.manual_seed(0)
-    dm = PreparedImagesDataModule(prepared_root, image_size=SIZE, batch_size=2, val_fraction=0.3, augment=True)
+    settings = PreparedDataSettings(root=str(prepared_root), val_fraction=0.3, augment=True)
+    dm = PreparedImagesDataModule(settings, image_size=SIZE, batch_size=2)
     dm.setup("fit")
     plain = PreparedImagesDataset(dm.train_dataset.records, image_size=SIZE)
     augmented = dm.train_dataset[0]
     assert augmented["image"].shape == plain[0]["image"].shape
     assert not torch.equal(augmented["image"], plain[0]["image"])
     assert not torch.equal(augmented["landmarks"], plain[0]["landmarks"])
-    assert not dm.val_dataset.augment
+    assert dm.val_dataset.augmentation is None
     val_plain = PreparedImagesDataset(dm.val_dataset.records, image_size=SIZE)
     assert torch.equal(dm.val_dataset[0]["image"], val_plain[0]["image"])
+
+
+def test_a_folder_too_small_for_the_validation_share_still_validates_on_one_photo(tmp_path):
+    # 7 photos at 5%: the hash split alone holds out none of them.
+    write_prepare_output(tmp_path, n_ok=7, n_failed=0)
+    records = read_prepared(tmp_path)
+    assert not [r for r in records if is_validation(r.content_hash, 0.05)]
+    with pytest.warns(UserWarning, match="holding out one for validation"):
+        train, val = split_records(records, val_fraction=0.05)
+    assert len(val) == 1 and len(train) == 6
+    # The same photo whatever the order of the records.
+    with pytest.warns(UserWarning):
+        assert split_records(list(reversed(records)), val_fraction=0.05)[1] == val
+    dm = PreparedImagesDataModule(PreparedDataSettings(root=str(tmp_path)), image_size=SIZE, batch_size=4)
+    with pytest.warns(UserWarning, match="holding out one"):
+        dm.setup("fit")
+    assert len(dm.val_dataset) == 1 and len(dm.train_dataset) == 6
+    # One photo cannot be split: it trains, and the warning says nothing is validated.
+    with pytest.warns(UserWarning, match="nothing is validated"):
+        assert split_records(records[:1], val_fraction=0.05) == (records[:1], [])
+
+
+def test_bad_prepared_settings_are_named():
+    with pytest.raises(ValueError, match="val_fraction"):
+        PreparedDataSettings(val_fraction=1.0)
+    with pytest.raises(ValueError, match="data.prepared.root"):
+        PreparedImagesDataModule(PreparedDataSettings(), image_size=SIZE, batch_size=4)

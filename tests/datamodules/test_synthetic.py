@@ -14,6 +14,7 @@ from datamodules.batch import FaceBatch
 from datamodules.synthetic import (
     SyntheticFaceDataModule,
     SyntheticFaceDataset,
+    SyntheticFaceSettings,
     aligned_translation,
     coefficient_prior_std,
     sample_rng,
@@ -32,17 +33,26 @@ SEED = 3
 NOISE_PX = 1.0
 
 
+RUNTIME = ("split", "image_size", "cache_dir", "prior", "device", "backend")
+
+
 def make_dataset(face_model, n_samples: int = 12, **overrides) -> SyntheticFaceDataset:
-    args = dict(
-        split="train",
+    """A dataset of ``n_samples`` faces in its split; ``overrides`` are settings fields or runtime arguments."""
+    runtime = {"split": "train", "image_size": SIZE, **{k: v for k, v in overrides.items() if k in RUNTIME}}
+    settings = dict(
+        n_train=n_samples,
+        n_val=n_samples,
+        n_test=n_samples,
         seed=SEED,
-        image_size=SIZE,
         occluder_probability=0.5,
         landmark_noise_px=NOISE_PX,
         render_batch_size=8,
+        # The dataset's pose ranges before the settings held every default (the tests' thresholds assume them).
+        max_pitch_deg=20.0,
+        max_roll_deg=10.0,
     )
-    args.update(overrides)
-    return SyntheticFaceDataset(face_model, n_samples, **args)
+    settings.update({k: v for k, v in overrides.items() if k not in RUNTIME})
+    return SyntheticFaceDataset(face_model, SyntheticFaceSettings(**settings), **runtime)
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +99,8 @@ def test_sample_shapes_and_dtypes(ict_small, synthetic_train):
 
 
 def test_datamodule_yields_face_batches_with_ground_truth(ict_small):
-    dm = SyntheticFaceDataModule(
-        ict_small,
-        image_size=SIZE,
-        n_train=6,
-        n_val=3,
-        n_test=2,
-        batch_size=4,
-        num_workers=0,
-        seed=SEED,
-        render_batch_size=8,
-    )
+    settings = SyntheticFaceSettings(n_train=6, n_val=3, n_test=2, seed=SEED, render_batch_size=8)
+    dm = SyntheticFaceDataModule(ict_small, settings, image_size=SIZE, batch_size=4, num_workers=0)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert isinstance(batch, FaceBatch) and batch.batch_size == 4

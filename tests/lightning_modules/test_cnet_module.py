@@ -198,14 +198,15 @@ def test_cnet_learns_to_trust_the_clean_pictures_and_beats_averaging(setup):
     """The whole loop (features -> confidences -> aggregate -> re-render -> weak loss -> C-Net) on sets where
     noisy pictures give bad identities: the weak loss alone must teach C-Net to down-weight them."""
     cfg, rnet_module, _ = setup
-    from datamodules.image_sets import ImageSetDataModule, SyntheticImageSetDataset
+    from datamodules.image_sets import ImageSetDataModule, ImageSetSettings, SyntheticImageSetDataset
 
-    common = dict(set_size=4, image_size=64, degrade_probability=0.5, degradations=("noise",))
+    # The landmark noise the dataset had before the settings held every default.
+    settings = ImageSetSettings(
+        n_train=24, n_test=12, set_size=4, degrade_probability=0.5, degradations=("noise",), landmark_noise_px=2.0
+    )
+    face_model = rnet_module.face_model
     data = ImageSetDataModule(
-        {
-            "train": SyntheticImageSetDataset(rnet_module.face_model, 24, split="train", **common),
-            "test": SyntheticImageSetDataset(rnet_module.face_model, 12, split="test", **common),
-        },
+        {split: SyntheticImageSetDataset(face_model, settings, split, image_size=64) for split in ("train", "test")},
         batch_size=4,
     )
     data.setup()
