@@ -33,6 +33,7 @@ from benchmarks.licensed import DatasetResult, DatasetSettings
 from benchmarks.pose_grid_eval import PoseGridResult
 from benchmarks.real_photo import RealPhotoResult, RealPhotoSettings
 from benchmarks.speed import SpeedRow
+from networks.rnet import same_rnet
 
 
 @dataclass(frozen=True)
@@ -172,14 +173,6 @@ def _checkpoint_info(path: Path, cfg) -> CheckpointInfo:
     epoch, step = stored.get("epoch"), stored.get("global_step")
     return CheckpointInfo(
         path, None if epoch is None else int(epoch), None if step is None else int(step), config_summary(cfg)
-    )
-
-
-def same_rnet(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """True when two R-Nets hold identical weights and buffers."""
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa
     )
 
 

@@ -16,6 +16,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from errors import MissingFileError, UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -241,7 +243,7 @@ class ExperimentConfig:
     cnet: CNetConfig = field(default_factory=CNetConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the schema."""
 
 
@@ -275,7 +277,7 @@ def resolve_config_path(name: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
-    raise FileNotFoundError(f"config {name!r} not found (as a path or under {CONFIG_DIR}); known configs: {known}")
+    raise MissingFileError(f"config {name!r} not found (as a path or under {CONFIG_DIR}); known configs: {known}")
 
 
 def _merge(base: DictConfig, node: Any, schema: DictConfig, source: str) -> DictConfig:

@@ -54,6 +54,7 @@ import cv2
 import numpy as np
 import torch
 
+from errors import InvalidInputError, MissingFileError
 from face_model.coefficients import Coefficients
 from preprocessing.align import align_face, template_from_face_model, warp_image
 from preprocessing.detect import DEFAULT_DETECTOR, FaceBox, FaceDetector, detect_largest_face, make_detector
@@ -326,18 +327,18 @@ def read_frames(source: str | Path) -> Iterator[tuple[int, str, np.ndarray | Non
 
         relatives, _ = list_images(source)
         if not relatives:
-            raise ValueError(f"{source} holds no image files (frames); give a video file or a folder of frames")
+            raise InvalidInputError(f"{source} holds no image files (frames); give a video file or a folder of frames")
         for index, relative in enumerate(relatives):
             data = np.frombuffer((source / relative).read_bytes(), np.uint8)
             bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
             yield index, Path(relative).as_posix(), None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         return
     if not source.is_file():
-        raise FileNotFoundError(f"video {source} not found (give a video file or a folder of frames)")
+        raise MissingFileError(f"video {source} not found (give a video file or a folder of frames)")
     capture = cv2.VideoCapture(str(source))
     try:
         if not capture.isOpened():
-            raise ValueError(
+            raise InvalidInputError(
                 f"OpenCV cannot decode {source} as a video (not a video file, damaged, or a codec "
                 "this OpenCV build lacks); convert it, e.g. `ffmpeg -i IN -c:v mjpeg OUT.avi`, or "
                 "extract its frames into a folder"
@@ -350,7 +351,7 @@ def read_frames(source: str | Path) -> Iterator[tuple[int, str, np.ndarray | Non
             yield index, f"frame_{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
         if index == 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"OpenCV opened {source} but decoded no frame from it (empty or damaged video, or a "
                 "codec this OpenCV build lacks); convert it, e.g. `ffmpeg -i IN -c:v mjpeg OUT.avi`"
             )
@@ -523,7 +524,7 @@ def reconstruct_video(
     if not ok:
         found = any(r.status == DIVERGED for r in results)
         what = "no usable coefficients" if found else "no face"
-        raise ValueError(
+        raise InvalidInputError(
             f"{what} in any of the {len(results)} frames of {source} "
             f"({_status_summary(results)}; reasons per frame in {out_dir / FRAMES_NAME})"
         )

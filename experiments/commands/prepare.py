@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from errors import InvalidInputError, MissingFileError
+
 DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
 
 
@@ -72,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from preprocessing.pipeline import OK, PrepareConfig, prepare
 
     if not args.images.is_dir():
-        raise FileNotFoundError(f"--images {args.images} does not exist or is not a folder")
+        raise MissingFileError(f"--images {args.images} does not exist or is not a folder")
     if args.template is not None and args.template.suffix != ".npy":
-        raise ValueError(f"--template {args.template} must be a .npy file holding a (5, 2) array in crop pixels")
+        raise InvalidInputError(f"--template {args.template} must be a .npy file holding a (5, 2) array in crop pixels")
     config = PrepareConfig(
         detector=args.detector,
         upsample=args.upsample,

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from errors import InvalidInputError, MissingFileError
 from experiments.commands.reconstruct_video import EPILOG as VIDEO_EPILOG
 
 DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
@@ -188,7 +189,7 @@ def run_set(args: argparse.Namespace) -> int:
             if value
         ]
         if unsupported:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{', '.join(unsupported)} do not apply to --set --fit: the set is fitted with one shared "
                 "identity and albedo, no network (drop them, or drop --fit)"
             )
@@ -206,7 +207,7 @@ def run_set(args: argparse.Namespace) -> int:
             if value
         ]
         if unsupported:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{', '.join(unsupported)} do not apply to --set: a set is reconstructed with a trained "
                 "R-Net (--ckpt) or C-Net (--cnet-ckpt), the latest ones under outputs/, or by fitting "
                 "(--fit)"
@@ -230,7 +231,7 @@ def run_set(args: argparse.Namespace) -> int:
 def check_predictor_args(args: argparse.Namespace) -> None:
     """Reject argument combinations that have no meaning, naming the fix."""
     if (args.ckpt is not None) + (args.onnx is not None) + bool(args.fit) > 1:
-        raise ValueError(
+        raise InvalidInputError(
             "choose one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), --onnx MODEL (one "
             "exported by `face3d export-onnx`), --fit (fit each photo with the hybrid loss, no network), "
             "or none of them for the bundled R-Net"
@@ -246,12 +247,14 @@ def check_predictor_args(args: argparse.Namespace) -> None:
             if value is not None
         ]
         if given:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{', '.join(given)} only apply to --fit; an ONNX model brings its own face model and "
                 "crop size (drop them, or use --fit)"
             )
         if args.device != "cpu":
-            raise ValueError("--onnx runs on onnxruntime's CPU provider; drop --device cuda (or use --ckpt on the GPU)")
+            raise InvalidInputError(
+                "--onnx runs on onnxruntime's CPU provider; drop --device cuda (or use --ckpt on the GPU)"
+            )
     elif not args.fit:
         given = [
             name
@@ -264,16 +267,16 @@ def check_predictor_args(args: argparse.Namespace) -> None:
             if value is not None
         ]
         if given:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{', '.join(given)} only apply to --fit; an R-Net (--ckpt or the bundled one) brings "
                 "its own face model and crop size (drop them, or use --fit)"
             )
     if args.iterations is not None and args.iterations < 0:
-        raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
+        raise InvalidInputError(f"--iterations must be >= 0, got {args.iterations}")
     if args.crop_size is not None and args.crop_size < 32:
-        raise ValueError(f"--crop-size must be at least 32 pixels, got {args.crop_size}")
+        raise InvalidInputError(f"--crop-size must be at least 32 pixels, got {args.crop_size}")
     if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
 
 
 def build_predictor(args: argparse.Namespace):
@@ -321,9 +324,9 @@ def run(args: argparse.Namespace) -> int:
 
         return reconstruct_video.run(args)
     if getattr(args, "meshes", False):
-        raise ValueError("--meshes applies to --video (photos always get their meshes)")
+        raise InvalidInputError("--meshes applies to --video (photos always get their meshes)")
     if args.cnet_ckpt is not None or args.strategy is not None:
-        raise ValueError("--cnet-ckpt and --strategy only apply to --set (one person's pictures aggregated)")
+        raise InvalidInputError("--cnet-ckpt and --strategy only apply to --set (one person's pictures aggregated)")
     check_predictor_args(args)
     # Imported here so that `face3d --help` does not load torch, OpenCV and dlib.
     import torch
@@ -333,10 +336,10 @@ def run(args: argparse.Namespace) -> int:
     from reconstruction.pipeline import collect_images, reconstruct_images
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but torch sees no CUDA device here; use --device cpu")
+        raise InvalidInputError("--device cuda but torch sees no CUDA device here; use --device cpu")
     jobs = collect_images(args.images, exclude=args.out)
     if not jobs:
-        raise FileNotFoundError(f"no image files found in {' '.join(map(str, args.images))}")
+        raise MissingFileError(f"no image files found in {' '.join(map(str, args.images))}")
     options = ExportOptions(units=args.units, ply_binary=not args.ply_ascii, texture_size=args.texture_size)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from errors import InvalidInputError, MissingFileError
+
 STRATEGY_CHOICES = ("s4", "s3", "s2", "s1", "mean")
 
 
@@ -67,7 +69,7 @@ def load_models(cnet_ckpt: str | None, rnet_ckpt: str | None, outputs_dir: str =
     from experiments.build import load_cnet_checkpoint, load_rnet_checkpoint
 
     if cnet_ckpt and rnet_ckpt:
-        raise ValueError(
+        raise InvalidInputError(
             "pass --cnet-ckpt or --rnet-ckpt, not both: a C-Net checkpoint holds the R-Net it was "
             "trained on, and its confidences mean nothing for another R-Net"
         )
@@ -81,7 +83,7 @@ def load_models(cnet_ckpt: str | None, rnet_ckpt: str | None, outputs_dir: str =
 
         found = latest_checkpoint(Path(outputs_dir) / "train-single" / "checkpoints")
         if found is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no checkpoint found under {outputs_dir}/: train one with `make train-single` "
                 "(and `face3d train-aggregate` for C-Net), or pass --cnet-ckpt / --rnet-ckpt"
             )
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.every < 1:
-        raise ValueError(f"--every must be >= 1, got {args.every}")
+        raise InvalidInputError(f"--every must be >= 1, got {args.every}")
     fitter = getattr(args, "fitter", None)
     if fitter is None:
         module, cnet, cfg, description = load_models(args.cnet_ckpt, args.rnet_ckpt, args.outputs_dir)
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if stages:
         print("faces found by " + ", ".join(f"{stage} {count}" for stage, count in sorted(stages.items())))
     if not aligned.pictures:
-        raise ValueError(f"no face found in any picture of {args.source} ({len(aligned.skipped)} tried)")
+        raise InvalidInputError(f"no face found in any picture of {args.source} ({len(aligned.skipped)} tried)")
     if fitter is not None:
         result = fit_set(aligned.pictures, fitter, args.out, units=args.units)
         print(f"{len(aligned.pictures)} pictures fitted together with one identity ({len(aligned.skipped)} skipped)")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from errors import InvalidInputError, MissingFileError
+
 EPILOG = """\
 with --video (a video file, or a folder of frames sorted by name), under --out:
   frames.jsonl        one line per frame as it is done: status (detected / tracked / lost / diverged) and reason
@@ -21,12 +23,12 @@ the box for the 68-point model. --detector dlib-hog avoids the cascade's slow CN
 def check_video_args(args: argparse.Namespace) -> None:
     """What --video cannot be combined with, naming the fix."""
     if args.fit:
-        raise ValueError(
+        raise InvalidInputError(
             "--video reconstructs every frame with an R-Net (the bundled one, --ckpt or --onnx); to fit "
             "one identity to a video's frames use --set VIDEO --fit"
         )
     if args.cnet_ckpt is not None or args.strategy is not None:
-        raise ValueError(
+        raise InvalidInputError(
             "--cnet-ckpt and --strategy apply to --set; --video averages the frames' identities (use "
             "--set VIDEO for a C-Net aggregate)"
         )
@@ -38,13 +40,13 @@ def run(args: argparse.Namespace) -> int:
     check_video_args(args)
     check_predictor_args(args)
     if not args.video.exists():
-        raise FileNotFoundError(f"{args.video} not found (give a video file or a folder of frames)")
+        raise MissingFileError(f"{args.video} not found (give a video file or a folder of frames)")
     import torch
 
     from reconstruction.video import VideoSettings, reconstruct_video
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but torch sees no CUDA device here; use --device cpu")
+        raise InvalidInputError("--device cuda but torch sees no CUDA device here; use --device cpu")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
