@@ -201,6 +201,13 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     """Run the benchmark (module docstring) and write its outputs into ``settings.out_dir``."""
     import warnings
 
+    with warnings.catch_warnings():
+        # Intended: R-Net and the perceptual network are frozen in eval mode.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        return _run_benchmark(settings, log)
+
+
+def _run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None]) -> BenchmarkResult:
     from benchmarks.licensed import RNetPicturePredictor, evaluate_datasets
     from benchmarks.pose_grid import PoseGridDataset
     from benchmarks.pose_grid_eval import evaluate_pose_grid, plot_error_vs_yaw
@@ -208,8 +215,6 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
     from benchmarks.speed import device_name, measure_speed
     from experiments.build import build_cnet_module, load_rnet_checkpoint
 
-    # Intended: R-Net and the perceptual network are frozen in eval mode.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     if settings.identities < 1:
         raise ValueError(f"--identities must be >= 1, got {settings.identities}")
     if settings.fit_images < 0:
