@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from errors import ExistingOutputError
 from experiments.config import ExperimentConfig, to_yaml
 
 if TYPE_CHECKING:
@@ -76,21 +75,19 @@ def train(
     Refuses to start over a run that already has checkpoints unless ``resume`` is set, so a finished or
     killed run is never overwritten by accident.
     """
-    import pytorch_lightning as pl
-
     from experiments.build import build_datamodule, build_face_model, build_rnet_module
-    from experiments.trainer import build_trainer, intended_warnings_silenced, last_checkpoint_path
+    from experiments.trainer import build_trainer, intended_warnings_silenced, last_checkpoint_path, open_run_dir
     from lightning_modules.callbacks import OverlayImages, TrainingClock
 
     run_dir = run_dir_for(cfg)
-    if last_checkpoint_path(run_dir).exists() and not resume and not fast_dev_run:
-        raise ExistingOutputError(
-            f"run directory {run_dir} already has checkpoints; pass --resume to continue that run, or choose "
-            "another with logging.run_name=NAME"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    pl.seed_everything(cfg.trainer.seed, workers=True)
+    open_run_dir(
+        run_dir,
+        to_yaml(cfg),
+        cfg.trainer.seed,
+        existing="checkpoints" if last_checkpoint_path(run_dir).exists() else None,
+        resume=resume,
+        fast_dev_run=fast_dev_run,
+    )
 
     face_model = build_face_model(cfg)
     module = build_rnet_module(cfg, face_model)

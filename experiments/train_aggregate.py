@@ -180,11 +180,9 @@ def train_aggregate(
     Refuses to start over a strategy that already has checkpoints unless ``resume`` is set (then it continues
     that strategy's last.ckpt; a finished one is only evaluated again).
     """
-    import pytorch_lightning as pl
-
     from benchmarks.cnet_analysis import analyse, collect_set_evaluation
     from experiments.build import build_cnet_module, build_image_set_datamodule, build_loss, load_rnet_checkpoint
-    from experiments.trainer import build_trainer, finish_wandb_runs, intended_warnings_silenced
+    from experiments.trainer import build_trainer, finish_wandb_runs, intended_warnings_silenced, open_run_dir
 
     start = time.perf_counter()
     files = list(files) or list(DEFAULT_CONFIGS)
@@ -198,14 +196,15 @@ def train_aggregate(
 
     run_dir = run_dir_for(cfg)
     existing = [s for s in cfg.cnet.strategies if any((run_dir / s / "checkpoints").glob("*.ckpt"))]
-    if existing and not resume and not fast_dev_run:
-        raise ExistingOutputError(
-            f"run directory {run_dir} already has C-Net checkpoints ({existing}); pass --resume to "
-            "continue (or re-evaluate) that run, or choose another with logging.run_name=NAME"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    pl.seed_everything(cfg.trainer.seed, workers=True)
+    open_run_dir(
+        run_dir,
+        to_yaml(cfg),
+        cfg.trainer.seed,
+        existing=f"C-Net checkpoints ({existing})" if existing else None,
+        resume=resume,
+        fast_dev_run=fast_dev_run,
+        resume_means="continue (or re-evaluate) that run",
+    )
 
     face_model = rnet_module.face_model
     datamodule = build_image_set_datamodule(cfg, face_model, cache_dir=Path(cfg.logging.output_dir) / "cache")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from errors import ExistingOutputError
 from experiments.config import LoggingConfig, TrainerConfig
 
 if TYPE_CHECKING:
@@ -75,6 +76,31 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def last_checkpoint_path(run_dir: Path) -> Path:
     return checkpoint_dir(run_dir) / LAST_CHECKPOINT
+
+
+def open_run_dir(
+    run_dir: Path,
+    config_yaml: str,
+    seed: int,
+    *,
+    existing: str | None,
+    resume: bool,
+    fast_dev_run: bool | int = False,
+    resume_means: str = "continue that run",
+) -> None:
+    """Start (or continue) a run in ``run_dir``: refuse when it already holds ``existing`` (a description of its
+    checkpoints, None when it has none) unless ``resume`` or ``fast_dev_run`` is set, so that a finished or killed
+    run is never overwritten by accident; then write ``config.yaml`` and seed every generator with ``seed``."""
+    import pytorch_lightning as pl
+
+    if existing and not resume and not fast_dev_run:
+        raise ExistingOutputError(
+            f"run directory {run_dir} already has {existing}; pass --resume to {resume_means}, or choose another "
+            "with logging.run_name=NAME"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    pl.seed_everything(seed, workers=True)
 
 
 def checkpoint_callbacks(

@@ -15,7 +15,7 @@ import yaml
 
 from experiments.commands import sweep as sweep_command
 from experiments.config import ExperimentConfig
-from experiments.sweep import (
+from experiments.sweeping import (
     RESULT_FILE,
     SWEEP_DIR,
     InProcessExecutor,
