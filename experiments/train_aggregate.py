@@ -25,6 +25,7 @@ from benchmarks.cnet_analysis import TableRow, table_markdown
 from errors import ExistingOutputError, MissingFileError
 from experiments.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from experiments.train import run_dir_for
+from experiments.trainer import latest_checkpoint
 
 DEFAULT_CONFIGS = ("aggregate",)
 RNET_DEFAULT_CONFIG = "default"
@@ -87,15 +88,6 @@ def identity_information_note(rows: Sequence[TableRow], min_gain: float = 0.05) 
         "information about the true shape, and C-Net, which only re-weights them, is bounded by what R-Net knows. "
         "A longer R-Net run (or one on a GPU) gives both more to work with; see the README, C-Net."
     )
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest best-*.ckpt under ``checkpoint_dir``, else its last.ckpt, else None."""
-    best = sorted(checkpoint_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if best:
-        return best[-1]
-    last = checkpoint_dir / "last.ckpt"
-    return last if last.is_file() else None
 
 
 def resolve_rnet_checkpoint(explicit: str | Path | None, output_dir: str, log: Callable[[str], None] = print) -> Path:

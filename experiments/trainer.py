@@ -103,6 +103,15 @@ def open_run_dir(
     pl.seed_everything(seed, workers=True)
 
 
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest best-*.ckpt under ``checkpoint_dir``, else its last.ckpt, else None."""
+    best = sorted(Path(checkpoint_dir).glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if best:
+        return best[-1]
+    last = Path(checkpoint_dir) / LAST_CHECKPOINT
+    return last if last.is_file() else None
+
+
 def checkpoint_callbacks(
     run_dir: Path, monitor: str, mode: str = "min", every_n_steps: int = 25, save_weights_only: bool = False
 ) -> tuple[ModelCheckpoint, ModelCheckpoint]:

@@ -8,6 +8,7 @@ import datetime
 from pathlib import Path
 
 from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import default_cnet_checkpoint, default_rnet_checkpoint
 
 REPORTS_DIR = Path("benchmarks") / "reports"
 
@@ -153,16 +154,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def default_checkpoints(outputs_dir: Path) -> tuple[Path | None, Path | None]:
-    """(latest train-single R-Net checkpoint, latest train-aggregate S4 C-Net checkpoint), None when absent."""
-    from experiments.train_aggregate import latest_checkpoint
-
-    return (
-        latest_checkpoint(outputs_dir / "train-single" / "checkpoints"),
-        latest_checkpoint(outputs_dir / "train-aggregate" / "s4" / "checkpoints"),
-    )
-
-
 def default_out_dir(root: Path = REPORTS_DIR) -> Path:
     """``root/<YYYYmmdd-HHMMSS>``, with a suffix when a report of that second exists."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -219,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     from experiments.build import BUNDLED
     from networks.bundled_weights import BUNDLED_DIR, WEIGHTS_NAME
 
-    default_rnet, default_cnet = default_checkpoints(args.outputs_dir)
+    default_rnet, default_cnet = default_rnet_checkpoint(args.outputs_dir), default_cnet_checkpoint(args.outputs_dir)
     bundled = BUNDLED_DIR / WEIGHTS_NAME
     # A user's own train-single run is what they want scored; a fresh clone scores the R-Net that ships with it.
     checkpoint = (

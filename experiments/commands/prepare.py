@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import optional_packages
 
 DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
 
@@ -87,12 +87,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         weights_dir=args.weights_dir,
     )
-    try:
+    with optional_packages():
         summary = prepare(args.images, args.out, config, progress=not args.no_progress, rehash=args.rehash)
-    except ImportError as err:
-        # A paper backend's package is not installed: one line, not a trace.
-        print(f"face3d prepare: error: {err}", file=sys.stderr)
-        return 2
     print(
         f"{summary.n_images} images in {args.images}: {summary.n_processed} processed, {summary.n_cached} cached"
         + (f", {summary.n_ignored} non-image files skipped" if summary.n_ignored else "")

@@ -4,10 +4,10 @@ an exported one run by onnxruntime (``--onnx``) or by fitting (``--fit``)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import check_device, optional_packages, torch_threads
 from experiments.commands.reconstruct_video import EPILOG as VIDEO_EPILOG
 
 DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
@@ -329,21 +329,16 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError("--cnet-ckpt and --strategy only apply to --set (one person's pictures aggregated)")
     check_predictor_args(args)
     # Imported here so that `face3d --help` does not load torch, OpenCV and dlib.
-    import torch
-
     from preprocessing.pipeline import OK
     from reconstruction.export import ExportOptions
     from reconstruction.pipeline import collect_images, reconstruct_images
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("--device cuda but torch sees no CUDA device here; use --device cpu")
+    check_device(args.device)
     jobs = collect_images(args.images, exclude=args.out)
     if not jobs:
         raise MissingFileError(f"no image files found in {' '.join(map(str, args.images))}")
     options = ExportOptions(units=args.units, ply_binary=not args.ply_ascii, texture_size=args.texture_size)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads), optional_packages():
         predictor = build_predictor(args)
         print(
             f"reconstructing {len(jobs)} image(s) with {predictor.name} ({predictor.renderer.face_model.name} "
@@ -358,13 +353,6 @@ def run(args: argparse.Namespace) -> int:
             options=options,
             on_record=lambda record: print(format_record(record), flush=True),
         )
-    except ImportError as err:
-        # A paper detector's package is not installed: one line, not a trace.
-        print(f"face3d reconstruct: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        # Called in-process (tests, notebooks), the thread setting must not outlive the command.
-        torch.set_num_threads(previous_threads)
     print(f"done in {summary.seconds:.1f} s: " + ", ".join(f"{s} {n}" for s, n in summary.status_counts.items()))
     print(f"outputs: {summary.out_dir}/<image>/ (meshes in {args.units}); report: {summary.out_dir}/report.jsonl")
     return 0 if summary.status_counts.get(OK, 0) else 1

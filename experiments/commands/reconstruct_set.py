@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import default_cnet_checkpoint, default_rnet_checkpoint
 
 STRATEGY_CHOICES = ("s4", "s3", "s2", "s1", "mean")
 
@@ -58,12 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _default_cnet(outputs_dir: str) -> Path | None:
-    from experiments.train_aggregate import latest_checkpoint
-
-    return latest_checkpoint(Path(outputs_dir) / "train-aggregate" / "s4" / "checkpoints")
-
-
 def load_models(cnet_ckpt: str | None, rnet_ckpt: str | None, outputs_dir: str = "outputs"):
     """(module with rnet + renderer, C-Net or None, config, description) from the checkpoint options."""
     from experiments.build import load_cnet_checkpoint, load_rnet_checkpoint
@@ -74,14 +69,12 @@ def load_models(cnet_ckpt: str | None, rnet_ckpt: str | None, outputs_dir: str =
             "trained on, and its confidences mean nothing for another R-Net"
         )
     if not rnet_ckpt:
-        cnet_path = Path(cnet_ckpt) if cnet_ckpt else _default_cnet(outputs_dir)
+        cnet_path = Path(cnet_ckpt) if cnet_ckpt else default_cnet_checkpoint(outputs_dir)
         if cnet_path is not None:
             module, cfg = load_cnet_checkpoint(cnet_path)
             return module, module.cnet, cfg, f"C-Net {cnet_path}"
     if rnet_ckpt is None:
-        from experiments.train_aggregate import latest_checkpoint
-
-        found = latest_checkpoint(Path(outputs_dir) / "train-single" / "checkpoints")
+        found = default_rnet_checkpoint(outputs_dir)
         if found is None:
             raise MissingFileError(
                 f"no checkpoint found under {outputs_dir}/: train one with `make train-single` "

@@ -4,9 +4,9 @@ with one identity and smoothed motion, an overlay video, meshes on request (`rec
 from __future__ import annotations
 
 import argparse
-import sys
 
 from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import check_device, optional_packages, torch_threads
 
 EPILOG = """\
 with --video (a video file, or a folder of frames sorted by name), under --out:
@@ -41,15 +41,10 @@ def run(args: argparse.Namespace) -> int:
     check_predictor_args(args)
     if not args.video.exists():
         raise MissingFileError(f"{args.video} not found (give a video file or a folder of frames)")
-    import torch
-
     from reconstruction.video import VideoSettings, reconstruct_video
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("--device cuda but torch sees no CUDA device here; use --device cpu")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    check_device(args.device)
+    with torch_threads(args.threads), optional_packages():
         predictor = build_predictor(args)
         print(
             f"reconstructing the frames of {args.video} with {predictor.name} "
@@ -58,11 +53,6 @@ def run(args: argparse.Namespace) -> int:
         )
         settings = VideoSettings(detector=args.detector, meshes=args.meshes, units=args.units)
         result = reconstruct_video(args.video, args.out, predictor, settings)
-    except ImportError as err:
-        print(f"face3d reconstruct: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        torch.set_num_threads(previous_threads)
     report = result.report
     counts = ", ".join(f"{status} {n}" for status, n in report["counts"].items() if n)
     print(
