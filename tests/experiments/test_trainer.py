@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 
 import pytest
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
+from errors import ExistingOutputError
 from experiments.config import LoggingConfig, TrainerConfig
-from experiments.trainer import build_trainer, intended_warnings_silenced, wandb_run_id
+from experiments.trainer import (
+    build_trainer,
+    intended_warnings_silenced,
+    latest_checkpoint,
+    open_run_dir,
+    wandb_run_id,
+)
 from lightning_modules.callbacks import FiniteLossGuard, TrainingClock
 
 TRAINER = TrainerConfig(max_epochs=-1, max_steps=7, checkpoint_every_n_steps=3, log_every_n_steps=2, accelerator="cpu")
@@ -107,3 +115,26 @@ def test_intended_warnings_are_silenced_only_inside_the_block():
         assert not seen
         warnings.warn(message, stacklevel=1)
         assert len(seen) == 1
+
+
+def test_a_run_with_checkpoints_is_not_started_over_without_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    open_run_dir(run_dir, "a: 1\n", seed=0, existing=None, resume=False)
+    assert (run_dir / "config.yaml").read_text() == "a: 1\n"
+    with pytest.raises(ExistingOutputError, match="already has checkpoints; pass --resume to continue that run"):
+        open_run_dir(run_dir, "a: 2\n", seed=0, existing="checkpoints", resume=False)
+    assert (run_dir / "config.yaml").read_text() == "a: 1\n", "nothing of the refused run is written"
+    open_run_dir(run_dir, "a: 2\n", seed=0, existing="checkpoints", resume=True)
+    open_run_dir(run_dir, "a: 3\n", seed=0, existing="checkpoints", resume=False, fast_dev_run=True)
+    assert (run_dir / "config.yaml").read_text() == "a: 3\n"
+
+
+def test_latest_checkpoint_prefers_the_newest_best_then_last(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / "last.ckpt"
+    older, newer = tmp_path / "best-000-1.ckpt", tmp_path / "best-001-9.ckpt"
+    newer.write_bytes(b"")
+    older.write_bytes(b"")
+    os.utime(older, (1, 1))
+    assert latest_checkpoint(tmp_path) == newer
