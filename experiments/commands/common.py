@@ -11,6 +11,8 @@ from pathlib import Path
 
 from errors import InvalidInputError, UserError
 
+DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
+"""`preprocessing.detect.DETECTORS`, written out so that building the parser does not import the detectors."""
 TRAIN_SINGLE_RUN = "train-single"
 """The run directory of ``make train-single`` (the default R-Net of the other commands)."""
 TRAIN_AGGREGATE_RUN = "train-aggregate"
@@ -32,6 +34,17 @@ def add_run_arguments(
     parser.add_argument("--fast-dev-run", action="store_true", help=fast_dev_run_help)
     parser.add_argument("--print-config", action="store_true", help=print_config_help)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+
+
+def add_detector_argument(parser: argparse.ArgumentParser) -> None:
+    """``--detector``: the face detector and 68-point landmarker of every command that reads photos."""
+    parser.add_argument(
+        "--detector",
+        choices=DETECTOR_CHOICES,
+        default="dlib-cascade",
+        help="face detector + 68 landmarks (default dlib-cascade: dlib HOG, then dlib MMOD on images where HOG "
+        "finds no face; fan and insightface need their packages and downloaded weights)",
+    )
 
 
 def print_config_if_asked(args: argparse.Namespace, files: Sequence[str]) -> bool:

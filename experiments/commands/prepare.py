@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from errors import InvalidInputError, MissingFileError
-from experiments.commands.common import optional_packages
-
-DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
+from experiments.commands.common import add_detector_argument, optional_packages
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,14 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder of photos (recursive)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--detector",
-        choices=DETECTOR_CHOICES,
-        default="dlib-cascade",
-        help="face detector + landmarks (default dlib-cascade: dlib HOG, then dlib MMOD on images "
-        "where HOG finds no face; fan and insightface need their packages and downloaded "
-        "weights)",
-    )
+    add_detector_argument(parser)
     parser.add_argument(
         "--upsample",
         type=int,

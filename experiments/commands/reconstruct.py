@@ -7,10 +7,8 @@ import argparse
 from pathlib import Path
 
 from errors import InvalidInputError, MissingFileError
-from experiments.commands.common import check_device, optional_packages, torch_threads
+from experiments.commands.common import add_detector_argument, check_device, optional_packages, torch_threads
 from experiments.commands.reconstruct_video import EPILOG as VIDEO_EPILOG
-
-DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
 
 EPILOG = """\
 outputs, one folder per image under --out (named after the image file, extension kept):
@@ -141,12 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="mm",
         help="length unit of the mesh files and pose.json (default mm; dm = model units)",
     )
-    parser.add_argument(
-        "--detector",
-        choices=DETECTOR_CHOICES,
-        default="dlib-cascade",
-        help="face detector + 68 landmarks (default dlib-cascade: dlib HOG, then dlib MMOD where HOG finds no face)",
-    )
+    add_detector_argument(parser)
     parser.add_argument(
         "--texture-size",
         type=int,
@@ -301,6 +294,17 @@ def build_predictor(args: argparse.Namespace):
     )
 
 
+def announced_predictor(args: argparse.Namespace, what: str):
+    """`build_predictor`, then one line saying what is reconstructed with which network, model and crop size."""
+    predictor = build_predictor(args)
+    print(
+        f"reconstructing {what} with {predictor.name} ({predictor.renderer.face_model.name} model, "
+        f"{predictor.renderer.camera.image_size[0]}-pixel crops, {args.device})",
+        flush=True,
+    )
+    return predictor
+
+
 def format_record(record: dict) -> str:
     """One line per image: status, source, and where the outputs went or why there are none."""
     status = record["status"]
@@ -339,12 +343,7 @@ def run(args: argparse.Namespace) -> int:
         raise MissingFileError(f"no image files found in {' '.join(map(str, args.images))}")
     options = ExportOptions(units=args.units, ply_binary=not args.ply_ascii, texture_size=args.texture_size)
     with torch_threads(args.threads), optional_packages():
-        predictor = build_predictor(args)
-        print(
-            f"reconstructing {len(jobs)} image(s) with {predictor.name} ({predictor.renderer.face_model.name} "
-            f"model, {predictor.renderer.camera.image_size[0]}-pixel crops, {args.device})",
-            flush=True,
-        )
+        predictor = announced_predictor(args, f"{len(jobs)} image(s)")
         summary = reconstruct_images(
             args.images,
             args.out,

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from errors import InvalidInputError, MissingFileError
-from experiments.commands.common import default_cnet_checkpoint, default_rnet_checkpoint
+from experiments.commands.common import add_detector_argument, default_cnet_checkpoint, default_rnet_checkpoint
 
 STRATEGY_CHOICES = ("s4", "s3", "s2", "s1", "mean")
 
@@ -46,9 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--every", type=int, default=10, metavar="K", help="video: keep every K-th frame (default 10)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: keep at most N frames")
-    p.add_argument(
-        "--detector", default="dlib-cascade", help="face detector (as `face3d prepare`; default dlib-cascade)"
-    )
+    add_detector_argument(p)
     p.add_argument("--units", choices=("mm", "dm"), default="mm", help="mesh units (default mm)")
     p.add_argument(
         "--outputs-dir",

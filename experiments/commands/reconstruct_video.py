@@ -35,7 +35,7 @@ def check_video_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from experiments.commands.reconstruct import build_predictor, check_predictor_args
+    from experiments.commands.reconstruct import announced_predictor, check_predictor_args
 
     check_video_args(args)
     check_predictor_args(args)
@@ -45,12 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     with torch_threads(args.threads), optional_packages():
-        predictor = build_predictor(args)
-        print(
-            f"reconstructing the frames of {args.video} with {predictor.name} "
-            f"({predictor.renderer.face_model.name} model, {predictor.renderer.camera.image_size[0]}-pixel crops)",
-            flush=True,
-        )
+        predictor = announced_predictor(args, f"the frames of {args.video}")
         settings = VideoSettings(detector=args.detector, meshes=args.meshes, units=args.units)
         result = reconstruct_video(args.video, args.out, predictor, settings)
     report = result.report
