@@ -61,6 +61,7 @@ from datamodules.synthetic import (
     shared_head_scene,
     soft_composite,
 )
+from errors import InvalidInputError
 from face_model.coefficients import SH_BANDS, Coefficients
 from face_model.model import FaceModel
 from face_model.sampling import CoefficientPrior, sample_lighting
@@ -659,7 +660,7 @@ def group_by_identity(records: Sequence[PreparedRecord], min_images: int = 1) ->
         if len(group) >= min_images
     }
     if not kept:
-        raise ValueError(
+        raise InvalidInputError(
             f"no identity with at least {min_images} photos among {len(records)} prepared photos ({loose} lie in "
             "the root folder and have no identity). Image sets need one folder per person: prepare "
             "`people/<name>/*.jpg` with `face3d prepare --images people --out DIR`."

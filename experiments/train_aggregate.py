@@ -174,7 +174,13 @@ def train_aggregate(
     """
     from benchmarks.cnet_analysis import analyse, collect_set_evaluation
     from experiments.build import build_cnet_module, build_image_set_datamodule, build_loss, load_rnet_checkpoint
-    from experiments.trainer import build_trainer, finish_wandb_runs, intended_warnings_silenced, open_run_dir
+    from experiments.trainer import (
+        build_trainer,
+        checkpoint_dir,
+        finish_wandb_runs,
+        intended_warnings_silenced,
+        open_run_dir,
+    )
 
     start = time.perf_counter()
     files = list(files) or list(DEFAULT_CONFIGS)
@@ -187,7 +193,7 @@ def train_aggregate(
     cfg = aggregate_config(files, overrides, rnet_cfg, rnet_path)
 
     run_dir = run_dir_for(cfg)
-    existing = [s for s in cfg.cnet.strategies if any((run_dir / s / "checkpoints").glob("*.ckpt"))]
+    existing = [s for s in cfg.cnet.strategies if any(checkpoint_dir(run_dir / s).glob("*.ckpt"))]
     open_run_dir(
         run_dir,
         to_yaml(cfg),

@@ -103,12 +103,12 @@ def open_run_dir(
     pl.seed_everything(seed, workers=True)
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest best-*.ckpt under ``checkpoint_dir``, else its last.ckpt, else None."""
-    best = sorted(Path(checkpoint_dir).glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest best-*.ckpt in a checkpoint ``directory``, else its last.ckpt, else None."""
+    best = sorted(Path(directory).glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     if best:
         return best[-1]
-    last = Path(checkpoint_dir) / LAST_CHECKPOINT
+    last = Path(directory) / LAST_CHECKPOINT
     return last if last.is_file() else None
 
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from errors import MissingFileError
 from experiments.sweeping.distributions import check_parameter
 from experiments.sweeping.spec import Metric, Sweep, SweepError
 
@@ -25,7 +26,7 @@ def resolve_sweep_path(name: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
-    raise FileNotFoundError(f"sweep {name!r} not found (as a path or under {SWEEP_DIR}); known sweeps: {known}")
+    raise MissingFileError(f"sweep {name!r} not found (as a path or under {SWEEP_DIR}); known sweeps: {known}")
 
 
 def load_sweep(name: str | Path) -> Sweep:
