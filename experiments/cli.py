@@ -3,7 +3,8 @@
 inside ``func`` so ``face3d --help`` stays fast.
 
 A `errors.UserError` (a bad config, a missing file, an argument out of range) is printed as one line naming the
-problem and the fix, and the command exits with status 2; ``face3d --debug COMMAND`` shows its traceback too.
+problem and the fix, and the command exits with status 2; ``--debug`` (before or after the command) shows its
+traceback too.
 Every other exception is a bug and keeps its traceback.
 """
 
@@ -29,6 +30,7 @@ COMMANDS = (
     "export_onnx",
     "export_weights",
 )
+DEBUG_HELP = "print the traceback of user errors too (bad config, missing file)"
 USER_ERROR_EXIT = 2
 """The exit status of a user error, as argparse's for a bad command line."""
 
@@ -38,12 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="face3d",
         description="Weakly-supervised 3D face reconstruction (Deng et al. 2019) with PyTorch Lightning.",
     )
-    parser.add_argument(
-        "--debug", action="store_true", help="print the traceback of user errors too (bad config, missing file)"
-    )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"experiments.commands.{name}").register(subparsers)
+    for command in subparsers.choices.values():
+        # Also after the command (`face3d train ... --debug`); SUPPRESS keeps the subparser from resetting a
+        # `face3d --debug train` to False.
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser
 
 

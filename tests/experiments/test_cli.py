@@ -51,9 +51,10 @@ def test_any_other_exception_is_not_turned_into_a_user_error_line(monkeypatch, c
     assert "error:" not in capsys.readouterr().err
 
 
-def test_debug_prints_the_traceback_of_a_user_error(monkeypatch, capsys):
+@pytest.mark.parametrize("argv", [["--debug", "preview"], ["preview", "--debug"]])
+def test_debug_prints_the_traceback_of_a_user_error(monkeypatch, capsys, argv):
     _command_raising(monkeypatch, InvalidInputError("bad value"))
-    assert cli.main(["--debug", "preview"]) == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "InvalidInputError: bad value" in err
     assert err.rstrip().endswith("face3d preview: error: bad value")
