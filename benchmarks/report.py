@@ -279,10 +279,9 @@ def metrics_dict(result: BenchmarkResult) -> dict:
 def log_to_wandb(result: BenchmarkResult, out_dir: Path) -> Path | None:
     """The report's tables (wandb.Table) and plots (wandb.Image) as one W&B run under ``out_dir/wandb``; the mode
     is ``WANDB_MODE`` (offline unless set), "disabled" logs nothing. Returns the run's folder."""
-    mode = os.environ.setdefault("WANDB_MODE", "offline")
+    mode = os.environ.get("WANDB_MODE", "offline")
     if mode == "disabled":
         return None
-    os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
     tables = {
@@ -319,6 +318,8 @@ def log_to_wandb(result: BenchmarkResult, out_dir: Path) -> Path | None:
         dir=str(out_dir),
         mode=mode,
         config=config,
+        # Per run: setting WANDB_SILENT would silence every later W&B run of the process too.
+        settings=wandb.Settings(silent=True),
     )
     try:
         payload = {
@@ -352,7 +353,7 @@ def write_outputs(result: BenchmarkResult, log: Callable[[str], None] = print) -
     if result.settings.wandb:
         run_dir = log_to_wandb(result, out_dir)
         if run_dir is not None:
-            log(f"W&B run ({os.environ['WANDB_MODE']}): {run_dir}")
+            log(f"W&B run ({os.environ.get('WANDB_MODE', 'offline')}): {run_dir}")
             result = dataclasses.replace(result, files={**result.files, "wandb": run_dir})
     return result
 

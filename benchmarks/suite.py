@@ -34,6 +34,7 @@ from benchmarks.licensed import DatasetResult, DatasetSettings
 from benchmarks.pose_grid_eval import PoseGridResult
 from benchmarks.real_photo import RealPhotoResult, RealPhotoSettings
 from benchmarks.speed import SpeedRow
+from networks.rnet import same_rnet
 
 
 @dataclass(frozen=True)
@@ -199,14 +200,6 @@ def _checkpoint_info(path: Path, cfg) -> CheckpointInfo:
     )
 
 
-def same_rnet(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """True when two R-Nets hold identical weights and buffers."""
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa
-    )
-
-
 def _load_cnet(
     path: Path, rnet_module, rnet_path: Path, load_cnet: Callable[..., tuple[Any, Any]]
 ) -> tuple[torch.nn.Module | None, str | None, str]:
@@ -235,14 +228,19 @@ def run_benchmark(
     ``settings.out_dir``."""
     import warnings
 
+    with warnings.catch_warnings():
+        # Intended: R-Net and the perceptual network are frozen in eval mode.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        return _run_benchmark(settings, loaders, log)
+
+
+def _run_benchmark(settings: BenchmarkSettings, loaders: ModelLoaders, log: Callable[[str], None]) -> BenchmarkResult:
     from benchmarks.licensed import RNetPicturePredictor, evaluate_datasets
     from benchmarks.pose_grid import PoseGridDataset
     from benchmarks.pose_grid_eval import evaluate_pose_grid, plot_error_vs_yaw
     from benchmarks.report import write_outputs
     from benchmarks.speed import device_name, measure_speed
 
-    # Intended: R-Net and the perceptual network are frozen in eval mode.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     if settings.identities < 1:
         raise ValueError(f"--identities must be >= 1, got {settings.identities}")
     if settings.fit_images < 0:

@@ -28,6 +28,7 @@ from datamodules.prepared import read_prepared
 from datamodules.prepared_sets import PreparedImageSetDataset, group_by_identity, identity_of, split_identities
 from datamodules.set_batch import SetBatch, SetGroundTruth, SetMetadata, collate_image_sets
 from datamodules.synthetic_sets import DEGRADATIONS, Degradation, SyntheticImageSetDataset, side_lit
+from errors import InvalidInputError
 from face_model.model import FaceModel
 
 __all__ = [
@@ -190,11 +191,11 @@ class ImageSetDataModule(pl.LightningDataModule):
             }
         else:
             if settings.root is None:
-                raise ValueError("prepared image sets need data.sets.root (a `face3d prepare` folder of photos)")
+                raise InvalidInputError("prepared image sets need data.sets.root (a `face3d prepare` folder of photos)")
             groups = group_by_identity(read_prepared(settings.root), min_images=settings.min_images)
             train, val = split_identities(groups, settings.val_fraction)
             if not train:
-                raise ValueError(
+                raise InvalidInputError(
                     f"all {len(val)} identities of {settings.root} fell into the validation split; lower "
                     f"data.sets.val_fraction ({settings.val_fraction}) or add people"
                 )

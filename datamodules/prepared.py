@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.augment import AugmentSettings, augment_sample
 from datamodules.batch import collate_face_samples
 from datamodules.loaders import check_loader_args, hash_fraction, make_loader, split_by_hash
+from errors import InvalidInputError, MissingFileError
 from preprocessing.image import OK as STATUS_OK
 from preprocessing.outputs import MANIFEST_NAME
 
@@ -83,7 +84,7 @@ def read_prepared(root: str | Path) -> list[PreparedRecord]:
     root = Path(root).expanduser()
     manifest = root / MANIFEST_NAME
     if not manifest.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root} has no {MANIFEST_NAME}: it is not a `face3d prepare` output folder. Run "
             f"`face3d prepare --images DIR --out {root}` first (DIR = your folder of face photos)."
         )
@@ -95,7 +96,7 @@ def read_prepared(root: str | Path) -> list[PreparedRecord]:
             entry = json.loads(line)
             status = entry["status"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{manifest}, line {number}: not a prepare record ({err}); re-run `face3d prepare` "
                 f"to rewrite the manifest"
             ) from err
@@ -105,7 +106,7 @@ def read_prepared(root: str | Path) -> list[PreparedRecord]:
         outputs = entry.get("outputs") or {}
         missing = [key for key in ("crop", "landmarks", "skin") if key not in outputs]
         if missing:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{manifest}, line {number}: ok record of {entry.get('source')!r} has no "
                 f"{missing} outputs; re-run `face3d prepare` with the current code"
             )
@@ -116,7 +117,7 @@ def read_prepared(root: str | Path) -> list[PreparedRecord]:
         records.append(PreparedRecord(source, crop, root / outputs["landmarks"], root / outputs["skin"], content_hash))
     if not records:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "no records"
-        raise ValueError(
+        raise InvalidInputError(
             f"{manifest} lists no usable photo ({counts}); `face3d prepare` found no aligned face in the input folder"
         )
     return sorted(records, key=lambda r: r.source)
@@ -126,7 +127,7 @@ def _file_sha256(path: Path) -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as err:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"prepared crop {path} is missing; re-run `face3d prepare` on the same folders to restore it"
         ) from err
 
@@ -149,7 +150,7 @@ def split_records(
 def read_rgb(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"cannot read prepared image {path}; re-run `face3d prepare` on the same folders to restore it"
         )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -158,7 +159,7 @@ def read_rgb(path: Path) -> np.ndarray:
 def read_grey(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"cannot read prepared skin map {path}; re-run `face3d prepare` on the same folders to restore it"
         )
     return image
@@ -178,18 +179,22 @@ def load_prepared_sample(
     try:
         landmarks = np.load(record.landmarks).astype(np.float32)
     except OSError as err:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"cannot read prepared landmarks {record.landmarks}; re-run `face3d prepare` on "
             "the same folders to restore them"
         ) from err
     if landmarks.shape != (68, 2):
-        raise ValueError(f"{record.landmarks} holds shape {landmarks.shape}, expected (68, 2) crop pixels")
+        raise InvalidInputError(f"{record.landmarks} holds shape {landmarks.shape}, expected (68, 2) crop pixels")
     if skin.shape != crop.shape[:2]:
-        raise ValueError(f"skin map {record.skin} is {skin.shape}, but its crop {record.crop} is {crop.shape[:2]}")
+        raise InvalidInputError(
+            f"skin map {record.skin} is {skin.shape}, but its crop {record.crop} is {crop.shape[:2]}"
+        )
     height, width = crop.shape[:2]
     if image_size is not None and (height, width) != (image_size, image_size):
         if height != width:
-            raise ValueError(f"prepared crop {record.crop} is {width}x{height}; only square crops can be resized")
+            raise InvalidInputError(
+                f"prepared crop {record.crop} is {width}x{height}; only square crops can be resized"
+            )
         interpolation = cv2.INTER_AREA if image_size < height else cv2.INTER_LINEAR
         crop = cv2.resize(crop, (image_size, image_size), interpolation=interpolation)
         skin = cv2.resize(skin, (image_size, image_size), interpolation=interpolation)
@@ -249,7 +254,9 @@ class PreparedImagesDataModule(pl.LightningDataModule):
         super().__init__()
         check_loader_args(batch_size, num_workers)
         if settings.root is None:
-            raise ValueError("no prepared folder given: set data.prepared.root to a folder written by `face3d prepare`")
+            raise InvalidInputError(
+                "no prepared folder given: set data.prepared.root to a folder written by `face3d prepare`"
+            )
         self.settings = settings
         self.root = Path(settings.root)
         self.image_size = image_size
@@ -264,7 +271,7 @@ class PreparedImagesDataModule(pl.LightningDataModule):
         settings = self.settings
         train, val = split_records(read_prepared(self.root), settings.val_fraction)
         if not train:
-            raise ValueError(
+            raise InvalidInputError(
                 f"all {len(val)} photos of {self.root} fell into the validation split; lower "
                 f"data.prepared.val_fraction ({settings.val_fraction}) or prepare more photos"
             )

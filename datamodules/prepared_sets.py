@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from datamodules.loaders import split_by_hash
 from datamodules.prepared import PreparedRecord, load_prepared_sample
+from errors import InvalidInputError
 
 if TYPE_CHECKING:
     # The settings live beside the DataModule, which imports this module.
@@ -51,7 +52,7 @@ def group_by_identity(records: Sequence[PreparedRecord], min_images: int = 1) ->
         if len(group) >= min_images
     }
     if not kept:
-        raise ValueError(
+        raise InvalidInputError(
             f"no identity with at least {min_images} photos among {len(records)} prepared photos ({loose} lie in "
             "the root folder and have no identity). Image sets need one folder per person: prepare "
             "`people/<name>/*.jpg` with `face3d prepare --images people --out DIR`."

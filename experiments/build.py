@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from errors import InvalidInputError, MissingFileError
 from experiments.config import ExperimentConfig, load_config, to_yaml
 from face_model import FaceModel, load_face_model
 from renderers.camera import PinholeCamera
@@ -106,7 +107,7 @@ def build_datamodule(cfg: ExperimentConfig, face_model: FaceModel, cache_dir: Pa
 def config_from_checkpoint(checkpoint: dict, path: str | Path) -> ExperimentConfig:
     text = checkpoint.get("face3d_config")
     if not text:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is not a face3d-lightning R-Net checkpoint (no 'face3d_config' entry). For a Deep3DFaceRecon "
             "epoch_*.pth use network.deep3d_checkpoint=PATH with the BFM model instead."
         )
@@ -117,11 +118,11 @@ def _read_checkpoint(path: Path, map_location: str | torch.device, missing: str)
     """The unpickled checkpoint at ``path``; FileNotFoundError with the ``missing`` message, ValueError when
     the file is not a PyTorch checkpoint."""
     if not path.is_file():
-        raise FileNotFoundError(missing)
+        raise MissingFileError(missing)
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} could not be read as a PyTorch checkpoint ({err.__class__.__name__}: {err})"
         ) from None
 
@@ -192,7 +193,7 @@ def check_same_architecture(trained: ExperimentConfig, cfg: ExperimentConfig, wh
     if diff:
         was = ", ".join(f"{key}={theirs[key]}" for key in diff)
         now = ", ".join(f"{key}={ours[key]}" for key in diff)
-        raise ValueError(
+        raise InvalidInputError(
             f"{what} was trained for another face model, crop size or network ({was}) than this run's "
             f"({now}); {fix} set {' '.join(f'{key}={theirs[key]}' for key in diff)}"
         )
@@ -216,7 +217,7 @@ def config_from_yaml(text: str, path: str | Path) -> ExperimentConfig:
     try:
         return load_config(base_yaml=text)
     except Exception as err:  # noqa: BLE001 - an unreadable stored config means the same thing to the user
-        raise ValueError(f"the config stored in {path} does not fit this version's schema ({err})") from None
+        raise InvalidInputError(f"the config stored in {path} does not fit this version's schema ({err})") from None
 
 
 def _refuse_other_files(checkpoint, path: Path) -> None:
@@ -224,14 +225,16 @@ def _refuse_other_files(checkpoint, path: Path) -> None:
     from networks.bundled_weights import CARD_NAME, FORMAT
 
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} is not a face3d-lightning R-Net checkpoint (it holds a {type(checkpoint).__name__})")
+        raise InvalidInputError(
+            f"{path} is not a face3d-lightning R-Net checkpoint (it holds a {type(checkpoint).__name__})"
+        )
     if checkpoint.get("format") == FORMAT:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is R-Net weights without their model card ({CARD_NAME}, which holds the checksum): "
             f"keep the folder written by `face3d export-weights` together and pass the folder"
         )
     if "face3d_cnet" in checkpoint:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is a C-Net checkpoint (`face3d train-aggregate`), not an R-Net one: it goes to "
             "--cnet-ckpt (with --set), and its R-Net comes with it"
         )
@@ -276,7 +279,7 @@ def read_rnet_source(source: str | Path, map_location: str | torch.device = "cpu
     state = checkpoint.get("state_dict", {})
     rnet_state = {k.removeprefix("rnet."): v for k, v in state.items() if k.startswith("rnet.")}
     if not rnet_state:
-        raise ValueError(f"{path} holds no R-Net weights (no 'rnet.*' entries in its state_dict)")
+        raise InvalidInputError(f"{path} holds no R-Net weights (no 'rnet.*' entries in its state_dict)")
     return RNetSource(rnet_state, cfg, str(path), step=checkpoint.get("global_step"), epoch=checkpoint.get("epoch"))
 
 
@@ -292,7 +295,7 @@ def load_rnet_state(rnet, state_dict: dict, origin: str) -> None:
         if state_dict[k].shape != own[k].shape
     ]
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise InvalidInputError(
             f"{origin} does not fit this R-Net (another face model, crop size or network?): missing "
             f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:3]}"
         )
@@ -313,9 +316,11 @@ def load_rnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
     try:
         missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
     except RuntimeError as err:
-        raise ValueError(f"{path} does not match the model its config describes: {str(err).splitlines()[0]}") from None
+        raise InvalidInputError(
+            f"{path} does not match the model its config describes: {str(err).splitlines()[0]}"
+        ) from None
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} does not match the model its config describes: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return module.eval(), cfg
@@ -384,7 +389,7 @@ def load_cnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
     )
     info = checkpoint.get("face3d_cnet")
     if info is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is not a C-Net checkpoint (no 'face3d_cnet' entry); an R-Net checkpoint goes to "
             "--rnet-ckpt instead"
         )
@@ -396,7 +401,7 @@ def load_cnet_checkpoint(path: str | Path, map_location: str | torch.device = "c
     restore_rebuilt_state(module, state)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} does not match the C-Net its config describes: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return module.eval(), cfg

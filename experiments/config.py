@@ -25,6 +25,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from datamodules.image_sets import ImageSetSettings
 from datamodules.prepared import PreparedDataSettings
 from datamodules.synthetic import SyntheticFaceSettings
+from errors import MissingFileError, UserError
 from lightning_modules.rnet_module import OptimSettings
 from losses.hybrid import LossWeights
 
@@ -184,7 +185,7 @@ class ExperimentConfig:
     cnet: CNetConfig = field(default_factory=CNetConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the schema."""
 
 
@@ -218,7 +219,7 @@ def resolve_named_yaml(name: str | Path, folder: Path, what: str) -> Path:
     if candidate.is_file():
         return candidate
     known = sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
-    raise FileNotFoundError(f"{what} {name!r} not found (as a path or under {folder}); known {what}s: {known}")
+    raise MissingFileError(f"{what} {name!r} not found (as a path or under {folder}); known {what}s: {known}")
 
 
 def resolve_config_path(name: str | Path) -> Path:

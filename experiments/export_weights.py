@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from errors import InvalidInputError
 from experiments.config import ExperimentConfig, to_yaml
 
 IDENTITY_MODES = 10
@@ -135,7 +136,7 @@ def export_weights(
     checkpoint = Path(checkpoint)
     source = read_rnet_source(checkpoint)
     if source.card is not None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{checkpoint} is already exported weights; export takes a `face3d train` checkpoint "
             "(outputs/<run>/checkpoints/*.ckpt)"
         )

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,109 +75,47 @@ def train(
     Refuses to start over a run that already has checkpoints unless ``resume`` is set, so a finished or
     killed run is never overwritten by accident.
     """
-    import pytorch_lightning as pl
-
-    # Both are intended here: the perceptual network is frozen in eval mode, and FaceBatch moves itself.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-    from pytorch_lightning.loggers import CSVLogger
-
-    from experiments.build import build_datamodule, build_face_model, build_rnet_module, resolve_precision
-    from lightning_modules.callbacks import FiniteLossGuard, OverlayImages, TrainingClock
+    from experiments.build import build_datamodule, build_face_model, build_rnet_module
+    from experiments.trainer import build_trainer, intended_warnings_silenced, last_checkpoint_path, open_run_dir
+    from lightning_modules.callbacks import OverlayImages, TrainingClock
 
     run_dir = run_dir_for(cfg)
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if last.exists() and not resume and not fast_dev_run:
-        raise FileExistsError(
-            f"run directory {run_dir} already has checkpoints; pass --resume to continue that run, or choose "
-            "another with logging.run_name=NAME"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    pl.seed_everything(cfg.trainer.seed, workers=True)
+    open_run_dir(
+        run_dir,
+        to_yaml(cfg),
+        cfg.trainer.seed,
+        existing="checkpoints" if last_checkpoint_path(run_dir).exists() else None,
+        resume=resume,
+        fast_dev_run=fast_dev_run,
+    )
 
     face_model = build_face_model(cfg)
     module = build_rnet_module(cfg, face_model)
     datamodule = build_datamodule(cfg, face_model, cache_dir=Path(cfg.logging.output_dir) / "cache")
 
     has_ground_truth = cfg.data.kind == "synthetic"
-    monitor = "val/shape_error_mm" if has_ground_truth else "val/total"
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best-{epoch:03d}-{step}",
-        monitor=monitor,
-        mode="min",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-    )
-    # A separate, frequent last.ckpt so a killed run loses at most a few steps.
-    latest = ModelCheckpoint(
-        dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
-    )
     overlays = OverlayImages(run_dir / "overlays", every_n_epochs=cfg.logging.overlay_every_n_epochs)
-    # One CSV folder per launch (logs/version_N): a resumed run must not overwrite the metrics it already has.
-    csv_logger = CSVLogger(save_dir=str(run_dir), name="logs")
-    loggers = [csv_logger]
-    if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
-        from pytorch_lightning.loggers import WandbLogger
-
-        os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
-        os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(
-            WandbLogger(
-                project=cfg.logging.wandb_project,
-                name=run_dir.name,
-                save_dir=str(run_dir),
-                id=f"{run_dir.name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}",
-                resume="allow",
-                mode=cfg.logging.wandb_mode,
-            )
-        )
-    tc = cfg.trainer
-    trainer = pl.Trainer(
-        default_root_dir=str(run_dir),
-        max_epochs=tc.max_epochs,
-        max_steps=tc.max_steps,
-        max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        strategy=tc.strategy,
-        num_nodes=tc.num_nodes,
-        precision=resolve_precision(tc.precision, tc.accelerator),
-        log_every_n_steps=tc.log_every_n_steps,
-        val_check_interval=tc.val_check_interval,
-        gradient_clip_val=tc.gradient_clip_val,
-        deterministic=tc.deterministic,
-        logger=loggers,
-        callbacks=[
-            FiniteLossGuard(tc.log_every_n_steps),
-            TrainingClock(),
-            best,
-            latest,
-            overlays,
-            LearningRateMonitor(logging_interval="step"),
-            TQDMProgressBar(refresh_rate=5),
-            *extra_callbacks,
-        ],
+    stage = build_trainer(
+        cfg.trainer,
+        cfg.logging,
+        run_dir,
+        monitor="val/shape_error_mm" if has_ground_truth else "val/total",
+        callbacks=[TrainingClock(), overlays, *extra_callbacks],
         fast_dev_run=fast_dev_run,
-        enable_model_summary=False,
     )
-    ckpt_path = str(last) if resume and last.exists() else None
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with intended_warnings_silenced():
+        stage.trainer.fit(module, datamodule=datamodule, ckpt_path=stage.resume_from(resume))
 
-    test_metrics: dict[str, float] = {}
-    if has_ground_truth and not fast_dev_run:
-        best_path = best.best_model_path or None
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best_path, verbose=False)
-        test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    metrics_csv = Path(csv_logger.log_dir) / "metrics.csv"
+        test_metrics: dict[str, float] = {}
+        if has_ground_truth and not fast_dev_run:
+            results = stage.trainer.test(module, datamodule=datamodule, ckpt_path=stage.best_checkpoint, verbose=False)
+            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    last = stage.last_checkpoint
     return TrainResult(
         run_dir=run_dir,
-        best_checkpoint=Path(best.best_model_path) if best.best_model_path else None,
+        best_checkpoint=stage.best_checkpoint,
         last_checkpoint=last if last.exists() else None,
-        metrics_csv=metrics_csv if metrics_csv.exists() else None,
+        metrics_csv=stage.metrics_csv,
         overlay=overlays.last_path,
         test_metrics=test_metrics,
         test_samples=cfg.data.synthetic.n_test if test_metrics else 0,

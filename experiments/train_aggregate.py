@@ -14,10 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +22,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.cnet_analysis import TableRow, table_markdown
+from errors import ExistingOutputError, MissingFileError
 from experiments.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from experiments.train import run_dir_for
+from experiments.trainer import latest_checkpoint
 
 DEFAULT_CONFIGS = ("aggregate",)
 RNET_DEFAULT_CONFIG = "default"
@@ -91,21 +90,12 @@ def identity_information_note(rows: Sequence[TableRow], min_gain: float = 0.05) 
     )
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest best-*.ckpt under ``checkpoint_dir``, else its last.ckpt, else None."""
-    best = sorted(checkpoint_dir.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if best:
-        return best[-1]
-    last = checkpoint_dir / "last.ckpt"
-    return last if last.is_file() else None
-
-
 def resolve_rnet_checkpoint(explicit: str | Path | None, output_dir: str, log: Callable[[str], None] = print) -> Path:
     """The R-Net checkpoint to aggregate (see the module docstring); trains the default R-Net when none exists."""
     if explicit:
         path = Path(explicit)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"R-Net checkpoint {path} not found; pass a checkpoint written by `face3d train` "
                 "(outputs/<run>/checkpoints/*.ckpt) or leave --rnet-ckpt out to use the default"
             )
@@ -148,83 +138,17 @@ def aggregate_config(
     return dataclasses.replace(cfg, cnet=dataclasses.replace(cfg.cnet, rnet_checkpoint=str(rnet_checkpoint.resolve())))
 
 
-def _trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, fast_dev_run: bool | int):
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-    from pytorch_lightning.loggers import CSVLogger
-
-    from experiments.build import resolve_precision
-    from lightning_modules.callbacks import FiniteLossGuard
-
-    ckpt_dir = run_dir / "checkpoints"
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best-{epoch:03d}-{step}",
-        monitor=monitor,
-        mode="min",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        save_weights_only=True,
-    )
-    latest = ModelCheckpoint(
-        dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
-    )
-    loggers = [CSVLogger(save_dir=str(run_dir), name="logs")]
-    if cfg.logging.wandb and cfg.logging.wandb_mode != "disabled":
-        from pytorch_lightning.loggers import WandbLogger
-
-        os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
-        os.environ.setdefault("WANDB_SILENT", "true")
-        name = f"{run_dir.parent.name}-{run_dir.name}"
-        loggers.append(
-            WandbLogger(
-                project=cfg.logging.wandb_project,
-                name=name,
-                save_dir=str(run_dir),
-                id=f"{name}-{hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]}",
-                resume="allow",
-                mode=cfg.logging.wandb_mode,
-            )
-        )
-    tc = cfg.trainer
-    trainer = pl.Trainer(
-        default_root_dir=str(run_dir),
-        max_epochs=tc.max_epochs,
-        max_steps=tc.max_steps,
-        max_time={"minutes": tc.max_time_minutes} if tc.max_time_minutes else None,
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        strategy=tc.strategy,
-        num_nodes=tc.num_nodes,
-        precision=resolve_precision(tc.precision, tc.accelerator),
-        log_every_n_steps=tc.log_every_n_steps,
-        val_check_interval=tc.val_check_interval,
-        gradient_clip_val=tc.gradient_clip_val,
-        deterministic=tc.deterministic,
-        logger=loggers,
-        callbacks=[
-            FiniteLossGuard(tc.log_every_n_steps),
-            best,
-            latest,
-            LearningRateMonitor(logging_interval="epoch"),
-            TQDMProgressBar(refresh_rate=5),
-        ],
-        fast_dev_run=fast_dev_run,
-        enable_model_summary=False,
-    )
-    return trainer, best, ckpt_dir / "last.ckpt"
-
-
-def _check_same_rnet(checkpoint: Path, rnet_module) -> None:
+def check_same_rnet(checkpoint: Path, rnet_module) -> None:
     """Refuse to resume a C-Net checkpoint trained on another R-Net: resuming would load that R-Net's weights."""
+    from networks.rnet import same_rnet
+
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    for name, value in rnet_module.rnet.state_dict().items():
-        stored = state.get(f"rnet.{name}")
-        if stored is None or stored.shape != value.shape or not torch.equal(stored, value.cpu()):
-            raise FileExistsError(
-                f"{checkpoint} was trained on another R-Net than the one given now; its C-Net's confidences mean "
-                "nothing for this R-Net. Delete that run directory or choose another with logging.run_name=NAME"
-            )
+    stored = {name.removeprefix("rnet."): value for name, value in state.items() if name.startswith("rnet.")}
+    if not same_rnet(stored, rnet_module.rnet):
+        raise ExistingOutputError(
+            f"{checkpoint} was trained on another R-Net than the one given now; its C-Net's confidences mean "
+            "nothing for this R-Net. Delete that run directory or choose another with logging.run_name=NAME"
+        )
 
 
 def _load_weights(module, path: Path) -> None:
@@ -248,14 +172,16 @@ def train_aggregate(
     Refuses to start over a strategy that already has checkpoints unless ``resume`` is set (then it continues
     that strategy's last.ckpt; a finished one is only evaluated again).
     """
-    import pytorch_lightning as pl
-
     from benchmarks.cnet_analysis import analyse, collect_set_evaluation
     from experiments.build import build_cnet_module, build_image_set_datamodule, build_loss, load_rnet_checkpoint
+    from experiments.trainer import (
+        build_trainer,
+        checkpoint_dir,
+        finish_wandb_runs,
+        intended_warnings_silenced,
+        open_run_dir,
+    )
 
-    # Intended: R-Net and the perceptual network are frozen in eval mode; SetBatch moves itself.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
     start = time.perf_counter()
     files = list(files) or list(DEFAULT_CONFIGS)
     preliminary = load_config(files, overrides)
@@ -267,15 +193,16 @@ def train_aggregate(
     cfg = aggregate_config(files, overrides, rnet_cfg, rnet_path)
 
     run_dir = run_dir_for(cfg)
-    existing = [s for s in cfg.cnet.strategies if any((run_dir / s / "checkpoints").glob("*.ckpt"))]
-    if existing and not resume and not fast_dev_run:
-        raise FileExistsError(
-            f"run directory {run_dir} already has C-Net checkpoints ({existing}); pass --resume to "
-            "continue (or re-evaluate) that run, or choose another with logging.run_name=NAME"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    pl.seed_everything(cfg.trainer.seed, workers=True)
+    existing = [s for s in cfg.cnet.strategies if any(checkpoint_dir(run_dir / s).glob("*.ckpt"))]
+    open_run_dir(
+        run_dir,
+        to_yaml(cfg),
+        cfg.trainer.seed,
+        existing=f"C-Net checkpoints ({existing})" if existing else None,
+        resume=resume,
+        fast_dev_run=fast_dev_run,
+        resume_means="continue (or re-evaluate) that run",
+    )
 
     face_model = rnet_module.face_model
     datamodule = build_image_set_datamodule(cfg, face_model, cache_dir=Path(cfg.logging.output_dir) / "cache")
@@ -287,18 +214,25 @@ def train_aggregate(
         log(f"training C-Net for strategy {strategy.upper()}")
         module = build_cnet_module(cfg, rnet_module, strategy, loss=loss)
         strategy_dir = run_dir / strategy
-        trainer, best, last = _trainer(
-            cfg, strategy_dir, "val/shape_error_mm" if has_ground_truth else "val/total", fast_dev_run
+        stage = build_trainer(
+            cfg.trainer,
+            cfg.logging,
+            strategy_dir,
+            monitor="val/shape_error_mm" if has_ground_truth else "val/total",
+            wandb_name=f"{run_dir.name}-{strategy}",
+            save_weights_only=True,
+            lr_logging_interval="epoch",
+            fast_dev_run=fast_dev_run,
         )
-        resume_from = last if resume and last.exists() else None
+        resume_from = stage.resume_from(resume)
         if resume_from is not None:
-            _check_same_rnet(resume_from, rnet_module)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
-        for logger in trainer.loggers:
-            # Each strategy is its own W&B run; an unfinished run would swallow the next strategy's logs.
-            if isinstance(logger, pl.loggers.WandbLogger):
-                logger.experiment.finish()
-        chosen = Path(best.best_model_path) if best.best_model_path else (last if last.exists() else None)
+            check_same_rnet(resume_from, rnet_module)
+        with intended_warnings_silenced():
+            stage.trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        # Each strategy is its own W&B run; an unfinished run would swallow the next strategy's logs.
+        finish_wandb_runs(stage.trainer)
+        last = stage.last_checkpoint
+        chosen = stage.best_checkpoint or (last if last.exists() else None)
         if chosen is not None:
             _load_weights(module, chosen)
             checkpoints[strategy] = chosen

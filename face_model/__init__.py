@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from errors import InvalidInputError
 from face_model.coefficients import Coefficients, CoeffLayout
 from face_model.model import FaceMesh, FaceModel, five_points_from_68
 
@@ -23,9 +24,9 @@ def load_face_model(name: str = "ict", path: str | Path | None = None, **options
         from face_model.bfm import load_bfm
 
         if path is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "the BFM09 model is not bundled (licence): pass path=.../BFM_model_front.mat, "
                 "built by `face3d prepare-bfm --bfm-dir DIR`"
             )
         return load_bfm(path, **options)
-    raise ValueError(f"unknown face model {name!r}; choose one of {FACE_MODELS}")
+    raise InvalidInputError(f"unknown face model {name!r}; choose one of {FACE_MODELS}")

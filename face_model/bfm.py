@@ -27,6 +27,7 @@ import numpy as np
 import scipy.io
 import torch
 
+from errors import InvalidInputError, MissingFileError
 from face_model.model import N_LANDMARKS, FaceModel
 
 BFM_FRONT_FILE = "BFM_model_front.mat"
@@ -84,16 +85,18 @@ def _load_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         # variable_names skips arrays this code never uses (01_MorphableModel.mat holds more than the model).
         mat = scipy.io.loadmat(path, variable_names=list(keys))
     except NotImplementedError as err:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it in MATLAB with "
             "save(..., '-v7') or use the original download"
         ) from err
     except (ValueError, TypeError, OSError) as err:
-        raise ValueError(f"could not read {path} as a MATLAB .mat file ({err}); re-download it") from err
+        raise InvalidInputError(f"could not read {path} as a MATLAB .mat file ({err}); re-download it") from err
     missing = [key for key in keys if key not in mat]
     if missing:
         found = sorted(name for name, _, _ in scipy.io.whosmat(path))
-        raise ValueError(f"{path} lacks key(s) {missing}; it has {found}. Expected a file with keys {list(keys)}")
+        raise InvalidInputError(
+            f"{path} lacks key(s) {missing}; it has {found}. Expected a file with keys {list(keys)}"
+        )
     return {key: mat[key] for key in keys}
 
 
@@ -105,7 +108,9 @@ def _matrix(where: Path, key: str, array: np.ndarray, rows: int | None, cols: in
         or (cols is not None and array.shape[1] != cols)
     ):
         wanted = (rows if rows is not None else "any", cols if cols is not None else "any")
-        raise ValueError(f"{where}: {key!r} has shape {array.shape}, expected {expected} = ({wanted[0]}, {wanted[1]})")
+        raise InvalidInputError(
+            f"{where}: {key!r} has shape {array.shape}, expected {expected} = ({wanted[0]}, {wanted[1]})"
+        )
     return array
 
 
@@ -116,7 +121,7 @@ def _vector(where: Path, key: str, array: np.ndarray, length: int | None, expect
         or (array.ndim == 2 and min(array.shape) != 1 and array.size != 0)
         or (length is not None and array.size != length)
     ):
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}: {key!r} has shape {array.shape}, expected a vector {expected} of length "
             f"{length if length is not None else 'any'}"
         )
@@ -129,12 +134,12 @@ def _zero_based(where: Path, key: str, ids: np.ndarray, upper: int) -> np.ndarra
         return ids.astype(np.int64)
     # The Deep3D files store indices as float32 or uint16; anything fractional means a wrong array.
     if not np.all(np.equal(np.mod(ids, 1), 0)):
-        raise ValueError(f"{where}: {key!r} should hold integer vertex/face indices, found fractional values")
+        raise InvalidInputError(f"{where}: {key!r} should hold integer vertex/face indices, found fractional values")
     as_int = ids.astype(np.int64)
     low, high = int(as_int.min()), int(as_int.max())
     if low < 1 or high > upper:
         hint = " (it looks 0-based; these files store 1-based MATLAB indices)" if low == 0 else ""
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}: {key!r} holds indices in [{low}, {high}], expected 1-based indices in [1, {upper}]{hint}"
         )
     return as_int - 1
@@ -147,7 +152,7 @@ def _modes(where: Path, key: str, basis: np.ndarray, n_vertices: int, keep: int 
     if keep is None:
         keep = available
     if keep < 0 or keep > available:
-        raise ValueError(
+        raise InvalidInputError(
             f"{option}={keep} asks for more modes than {where} holds: {key!r} has {available}; "
             f"pass {option} between 0 and {available} (or None for all)"
         )
@@ -200,12 +205,12 @@ def load_bfm(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"BFM face model file {path} not found. {_prepare_hint()}")
+        raise MissingFileError(f"BFM face model file {path} not found. {_prepare_hint()}")
     mat = _load_mat(path, _LOAD_KEYS)
 
     meanshape = _vector(path, "meanshape", mat["meanshape"], None, "(1, 3V)")
     if meanshape.size == 0 or meanshape.size % 3:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: 'meanshape' has {meanshape.size} entries, expected (1, 3V): a positive "
             "multiple of 3 (x, y, z per vertex)"
         )
@@ -257,7 +262,7 @@ def _read_expression_basis(path: Path) -> tuple[np.ndarray, int]:
     with path.open("rb") as fh:
         header = np.fromfile(fh, dtype="<i4", count=1)
         if header.size != 1 or header[0] <= 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path}: expected an int32 number of expression components first, got "
                 f"{header.tolist()}; is this Guo et al.'s Exp_Pca.bin?"
             )
@@ -265,7 +270,7 @@ def _read_expression_basis(path: Path) -> tuple[np.ndarray, int]:
         floats_per_vertex = 3 * (n_modes + 1)
         payload = size - 4
         if payload <= 0 or payload % (4 * floats_per_vertex):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} is {size} bytes, expected 4 + 4 * 3M * ({n_modes} + 1) bytes (int32 count, float32 "
                 f"mean and {n_modes} components over M vertices); the file is truncated or not Exp_Pca.bin"
             )
@@ -323,7 +328,7 @@ def prepare_bfm(
     missing = [name for name, path in inputs.items() if not path.is_file()]
     if missing:
         where = f"{bfm_dir} does not exist" if not bfm_dir.is_dir() else f"{bfm_dir} lacks {len(missing)} file(s)"
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"cannot build {BFM_FRONT_FILE}: {where}. Put these files in it:\n{_sources_text(missing)}"
         )
     if not force and _is_up_to_date(out_path, list(inputs.values())):
@@ -334,7 +339,7 @@ def prepare_bfm(
     where = inputs["01_MorphableModel.mat"]
     shape_mu = _vector(where, "shapeMU", raw["shapeMU"], None, "(3N, 1)")
     if shape_mu.size == 0 or shape_mu.size % 3:
-        raise ValueError(f"{where}: 'shapeMU' has {shape_mu.size} entries, expected (3N, 1) with N vertices")
+        raise InvalidInputError(f"{where}: 'shapeMU' has {shape_mu.size} entries, expected (3N, 1) with N vertices")
     n_full = shape_mu.size // 3
     shape_pc = _matrix(where, "shapePC", raw["shapePC"], 3 * n_full, None, f"(3N, k) with N={n_full}")
     shape_ev = _vector(where, "shapeEV", raw["shapeEV"], shape_pc.shape[1], "(k, 1) matching shapePC")
@@ -345,7 +350,7 @@ def prepare_bfm(
     exp_pc, n_exp_vertices = _read_expression_basis(inputs["Exp_Pca.bin"])
     exp_std = np.loadtxt(inputs["std_exp.txt"], dtype=np.float64, ndmin=1)
     if exp_std.shape != (exp_pc.shape[0],):
-        raise ValueError(
+        raise InvalidInputError(
             f"{inputs['std_exp.txt']} holds {exp_std.size} values, expected one standard "
             f"deviation per expression component of Exp_Pca.bin ({exp_pc.shape[0]})"
         )
@@ -356,7 +361,7 @@ def prepare_bfm(
         ("n_tex", n_tex, tex_pc.shape[1], "01_MorphableModel.mat texPC"),
     ):
         if not 0 <= keep <= available:
-            raise ValueError(f"{option}={keep} but {source} has {available} modes; choose 0..{available}")
+            raise InvalidInputError(f"{option}={keep} but {source} has {available} modes; choose 0..{available}")
 
     where = inputs["BFM_exp_idx.mat"]
     trim = _vector(

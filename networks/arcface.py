@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from errors import InvalidInputError, MissingFileError
 from networks.recognition import ARCFACE_TEMPLATE_112, RecognitionNet, l2_normalise
 
 ARCFACE_LAYERS: dict[int, tuple[int, int, int, int]] = {
@@ -101,7 +102,7 @@ def load_arcface_weights(model: IResNet, weights: str | Path) -> IResNet:
     """Load an arcface_torch ``backbone.pth`` (fp16 or fp32) into ``model`` with strict key matching."""
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"ArcFace weights not found at {path}: {ARCFACE_WEIGHTS_HINT}")
+        raise MissingFileError(f"ArcFace weights not found at {path}: {ARCFACE_WEIGHTS_HINT}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -111,7 +112,7 @@ def load_arcface_weights(model: IResNet, weights: str | Path) -> IResNet:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} does not match IResNet with layers {[len(getattr(model, f'layer{i}')) for i in range(1, 5)]}: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} "
@@ -119,7 +120,7 @@ def load_arcface_weights(model: IResNet, weights: str | Path) -> IResNet:
         )
     mismatched = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if mismatched:
-        raise ValueError(f"{path}: shape mismatch for {mismatched[:5]} (is this an arcface_torch backbone.pth?)")
+        raise InvalidInputError(f"{path}: shape mismatch for {mismatched[:5]} (is this an arcface_torch backbone.pth?)")
     # load_state_dict casts fp16 checkpoints to the module's fp32.
     model.load_state_dict(state, strict=True)
     return model
@@ -127,10 +128,10 @@ def load_arcface_weights(model: IResNet, weights: str | Path) -> IResNet:
 
 def build_arcface(depth: int, weights: str | Path | None) -> IResNet:
     if depth not in ARCFACE_LAYERS:
-        raise ValueError(f"unsupported IResNet depth {depth}; choose one of {sorted(ARCFACE_LAYERS)}")
+        raise InvalidInputError(f"unsupported IResNet depth {depth}; choose one of {sorted(ARCFACE_LAYERS)}")
     if weights is None:
-        raise FileNotFoundError(f"arcface_r{depth} needs weights (backbone.pth): {ARCFACE_WEIGHTS_HINT}")
+        raise MissingFileError(f"arcface_r{depth} needs weights (backbone.pth): {ARCFACE_WEIGHTS_HINT}")
     # Checked before building: an IResNet-100 takes seconds to initialise.
     if not Path(weights).is_file():
-        raise FileNotFoundError(f"ArcFace weights not found at {weights}: {ARCFACE_WEIGHTS_HINT}")
+        raise MissingFileError(f"ArcFace weights not found at {weights}: {ARCFACE_WEIGHTS_HINT}")
     return load_arcface_weights(IResNet(ARCFACE_LAYERS[depth]), weights)

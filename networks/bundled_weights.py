@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from errors import InvalidInputError, MissingFileError
+
 FORMAT = "face3d-rnet-weights/1"
 WEIGHTS_NAME = "rnet.pt"
 CARD_NAME = "rnet.json"
@@ -79,38 +81,40 @@ def read_weights(directory: str | Path = BUNDLED_DIR) -> RNetWeights:
     for path in (weights_path, card_path):
         if not path.is_file():
             if directory.resolve() == BUNDLED_DIR:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"the bundled R-Net is missing: {_shown(path)} not found. Restore it with `git checkout -- "
                     f"{_shown(directory)}`, or train one (`face3d train --config shipped`) and export it with "
                     f"`face3d export-weights --ckpt CKPT --out {_shown(directory)}`"
                 )
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path} not found: a weights folder holds {WEIGHTS_NAME} and {CARD_NAME}, as "
                 "written by `face3d export-weights --ckpt CKPT --out DIR`"
             )
     try:
         card = json.loads(card_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"model card {card_path} is not valid JSON ({err}); {_restore_hint(card_path)}") from None
+        raise InvalidInputError(
+            f"model card {card_path} is not valid JSON ({err}); {_restore_hint(card_path)}"
+        ) from None
     expected = card.get("sha256") if isinstance(card, dict) else None
     if not expected:
-        raise ValueError(f"model card {card_path} has no 'sha256' entry; {_restore_hint(card_path)}")
+        raise InvalidInputError(f"model card {card_path} has no 'sha256' entry; {_restore_hint(card_path)}")
     actual = sha256_file(weights_path)
     if actual != expected:
-        raise ValueError(
+        raise InvalidInputError(
             f"{weights_path} fails its SHA-256 check (expected {expected[:16]}..., found {actual[:16]}..., "
             f"from {card_path.name}): the file is corrupt or was modified; {_restore_hint(weights_path)}"
         )
     try:
         payload = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(
+        raise InvalidInputError(
             f"{weights_path} could not be read as R-Net weights ({err.__class__.__name__}: {err}); "
             f"{_restore_hint(weights_path)}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(
+        raise InvalidInputError(
             f"{weights_path} is not an R-Net weights file of format {FORMAT!r} (found {found!r}); "
             f"{_restore_hint(weights_path)}"
         )

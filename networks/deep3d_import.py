@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from errors import InvalidInputError
 from face_model.coefficients import CoeffLayout
 from networks.resnet import load_state_dict_checked, load_torch_file
 from networks.rnet import RNet, head_sizes
@@ -35,7 +36,7 @@ _BACKBONE_BY_CHANNELS = {512: "resnet18", 2048: "resnet50"}
 def _check_layout(rnet: RNet) -> None:
     sizes = head_sizes(rnet.layout)
     if sizes != DEEP3D_HEAD_SIZES:
-        raise ValueError(
+        raise InvalidInputError(
             f"Deep3D checkpoints regress the 257-dim BFM layout with heads {DEEP3D_HEAD_SIZES}, but this RNet "
             f"has layout {rnet.layout} (size {rnet.layout.size}, heads {sizes}); build it with "
             f"RNet(CoeffLayout(n_id=80, n_exp=64, n_tex=80, sh_channels=3), ...)"
@@ -45,13 +46,15 @@ def _check_layout(rnet: RNet) -> None:
 def _net_recon_state(checkpoint: object, path: Path) -> dict[str, torch.Tensor]:
     """The R-Net state_dict out of a whole Deep3D checkpoint or a bare ``net_recon`` state_dict."""
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{path} should hold a dict with a 'net_recon' state_dict, got {type(checkpoint).__name__}")
+        raise InvalidInputError(
+            f"{path} should hold a dict with a 'net_recon' state_dict, got {type(checkpoint).__name__}"
+        )
     state = checkpoint.get("net_recon", checkpoint)
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: 'net_recon' should be a state_dict, got {type(state).__name__}")
+        raise InvalidInputError(f"{path}: 'net_recon' should be a state_dict, got {type(state).__name__}")
     state = {str(k).removeprefix("module."): v for k, v in state.items()}
     if not any(k.startswith("backbone.") for k in state):
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is not a Deep3DFaceRecon checkpoint: expected a 'net_recon' entry or 'backbone.*' keys, "
             f"found top-level keys {sorted(map(str, checkpoint))[:12]}"
         )
@@ -70,7 +73,7 @@ def load_deep3d_checkpoint(rnet: RNet, path: str | Path, weights_only: bool = Tr
     _check_layout(rnet)
     state = _net_recon_state(load_torch_file(path, "Deep3DFaceRecon checkpoint", PRETRAINED_HINT, weights_only), path)
     if "backbone.fc.weight" in state:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} was trained with Deep3D's --use_last_fc (one fc layer instead of final_layers), which "
             "RNet does not support; use a checkpoint trained with the default --use_last_fc False"
         )
@@ -79,14 +82,14 @@ def load_deep3d_checkpoint(rnet: RNet, path: str | Path, weights_only: bool = Tr
         found.append(state[f"final_layers.{index}.weight"].shape[0])
         index += 1
     if tuple(found) != DEEP3D_HEAD_SIZES:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: the checkpoint's output heads have sizes {tuple(found)} (total {sum(found)}), expected "
             f"Deep3D's {DEEP3D_HEAD_SIZES} (total {sum(DEEP3D_HEAD_SIZES)}) for the BFM 257 layout"
         )
     channels = state["final_layers.0.weight"].shape[1]
     if channels != rnet.backbone.out_channels:
         guess = _BACKBONE_BY_CHANNELS.get(channels, f"a backbone with {channels} output channels")
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} was trained with {guess} ({channels} feature channels), but this RNet uses "
             f"{rnet.backbone_name} ({rnet.backbone.out_channels}); build RNet(..., backbone={guess!r})"
         )

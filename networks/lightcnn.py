@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from errors import MissingFileError
 from networks.recognition import ARCFACE_TEMPLATE_112, RecognitionNet, l2_normalise
 
 LIGHTCNN_CHECKPOINT_NAME = "LightCNN-V4_checkpoint.pth.tar"
@@ -130,7 +131,7 @@ def installed_lightcnn_checkpoint() -> Path | None:
 def load_lightcnn_weights(model: LightCNNV4, weights: str | Path) -> LightCNNV4:
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"LightCNN-V4 weights not found at {path}: {LIGHTCNN_WEIGHTS_HINT}")
+        raise MissingFileError(f"LightCNN-V4 weights not found at {path}: {LIGHTCNN_WEIGHTS_HINT}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     state = {key.removeprefix("module."): value for key, value in state.items()}
@@ -142,5 +143,5 @@ def build_lightcnn(weights: str | Path | None = None) -> LightCNNV4:
     if weights is None:
         weights = installed_lightcnn_checkpoint()
         if weights is None:
-            raise FileNotFoundError(f"{LIGHTCNN_CHECKPOINT_NAME} not found: {LIGHTCNN_WEIGHTS_HINT}")
+            raise MissingFileError(f"{LIGHTCNN_CHECKPOINT_NAME} not found: {LIGHTCNN_WEIGHTS_HINT}")
     return load_lightcnn_weights(LightCNNV4(), weights)

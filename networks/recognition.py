@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from errors import InvalidInputError
+
 RECOGNITION_NETS: tuple[str, ...] = ("sface", "arcface_r50", "arcface_r100", "lightcnn")
 
 # The standard InsightFace/ArcFace 112x112 five-point template (also what OpenCV's
@@ -118,5 +120,5 @@ def build_recognition_net(name: str = "sface", weights: str | Path | None = None
 
         net = build_lightcnn(weights)
     else:
-        raise ValueError(f"unknown recognition network {name!r}; choose one of {', '.join(RECOGNITION_NETS)}")
+        raise InvalidInputError(f"unknown recognition network {name!r}; choose one of {', '.join(RECOGNITION_NETS)}")
     return net.freeze()

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from errors import InvalidInputError, MissingFileError
+
 IMAGENET_URLS = {
     "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
     "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
@@ -180,7 +182,7 @@ RESNET_NAMES = tuple(_ARCHITECTURES)
 def build_resnet(name: str, num_classes: int | None = 1000) -> ResNet:
     """A randomly initialised ResNet by torchvision name ("resnet18", "resnet34", "resnet50")."""
     if name not in _ARCHITECTURES:
-        raise ValueError(f"unknown ResNet {name!r}; choose one of {list(RESNET_NAMES)}")
+        raise InvalidInputError(f"unknown ResNet {name!r}; choose one of {list(RESNET_NAMES)}")
     block, layers = _ARCHITECTURES[name]
     return ResNet(block, layers, num_classes=num_classes)
 
@@ -224,7 +226,7 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, torch.Te
         if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     if missing or unexpected or mismatched:
-        raise ValueError(
+        raise InvalidInputError(
             f"{source} does not match the {type(module).__name__}: "
             f"{len(missing)} missing keys {_preview(missing)}, "
             f"{len(unexpected)} unexpected keys {_preview(unexpected)}, "
@@ -246,12 +248,12 @@ def load_torch_file(path: str | Path, what: str, where_to_get_it: str, weights_o
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found at {path}; {where_to_get_it}")
+        raise MissingFileError(f"{what} not found at {path}; {where_to_get_it}")
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as error:
         if weights_only:
-            raise ValueError(
+            raise InvalidInputError(
                 f"torch.load(weights_only=True) could not read {path}: {error}. If it is a checkpoint you trust "
                 "that pickles objects other than tensors, load it with weights_only=False"
             ) from error
@@ -273,7 +275,9 @@ def load_imagenet_weights(model: ResNet, path: str | Path) -> None:
         + (" (or the older https://download.pytorch.org/models/resnet50-19c8e357.pth)" if name == "resnet50" else ""),
     )
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path} should hold a torchvision state_dict (a dict of tensors), got {type(state).__name__}")
+        raise InvalidInputError(
+            f"{path} should hold a torchvision state_dict (a dict of tensors), got {type(state).__name__}"
+        )
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if model.fc is None:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -22,6 +22,7 @@ The features join the pooled image features, optionally through a small MLP (``l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,3 +214,13 @@ def load_pretrained_backbone(rnet: RNet, weights: str | Path) -> RNet:
     else:
         load_imagenet_weights(rnet.backbone, weights)
     return rnet
+
+
+def same_rnet(a: nn.Module | Mapping[str, torch.Tensor], b: nn.Module | Mapping[str, torch.Tensor]) -> bool:
+    """True when two R-Nets (modules or state dicts) hold the same parameter and buffer names, shapes and values:
+    a C-Net's confidences are only meaningful for the exact R-Net it was trained on."""
+    sa = a.state_dict() if isinstance(a, nn.Module) else a
+    sb = b.state_dict() if isinstance(b, nn.Module) else b
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa
+    )

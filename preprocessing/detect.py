@@ -35,6 +35,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from errors import InvalidInputError
+
 DETECTORS = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
 DEFAULT_DETECTOR = "dlib-cascade"
 
@@ -384,4 +386,4 @@ def make_detector(
         return FanDetector(device, weights_dir)
     if name == "insightface":
         return InsightFaceDetector(device, weights_dir)
-    raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    raise InvalidInputError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from errors import InvalidInputError, MissingFileError
 from face_model.coefficients import CoeffLayout
 from face_model.model import FaceModel
 from reconstruction.onnx_export import FaceModelSource, RNetOnnxMetadata
@@ -48,7 +49,7 @@ class OnnxRNet:
 
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX model {self.path} not found; {EXPORT_HINT}")
+            raise MissingFileError(f"ONNX model {self.path} not found; {EXPORT_HINT}")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         options = ort.SessionOptions()
@@ -59,7 +60,7 @@ class OnnxRNet:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
             first_line = (str(err).strip().splitlines() or [""])[0]
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.path} could not be loaded as an ONNX model ({type(err).__name__}: {first_line}); {EXPORT_HINT}"
             ) from None
         self.metadata = RNetOnnxMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
@@ -96,7 +97,7 @@ class OnnxRNet:
                 f"the layout {self.metadata.layout}"
             )
         if problems:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.path} does not match its own face3d metadata: {'; '.join(problems)}. It was "
                 f"not written by `face3d export-onnx` or was edited since; {EXPORT_HINT}"
             )
@@ -117,22 +118,22 @@ def check_compatible(
     """Refuse (ValueError naming ``where``) an exported R-Net trained for another face model, layout or crop."""
     if face_model is not None:
         if face_model.name != metadata.face_model_name:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where} was trained for the {metadata.face_model_name!r} face model, not "
                 f"{face_model.name!r}; use a model exported for {face_model.name!r}"
             )
         if face_model.layout != metadata.layout:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where} predicts the coefficient layout {metadata.layout}, the face model has "
                 f"{face_model.layout}; build the face model with the network's basis sizes"
             )
         if face_model.n_vertices != metadata.n_vertices:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where} was trained on a {metadata.n_vertices}-vertex {metadata.face_model_name!r} "
                 f"model, this one has {face_model.n_vertices} vertices (another region or version)"
             )
     if crop_size is not None and crop_size != metadata.crop_size:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where} reads {metadata.crop_size}-pixel crops, not {crop_size}; align the photos at "
             f"{metadata.crop_size} pixels"
         )
@@ -147,7 +148,7 @@ def face_model_from_metadata(metadata: RNetOnnxMetadata, where: str, path: str |
     from face_model import load_face_model
 
     if path is None and metadata.face_model_loader != "ict":
-        raise ValueError(
+        raise InvalidInputError(
             f"{where} was trained with the {metadata.face_model_name!r} face model "
             f"({metadata.face_model_file}, sha256 {metadata.face_model_digest[:12]}...), which does not "
             "ship: pass the path of your copy (`face3d reconstruct --onnx MODEL --bfm-path FILE`)"
@@ -155,7 +156,7 @@ def face_model_from_metadata(metadata: RNetOnnxMetadata, where: str, path: str |
     source = FaceModelSource(metadata.face_model_loader, None if path is None else str(path))
     digest = source.digest()
     if digest != metadata.face_model_digest:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where} was trained with {metadata.face_model_file} of sha256 "
             f"{metadata.face_model_digest[:12]}..., but {source.file()} has sha256 {digest[:12]}...: "
             "another face model file, whose coefficients mean other shapes; use the file the network "

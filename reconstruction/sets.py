@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+from errors import InvalidInputError, MissingFileError
 from face_model.coefficients import Coefficients
 from geometry.mesh_io import write_glb, write_obj, write_ply
 from networks.aggregation import GLOBAL_STRATEGIES, STRATEGIES, aggregate
@@ -141,7 +142,7 @@ def reconstruct_set(
         overlay_size: side of each overlay panel (at least R-Net's crop size).
     """
     if not pictures:
-        raise ValueError("an image set needs at least one picture; none was given (no face found?)")
+        raise InvalidInputError("an image set needs at least one picture; none was given (no face found?)")
     names = [p.name for p in pictures]
     if len(set(names)) != len(names):
         raise ValueError(f"picture names must be unique (they name the output files), got {names}")
@@ -230,13 +231,13 @@ def fit_set(
     from reconstruction.fit import fit_coefficients
 
     if not pictures:
-        raise ValueError("an image set needs at least one picture; none was given (no face found?)")
+        raise InvalidInputError("an image set needs at least one picture; none was given (no face found?)")
     names = [p.name for p in pictures]
     if len(set(names)) != len(names):
         raise ValueError(f"picture names must be unique (they name the output files), got {names}")
     missing = [p.name for p in pictures if p.landmarks is None]
     if missing:
-        raise ValueError(f"fitting needs each picture's 68 detected landmarks; {missing} have none")
+        raise InvalidInputError(f"fitting needs each picture's 68 detected landmarks; {missing} have none")
     if units not in UNIT_SCALES:
         raise ValueError(f"units must be one of {sorted(UNIT_SCALES)}, got {units!r}")
     renderer = fitter.renderer
@@ -423,10 +424,10 @@ def frames_from_video(path: str | Path, every: int = 10, max_frames: int | None 
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     if not path.is_file():
-        raise FileNotFoundError(f"video {path} not found")
+        raise MissingFileError(f"video {path} not found")
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise ValueError(f"OpenCV cannot open {path} as a video (unsupported codec or not a video file)")
+        raise InvalidInputError(f"OpenCV cannot open {path} as a video (unsupported codec or not a video file)")
     try:
         index = kept = 0
         while max_frames is None or kept < max_frames:
@@ -451,7 +452,7 @@ def frames_from_folder(folder: str | Path) -> Iterator[tuple[str, bytes]]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is neither a folder of pictures nor a video file")
+        raise MissingFileError(f"{folder} is neither a folder of pictures nor a video file")
     relatives, _ = list_images(folder)
     for relative in relatives:
         yield Path(relative).with_suffix("").as_posix().replace("/", "__"), (folder / relative).read_bytes()

@@ -55,6 +55,7 @@ import cv2
 import numpy as np
 import torch
 
+from errors import InvalidInputError, MissingFileError
 from face_model.coefficients import Coefficients
 from geometry.mesh_io import write_glb, write_obj, write_ply
 from geometry.similarity import umeyama
@@ -337,18 +338,18 @@ def read_frames(source: str | Path) -> Iterator[tuple[int, str, np.ndarray | Non
 
         relatives, _ = list_images(source)
         if not relatives:
-            raise ValueError(f"{source} holds no image files (frames); give a video file or a folder of frames")
+            raise InvalidInputError(f"{source} holds no image files (frames); give a video file or a folder of frames")
         for index, relative in enumerate(relatives):
             data = np.frombuffer((source / relative).read_bytes(), np.uint8)
             bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
             yield index, Path(relative).as_posix(), None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         return
     if not source.is_file():
-        raise FileNotFoundError(f"video {source} not found (give a video file or a folder of frames)")
+        raise MissingFileError(f"video {source} not found (give a video file or a folder of frames)")
     capture = cv2.VideoCapture(str(source))
     try:
         if not capture.isOpened():
-            raise ValueError(
+            raise InvalidInputError(
                 f"OpenCV cannot decode {source} as a video (not a video file, damaged, or a codec "
                 "this OpenCV build lacks); convert it, e.g. `ffmpeg -i IN -c:v mjpeg OUT.avi`, or "
                 "extract its frames into a folder"
@@ -361,7 +362,7 @@ def read_frames(source: str | Path) -> Iterator[tuple[int, str, np.ndarray | Non
             yield index, f"frame_{index:06d}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
         if index == 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"OpenCV opened {source} but decoded no frame from it (empty or damaged video, or a "
                 "codec this OpenCV build lacks); convert it, e.g. `ffmpeg -i IN -c:v mjpeg OUT.avi`"
             )
@@ -534,7 +535,7 @@ def reconstruct_video(
     if not ok:
         found = any(r.status == DIVERGED for r in results)
         what = "no usable coefficients" if found else "no face"
-        raise ValueError(
+        raise InvalidInputError(
             f"{what} in any of the {len(results)} frames of {source} "
             f"({_status_summary(results)}; reasons per frame in {out_dir / FRAMES_NAME})"
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from errors import InvalidInputError
 from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
 from geometry.normals import vertex_normals
@@ -56,7 +57,7 @@ class MeshRenderer(nn.Module):
     ) -> None:
         super().__init__()
         if backend not in BACKENDS:
-            raise ValueError(f"unknown rasterizer backend {backend!r}; choose one of {BACKENDS}")
+            raise InvalidInputError(f"unknown rasterizer backend {backend!r}; choose one of {BACKENDS}")
         self.face_model = face_model
         self.camera = camera
         self.backend = backend

@@ -7,6 +7,9 @@ import argparse
 import datetime
 from pathlib import Path
 
+from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import default_cnet_checkpoint, default_rnet_checkpoint
+
 REPORTS_DIR = Path("benchmarks") / "reports"
 
 
@@ -151,16 +154,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def default_checkpoints(outputs_dir: Path) -> tuple[Path | None, Path | None]:
-    """(latest train-single R-Net checkpoint, latest train-aggregate S4 C-Net checkpoint), None when absent."""
-    from experiments.train_aggregate import latest_checkpoint
-
-    return (
-        latest_checkpoint(outputs_dir / "train-single" / "checkpoints"),
-        latest_checkpoint(outputs_dir / "train-aggregate" / "s4" / "checkpoints"),
-    )
-
-
 def default_out_dir(root: Path = REPORTS_DIR) -> Path:
     """``root/<YYYYmmdd-HHMMSS>``, with a suffix when a report of that second exists."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -175,7 +168,7 @@ def _degrees(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"{flag} must be comma-separated degrees such as -30,0,30, got {text!r}") from None
+        raise InvalidInputError(f"{flag} must be comma-separated degrees such as -30,0,30, got {text!r}") from None
 
 
 def real_photo_settings(args: argparse.Namespace):
@@ -186,9 +179,9 @@ def real_photo_settings(args: argparse.Namespace):
     if not args.real_photo:
         return None
     if args.real_photo_fit < 0:
-        raise ValueError(f"--real-photo-fit must be >= 0, got {args.real_photo_fit}")
+        raise InvalidInputError(f"--real-photo-fit must be >= 0, got {args.real_photo_fit}")
     if args.real_photo_size < 64:
-        raise ValueError(f"--real-photo-size must be at least 64 pixels, got {args.real_photo_size}")
+        raise InvalidInputError(f"--real-photo-size must be at least 64 pixels, got {args.real_photo_size}")
     default = ScanRenderSettings()
     # The focal length scales with the picture so that the head keeps its share of the frame.
     render = ScanRenderSettings(
@@ -212,20 +205,20 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("identities", "fit_images", "fit_iterations"):
         if getattr(args, name) is not None and getattr(args, name) < (1 if name == "identities" else 0):
-            raise ValueError(
+            raise InvalidInputError(
                 f"--{name.replace('_', '-')} must be >= {1 if name == 'identities' else 0}, got {getattr(args, name)}"
             )
     from experiments.build import BUNDLED
     from networks.bundled_weights import BUNDLED_DIR, WEIGHTS_NAME
 
-    default_rnet, default_cnet = default_checkpoints(args.outputs_dir)
+    default_rnet, default_cnet = default_rnet_checkpoint(args.outputs_dir), default_cnet_checkpoint(args.outputs_dir)
     bundled = BUNDLED_DIR / WEIGHTS_NAME
     # A user's own train-single run is what they want scored; a fresh clone scores the R-Net that ships with it.
     checkpoint = (
         bundled if str(args.ckpt) == BUNDLED else args.ckpt or default_rnet or (bundled if bundled.is_file() else None)
     )
     if checkpoint is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no R-Net checkpoint under {args.outputs_dir / 'train-single' / 'checkpoints'} and no "
             f"bundled R-Net ({bundled}): run `make train-single` first, or pass --ckpt PATH (a "
             "checkpoint written by `face3d train`)"
@@ -243,13 +236,13 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     if not Path(checkpoint).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"R-Net checkpoint {checkpoint} not found; pass a checkpoint written by `face3d "
             "train` (outputs/<run>/checkpoints/*.ckpt), or leave --ckpt out for the latest "
             "`make train-single` one"
         )
     if args.cnet_ckpt is not None and not args.cnet_ckpt.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"C-Net checkpoint {args.cnet_ckpt} not found; pass one written by `face3d "
             "train-aggregate` (outputs/train-aggregate/s4/checkpoints/*.ckpt), or leave "
             "--cnet-ckpt out"

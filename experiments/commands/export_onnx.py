@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from errors import ExistingOutputError, InvalidInputError
+
 EPILOG = """\
 examples:
   face3d export-onnx --out r_net.onnx       (the bundled R-Net)
@@ -73,13 +75,13 @@ def default_checkpoint() -> str:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise FileExistsError(f"{out} exists; pass --force to overwrite it or choose another --out")
+        raise ExistingOutputError(f"{out} exists; pass --force to overwrite it or choose another --out")
     if out.suffix != ".onnx":
-        raise ValueError(f"--out {out} should end in .onnx")
+        raise InvalidInputError(f"--out {out} should end in .onnx")
     if args.opset < 17:
-        raise ValueError(f"--opset {args.opset}: the export needs opset 17 or newer")
+        raise InvalidInputError(f"--opset {args.opset}: the export needs opset 17 or newer")
     if args.check_faces < 0:
-        raise ValueError(f"--check-faces must be >= 0, got {args.check_faces}")
+        raise InvalidInputError(f"--check-faces must be >= 0, got {args.check_faces}")
     checkpoint = args.ckpt if args.ckpt is not None else default_checkpoint()
     # Imported here so that `face3d --help` does not load torch.
     import torch

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
+from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import add_detector_argument, optional_packages
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,14 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder of photos (recursive)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--detector",
-        choices=DETECTOR_CHOICES,
-        default="dlib-cascade",
-        help="face detector + landmarks (default dlib-cascade: dlib HOG, then dlib MMOD on images "
-        "where HOG finds no face; fan and insightface need their packages and downloaded "
-        "weights)",
-    )
+    add_detector_argument(parser)
     parser.add_argument(
         "--upsample",
         type=int,
@@ -74,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from preprocessing.pipeline import prepare
 
     if not args.images.is_dir():
-        raise FileNotFoundError(f"--images {args.images} does not exist or is not a folder")
+        raise MissingFileError(f"--images {args.images} does not exist or is not a folder")
     if args.template is not None and args.template.suffix != ".npy":
-        raise ValueError(f"--template {args.template} must be a .npy file holding a (5, 2) array in crop pixels")
+        raise InvalidInputError(f"--template {args.template} must be a .npy file holding a (5, 2) array in crop pixels")
     config = PrepareConfig(
         detector=args.detector,
         upsample=args.upsample,
@@ -87,12 +80,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         weights_dir=args.weights_dir,
     )
-    try:
+    with optional_packages():
         summary = prepare(args.images, args.out, config, progress=not args.no_progress, rehash=args.rehash)
-    except ImportError as err:
-        # A paper backend's package is not installed: one line, not a trace.
-        print(f"face3d prepare: error: {err}", file=sys.stderr)
-        return 2
     print(
         f"{summary.n_images} images in {args.images}: {summary.n_processed} processed, {summary.n_cached} cached"
         + (f", {summary.n_ignored} non-image files skipped" if summary.n_ignored else "")

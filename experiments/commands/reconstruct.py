@@ -4,12 +4,11 @@ an exported one run by onnxruntime (``--onnx``) or by fitting (``--fit``)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import add_detector_argument, check_device, optional_packages, torch_threads
 from experiments.commands.reconstruct_video import EPILOG as VIDEO_EPILOG
-
-DETECTOR_CHOICES = ("dlib-cascade", "dlib-hog", "dlib-mmod", "fan", "insightface")
 
 EPILOG = """\
 outputs, one folder per image under --out (named after the image file, extension kept):
@@ -140,12 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="mm",
         help="length unit of the mesh files and pose.json (default mm; dm = model units)",
     )
-    parser.add_argument(
-        "--detector",
-        choices=DETECTOR_CHOICES,
-        default="dlib-cascade",
-        help="face detector + 68 landmarks (default dlib-cascade: dlib HOG, then dlib MMOD where HOG finds no face)",
-    )
+    add_detector_argument(parser)
     parser.add_argument(
         "--texture-size",
         type=int,
@@ -188,7 +182,7 @@ def run_set(args: argparse.Namespace) -> int:
             if value
         ]
         if unsupported:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{', '.join(unsupported)} do not apply to --set --fit: the set is fitted with one shared "
                 "identity and albedo, no network (drop them, or drop --fit)"
             )
@@ -206,7 +200,7 @@ def run_set(args: argparse.Namespace) -> int:
             if value
         ]
         if unsupported:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{', '.join(unsupported)} do not apply to --set: a set is reconstructed with a trained "
                 "R-Net (--ckpt) or C-Net (--cnet-ckpt), the latest ones under outputs/, or by fitting "
                 "(--fit)"
@@ -230,7 +224,7 @@ def run_set(args: argparse.Namespace) -> int:
 def check_predictor_args(args: argparse.Namespace) -> None:
     """Reject argument combinations that have no meaning, naming the fix."""
     if (args.ckpt is not None) + (args.onnx is not None) + bool(args.fit) > 1:
-        raise ValueError(
+        raise InvalidInputError(
             "choose one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), --onnx MODEL (one "
             "exported by `face3d export-onnx`), --fit (fit each photo with the hybrid loss, no network), "
             "or none of them for the bundled R-Net"
@@ -246,12 +240,14 @@ def check_predictor_args(args: argparse.Namespace) -> None:
             if value is not None
         ]
         if given:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{', '.join(given)} only apply to --fit; an ONNX model brings its own face model and "
                 "crop size (drop them, or use --fit)"
             )
         if args.device != "cpu":
-            raise ValueError("--onnx runs on onnxruntime's CPU provider; drop --device cuda (or use --ckpt on the GPU)")
+            raise InvalidInputError(
+                "--onnx runs on onnxruntime's CPU provider; drop --device cuda (or use --ckpt on the GPU)"
+            )
     elif not args.fit:
         given = [
             name
@@ -264,16 +260,16 @@ def check_predictor_args(args: argparse.Namespace) -> None:
             if value is not None
         ]
         if given:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{', '.join(given)} only apply to --fit; an R-Net (--ckpt or the bundled one) brings "
                 "its own face model and crop size (drop them, or use --fit)"
             )
     if args.iterations is not None and args.iterations < 0:
-        raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
+        raise InvalidInputError(f"--iterations must be >= 0, got {args.iterations}")
     if args.crop_size is not None and args.crop_size < 32:
-        raise ValueError(f"--crop-size must be at least 32 pixels, got {args.crop_size}")
+        raise InvalidInputError(f"--crop-size must be at least 32 pixels, got {args.crop_size}")
     if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
 
 
 def build_predictor(args: argparse.Namespace):
@@ -299,6 +295,17 @@ def build_predictor(args: argparse.Namespace):
     )
 
 
+def announced_predictor(args: argparse.Namespace, what: str):
+    """`build_predictor`, then one line saying what is reconstructed with which network, model and crop size."""
+    predictor = build_predictor(args)
+    print(
+        f"reconstructing {what} with {predictor.name} ({predictor.renderer.face_model.name} model, "
+        f"{predictor.renderer.camera.image_size[0]}-pixel crops, {args.device})",
+        flush=True,
+    )
+    return predictor
+
+
 def format_record(record: dict) -> str:
     """One line per image: status, source, and where the outputs went or why there are none."""
     status = record["status"]
@@ -322,32 +329,23 @@ def run(args: argparse.Namespace) -> int:
 
         return reconstruct_video.run(args)
     if getattr(args, "meshes", False):
-        raise ValueError("--meshes applies to --video (photos always get their meshes)")
+        raise InvalidInputError("--meshes applies to --video (photos always get their meshes)")
     if args.cnet_ckpt is not None or args.strategy is not None:
-        raise ValueError("--cnet-ckpt and --strategy only apply to --set (one person's pictures aggregated)")
+        raise InvalidInputError("--cnet-ckpt and --strategy only apply to --set (one person's pictures aggregated)")
     check_predictor_args(args)
     # Imported here so that `face3d --help` does not load torch, OpenCV and dlib.
-    import torch
 
     from preprocessing.image import OK
     from reconstruction.export import ExportOptions
     from reconstruction.pipeline import collect_images, reconstruct_images
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but torch sees no CUDA device here; use --device cpu")
+    check_device(args.device)
     jobs = collect_images(args.images, exclude=args.out)
     if not jobs:
-        raise FileNotFoundError(f"no image files found in {' '.join(map(str, args.images))}")
+        raise MissingFileError(f"no image files found in {' '.join(map(str, args.images))}")
     options = ExportOptions(units=args.units, ply_binary=not args.ply_ascii, texture_size=args.texture_size)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        predictor = build_predictor(args)
-        print(
-            f"reconstructing {len(jobs)} image(s) with {predictor.name} ({predictor.renderer.face_model.name} "
-            f"model, {predictor.renderer.camera.image_size[0]}-pixel crops, {args.device})",
-            flush=True,
-        )
+    with torch_threads(args.threads), optional_packages():
+        predictor = announced_predictor(args, f"{len(jobs)} image(s)")
         summary = reconstruct_images(
             args.images,
             args.out,
@@ -356,13 +354,6 @@ def run(args: argparse.Namespace) -> int:
             options=options,
             on_record=lambda record: print(format_record(record), flush=True),
         )
-    except ImportError as err:
-        # A paper detector's package is not installed: one line, not a trace.
-        print(f"face3d reconstruct: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        # Called in-process (tests, notebooks), the thread setting must not outlive the command.
-        torch.set_num_threads(previous_threads)
     print(f"done in {summary.seconds:.1f} s: " + ", ".join(f"{s} {n}" for s, n in summary.status_counts.items()))
     print(f"outputs: {summary.out_dir}/<image>/ (meshes in {args.units}); report: {summary.out_dir}/report.jsonl")
     return 0 if summary.status_counts.get(OK, 0) else 1

@@ -7,6 +7,9 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import add_detector_argument, default_cnet_checkpoint, default_rnet_checkpoint
+
 STRATEGY_CHOICES = ("s4", "s3", "s2", "s1", "mean")
 
 
@@ -43,9 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--every", type=int, default=10, metavar="K", help="video: keep every K-th frame (default 10)")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="video: keep at most N frames")
-    p.add_argument(
-        "--detector", default="dlib-cascade", help="face detector (as `face3d prepare`; default dlib-cascade)"
-    )
+    add_detector_argument(p)
     p.add_argument("--units", choices=("mm", "dm"), default="mm", help="mesh units (default mm)")
     p.add_argument(
         "--outputs-dir",
@@ -56,32 +57,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _default_cnet(outputs_dir: str) -> Path | None:
-    from experiments.train_aggregate import latest_checkpoint
-
-    return latest_checkpoint(Path(outputs_dir) / "train-aggregate" / "s4" / "checkpoints")
-
-
 def load_models(cnet_ckpt: str | None, rnet_ckpt: str | None, outputs_dir: str = "outputs"):
     """(module with rnet + renderer, C-Net or None, config, description) from the checkpoint options."""
     from experiments.build import load_cnet_checkpoint, load_rnet_checkpoint
 
     if cnet_ckpt and rnet_ckpt:
-        raise ValueError(
+        raise InvalidInputError(
             "pass --cnet-ckpt or --rnet-ckpt, not both: a C-Net checkpoint holds the R-Net it was "
             "trained on, and its confidences mean nothing for another R-Net"
         )
     if not rnet_ckpt:
-        cnet_path = Path(cnet_ckpt) if cnet_ckpt else _default_cnet(outputs_dir)
+        cnet_path = Path(cnet_ckpt) if cnet_ckpt else default_cnet_checkpoint(outputs_dir)
         if cnet_path is not None:
             module, cfg = load_cnet_checkpoint(cnet_path)
             return module, module.cnet, cfg, f"C-Net {cnet_path}"
     if rnet_ckpt is None:
-        from experiments.train_aggregate import latest_checkpoint
-
-        found = latest_checkpoint(Path(outputs_dir) / "train-single" / "checkpoints")
+        found = default_rnet_checkpoint(outputs_dir)
         if found is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no checkpoint found under {outputs_dir}/: train one with `make train-single` "
                 "(and `face3d train-aggregate` for C-Net), or pass --cnet-ckpt / --rnet-ckpt"
             )
@@ -105,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if args.every < 1:
-        raise ValueError(f"--every must be >= 1, got {args.every}")
+        raise InvalidInputError(f"--every must be >= 1, got {args.every}")
     fitter = getattr(args, "fitter", None)
     if fitter is None:
         module, cnet, cfg, description = load_models(args.cnet_ckpt, args.rnet_ckpt, args.outputs_dir)
@@ -139,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if stages:
         print("faces found by " + ", ".join(f"{stage} {count}" for stage, count in sorted(stages.items())))
     if not aligned.pictures:
-        raise ValueError(f"no face found in any picture of {args.source} ({len(aligned.skipped)} tried)")
+        raise InvalidInputError(f"no face found in any picture of {args.source} ({len(aligned.skipped)} tried)")
     if fitter is not None:
         result = fit_set(aligned.pictures, fitter, args.out, units=args.units)
         print(f"{len(aligned.pictures)} pictures fitted together with one identity ({len(aligned.skipped)} skipped)")

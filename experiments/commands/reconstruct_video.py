@@ -4,7 +4,9 @@ with one identity and smoothed motion, an overlay video, meshes on request (`rec
 from __future__ import annotations
 
 import argparse
-import sys
+
+from errors import InvalidInputError, MissingFileError
+from experiments.commands.common import check_device, optional_packages, torch_threads
 
 EPILOG = """\
 with --video (a video file, or a folder of frames sorted by name), under --out:
@@ -21,46 +23,31 @@ the box for the 68-point model. --detector dlib-hog avoids the cascade's slow CN
 def check_video_args(args: argparse.Namespace) -> None:
     """What --video cannot be combined with, naming the fix."""
     if args.fit:
-        raise ValueError(
+        raise InvalidInputError(
             "--video reconstructs every frame with an R-Net (the bundled one, --ckpt or --onnx); to fit "
             "one identity to a video's frames use --set VIDEO --fit"
         )
     if args.cnet_ckpt is not None or args.strategy is not None:
-        raise ValueError(
+        raise InvalidInputError(
             "--cnet-ckpt and --strategy apply to --set; --video averages the frames' identities (use "
             "--set VIDEO for a C-Net aggregate)"
         )
 
 
 def run(args: argparse.Namespace) -> int:
-    from experiments.commands.reconstruct import build_predictor, check_predictor_args
+    from experiments.commands.reconstruct import announced_predictor, check_predictor_args
 
     check_video_args(args)
     check_predictor_args(args)
     if not args.video.exists():
-        raise FileNotFoundError(f"{args.video} not found (give a video file or a folder of frames)")
-    import torch
-
+        raise MissingFileError(f"{args.video} not found (give a video file or a folder of frames)")
     from reconstruction.video import VideoSettings, reconstruct_video
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but torch sees no CUDA device here; use --device cpu")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        predictor = build_predictor(args)
-        print(
-            f"reconstructing the frames of {args.video} with {predictor.name} "
-            f"({predictor.renderer.face_model.name} model, {predictor.renderer.camera.image_size[0]}-pixel crops)",
-            flush=True,
-        )
+    check_device(args.device)
+    with torch_threads(args.threads), optional_packages():
+        predictor = announced_predictor(args, f"the frames of {args.video}")
         settings = VideoSettings(detector=args.detector, meshes=args.meshes, units=args.units)
         result = reconstruct_video(args.video, args.out, predictor, settings)
-    except ImportError as err:
-        print(f"face3d reconstruct: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        torch.set_num_threads(previous_threads)
     report = result.report
     counts = ", ".join(f"{status} {n}" for status, n in report["counts"].items() if n)
     print(

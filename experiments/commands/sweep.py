@@ -1,5 +1,5 @@
 """``face3d sweep``: run a W&B sweep file (experiments/sweeps/*.yaml) offline, one W&B offline run per
-configuration, and rank the runs in summary.md / summary.csv (see `experiments.sweep`)."""
+configuration, and rank the runs in summary.md / summary.csv (see `experiments.sweeping`)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from experiments.sweep import (
+    from experiments.sweeping import (
         InProcessExecutor,
         completed_result,
         default_out_dir,

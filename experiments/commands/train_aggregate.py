@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from experiments.commands.common import add_run_arguments, print_config_if_asked
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,35 +24,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="R-Net checkpoint written by `face3d train` (default: outputs/train-single/checkpoints/"
         "best-*.ckpt, else last.ckpt)",
     )
-    p.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="NAME_OR_PATH",
-        help="config name under experiments/configs/ or a YAML path; repeatable (default: aggregate)",
+    add_run_arguments(
+        p,
+        config_help="config name under experiments/configs/ or a YAML path; repeatable (default: aggregate)",
+        resume_help="continue each strategy's last.ckpt if it exists (a finished run is only re-evaluated)",
+        fast_dev_run_help="one train and one val batch per C-Net, no checkpoints",
+        print_config_help="print the merged config (before the R-Net's sections are filled in) and exit",
     )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue each strategy's last.ckpt if it exists (a finished run is only re-evaluated)",
-    )
-    p.add_argument("--fast-dev-run", action="store_true", help="one train and one val batch per C-Net, no checkpoints")
-    p.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the merged config (before the R-Net's sections are filled in) and exit",
-    )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from experiments.config import load_config, to_yaml
     from experiments.train_aggregate import DEFAULT_CONFIGS, train_aggregate
 
     files = args.config or list(DEFAULT_CONFIGS)
-    if args.print_config:
-        print(to_yaml(load_config(files, args.overrides)))
+    if print_config_if_asked(args, files):
         return 0
     result = train_aggregate(
         files, args.overrides, rnet_checkpoint=args.rnet_ckpt, resume=args.resume, fast_dev_run=args.fast_dev_run

@@ -7,6 +7,7 @@ import weakref
 
 import torch
 
+from errors import InvalidInputError
 from renderers.rasterizer import pytorch3d_backend, torch_backend
 from renderers.rasterizer.fragments import Fragments
 from renderers.rasterizer.triangles import barycentrics_and_depth, covered_pixels, gather_planar, pixel_corner_ids
@@ -155,7 +156,7 @@ def interpolate(attributes: torch.Tensor, faces: torch.Tensor, fragments: Fragme
 
 def _resolve_backend(backend: str, screen_vertices: torch.Tensor) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"unknown rasterizer backend {backend!r}; choose one of {BACKENDS}")
+        raise InvalidInputError(f"unknown rasterizer backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
         return "pytorch3d" if screen_vertices.is_cuda and pytorch3d_backend.is_available() else "torch"
     return backend

@@ -223,6 +223,8 @@ def test_the_mean_face_row_matches_an_independent_numpy_computation(run):
     assert row.stats.median == pytest.approx(np.median(errors), rel=1e-4)
 
 
+# ~2.5 s: a second benchmark run.
+@pytest.mark.slow
 def test_two_runs_with_the_same_seed_give_identical_accuracy(run, checkpoints, tmp_path):
     again = run_benchmark(_settings(checkpoints, tmp_path / "again"), LOADERS, log=lambda line: None)
     assert read_metrics(again)["accuracy"] == read_metrics(run)["accuracy"]
@@ -376,6 +378,8 @@ def test_the_command_uses_the_latest_train_single_checkpoint(checkpoints, tmp_pa
     assert [row["key"] for row in metrics["accuracy"]["pose_grid"]["rows"]] == ["mean_face", "rnet", "averaging"]
 
 
+# ~3.5 s: a benchmark run and a W&B offline run.
+@pytest.mark.slow
 def test_wandb_offline_run_holds_the_tables_and_plot(checkpoints, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

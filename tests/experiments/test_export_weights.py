@@ -195,6 +195,10 @@ def test_benchmark_scores_the_bundled_rnet_when_there_is_no_train_single_checkpo
             "--no-fit",
             "--no-speed",
             "--no-wandb",
+            # What is checked is which R-Net is scored; the real-photo and appearance-gap protocols have their own
+            # tests and would take most of this one's time.
+            "--no-real-photo",
+            "--no-appearance-gap",
             "--out",
             str(out),
             "--device",

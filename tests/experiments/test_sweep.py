@@ -15,7 +15,7 @@ import yaml
 
 from experiments.commands import sweep as sweep_command
 from experiments.config import ExperimentConfig
-from experiments.sweep import (
+from experiments.sweeping import (
     RESULT_FILE,
     SWEEP_DIR,
     InProcessExecutor,
@@ -381,46 +381,18 @@ def test_command_dry_run_lists_the_runs_without_training(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_real_tiny_sweep_trains_in_child_processes_as_wandb_offline_runs(tmp_path):
-    tiny = [
-        "renderer.image_size=32",
-        "network.backbone=resnet18",
-        "network.pretrained=null",
-        "network.frozen_layers=0",
-        "trainer.precision=32-true",
-        "face_model.n_id=8",
-        "face_model.n_exp=8",
-        "face_model.n_tex=6",
-        "data.batch_size=4",
-        "data.synthetic.n_train=8",
-        "data.synthetic.n_val=4",
-        "data.synthetic.n_test=4",
-        "trainer.max_steps=2",
-        "trainer.max_epochs=1",
+    # The smoke config's tiny run, with W&B on (asked online: the runner must still make it offline).
+    default = COMMAND.index("default") + 1
+    command = [
+        *COMMAND[:default],
+        "--config",
+        "smoke",
+        *COMMAND[default:-1],
+        "logging.wandb=true",
         "logging.wandb_mode=online",
+        COMMAND[-1],
     ]
-    path = tmp_path / "tiny.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "program": "experiments/cli.py",
-                "name": "tiny",
-                "method": "grid",
-                "metric": {"name": "test/shape_error_mm", "goal": "minimize"},
-                "parameters": {"loss.perceptual": {"values": [0.0, 0.2]}},
-                "command": [
-                    "${env}",
-                    "${interpreter}",
-                    "-m",
-                    "experiments.cli",
-                    "train",
-                    "--config",
-                    "default",
-                    *tiny,
-                    "${args_no_hyphens}",
-                ],
-            }
-        )
-    )
+    path = write_sweep(tmp_path, {"loss.perceptual": {"values": [0.0, 0.2]}}, name="tiny", command=command)
     records = run_sweep(load_sweep(path), tmp_path / "out", log=quiet)
     assert [r.status for r in records] == ["ok", "ok"], [r.error for r in records]
     for r in records:

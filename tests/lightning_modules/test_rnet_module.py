@@ -18,6 +18,8 @@ def test_fast_dev_run_trains_validates_and_draws_overlays(tmp_path):
     assert result.overlay is not None and result.overlay.exists()
 
 
+# ~4 s: a real training run; tests/networks/test_sface_backbone.py checks the freezing itself, fast.
+@pytest.mark.slow
 def test_the_default_pretrained_sface_backbone_trains_with_its_frozen_weights_fixed(tmp_path):
     cfg = load_config(
         ["default"],
@@ -64,6 +66,8 @@ def test_the_summary_puts_the_shape_error_next_to_the_mean_face_baseline(tmp_pat
     assert "2.0% HIGHER than" in worse
 
 
+# ~2 s: a real training run; tests/experiments/test_trainer.py checks the precision plumbing, fast.
+@pytest.mark.slow
 def test_bf16_mixed_channels_last_trains_and_measures_shape_error_in_float32(tmp_path):
     result = train(
         tiny_config(
@@ -80,6 +84,8 @@ def test_bf16_mixed_channels_last_trains_and_measures_shape_error_in_float32(tmp
     assert abs(error - baseline) < 0.5
 
 
+# ~7 s: two real training runs.
+@pytest.mark.slow
 def test_resume_continues_where_the_run_stopped_and_refuses_to_overwrite(tmp_path):
     first = train(tiny_config(tmp_path, "trainer.max_steps=2", "trainer.max_epochs=5"))
     first_clock = torch.load(first.last_checkpoint, weights_only=False)["face3d_training"]
@@ -136,6 +142,8 @@ def test_nan_guard_stops_on_a_non_finite_loss_and_refuses_a_poisoned_checkpoint(
         guard.on_save_checkpoint(_Trainer(), module, {})
 
 
+# ~2.5 s: a real training run; the guard's own checks are tested above without one.
+@pytest.mark.slow
 def test_a_nan_during_training_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from lightning_modules.rnet_module import RNetModule
 
@@ -214,6 +222,8 @@ def test_the_learning_rate_decays_by_steps_or_by_epochs(tmp_path, by_steps):
     assert lrs == pytest.approx(expected)
 
 
+# ~2.5 s: a real training run; tests/networks/test_rnet.py checks the landmark heads, fast.
+@pytest.mark.slow
 def test_a_landmark_input_rnet_trains_and_reloads(tmp_path):
     result = train(
         tiny_config(tmp_path, "network.landmark_input=true", "network.landmark_hidden=8", "trainer.max_steps=1")

