@@ -16,6 +16,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from experiments.hrn_config import HRNConfig
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -239,6 +241,7 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cnet: CNetConfig = field(default_factory=CNetConfig)
+    hrn: HRNConfig = field(default_factory=HRNConfig)
 
 
 class ConfigError(ValueError):
