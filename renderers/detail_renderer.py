@@ -71,12 +71,14 @@ def deform_vertices(vertices: torch.Tensor, deformation: torch.Tensor | None, la
 
 def detail_normal_map(vertices: torch.Tensor, displacement: torch.Tensor, layout: DetailLayout) -> torch.Tensor:
     """(B, 3, S, S) model-space unit normals of the surface displaced by a (B, 1, S, S) map, minus those of the
-    undisplaced surface: the offset that turns an interpolated normal into the detailed one."""
+    undisplaced surface (both from the same finite differences, so a zero map gives exactly zero): the offset that
+    turns an interpolated normal into the detailed one."""
     atlas = layout.high
     positions = position_map(vertices, atlas)
     base = F.normalize(position_map(vertex_normals(vertices, atlas.triangles), atlas), dim=1)
     base = base * atlas.mask.to(base.dtype)
-    return displaced_normal_map(positions, base, displacement, atlas.mask) - base
+    displaced = displaced_normal_map(positions, base, displacement, atlas.mask)
+    return displaced - displaced_normal_map(positions, base, torch.zeros_like(displacement), atlas.mask)
 
 
 def render_detailed(
