@@ -56,10 +56,12 @@ def depth_error(predicted: DetailRender, truth: DetailRender) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DetailScores:
-    """Mean over the test faces of each row's errors: rows[row][column]; n_faces evaluated."""
+    """Mean over the test faces of each row's errors: rows[row][column]; n_faces evaluated; visible_share: mean
+    share of the UV charts the photos show (through R-Net's mesh; detail is predicted from the visible part)."""
 
     rows: dict[str, dict[str, float]]
     n_faces: int
+    visible_share: float = float("nan")
 
 
 @torch.no_grad()
@@ -69,7 +71,7 @@ def evaluate_detail(module, dataset: DetailFaceDataset, batch_size: int = 8) -> 
     detail, rnet = module.detail.eval(), module.rnet.eval()
     face_model, camera, layout = detail.face_model, detail.camera, detail.layout
     sums = {row: {column: 0.0 for column in COLUMNS} for row in ROWS}
-    n = 0
+    n, visible = 0, 0.0
     for start in range(0, len(dataset), batch_size):
         batch: DetailBatch = collate_detail([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         face = batch.face
@@ -84,6 +86,8 @@ def evaluate_detail(module, dataset: DetailFaceDataset, batch_size: int = 8) -> 
         renders: dict[str, DetailRender] = {"mean face": render_detailed(face_model, mean_coeffs, camera, layout)}
         for prefix, c in (("", coeffs), ("true ", true_coeffs)):
             maps = detail(face.images, c, "torch")
+            if not prefix:
+                visible += float(maps.mid_input.visible_share.sum())
             base = "3DMM (R-Net)" if not prefix else "true 3DMM (no detail)"
             renders[base] = render_detailed(face_model, c, camera, layout, backend="torch")
             renders[f"{prefix}{'3DMM ' if prefix else ''}+ deformation"] = render_detailed(
@@ -100,7 +104,7 @@ def evaluate_detail(module, dataset: DetailFaceDataset, batch_size: int = 8) -> 
             sums[row]["depth_mm"] += float(depth_error(r, truth).nansum())
         n += face.batch_size
     rows = {row: {column: value / max(n, 1) for column, value in columns.items()} for row, columns in sums.items()}
-    return DetailScores(rows=rows, n_faces=n)
+    return DetailScores(rows=rows, n_faces=n, visible_share=visible / max(n, 1))
 
 
 def format_detail_table(scores: DetailScores) -> str:
@@ -129,6 +133,7 @@ def format_detail_table(scores: DetailScores) -> str:
             cells.append(cell)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines.append(f"Visible share of the UV charts (mean over the photos): {100 * scores.visible_share:.0f}%.")
     lines.append(
         "Targets (issue 14): deformation >= 15% lower vertex error than the 3DMM alone; displacement >= 20% "
         "lower normal error than without it."
