@@ -35,3 +35,13 @@ def test_hierarchy_forward_and_gradients(ict_small):
     (out.deformation.sum() + out.displacement.sum()).backward()
     assert detail.deformation_net.out.weight.grad.abs().sum() > 0
     assert detail.displacement_net.out.weight.grad.abs().sum() > 0
+
+
+def test_a_face_out_of_view_gets_no_texture_and_no_error(ict_small):
+    camera = PinholeCamera().resized(64, 64)
+    detail = HRNDetail(ict_small, detail_layout(ict_small, 16, 32), camera, HRNSettings(widths=(4, 8)))
+    coeffs = ict_small.layout.zeros(1)
+    away = coeffs.replace(translation=torch.tensor([[20.0, 0.0, 0.0]]))  # two metres to the side
+    out = detail(torch.rand(1, 3, 64, 64), away, backend="torch")
+    assert float(out.mid_input.visible_share[0]) == 0 and out.high_input.texture.abs().max() == 0
+    assert torch.isfinite(out.deformation).all() and torch.isfinite(out.displacement).all()
