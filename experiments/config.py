@@ -26,6 +26,7 @@ from datamodules.image_sets import ImageSetSettings
 from datamodules.prepared import PreparedDataSettings
 from datamodules.synthetic import SyntheticFaceSettings
 from errors import MissingFileError, UserError
+from experiments.hrn_config import HRNConfig
 from lightning_modules.rnet_module import OptimSettings
 from losses.hybrid import LossWeights
 
@@ -183,6 +184,7 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cnet: CNetConfig = field(default_factory=CNetConfig)
+    hrn: HRNConfig = field(default_factory=HRNConfig)
 
 
 class ConfigError(UserError, ValueError):

@@ -32,6 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from experiments.train import train
 
     cfg = load_config(files, args.overrides)
+    if cfg.hrn.enabled:
+        from experiments.train_hrn import train_hrn
+
+        print("\n" + train_hrn(cfg, resume=args.resume).summary())
+        return 0
     result = train(cfg, resume=args.resume, fast_dev_run=args.fast_dev_run)
     print("\n" + result.summary())
     return 0
