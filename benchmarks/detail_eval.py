@@ -15,7 +15,6 @@ the detail layers are untrained (zero maps), which shows the 3DMM rows only.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
@@ -139,29 +138,3 @@ def format_detail_table(scores: DetailScores) -> str:
         "lower normal error than without it."
     )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.detail_eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", default=None, help="HRN checkpoint (face3d train --config hrn); default: untrained")
-    parser.add_argument("--n-test", type=int, default=None, help="test faces (default: the config's hrn.n_test)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    from experiments.config import load_config
-    from experiments.train_hrn import build_hrn_module, detail_data_settings, load_hrn_checkpoint
-
-    if args.ckpt:
-        module, cfg = load_hrn_checkpoint(args.ckpt)
-    else:
-        cfg = load_config(["hrn"], [])
-        module = build_hrn_module(cfg)
-    settings = detail_data_settings(cfg, module.detail.camera.image_size[0])
-    if args.n_test is not None:
-        settings = type(settings)(**{**settings.__dict__, "n_test": args.n_test})
-    dataset = DetailFaceDataset(module.detail.face_model, "test", settings)
-    print(format_detail_table(evaluate_detail(module, dataset)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

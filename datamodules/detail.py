@@ -34,11 +34,11 @@ from datamodules.synthetic import SPLITS, SyntheticFaceDataset, place_faces, sof
 from face_model.coefficients import Coefficients
 from face_model.ict_uv import ict_uv_tables
 from face_model.model import FaceModel
+from geometry.normals import vertex_normals
 from preprocessing.align import template_from_face_model
 from preprocessing.skin import skin_posterior_torch
 from renderers.camera import PinholeCamera
 from renderers.detail_renderer import DetailLayout, render_detailed
-from renderers.geometry import vertex_normals
 from renderers.uv import build_uv_atlas, position_map
 
 MM = 0.01

@@ -3,6 +3,7 @@ the detail table of `benchmarks.detail_eval` on the held-out split."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,3 +135,31 @@ def train_hrn(cfg: ExperimentConfig, resume: bool = False) -> HRNTrainResult:
     table = format_detail_table(evaluate_detail(module, data.dataset("test"), cfg.data.batch_size))
     (run_dir / "detail_table.md").write_text(table + "\n")
     return HRNTrainResult(run_dir, last if last.exists() else None, seconds, int(stage.trainer.global_step), table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.train_hrn", description="The detail table of an HRN checkpoint."
+    )
+    parser.add_argument("--ckpt", default=None, help="HRN checkpoint (face3d train --config hrn); default: untrained")
+    parser.add_argument("--n-test", type=int, default=None, help="test faces (default: the config's hrn.n_test)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    from benchmarks.detail_eval import evaluate_detail, format_detail_table
+    from datamodules.detail import DetailFaceDataset
+
+    if args.ckpt:
+        module, cfg = load_hrn_checkpoint(args.ckpt)
+    else:
+        cfg = load_config(["hrn"], [])
+        module = build_hrn_module(cfg)
+    settings = detail_data_settings(cfg, module.detail.camera.image_size[0])
+    if args.n_test is not None:
+        settings = type(settings)(**{**settings.__dict__, "n_test": args.n_test})
+    dataset = DetailFaceDataset(module.detail.face_model, "test", settings)
+    print(format_detail_table(evaluate_detail(module, dataset)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

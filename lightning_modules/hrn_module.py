@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from datamodules.batch import FaceBatch
 from datamodules.detail import DetailBatch
 from face_model.coefficients import Coefficients
+from geometry.normals import vertex_normals
 from losses.hrn import (
     HRNLossWeights,
     contour_loss,
@@ -27,7 +28,6 @@ from networks.hrn import HRNDetail, HRNDetailOutput
 from networks.rnet import RNet
 from renderers.camera import euler_to_rotation, to_screen
 from renderers.detail_renderer import DetailRender, detail_normal_map, render_detailed
-from renderers.geometry import vertex_normals
 from renderers.lighting import irradiance
 from renderers.mesh_renderer import RenderOutput
 from renderers.uv import position_map

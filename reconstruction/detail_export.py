@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from face_model.model import FaceModel
+from geometry.normals import vertex_normals
 from networks.hrn import HRNDetailOutput
 from reconstruction.export import write_obj, write_ply
 from renderers.detail_renderer import DetailLayout, detail_normal_map
-from renderers.geometry import vertex_normals
 from renderers.uv import displace_mesh, position_map, subdivide
 
 DETAIL_FILES = {

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
+from geometry.normals import vertex_normals
 from renderers.camera import PinholeCamera, euler_to_rotation, model_to_camera, rigid_transform, to_screen
-from renderers.geometry import vertex_normals
 from renderers.lighting import DEFAULT_AMBIENT, shade
 from renderers.rasterizer import interpolate, rasterize
 from renderers.texture import interpolate_uv, sample_texture

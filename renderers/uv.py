@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from geometry.normals import vertex_normals
 from renderers.camera import PinholeCamera, to_screen
-from renderers.geometry import vertex_normals
 from renderers.rasterizer import rasterize
 
 
