@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.appearance import AppearanceSettings
 from datamodules.backgrounds import draw_background
 from datamodules.batch import FaceBatch, GroundTruth
-from datamodules.synthetic import SPLITS, SyntheticFaceDataset, place_faces, soft_composite
+from datamodules.synthetic import SPLITS, SyntheticFaceDataset, SyntheticFaceSettings, place_faces, soft_composite
 from face_model.coefficients import Coefficients
 from face_model.ict_uv import ict_uv_tables
 from face_model.model import FaceModel
@@ -233,12 +233,11 @@ class DetailFaceDataset(Dataset):
         self.split = split
         self.settings = settings
         self.n_samples = {"train": settings.n_train, "val": settings.n_val, "test": settings.n_test}[split]
-        self.faces = SyntheticFaceDataset(
-            self.face_model,
-            self.n_samples,
-            split=split,
+        faces = SyntheticFaceSettings(
+            n_train=settings.n_train,
+            n_val=settings.n_val,
+            n_test=settings.n_test,
             seed=settings.seed,
-            image_size=settings.image_size,
             max_yaw_deg=settings.max_yaw_deg,
             max_pitch_deg=settings.max_pitch_deg,
             max_roll_deg=settings.max_roll_deg,
@@ -246,6 +245,7 @@ class DetailFaceDataset(Dataset):
             landmark_noise_px=settings.landmark_noise_px,
             appearance=AppearanceSettings(look="model"),
         )
+        self.faces = SyntheticFaceDataset(self.face_model, faces, split, image_size=settings.image_size)
         self.camera = PinholeCamera().resized(settings.image_size, settings.image_size)
         self.layout = detail_layout(self.face_model, settings.mid_size, settings.high_size)
         self._arrays: dict[str, np.ndarray] | None = None
