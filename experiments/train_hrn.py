@@ -4,6 +4,7 @@ the detail table of `benchmarks.detail_eval` on the held-out split."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +35,8 @@ class HRNTrainResult:
 
 
 def detail_data_settings(cfg: ExperimentConfig, image_size: int):
-    from datamodules.detail import DetailDataSettings
-
-    h = cfg.hrn
-    return DetailDataSettings(
-        n_train=h.n_train,
-        n_val=h.n_val,
-        n_test=h.n_test,
-        image_size=image_size,
-        seed=cfg.data.synthetic.seed,
-        mid_size=h.mid_size,
-        high_size=h.high_size,
-        batch_size=cfg.data.batch_size,
-    )
+    """``hrn.data`` at the R-Net's crop size (the detail faces must be the pictures R-Net was trained on)."""
+    return dataclasses.replace(cfg.hrn.data, image_size=image_size)
 
 
 def build_hrn_module(cfg: ExperimentConfig):
@@ -54,9 +44,8 @@ def build_hrn_module(cfg: ExperimentConfig):
     from datamodules.detail import detail_layout
     from experiments.build import load_rnet_checkpoint
     from lightning_modules.hrn_module import HRNModule
-    from losses.hrn import HRNLossWeights
     from losses.hybrid import HybridLoss, LossWeights
-    from networks.hrn import HRNDetail, HRNSettings
+    from networks.hrn import HRNDetail
 
     h, lc = cfg.hrn, cfg.loss
     rnet_module, _ = load_rnet_checkpoint(h.rnet)
@@ -75,25 +64,12 @@ def build_hrn_module(cfg: ExperimentConfig):
         texture=0.0,
         nose_mouth_landmark_weight=lc.nose_mouth_landmark_weight,
     )
-    detail = HRNDetail(
-        face_model,
-        detail_layout(face_model, h.mid_size, h.high_size),
-        camera,
-        HRNSettings(widths=tuple(h.widths), max_deformation=h.max_deformation, max_displacement=h.max_displacement),
-    )
-    weights = HRNLossWeights(
-        contour=h.contour,
-        tv=h.tv,
-        deformation=h.deformation,
-        displacement=h.displacement,
-        reflectance=h.reflectance,
-        contour_max_gap=h.contour_max_gap,
-    )
+    detail = HRNDetail(face_model, detail_layout(face_model, h.data.mid_size, h.data.high_size), camera, h.network)
     return HRNModule(
         rnet_module.rnet,
         detail,
         HybridLoss(shared, face_model.skin_mask, recognition),
-        weights,
+        h.loss,
         lr=h.lr,
         backend=cfg.renderer.backend,
         config=to_yaml(cfg),
@@ -132,7 +108,7 @@ def train_hrn(cfg: ExperimentConfig, resume: bool = False) -> HRNTrainResult:
     with intended_warnings_silenced():
         stage.trainer.fit(module, datamodule=data, ckpt_path=stage.resume_from(resume))
     seconds = time.perf_counter() - start
-    table = format_detail_table(evaluate_detail(module, data.dataset("test"), cfg.data.batch_size))
+    table = format_detail_table(evaluate_detail(module, data.dataset("test"), cfg.hrn.data.batch_size))
     (run_dir / "detail_table.md").write_text(table + "\n")
     return HRNTrainResult(run_dir, last if last.exists() else None, seconds, int(stage.trainer.global_step), table)
 
@@ -142,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m experiments.train_hrn", description="The detail table of an HRN checkpoint."
     )
     parser.add_argument("--ckpt", default=None, help="HRN checkpoint (face3d train --config hrn); default: untrained")
-    parser.add_argument("--n-test", type=int, default=None, help="test faces (default: the config's hrn.n_test)")
+    parser.add_argument("--n-test", type=int, default=None, help="test faces (default: the config's hrn.data.n_test)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from benchmarks.detail_eval import evaluate_detail, format_detail_table

@@ -9,23 +9,23 @@ from experiments.config import load_config
 
 
 def test_hrn_config_turns_hrn_on_and_fits_the_schema():
-    cfg = load_config(["hrn"], ["hrn.high_size=64"])
-    assert cfg.hrn.enabled and cfg.hrn.rnet == "bundled" and cfg.hrn.high_size == 64
+    cfg = load_config(["hrn"], ["hrn.data.high_size=64"])
+    assert cfg.hrn.enabled and cfg.hrn.rnet == "bundled" and cfg.hrn.data.high_size == 64
     assert not load_config(["default"], []).hrn.enabled
-    with pytest.raises(ValueError, match="hrn.contur"):
-        load_config(["hrn"], ["hrn.contur=1"])
+    with pytest.raises(ValueError, match="hrn.loss.contur"):
+        load_config(["hrn"], ["hrn.loss.contur=1"])
 
 
 @pytest.mark.slow
 def test_tiny_hrn_run_prints_the_detail_table(tmp_path, capsys):
     overrides = [
-        "hrn.n_train=4",
-        "hrn.n_val=2",
-        "hrn.n_test=2",
-        "hrn.mid_size=16",
-        "hrn.high_size=32",
-        "hrn.widths=[4,8]",
-        "data.batch_size=2",
+        "hrn.data.n_train=4",
+        "hrn.data.n_val=2",
+        "hrn.data.n_test=2",
+        "hrn.data.mid_size=16",
+        "hrn.data.high_size=32",
+        "hrn.network.widths=[4,8]",
+        "hrn.data.batch_size=2",
         "trainer.max_steps=2",
         f"logging.output_dir={tmp_path}",
     ]
