@@ -84,8 +84,10 @@ class FitSettings:
     identity_prior_centre: where the identity prior (the loss's own and the untrusted images' extra) is centred,
                       as a fraction of the starting identity (``init``): 0 is the mean face (the N(0, 1) prior),
                       1 the start itself. Started from a network's prediction (`FittingPredictor` with an
-                      ``init`` predictor), 1 makes the fit refine that prediction instead of pulling it back
-                      to the mean face; without ``init`` the start is the mean face and this changes nothing.
+                      ``init`` predictor), 1 keeps that prediction (the fit refines pose, expression, albedo
+                      and light around it) and 0 pulls it back to the mean face; half way recovered the most
+                      identity on the real photos and the synthetic grids alike (README, "Fitting"). Without
+                      ``init`` the start is the mean face and this changes nothing.
     jaw_contour:      where the detected jaw points (iBUG 0-4 and 12-16) are matched on the model: None on fixed
                       vertices, else on the silhouette (`reconstruction.contour`, landmark marching), which a
                       detector draws on a turned face.
@@ -103,7 +105,7 @@ class FitSettings:
     landmark_yaw_falloff: float = 5.0
     landmark_noise_px: float = 4.0
     untrusted_identity_prior: float = 30.0
-    identity_prior_centre: float = 0.0
+    identity_prior_centre: float = 0.5
     jaw_contour: ContourSettings | None = None
     shape_iterations: int = 200
     iterations: int = 100

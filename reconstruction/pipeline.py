@@ -339,15 +339,23 @@ class FittingPredictor:
         renderer = MeshRenderer(face_model, PinholeCamera().resized(crop_size, crop_size)).to(device)
         return cls(renderer, loss, settings, init)
 
+    def start(self, crops: CropBatch) -> Predicted | None:
+        """The ``init`` predictor's answer for ``crops`` (run at its own crop size), or None without one."""
+        if self.init is None:
+            return None
+        return self.init.predict(crops.resized(int(self.init.renderer.camera.image_size[0])))
+
     def predict(self, crops: CropBatch) -> Predicted:
-        start = None
-        details = {}
-        if self.init is not None:
-            first = self.init.predict(crops.resized(int(self.init.renderer.camera.image_size[0])))
-            start = first.coeffs
-            details["init_seconds"] = first.details.get("seconds", 0.0)
+        first = self.start(crops)
+        details = {} if first is None else {"init_seconds": first.details.get("seconds", 0.0)}
         result = fit_coefficients(
-            crops.images, crops.landmarks, crops.skin, self.renderer, self.loss, self.settings, init=start
+            crops.images,
+            crops.landmarks,
+            crops.skin,
+            self.renderer,
+            self.loss,
+            self.settings,
+            init=None if first is None else first.coeffs,
         )
         self.last_result = result
         details["seconds"] = result.seconds + details.get("init_seconds", 0.0)

@@ -119,6 +119,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "shape stages before them are cheap and keep their defaults)",
     )
     parser.add_argument(
+        "--fit-start",
+        choices=("rnet", "mean"),
+        default=None,
+        help="--fit: start from the bundled R-Net's prediction and refine it (rnet, the default for the ICT "
+        "model; the fit then uses the R-Net's face model) or from the mean face (mean)",
+    )
+    parser.add_argument(
         "--crop-size",
         type=int,
         default=None,
@@ -260,6 +267,7 @@ def check_predictor_args(args: argparse.Namespace) -> None:
                 ("--bfm-path", args.bfm_path),
                 ("--iterations", args.iterations),
                 ("--crop-size", args.crop_size),
+                ("--fit-start", getattr(args, "fit_start", None)),
             )
             if value is not None
         ]
@@ -291,8 +299,18 @@ def build_predictor(args: argparse.Namespace):
     from face_model import load_face_model
     from reconstruction.fit import FitSettings
 
-    face_model = load_face_model(args.face_model or "ict", path=args.bfm_path)
     settings = FitSettings() if args.iterations is None else FitSettings(iterations=args.iterations)
+    start = getattr(args, "fit_start", None) or ("mean" if args.face_model == "bfm" else "rnet")
+    if start == "rnet":
+        if args.face_model == "bfm":
+            raise ValueError("the bundled R-Net predicts ICT coefficients; fit BFM with --fit-start mean")
+        from experiments.build import BUNDLED
+
+        init = RNetPredictor.from_checkpoint(BUNDLED, device=args.device)
+        return FittingPredictor.build(
+            init.renderer.face_model, settings, crop_size=args.crop_size or 224, device=args.device, init=init
+        )
+    face_model = load_face_model(args.face_model or "ict", path=args.bfm_path)
     return FittingPredictor.build(
         face_model.to(args.device), settings, crop_size=args.crop_size or 224, device=args.device
     )

@@ -273,8 +273,9 @@ def test_identity_prior_terms_move_the_prior_s_centre():
     expected_centred = 0.1 * torch.tensor([0.25 + 1.0 + 0.25, 1.0 + 4.0 + 0.0])
     torch.testing.assert_close(own.mean() + terms["prior_centre"], expected_centred.mean())
     torch.testing.assert_close(terms["untrusted_prior"], torch.tensor((2.0 * 1.5 + 0.0) / 2))
-    # At the default the prior stays on the mean face: no centre term.
-    assert "prior_centre" not in identity_prior_terms(identity, centre * 0, 0.1, extra, FitSettings())
+    # Centred on the mean face there is no centre term.
+    mean_face = FitSettings(identity_prior_centre=0.0)
+    assert "prior_centre" not in identity_prior_terms(identity, centre * 0, 0.1, extra, mean_face)
     with pytest.raises(ValueError, match="identity_prior_centre"):
         FitSettings(identity_prior_centre=1.5)
 
@@ -286,7 +287,9 @@ def test_a_centred_prior_keeps_a_good_start(renderer, ict_small):
     target = renderer.project_landmarks(truth).detach()
     images, skin = torch.zeros(1, 3, CROP, CROP), torch.zeros(1, 1, CROP, CROP)
     loss = HybridLoss(LossWeights(perceptual=0.0, regularization=1e-2), ict_small.skin_mask)
-    settings = FitSettings(rigid_iterations=10, shape_iterations=40, iterations=0, rigid_starts_deg=(0.0,))
+    settings = FitSettings(
+        rigid_iterations=10, shape_iterations=40, iterations=0, rigid_starts_deg=(0.0,), identity_prior_centre=0.0
+    )
     pulled = fit_coefficients(images, target, skin, renderer, loss, settings, init=truth).coeffs.identity
     kept = fit_coefficients(
         images, target, skin, renderer, loss, dataclasses.replace(settings, identity_prior_centre=1.0), init=truth
