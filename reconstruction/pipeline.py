@@ -7,7 +7,8 @@ the photo aligned in memory onto the crop of the predictor's face model (its pro
 into coefficients:
 
 * `RNetPredictor`: a trained R-Net (``face3d train`` checkpoint), one forward pass;
-* `FittingPredictor`: analysis-by-synthesis with the hybrid loss (`reconstruction.fit`), no network;
+* `FittingPredictor`: analysis-by-synthesis with the hybrid loss (`reconstruction.fit`), from the mean face or
+  from another predictor's answer (``init``, e.g. an R-Net: test-time refinement);
 * anything else with a ``renderer`` and a ``predict(crops)`` method (`Predictor`).
 
 Outputs go to ``out_dir/<image>/`` where ``<image>`` is the file's path relative to the folder it was

@@ -94,8 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--fit",
         action="store_true",
-        help="fit coefficients per image (no network needed; a few seconds an image on a 2-core "
-        "CPU at the defaults; README 'Fitting' says what the objective is and why)",
+        help="fit coefficients per image, refining the bundled R-Net's answer (--fit-start mean: from the "
+        "mean face; a few seconds an image on a 2-core CPU at the defaults; README 'Fitting' says what the "
+        "objective is and why)",
     )
     parser.add_argument(
         "--face-model",
@@ -239,7 +240,7 @@ def check_predictor_args(args: argparse.Namespace) -> None:
     if (args.ckpt is not None) + (args.onnx is not None) + bool(args.fit) > 1:
         raise ValueError(
             "choose one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), --onnx MODEL (one "
-            "exported by `face3d export-onnx`), --fit (fit each photo with the hybrid loss, no network), "
+            "exported by `face3d export-onnx`), --fit (fit each photo with the hybrid loss, started from the bundled R-Net's answer), "
             "or none of them for the bundled R-Net"
         )
     if args.onnx is not None:
