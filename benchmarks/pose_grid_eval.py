@@ -285,13 +285,16 @@ def _fit_errors(
         averaged[identity] = float(score(result.coeffs.identity[rows].mean(0, keepdim=True), [identity])[0])
         if len(pairs) < 2:
             continue
+        group = CropBatch(stack("images", pairs), stack("landmarks", pairs), stack("skin", pairs))
+        first = fitter.start(group)
         together = fit_coefficients(
-            stack("images", pairs),
-            stack("landmarks", pairs),
-            stack("skin", pairs),
+            group.images,
+            group.landmarks,
+            group.skin,
             fitter.renderer,
             fitter.loss,
             fitter.settings,
+            init=None if first is None else first.coeffs,
             shared=("identity",),
         )
         per_set[identity] = float(score(together.coeffs.identity[:1], [identity])[0])

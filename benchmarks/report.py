@@ -212,7 +212,7 @@ def report_markdown(result: BenchmarkResult) -> str:
             "### Fitting",
             "",
             f"Analysis-by-synthesis (`reconstruction.fit.fit_coefficients`) from the "
-            f"{protocol['fit'].get('start', 'mean face')} (single pictures; the set rows from the mean face), "
+            f"{protocol['fit'].get('start', 'mean face')} (the set rows from the mean of its answers), "
             "minimising "
             f"{protocol['fit']['objective']} at {protocol['fit']['crop_size']} px, on "
             f"{len(protocol['fit']['pictures'])} pictures ({fitted}); {settings['rigid_iterations']} landmark "
