@@ -85,9 +85,10 @@ class FitSettings:
                       as a fraction of the starting identity (``init``): 0 is the mean face (the N(0, 1) prior),
                       1 the start itself. Started from a network's prediction (`FittingPredictor` with an
                       ``init`` predictor), 1 keeps that prediction (the fit refines pose, expression, albedo
-                      and light around it) and 0 pulls it back to the mean face; half way recovered the most
-                      identity on the real photos and the synthetic grids alike (README, "Fitting"). Without
-                      ``init`` the start is the mean face and this changes nothing.
+                      and light around it) and 0 pulls it back to the mean face; half way gained the most on real
+                      photographs and still helped the synthetic grids (0.25 gains more on the grids and less on
+                      photographs; README, "Fitting"). Without ``init`` the start is the mean face and this
+                      changes nothing.
     jaw_contour:      where the detected jaw points (iBUG 0-4 and 12-16) are matched on the model: None on fixed
                       vertices, else on the silhouette (`reconstruction.contour`, landmark marching), which a
                       detector draws on a turned face.
