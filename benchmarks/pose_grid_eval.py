@@ -10,7 +10,8 @@ alignment, in mm (`metrics.vertex_error` with "rigid"). Methods:
 * ``s1`` / ``s4``: C-Net aggregation of the same identities (when a C-Net checkpoint trained on this R-Net is
   given);
 * ``fit`` and ``rnet_fit_subset``: analysis-by-synthesis (`reconstruction.fit.fit_coefficients` with the objective
-  and settings of ``face3d reconstruct --fit``, a `reconstruction.pipeline.FittingPredictor`, from the mean face)
+  and settings of ``face3d reconstruct --fit``, a `reconstruction.pipeline.FittingPredictor`, started where it
+  starts: from its ``init`` predictor's answer, the R-Net, or else from the mean face)
   on a subset of pictures covering every yaw, and R-Net on the same pictures for a paired comparison;
 * ``fit_set`` and ``fit_averaging``: the same pictures grouped by identity, fitted together with one shared
   identity (`fit_coefficients(..., shared=("identity",))`), and the mean of the single-picture fits' identities.
@@ -234,6 +235,7 @@ def evaluate_pose_grid(
             "weights": dataclasses.asdict(fitter.loss.weights),
             "crop_size": int(fitter.renderer.camera.image_size[0]),
             "objective": "the objective of `face3d reconstruct --fit`",
+            "start": "mean face" if getattr(fitter, "init", None) is None else f"{fitter.init.name}'s prediction",
         }
     return PoseGridResult(
         protocol=protocol,
@@ -270,14 +272,11 @@ def _fit_errors(
             shapes = neutral_shape(fitter.renderer.face_model, identity)
             return vertex_error(shapes, truth[identities].to(shapes)).cpu().numpy()
 
-    result = fit_coefficients(
-        stack("images", subset),
-        stack("landmarks", subset),
-        stack("skin", subset),
-        fitter.renderer,
-        fitter.loss,
-        fitter.settings,
-    )
+    from reconstruction.pipeline import CropBatch
+
+    crops = CropBatch(stack("images", subset), stack("landmarks", subset), stack("skin", subset))
+    result = fitter.predict(crops)
+    fitter_seconds = result.details["seconds"]
     single = score(result.coeffs.identity, [i for i, _ in subset])
     per_set, averaged = {}, {}
     for identity in samples:
@@ -286,17 +285,20 @@ def _fit_errors(
         averaged[identity] = float(score(result.coeffs.identity[rows].mean(0, keepdim=True), [identity])[0])
         if len(pairs) < 2:
             continue
+        group = CropBatch(stack("images", pairs), stack("landmarks", pairs), stack("skin", pairs))
+        first = fitter.start(group)
         together = fit_coefficients(
-            stack("images", pairs),
-            stack("landmarks", pairs),
-            stack("skin", pairs),
+            group.images,
+            group.landmarks,
+            group.skin,
             fitter.renderer,
             fitter.loss,
             fitter.settings,
+            init=None if first is None else first.coeffs,
             shared=("identity",),
         )
         per_set[identity] = float(score(together.coeffs.identity[:1], [identity])[0])
-    return single, per_set, averaged, result.seconds / len(subset)
+    return single, per_set, averaged, fitter_seconds / len(subset)
 
 
 # ------------------------------------------------------------------------------------------------- tables

@@ -211,7 +211,9 @@ def report_markdown(result: BenchmarkResult) -> str:
         lines += [
             "### Fitting",
             "",
-            f"Analysis-by-synthesis (`reconstruction.fit.fit_coefficients`) from the mean face, minimising "
+            f"Analysis-by-synthesis (`reconstruction.fit.fit_coefficients`) from the "
+            f"{protocol['fit'].get('start', 'mean face')} (the set rows from the mean of its answers), "
+            "minimising "
             f"{protocol['fit']['objective']} at {protocol['fit']['crop_size']} px, on "
             f"{len(protocol['fit']['pictures'])} pictures ({fitted}); {settings['rigid_iterations']} landmark "
             f"steps from each of the yaws {settings['rigid_starts_deg']}, {settings['shape_iterations']} landmark "

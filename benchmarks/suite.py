@@ -282,7 +282,7 @@ def _run_benchmark(settings: BenchmarkSettings, loaders: ModelLoaders, log: Call
     if settings.fit_images == 0:
         notes.append("fitting rows skipped (--no-fit)")
     else:
-        fitter = _fitter(settings, rnet_module.face_model, device)
+        fitter = _fitter(settings, rnet_module, device)
 
     def grid(look: str, image_size: int) -> PoseGridDataset:
         return PoseGridDataset(
@@ -370,10 +370,11 @@ def _run_benchmark(settings: BenchmarkSettings, loaders: ModelLoaders, log: Call
     return write_outputs(result, log)
 
 
-def _fitter(settings: BenchmarkSettings, face_model, device: str):
-    """`face3d reconstruct --fit`'s predictor (its objective and settings), with the benchmark's stage lengths."""
+def _fitter(settings: BenchmarkSettings, rnet_module, device: str):
+    """`face3d reconstruct --fit`'s predictor (its objective and settings, started from this R-Net's prediction),
+    with the benchmark's stage lengths."""
     from reconstruction.fit import FitSettings
-    from reconstruction.pipeline import FittingPredictor
+    from reconstruction.pipeline import FittingPredictor, RNetPredictor
 
     lengths = {
         name: value
@@ -385,7 +386,11 @@ def _fitter(settings: BenchmarkSettings, face_model, device: str):
         if value is not None
     }
     return FittingPredictor.build(
-        face_model, dataclasses.replace(FitSettings(), **lengths), crop_size=settings.fit_crop_size, device=device
+        rnet_module.face_model,
+        dataclasses.replace(FitSettings(), **lengths),
+        crop_size=settings.fit_crop_size,
+        device=device,
+        init=RNetPredictor(rnet_module.to(device), name="R-Net"),
     )
 
 
@@ -399,5 +404,5 @@ def _real_photo(
     rp = settings.real_photo
     predictors = {"R-Net": RNetPredictor(rnet_module.to(device), name="R-Net")}
     if settings.fit_images > 0 and (rp.fit_photos or rp.fit_renders > 0):
-        predictors["fit"] = _fitter(settings, rnet_module.face_model, device)
+        predictors["fit"] = _fitter(settings, rnet_module, device)
     return evaluate_real_photo(rp, rnet_module.face_model, predictors, log, out_dir=out_dir, fitting=("fit",))

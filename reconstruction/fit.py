@@ -36,6 +36,13 @@ from losses.hybrid import HybridLoss, LossWeights
 from losses.landmark import landmark_loss
 from losses.photometric import skin_attention
 from losses.regularization import coefficient_regularization
+from reconstruction.contour import (
+    ContourSettings,
+    JawContour,
+    contour_landmarks,
+    jaw_contour,
+    project_contour_landmarks,
+)
 from renderers.mesh_renderer import MeshRenderer
 
 GROUPS = ("identity", "expression", "albedo", "angles", "lighting", "translation")
@@ -73,7 +80,18 @@ class FitSettings:
     untrusted_identity_prior: the identity prior of an image is multiplied by ``1 + this * (1 - trust)``, trust
                       being its landmark trust (yaw and residual): when the landmarks cannot be believed, the
                       photometric term alone would bend identity to explain the appearance, so the fit stays
-                      nearer the mean face; 0 keeps one prior for every image.
+                      nearer the prior's centre; 0 keeps one prior for every image.
+    identity_prior_centre: where the identity prior (the loss's own and the untrusted images' extra) is centred,
+                      as a fraction of the starting identity (``init``): 0 is the mean face (the N(0, 1) prior),
+                      1 the start itself. Started from a network's prediction (`FittingPredictor` with an
+                      ``init`` predictor), 1 keeps that prediction (the fit refines pose, expression, albedo
+                      and light around it) and 0 pulls it back to the mean face; half way gained the most on real
+                      photographs and still helped the synthetic grids (0.25 gains more on the grids and less on
+                      photographs; README, "Fitting"). Without ``init`` the start is the mean face and this
+                      changes nothing.
+    jaw_contour:      where the detected jaw points (iBUG 0-4 and 12-16) are matched on the model: None on fixed
+                      vertices, else on the silhouette (`reconstruction.contour`, landmark marching), which a
+                      detector draws on a turned face.
     shape_iterations: stage 2 steps (pose, identity, expression from landmarks; cheap).
     iterations:       stage 3 steps under the full hybrid loss (each renders and runs the perceptual
                       network: this sets the fit time).
@@ -88,6 +106,8 @@ class FitSettings:
     landmark_yaw_falloff: float = 5.0
     landmark_noise_px: float = 4.0
     untrusted_identity_prior: float = 30.0
+    identity_prior_centre: float = 0.5
+    jaw_contour: ContourSettings | None = None
     shape_iterations: int = 200
     iterations: int = 100
     lr_angles: float = 0.01
@@ -107,6 +127,11 @@ class FitSettings:
         if self.untrusted_identity_prior < 0:
             raise ValueError(
                 f"FitSettings.untrusted_identity_prior must be >= 0, got {self.untrusted_identity_prior!r}"
+            )
+        if not 0.0 <= self.identity_prior_centre <= 1.0:
+            raise ValueError(
+                f"FitSettings.identity_prior_centre must be in [0, 1] (a fraction of the starting identity), got "
+                f"{self.identity_prior_centre!r}"
             )
         if not self.landmark_noise_px > 0:
             raise ValueError(f"FitSettings.landmark_noise_px must be > 0, got {self.landmark_noise_px!r}")
@@ -253,9 +278,35 @@ def landmark_trust(
     with torch.no_grad():
         coeffs = _batch_coefficients(params, batch)
         side = float(renderer.camera.image_size[0])
-        residual = (renderer.project_landmarks(coeffs) - landmarks).square().sum(-1).mean(-1).sqrt() * (224.0 / side)
+        projected = project_landmarks(renderer, coeffs, _contour_of(renderer, settings))
+        residual = (projected - landmarks).square().sum(-1).mean(-1).sqrt() * (224.0 / side)
         noise = (settings.landmark_noise_px / residual.clamp_min(1e-6)).square().clamp(max=1.0)
         return noise * landmark_yaw_scale(coeffs.angles[:, 1], settings.landmark_yaw_falloff)
+
+
+def identity_prior_terms(
+    identity: torch.Tensor,
+    centre: torch.Tensor,
+    own_prior: float,
+    extra_prior: torch.Tensor,
+    settings: FitSettings,
+) -> dict[str, torch.Tensor]:
+    """The identity prior's additions to the loss's own ``own_prior ||identity||^2`` (batch means, scalars).
+
+    identity, centre: (B, n_id), centre being where the prior is centred (`FitSettings.identity_prior_centre`);
+    extra_prior: (B,) each image's extra prior weight (`FitSettings.untrusted_identity_prior`).
+
+    * "prior_centre": ``own_prior (||identity - centre||^2 - ||identity||^2)``, which moves the loss's prior from
+      the mean face to ``centre`` (present when ``identity_prior_centre`` > 0);
+    * "untrusted_prior": ``extra_prior ||identity - centre||^2`` (present when ``untrusted_identity_prior`` > 0).
+    """
+    out = {}
+    deviation = (identity - centre).square().sum(-1)
+    if settings.identity_prior_centre and own_prior:
+        out["prior_centre"] = (own_prior * (deviation - identity.square().sum(-1))).mean()
+    if settings.untrusted_identity_prior:
+        out["untrusted_prior"] = (extra_prior * deviation).mean()
+    return out
 
 
 def detector_landmark_weights() -> torch.Tensor:
@@ -275,6 +326,21 @@ def detector_landmark_weights() -> torch.Tensor:
     sigma[36:48] = 3.8
     sigma[48:68] = 6.3
     return (3.5 / sigma).square()
+
+
+def project_landmarks(renderer: MeshRenderer, coeffs: Coefficients, contour: JawContour | None) -> torch.Tensor:
+    """(B, 68, 2) landmark pixels without rasterizing: `MeshRenderer.project_landmarks`, with the jaw on the
+    silhouette when ``contour`` is given (`reconstruction.contour`)."""
+    if contour is None:
+        return renderer.project_landmarks(coeffs)
+    return project_contour_landmarks(renderer, coeffs, contour)
+
+
+def _contour_of(renderer: MeshRenderer, settings: FitSettings) -> JawContour | None:
+    if settings.jaw_contour is None:
+        return None
+    model = renderer.face_model
+    return jaw_contour(model.mean_shape, model.landmark_ids, settings.jaw_contour).to(model.mean_shape.device)
 
 
 def _cosine_factor(step: int, total: int) -> float:
@@ -352,6 +418,7 @@ def fit_coefficients(
         params[name] = params[name].mean(0, keepdim=True)
     loss = _loss_for_shared(loss, shared, batch)
 
+    contour = _contour_of(renderer, settings)
     history: list[StageHistory] = []
     if settings.rigid_iterations:
         params = _rigid_multistart(params, landmarks, renderer, loss, settings, crop_side, history)
@@ -359,7 +426,10 @@ def fit_coefficients(
     scale = landmark_trust(params, landmarks, renderer, settings, batch)
     # Extra identity prior beyond the loss's own (which every image has once): images whose landmarks are not
     # believed get more.
-    extra_prior = loss.weights.regularization * loss.weights.reg_id * settings.untrusted_identity_prior * (1.0 - scale)
+    own_prior = loss.weights.regularization * loss.weights.reg_id
+    extra_prior = own_prior * settings.untrusted_identity_prior * (1.0 - scale)
+    # Stage 1 leaves identity where it started, so this is the starting identity's share.
+    centre = (settings.identity_prior_centre * params["identity"]).expand(batch, -1)
     for stage, n_steps in settings.stage_iterations().items():
         if n_steps == 0 or stage == "rigid":
             continue
@@ -378,6 +448,11 @@ def fit_coefficients(
             coeffs = _batch_coefficients(params, batch)
             if stage == "full":
                 render = renderer(coeffs)
+                if contour is not None:
+                    jaw = contour_landmarks(
+                        render.landmarks, render.vertices_camera, coeffs.angles, contour, renderer.camera
+                    )
+                    render = dataclasses.replace(render, landmarks=jaw)
                 terms = loss(
                     images=images,
                     render=render,
@@ -387,10 +462,12 @@ def fit_coefficients(
                     landmark_scale=scale,
                 )
             else:
-                terms = landmark_terms(loss, renderer.project_landmarks(coeffs), landmarks, coeffs, crop_side, scale)
-            if settings.untrusted_identity_prior and "identity" in groups:
-                terms["untrusted_prior"] = (extra_prior * coeffs.identity.square().sum(-1)).mean()
-                terms["total"] = terms["total"] + terms["untrusted_prior"]
+                terms = landmark_terms(
+                    loss, project_landmarks(renderer, coeffs, contour), landmarks, coeffs, crop_side, scale
+                )
+            if "identity" in groups:
+                terms.update(identity_prior_terms(coeffs.identity, centre, own_prior, extra_prior, settings))
+                terms["total"] = terms["total"] + terms.get("prior_centre", 0.0) + terms.get("untrusted_prior", 0.0)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
@@ -417,6 +494,7 @@ def _rigid_multistart(
     batch = landmarks.shape[0]
     starts = torch.tensor(settings.rigid_starts_deg, dtype=landmarks.dtype, device=landmarks.device)
     n_starts = starts.shape[0]
+    contour = _contour_of(renderer, settings)
     # Start-major: rows k * batch + b are image b from start k.
     expanded = {name: tensor.detach().expand(batch, -1).repeat(n_starts, 1) for name, tensor in params.items()}
     expanded["angles"][:, 1] = expanded["angles"][:, 1] + torch.deg2rad(starts).repeat_interleave(batch)
@@ -435,7 +513,7 @@ def _rigid_multistart(
         coeffs = Coefficients(**expanded)
         # Images and starts do not interact, and the terms are batch means: scaling by the number of
         # starts gives every image the step it would get alone.
-        terms = landmark_terms(loss, renderer.project_landmarks(coeffs), targets, coeffs, crop_side)
+        terms = landmark_terms(loss, project_landmarks(renderer, coeffs, contour), targets, coeffs, crop_side)
         optimizer.zero_grad(set_to_none=True)
         (terms["total"] * n_starts).backward()
         optimizer.step()
@@ -443,7 +521,7 @@ def _rigid_multistart(
             records.setdefault(key, []).append(value.detach())
     with torch.no_grad():
         coeffs = Coefficients(**expanded)
-        residual = (renderer.project_landmarks(coeffs) - targets).square().sum(-1)
+        residual = (project_landmarks(renderer, coeffs, contour) - targets).square().sum(-1)
         per_row = (residual * loss.landmark_point_weights.to(residual)).mean(-1)
         best = per_row.reshape(n_starts, batch).argmin(0)
         rows = best * batch + torch.arange(batch, device=best.device)

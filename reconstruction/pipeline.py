@@ -7,7 +7,8 @@ the photo aligned in memory onto the crop of the predictor's face model (its pro
 into coefficients:
 
 * `RNetPredictor`: a trained R-Net (``face3d train`` checkpoint), one forward pass;
-* `FittingPredictor`: analysis-by-synthesis with the hybrid loss (`reconstruction.fit`), no network;
+* `FittingPredictor`: analysis-by-synthesis with the hybrid loss (`reconstruction.fit`), from the mean face or
+  from another predictor's answer (``init``, e.g. an R-Net: test-time refinement);
 * anything else with a ``renderer`` and a ``predict(crops)`` method (`Predictor`).
 
 Outputs go to ``out_dir/<image>/`` where ``<image>`` is the file's path relative to the folder it was
@@ -209,6 +210,20 @@ class CropBatch:
             skin=torch.from_numpy(np.asarray(skin, np.float32))[None, None].to(device),
         )
 
+    def resized(self, size: int) -> CropBatch:
+        """The same crops at ``size`` x ``size`` (area-like antialiased resampling; landmarks scaled, pixel
+        centres at half-integers as `renderers.camera` has them), as an aligner at that crop size would give."""
+        side = self.images.shape[-1]
+        if size == side:
+            return self
+
+        def resample(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=size < side, align_corners=False
+            )
+
+        return CropBatch(resample(self.images), self.landmarks * (size / side), resample(self.skin))
+
 
 @dataclass(frozen=True)
 class Predicted:
@@ -277,13 +292,26 @@ class FittingPredictor:
         renderer: the face model's renderer at the crop size to fit at.
         loss: the hybrid loss (build one with `FittingPredictor.build`).
         settings: iterations and step sizes.
+        init: a predictor whose answer the fit starts from (an `RNetPredictor`: test-time refinement of a
+            network's prediction, as Deep3D's), run on the crops resized to its own crop size; None starts
+            from the mean face. It must share the face model's coefficient layout and see the crop through the
+            same camera (coefficients then mean the same at any crop size).
     """
 
-    def __init__(self, renderer: MeshRenderer, loss: HybridLoss, settings: FitSettings = FitSettings()) -> None:
+    def __init__(
+        self,
+        renderer: MeshRenderer,
+        loss: HybridLoss,
+        settings: FitSettings = FitSettings(),
+        init: Predictor | None = None,
+    ) -> None:
+        if init is not None:
+            _check_same_view(init.renderer, renderer)
         self.renderer = renderer
         self.loss = loss
         self.settings = settings
-        self.name = "fit"
+        self.init = init
+        self.name = "fit" if init is None else f"fit from {init.name}"
         self.last_result: FitResult | None = None
 
     @classmethod
@@ -297,11 +325,13 @@ class FittingPredictor:
         recognition_weights: str | Path | None = None,
         device: str | torch.device = "cpu",
         detector_weights: bool = True,
+        init: Predictor | None = None,
     ) -> FittingPredictor:
         """The fitting objective (`reconstruction.fit.FIT_LOSS_WEIGHTS` by default; pass ``LossWeights()`` for the
         training loss's), with the SFace perceptual network when ``weights.perceptual`` > 0 (``recognition`` None
         leaves it out) and, with ``detector_weights``, landmarks weighted by a detector's error per region
-        (`reconstruction.fit.detector_landmark_weights`; else the loss's nose and inner-mouth weighting)."""
+        (`reconstruction.fit.detector_landmark_weights`; else the loss's nose and inner-mouth weighting); ``init``
+        as in the class docstring."""
         net = None
         if recognition is not None and weights.perceptual > 0:
             from networks.recognition import build_recognition_net
@@ -310,14 +340,48 @@ class FittingPredictor:
         point_weights = detector_landmark_weights() if detector_weights else None
         loss = HybridLoss(weights, face_model.skin_mask, net, landmark_point_weights=point_weights).to(device)
         renderer = MeshRenderer(face_model, PinholeCamera().resized(crop_size, crop_size)).to(device)
-        return cls(renderer, loss, settings)
+        return cls(renderer, loss, settings, init)
+
+    def start(self, crops: CropBatch) -> Predicted | None:
+        """The ``init`` predictor's answer for ``crops`` (run at its own crop size), or None without one."""
+        if self.init is None:
+            return None
+        return self.init.predict(crops.resized(int(self.init.renderer.camera.image_size[0])))
 
     def predict(self, crops: CropBatch) -> Predicted:
-        result = fit_coefficients(crops.images, crops.landmarks, crops.skin, self.renderer, self.loss, self.settings)
+        first = self.start(crops)
+        details = {} if first is None else {"init_seconds": first.details.get("seconds", 0.0)}
+        result = fit_coefficients(
+            crops.images,
+            crops.landmarks,
+            crops.skin,
+            self.renderer,
+            self.loss,
+            self.settings,
+            init=None if first is None else first.coeffs,
+        )
         self.last_result = result
-        details = {"seconds": result.seconds}
+        details["seconds"] = result.seconds + details.get("init_seconds", 0.0)
         details.update({f"loss/{k}": v for k, v in result.final_losses().items() if not k.startswith("raw/")})
         return Predicted(result.coeffs, details)
+
+
+def _check_same_view(init: MeshRenderer, fit: MeshRenderer) -> None:
+    """Raise ValueError unless coefficients of ``init`` mean the same under ``fit``: one coefficient layout and one
+    camera up to the crop's resolution."""
+    if init.face_model.layout != fit.face_model.layout:
+        raise ValueError(
+            f"the fit cannot start from a predictor of another face model (its coefficients {init.face_model.layout}, "
+            f"the fit's {fit.face_model.layout}); build the fit with the predictor's face model"
+        )
+    seen = init.camera.resized(*fit.camera.image_size)
+    numbers = (seen.focal, *seen.principal_point, seen.camera_distance)
+    wanted = (fit.camera.focal, *fit.camera.principal_point, fit.camera.camera_distance)
+    if not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(numbers, wanted)):
+        raise ValueError(
+            f"the fit's camera {fit.camera} is not the starting predictor's {init.camera} at another resolution; "
+            "build the fit with PinholeCamera().resized(size, size) of the predictor's camera"
+        )
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,7 @@ def fit_set(
     """
     from preprocessing.skin import skin_posterior_torch
     from reconstruction.fit import fit_coefficients
+    from reconstruction.pipeline import CropBatch
 
     if not pictures:
         raise InvalidInputError("an image set needs at least one picture; none was given (no face found?)")
@@ -248,8 +249,18 @@ def fit_set(
     images = torch.from_numpy(crops.transpose(0, 3, 1, 2).copy()).float().div(255.0).to(device)
     landmarks = torch.from_numpy(np.stack([lm for _, lm in resized])).float().to(device)
     skin = skin_posterior_torch(images).unsqueeze(1)
+    # Started as the single-picture fit starts: from the fitter's init predictor (the shared groups from the mean
+    # of its answers), or from the mean face.
+    first = fitter.start(CropBatch(images, landmarks, skin)) if hasattr(fitter, "start") else None
     fitted = fit_coefficients(
-        images, landmarks, skin, renderer, fitter.loss, fitter.settings, shared=("identity", "albedo")
+        images,
+        landmarks,
+        skin,
+        renderer,
+        fitter.loss,
+        fitter.settings,
+        init=None if first is None else first.coeffs,
+        shared=("identity", "albedo"),
     ).coeffs
     n = len(pictures)
     result = SetReconstruction(

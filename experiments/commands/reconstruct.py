@@ -93,8 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--fit",
         action="store_true",
-        help="fit coefficients per image (no network needed; a few seconds an image on a 2-core "
-        "CPU at the defaults; README 'Fitting' says what the objective is and why)",
+        help="fit coefficients per image, refining the bundled R-Net's answer (--fit-start mean: from the "
+        "mean face; a few seconds an image on a 2-core CPU at the defaults; README 'Fitting' says what the "
+        "objective is and why)",
     )
     parser.add_argument(
         "--face-model",
@@ -116,6 +117,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="--fit: steps under the full hybrid loss (default 100; the landmark-only pose and "
         "shape stages before them are cheap and keep their defaults)",
+    )
+    parser.add_argument(
+        "--fit-start",
+        choices=("rnet", "mean"),
+        default=None,
+        help="--fit: start from the bundled R-Net's prediction and refine it (rnet, the default for the ICT "
+        "model; the fit then uses the R-Net's face model) or from the mean face (mean)",
     )
     parser.add_argument(
         "--crop-size",
@@ -226,7 +234,7 @@ def check_predictor_args(args: argparse.Namespace) -> None:
     if (args.ckpt is not None) + (args.onnx is not None) + bool(args.fit) > 1:
         raise InvalidInputError(
             "choose one predictor: --ckpt CKPT (a trained R-Net from `face3d train`), --onnx MODEL (one "
-            "exported by `face3d export-onnx`), --fit (fit each photo with the hybrid loss, no network), "
+            "exported by `face3d export-onnx`), --fit (fit each photo with the hybrid loss, started from the bundled R-Net's answer), "
             "or none of them for the bundled R-Net"
         )
     if args.onnx is not None:
@@ -256,6 +264,7 @@ def check_predictor_args(args: argparse.Namespace) -> None:
                 ("--bfm-path", args.bfm_path),
                 ("--iterations", args.iterations),
                 ("--crop-size", args.crop_size),
+                ("--fit-start", getattr(args, "fit_start", None)),
             )
             if value is not None
         ]
@@ -288,8 +297,18 @@ def build_predictor(args: argparse.Namespace):
     from face_model import load_face_model
     from reconstruction.fit import FitSettings
 
-    face_model = load_face_model(args.face_model or "ict", path=args.bfm_path)
     settings = FitSettings() if args.iterations is None else FitSettings(iterations=args.iterations)
+    start = getattr(args, "fit_start", None) or ("mean" if args.face_model == "bfm" else "rnet")
+    if start == "rnet":
+        if args.face_model == "bfm":
+            raise ValueError("the bundled R-Net predicts ICT coefficients; fit BFM with --fit-start mean")
+        from experiments.build import BUNDLED
+
+        init = RNetPredictor.from_checkpoint(BUNDLED, device=args.device)
+        return FittingPredictor.build(
+            init.renderer.face_model, settings, crop_size=args.crop_size or 224, device=args.device, init=init
+        )
+    face_model = load_face_model(args.face_model or "ict", path=args.bfm_path)
     return FittingPredictor.build(
         face_model.to(args.device), settings, crop_size=args.crop_size or 224, device=args.device
     )

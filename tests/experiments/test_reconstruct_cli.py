@@ -86,6 +86,8 @@ def test_fit_on_a_real_photo_writes_every_output(main, small_ict, takeo, tmp_pat
             "--out",
             str(out),
             "--fit",
+            "--fit-start",
+            "mean",
             "--iterations",
             "3",
             "--crop-size",
@@ -179,6 +181,17 @@ def test_a_bad_checkpoint_is_one_clear_error_line(main, takeo, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_fit_starts_from_the_bundled_r_net_by_default(main, takeo, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--fit", "--iterations", "2", "--crop-size", "112", "--texture-size", "64"]
+    code = main(["reconstruct", "--images", str(takeo), "--out", str(out), *args])
+    assert code == 0, capsys.readouterr().out
+    (record,) = read_report(out)
+    assert record["status"] == "ok" and record["predictor"] == "fit from rnet:bundled"
+    assert record["details"]["init_seconds"] > 0
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -186,6 +199,8 @@ def test_a_bad_checkpoint_is_one_clear_error_line(main, takeo, tmp_path, capsys,
         (["--ckpt", "x.ckpt", "--iterations", "5"], "only apply to --fit"),
         (["--crop-size", "96"], "only apply to --fit"),
         (["--fit", "--face-model", "bfm"], "BFM09"),
+        (["--fit-start", "mean"], "only apply to --fit"),
+        (["--fit", "--face-model", "bfm", "--fit-start", "rnet"], "--fit-start mean"),
         (["--fit", "--threads", "0"], "--threads"),
     ],
 )

@@ -259,3 +259,63 @@ def test_untrusted_landmarks_keep_the_identity_near_the_mean_face(renderer, ict_
         FitSettings(untrusted_identity_prior=-1.0)
     with pytest.raises(ValueError, match="landmark_noise_px"):
         FitSettings(landmark_noise_px=0.0)
+
+
+def test_identity_prior_terms_move_the_prior_s_centre():
+    """The loss's own prior ``w |a|^2`` plus "prior_centre" is ``w |a - c|^2``; "untrusted_prior" is centred there
+    too."""
+    from reconstruction.fit import identity_prior_terms
+
+    identity = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
+    centre = torch.tensor([[0.5, -1.0, 0.0], [1.0, 1.0, 1.0]])
+    extra = torch.tensor([2.0, 0.0])
+    terms = identity_prior_terms(identity, centre, 0.1, extra, FitSettings(identity_prior_centre=1.0))
+    own = 0.1 * (identity**2).sum(-1)
+    expected_centred = 0.1 * torch.tensor([0.25 + 1.0 + 0.25, 1.0 + 4.0 + 0.0])
+    torch.testing.assert_close(own.mean() + terms["prior_centre"], expected_centred.mean())
+    torch.testing.assert_close(terms["untrusted_prior"], torch.tensor((2.0 * 1.5 + 0.0) / 2))
+    # Centred on the mean face there is no centre term.
+    mean_face = FitSettings(identity_prior_centre=0.0)
+    assert "prior_centre" not in identity_prior_terms(identity, centre * 0, 0.1, extra, mean_face)
+    with pytest.raises(ValueError, match="identity_prior_centre"):
+        FitSettings(identity_prior_centre=1.5)
+
+
+def test_a_centred_prior_keeps_a_good_start(renderer, ict_small):
+    """Started from the identity that drew the landmarks, a prior centred on the start keeps it; the mean-face
+    prior pulls it back towards zero."""
+    truth = ict_small.layout.zeros(1).replace(identity=torch.linspace(-2.0, 2.0, ict_small.layout.n_id)[None])
+    target = renderer.project_landmarks(truth).detach()
+    images, skin = torch.zeros(1, 3, CROP, CROP), torch.zeros(1, 1, CROP, CROP)
+    loss = HybridLoss(LossWeights(perceptual=0.0, regularization=1e-2), ict_small.skin_mask)
+    settings = FitSettings(
+        rigid_iterations=10, shape_iterations=40, iterations=0, rigid_starts_deg=(0.0,), identity_prior_centre=0.0
+    )
+    pulled = fit_coefficients(images, target, skin, renderer, loss, settings, init=truth).coeffs.identity
+    kept = fit_coefficients(
+        images, target, skin, renderer, loss, dataclasses.replace(settings, identity_prior_centre=1.0), init=truth
+    ).coeffs.identity
+    assert float((kept - truth.identity).norm()) < 0.5 * float((pulled - truth.identity).norm())
+
+
+def test_jaw_contour_fits_a_turned_face_s_outline(renderer, ict_small):
+    """Landmarks drawn with the jaw on the silhouette of a turned face: the contour fit explains them better
+    than fixed jaw vertices do."""
+    from reconstruction.contour import ContourSettings, jaw_contour
+    from reconstruction.fit import project_landmarks
+
+    contour = jaw_contour(ict_small.mean_shape, ict_small.landmark_ids)
+    truth = ict_small.layout.zeros(1).replace(angles=torch.tensor([[0.0, math.radians(45.0), 0.0]]))
+    target = project_landmarks(renderer, truth, contour).detach()
+    assert (target[0, :5] - renderer.project_landmarks(truth)[0, :5]).norm(dim=-1).mean() > 2.0
+    images, skin = torch.zeros(1, 3, CROP, CROP), torch.zeros(1, 1, CROP, CROP)
+    loss = HybridLoss(LossWeights(perceptual=0.0), ict_small.skin_mask)
+    settings = FitSettings(rigid_iterations=40, shape_iterations=40, iterations=0, untrusted_identity_prior=0.0)
+    fixed = fit_coefficients(images, target, skin, renderer, loss, settings).coeffs
+    marched = fit_coefficients(
+        images, target, skin, renderer, loss, dataclasses.replace(settings, jaw_contour=ContourSettings())
+    ).coeffs
+    error_fixed = float((project_landmarks(renderer, fixed, contour) - target).norm(dim=-1)[0, :17].mean())
+    error_marched = float((project_landmarks(renderer, marched, contour) - target).norm(dim=-1)[0, :17].mean())
+    assert error_marched < 0.7 * error_fixed
+    assert float(marched.identity.norm()) < float(fixed.identity.norm())

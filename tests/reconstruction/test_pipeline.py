@@ -176,3 +176,57 @@ def test_checks_and_limits(ict_small):
     ]
     with pytest.raises(ValueError, match="positive"):
         DivergenceLimits(max_coefficient_std=0)
+
+
+def test_resized_crops_match_the_camera_at_the_new_size(ict_small):
+    """A crop and its landmarks resized from 64 to 32 px: the model's landmarks projected by the 32-px camera
+    land on the scaled landmarks, and a constant image stays constant."""
+    from reconstruction.pipeline import CropBatch
+
+    coeffs = ict_small.layout.zeros(1).replace(angles=torch.tensor([[0.1, 0.3, 0.0]]))
+    big = MeshRenderer(ict_small, PinholeCamera().resized(CROP, CROP), backend="torch")
+    small = MeshRenderer(ict_small, PinholeCamera().resized(CROP // 2, CROP // 2), backend="torch")
+    crops = CropBatch(torch.full((1, 3, CROP, CROP), 0.25), big.project_landmarks(coeffs), torch.ones(1, 1, CROP, CROP))
+    half = crops.resized(CROP // 2)
+    assert half.images.shape == (1, 3, CROP // 2, CROP // 2) and half.skin.shape == (1, 1, CROP // 2, CROP // 2)
+    torch.testing.assert_close(half.landmarks, small.project_landmarks(coeffs))
+    torch.testing.assert_close(half.images, torch.full_like(half.images, 0.25))
+    assert crops.resized(CROP) is crops
+
+
+def test_a_fit_starts_from_its_init_predictor_s_answer(ict_small):
+    """With ``init``, the fit begins at the other predictor's coefficients (run on crops at its own size), and a
+    predictor of another face model or camera is refused."""
+    from reconstruction.fit import FitSettings
+    from reconstruction.pipeline import CropBatch, FittingPredictor
+
+    start = ict_small.layout.zeros(1).replace(identity=torch.full((1, ict_small.layout.n_id), 0.5))
+
+    class Fixed:
+        name = "fixed"
+
+        def __init__(self):
+            self.renderer = MeshRenderer(ict_small, PinholeCamera().resized(CROP // 2, CROP // 2), backend="torch")
+            self.sizes = []
+
+        def predict(self, crops):
+            self.sizes.append(crops.images.shape[-1])
+            return Predicted(start, {"seconds": 0.5})
+
+    init = Fixed()
+    no_steps = FitSettings(rigid_iterations=0, shape_iterations=0, iterations=0)
+    fitter = FittingPredictor.build(ict_small, no_steps, crop_size=CROP, init=init)
+    crops = CropBatch(torch.zeros(1, 3, CROP, CROP), torch.full((1, 68, 2), CROP / 2), torch.zeros(1, 1, CROP, CROP))
+    predicted = fitter.predict(crops)
+    assert init.sizes == [CROP // 2] and fitter.name == "fit from fixed"
+    torch.testing.assert_close(predicted.coeffs.identity, start.identity)
+    assert predicted.details["init_seconds"] == 0.5 and predicted.details["seconds"] >= 0.5
+
+    other_camera = Fixed()
+    other_camera.renderer = MeshRenderer(ict_small, PinholeCamera(focal=800.0).resized(32, 32), backend="torch")
+    with pytest.raises(ValueError, match="camera"):
+        FittingPredictor.build(ict_small, no_steps, crop_size=CROP, init=other_camera)
+    from face_model import load_face_model
+
+    with pytest.raises(ValueError, match="face model"):
+        FittingPredictor.build(load_face_model("ict", n_id=5, n_exp=10, n_tex=9), no_steps, crop_size=CROP, init=init)
