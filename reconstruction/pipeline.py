@@ -61,6 +61,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
+from errors import InvalidInputError
 from face_model.coefficients import Coefficients
 from face_model.model import FaceModel
 from geometry.mesh_io import UVLayout
@@ -367,10 +368,10 @@ class FittingPredictor:
 
 
 def _check_same_view(init: MeshRenderer, fit: MeshRenderer) -> None:
-    """Raise ValueError unless coefficients of ``init`` mean the same under ``fit``: one coefficient layout and one
+    """Raise InvalidInputError unless coefficients of ``init`` mean the same under ``fit``: one coefficient layout and one
     camera up to the crop's resolution."""
     if init.face_model.layout != fit.face_model.layout:
-        raise ValueError(
+        raise InvalidInputError(
             f"the fit cannot start from a predictor of another face model (its coefficients {init.face_model.layout}, "
             f"the fit's {fit.face_model.layout}); build the fit with the predictor's face model"
         )
@@ -378,7 +379,7 @@ def _check_same_view(init: MeshRenderer, fit: MeshRenderer) -> None:
     numbers = (seen.focal, *seen.principal_point, seen.camera_distance)
     wanted = (fit.camera.focal, *fit.camera.principal_point, fit.camera.camera_distance)
     if not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(numbers, wanted)):
-        raise ValueError(
+        raise InvalidInputError(
             f"the fit's camera {fit.camera} is not the starting predictor's {init.camera} at another resolution; "
             "build the fit with PinholeCamera().resized(size, size) of the predictor's camera"
         )

@@ -301,7 +301,7 @@ def build_predictor(args: argparse.Namespace):
     start = getattr(args, "fit_start", None) or ("mean" if args.face_model == "bfm" else "rnet")
     if start == "rnet":
         if args.face_model == "bfm":
-            raise ValueError("the bundled R-Net predicts ICT coefficients; fit BFM with --fit-start mean")
+            raise InvalidInputError("the bundled R-Net predicts ICT coefficients; fit BFM with --fit-start mean")
         from experiments.build import BUNDLED
 
         init = RNetPredictor.from_checkpoint(BUNDLED, device=args.device)
