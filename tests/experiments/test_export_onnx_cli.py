@@ -78,48 +78,22 @@ def test_export_without_a_checkpoint_exports_the_bundled_rnet_or_names_its_file(
 
 
 @pytest.mark.slow
-def test_reconstruct_with_onnx_matches_the_checkpoint(checkpoint, exported, takeo, tmp_path, capsys):
-    by_onnx, by_ckpt = tmp_path / "onnx", tmp_path / "ckpt"
-    assert (
-        cli.main(
-            [
-                "reconstruct",
-                "--images",
-                str(takeo),
-                "--out",
-                str(by_onnx),
-                "--onnx",
-                str(exported),
-                "--texture-size",
-                "64",
-            ]
-        )
-        == 0
-    )
-    assert (
-        cli.main(
-            [
-                "reconstruct",
-                "--images",
-                str(takeo),
-                "--out",
-                str(by_ckpt),
-                "--ckpt",
-                str(checkpoint),
-                "--texture-size",
-                "64",
-            ]
-        )
-        == 0
-    )
-    stdout = capsys.readouterr().out
-    assert "with onnx:r_net.onnx (ict model, 64-pixel crops, cpu)" in stdout
+def test_reconstruct_with_onnx_matches_pytorch_on_the_bundled_rnet(takeo, tmp_path, capsys):
+    # The bundled R-Net is trained, so its answer on a real photo passes the divergence checks (the smoke R-Net's
+    # untrained answer does not), and both paths must then give the same coefficients.
+    exported = tmp_path / "r_net.onnx"
+    assert cli.main(["export-onnx", "--out", str(exported), "--check-faces", "0"]) == 0
+    by_onnx, by_torch = tmp_path / "onnx", tmp_path / "torch"
+    common = ["reconstruct", "--images", str(takeo), "--texture-size", "64"]
+    assert cli.main([*common, "--out", str(by_onnx), "--onnx", str(exported)]) == 0
+    assert cli.main([*common, "--out", str(by_torch)]) == 0
+    assert "with onnx:r_net.onnx (ict model" in capsys.readouterr().out
     (record,) = [json.loads(line) for line in (by_onnx / "report.jsonl").read_text().splitlines()]
     assert record["status"] == "ok" and record["predictor"] == "onnx:r_net.onnx"
     onnx_coeffs = np.load(by_onnx / "takeo.ppm" / "coeffs.npz")["flat"]
-    ckpt_coeffs = np.load(by_ckpt / "takeo.ppm" / "coeffs.npz")["flat"]
-    assert np.abs(ckpt_coeffs).max() > 0.05
-    np.testing.assert_allclose(onnx_coeffs, ckpt_coeffs, rtol=1e-4, atol=1e-5)
+    torch_coeffs = np.load(by_torch / "takeo.ppm" / "coeffs.npz")["flat"]
+    assert np.abs(torch_coeffs).max() > 0.05
+    np.testing.assert_allclose(onnx_coeffs, torch_coeffs, rtol=1e-3, atol=1e-4)
 
 
 def test_reconstruct_onnx_refuses_options_that_do_not_apply(exported, takeo, tmp_path, capsys):
