@@ -16,6 +16,11 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from datamodules.occlusion import OcclusionSettings
+from lightning_modules.focus_module import FocusSettings
+from losses.focus import FocusLossWeights
+from networks.segmentation import UNetSettings
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -228,6 +233,20 @@ class CNetConfig:
 
 
 @dataclass
+class FocusConfig:
+    """FOCUS (`face3d train --config focus`): each part is its component's own frozen settings dataclass.
+
+    enabled: ``face3d train`` runs FOCUS's schedule (`experiments.train_focus`) instead of R-Net training.
+    """
+
+    enabled: bool = False
+    settings: FocusSettings = field(default_factory=FocusSettings)
+    loss: FocusLossWeights = field(default_factory=FocusLossWeights)
+    unet: UNetSettings = field(default_factory=UNetSettings)
+    occlusion: OcclusionSettings = field(default_factory=OcclusionSettings)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "default"
     face_model: FaceModelConfig = field(default_factory=FaceModelConfig)
@@ -239,6 +258,7 @@ class ExperimentConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cnet: CNetConfig = field(default_factory=CNetConfig)
+    focus: FocusConfig = field(default_factory=FocusConfig)
 
 
 class ConfigError(ValueError):

@@ -36,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg))
         return 0
+    if cfg.focus.enabled:
+        from experiments.train_focus import train_focus
+
+        print("\n" + train_focus(cfg, resume=args.resume).summary())
+        return 0
     from experiments.train import train
 
     result = train(cfg, resume=args.resume, fast_dev_run=args.fast_dev_run)

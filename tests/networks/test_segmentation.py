@@ -30,16 +30,17 @@ def test_rejects_sides_not_divisible_and_mismatched_inputs():
         net(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 8, 8))
 
 
+@pytest.mark.slow
 def test_learns_where_photo_and_render_disagree():
     """A few steps of BCE on 'outlier where the difference is large' must beat chance clearly."""
     torch.manual_seed(0)
-    net = SegmentationUNet(UNetSettings(base_channels=4, depth=2))
+    net = SegmentationUNet(UNetSettings(base_channels=8, depth=2))
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    images = torch.rand(8, 3, 16, 16)
-    outlier = torch.rand(8, 1, 16, 16) > 0.7
-    rendered = torch.where(outlier, torch.rand(8, 3, 16, 16), images)
+    images = torch.rand(4, 3, 16, 16)
+    outlier = torch.rand(4, 1, 16, 16) > 0.7
+    rendered = torch.where(outlier, torch.rand(4, 3, 16, 16), images)
     target = (~outlier).float()
-    for _ in range(30):
+    for _ in range(40):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(net(images, rendered), target)
         opt.zero_grad()
         loss.backward()
@@ -47,3 +48,17 @@ def test_learns_where_photo_and_render_disagree():
     net.eval()
     accuracy = ((net.probability(images, rendered) > 0.5).float() == target).float().mean()
     assert accuracy > 0.85
+
+
+def test_shallow_features_are_frozen_and_resize():
+    from networks.segmentation import ShallowFeatures
+
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+    features = ShallowFeatures(body, 127.5, 1 / 128, size=8)
+    features.train()
+    assert not features.body.training and not any(p.requires_grad for p in features.parameters())
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    out = features(images)
+    assert out.shape == (2, 4, 8, 8)
+    out.sum().backward()
+    assert images.grad is not None  # differentiable in its input, as the masked terms need
