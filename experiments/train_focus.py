@@ -176,6 +176,8 @@ def train_focus(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = Tr
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r"You have overridden `transfer_batch_to_device`")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # Validation runs between stages (the evaluation), not inside a stage's fit.
+    warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
     run_dir = Path(cfg.logging.output_dir) / (cfg.logging.run_name or cfg.name)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
