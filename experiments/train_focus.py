@@ -103,8 +103,8 @@ def load_focus_checkpoint(path: str | Path, map_location: str = "cpu"):
 
 
 def make_stage_trainer(cfg: ExperimentConfig, run_dir: Path, max_steps: int, loggers: list, callbacks: list):
-    """One stage's Trainer: bounded by ``max_steps``, no validation loop or automatic checkpoints (the runner
-    validates and saves between stages). The one place to swap for a shared trainer builder."""
+    """One stage's Trainer: bounded by ``max_steps``, no automatic checkpoints (the runner validates and saves
+    between stages). The one place to swap for a shared trainer builder."""
     import pytorch_lightning as pl
 
     from experiments.build import resolve_precision
@@ -122,7 +122,6 @@ def make_stage_trainer(cfg: ExperimentConfig, run_dir: Path, max_steps: int, log
         logger=loggers,
         callbacks=callbacks,
         enable_checkpointing=False,
-        limit_val_batches=0,
         num_sanity_val_steps=0,
         enable_model_summary=False,
     )
@@ -162,6 +161,12 @@ def save_if_finite(trainer, module, path: Path) -> None:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(str(path))
+
+
+def _brief(metrics: dict) -> str:
+    """One line of a stage's validation metrics."""
+    keys = {"val/mask_f1": "mask F1", "val/shape_error_mm": "shape error mm", "val/mean_face_error_mm": "mean face mm"}
+    return ", ".join(f"{label} {float(metrics[key]):.3f}" for key, label in keys.items() if key in metrics)
 
 
 def train_focus(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = True) -> FocusTrainResult:
@@ -214,6 +219,12 @@ def train_focus(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = Tr
         stage_seconds[f"{k:02d}-{stage}"] = time.perf_counter() - start
         save_if_finite(trainer, module, path)
         save_if_finite(trainer, module, last)
+        if len(datamodule.dataset("val")):
+            metrics = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)[0]
+            print(
+                f"FOCUS stage {k} ({stage}, {steps} steps, {stage_seconds[f'{k:02d}-{stage}']:.0f} s): "
+                + _brief(metrics)
+            )
     if not last.exists():
         raise ValueError("the FOCUS schedule has no steps: set focus.settings.*_steps")
     evaluation = None
