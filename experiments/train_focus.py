@@ -163,6 +163,14 @@ def save_if_finite(trainer, module, path: Path) -> None:
     trainer.save_checkpoint(str(path))
 
 
+def _save_map(values: torch.Tensor, path: Path) -> None:
+    """(H, W) non-negative map as a grey PNG scaled to its maximum (the misfit prior, for the run's record)."""
+    import cv2
+
+    scaled = values / values.max().clamp_min(1e-6)
+    cv2.imwrite(str(path), (scaled.cpu().numpy() * 255).round().astype("uint8"))
+
+
 def _brief(metrics: dict) -> str:
     """One line of a stage's validation metrics."""
     keys = {"val/mask_f1": "mask F1", "val/shape_error_mm": "shape error mm", "val/mean_face_error_mm": "mean face mm"}
@@ -211,7 +219,9 @@ def train_focus(cfg: ExperimentConfig, resume: bool = False, evaluate: bool = Tr
             continue
         if stage == "pretrain_unet" and fs.misfit_prior and not bool(module.misfit_estimated):
             batches = [b for b, _ in zip(datamodule.train_dataloader(), range(fs.misfit_batches))]
-            module.estimate_misfit(batches)
+            misfit = module.estimate_misfit(batches)
+            _save_map(misfit[0, 0], run_dir / "misfit_prior.png")
+            print(f"misfit prior: median expected residual {float(misfit.median()):.3f}, max {float(misfit.max()):.3f}")
         start = time.perf_counter()
         callbacks = [FiniteLossGuard(cfg.trainer.log_every_n_steps), TQDMProgressBar(refresh_rate=10)]
         trainer = make_stage_trainer(cfg, run_dir, steps, loggers, callbacks)
