@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from benchmarks.metrics import ShapeError
 from benchmarks.metrics.segmentation import MaskScores
@@ -30,6 +29,7 @@ from losses.focus import (
     FocusLossWeights,
     area_loss,
     estimate_misfit_prior,
+    pseudo_mask_loss,
     residual,
     robust_photometric_loss,
     segmentation_losses,
@@ -69,7 +69,7 @@ class FocusSettings:
     em_unet_steps: int = 40
     em_encoder_steps: int = 80
     encoder_lr: float = 5e-5
-    unet_lr: float = 1e-3
+    unet_lr: float = 3e-3
     robust_weight: float = 0.028
     misfit_prior: bool = True
     misfit_batches: int = 8
@@ -249,7 +249,7 @@ class FocusModule(pl.LightningModule):
         rendered, region = prediction.render.image, prediction.render.mask
         logits = self.unet(images, rendered)
         if self.stage == "pretrain_unet":
-            bce = F.binary_cross_entropy_with_logits(logits, self.pseudo_masks(images, prediction))
+            bce = pseudo_mask_loss(logits, self.pseudo_masks(images, prediction), region)
             return {"pseudo_mask_bce": bce, "total": bce}
         return segmentation_losses(
             images, rendered, region, torch.sigmoid(logits), self.weights, self.features, self.misfit_prior

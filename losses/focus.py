@@ -298,6 +298,25 @@ def segmentation_losses(
     return out
 
 
+def pseudo_mask_loss(logits: torch.Tensor, target: torch.Tensor, face_mask: torch.Tensor) -> torch.Tensor:
+    """Class-balanced binary cross-entropy of the segmentation logits against pseudo-masks, inside the face
+    region; a scalar (FOCUS's U-Net pre-training, step 3).
+
+    logits, target, face_mask: (B, 1, H, W); ``target`` 1 for inliers. Only ``R S`` is ever used, so pixels
+    outside the rendered region carry no information; inside it, outliers are a minority (a fifth or less), and
+    plain cross-entropy settles on "all face". Each class therefore gets half the weight, pooled over the batch.
+    """
+    check_shape("logits", logits, (None, 1, None, None))
+    _check_map("target", target, logits)
+    _check_map("face_mask", face_mask, logits)
+    region = face_mask.detach()
+    target = target.detach()
+    inliers = (target * region).sum()
+    outliers = ((1.0 - target) * region).sum()
+    weights = region * torch.where(target > 0.5, 0.5 / inliers.clamp_min(1.0), 0.5 / outliers.clamp_min(1.0))
+    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weights).sum()
+
+
 def estimate_misfit_prior(
     residuals: torch.Tensor, face_masks: torch.Tensor, min_count: int = 3, smooth: int = 3
 ) -> torch.Tensor:

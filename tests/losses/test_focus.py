@@ -186,3 +186,15 @@ def test_misfit_prior_is_the_median_over_face_pixels():
 def test_shape_errors_name_the_argument():
     with pytest.raises(ValueError, match="face_mask"):
         robust_photometric_loss(torch.rand(1, 3, 4, 4), torch.rand(1, 3, 4, 4), torch.ones(1, 4, 4))
+
+
+def test_pseudo_mask_loss_balances_the_classes_inside_the_region():
+    from losses.focus import pseudo_mask_loss
+
+    target = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]).view(1, 1, 1, 5)
+    region = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]).view(1, 1, 1, 5)
+    logits = torch.tensor([2.0, 0.0, -1.0, 1.0, 5.0]).view(1, 1, 1, 5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten()
+    # Inliers share half the weight (3 pixels), the one outlier inside the region the other half.
+    expected = 0.5 * bce[:3].mean() + 0.5 * bce[3]
+    assert pseudo_mask_loss(logits, target, region).item() == pytest.approx(expected.item(), rel=1e-6)
