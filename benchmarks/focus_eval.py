@@ -4,8 +4,9 @@ Two tables:
 
 - **Masks**: accuracy, precision, recall, F1 and IoU of the face region against the exact visibility mask,
   pooled over every pixel of the test crops (`benchmarks.metrics.segmentation`), for FOCUS (the rendered face
-  region times the U-Net's mask), the skin-attention mask (the same region times skin posterior > 0.5, what
-  R-Net's photometric term trusts) and no mask (the region alone). All three use the FOCUS encoder's region,
+  region times the U-Net's mask), the robust loss's inlier masks with and without the misfit prior (the
+  pseudo-masks the U-Net is pre-trained on), the skin-attention mask (the region times skin posterior > 0.5,
+  what R-Net's photometric term trusts) and no mask (the region alone). All use the FOCUS encoder's region,
   so they differ only in what they remove from it.
 - **Shapes**: the neutral-identity shape error (mm, rigid alignment, `benchmarks.metrics.functional.vertex_error`)
   of R-Net with skin attention (FOCUS's starting point) and of the FOCUS encoder on the same faces occluded and
@@ -27,6 +28,7 @@ import torch
 
 from benchmarks.metrics.functional import vertex_error
 from benchmarks.metrics.segmentation import MASK_SCORES, MaskScores
+from losses.focus import robust_photometric_loss
 
 MASK_TARGET_F1 = 0.90
 """Issue 13's target for FOCUS's mask F1 on the occluded test split."""
@@ -79,7 +81,8 @@ def evaluate_focus(module, datamodule, reference, split: str = "test") -> FocusE
     occluded = datamodule.dataset(split).materialise()
     clean = datamodule.unoccluded_dataset(split).materialise()
     face_model = module.renderer.face_model
-    masks = {name: MaskScores() for name in ("FOCUS", "skin attention", "no mask")}
+    names = ("FOCUS", "robust loss, 3σ + misfit prior", "robust loss, 3σ", "skin attention", "no mask")
+    masks = {name: MaskScores() for name in names}
     errors: dict[tuple[str, str], list[torch.Tensor]] = {}
     for condition, dataset in (("occluded", occluded), ("unoccluded", clean)):
         for batch in datamodule.loader(dataset, shuffle=False):
@@ -90,6 +93,14 @@ def evaluate_focus(module, datamodule, reference, split: str = "test") -> FocusE
             if condition == "occluded":
                 region = out.prediction.render.mask
                 masks["FOCUS"].update(out.valid, batch.visible)
+                masks["robust loss, 3σ + misfit prior"].update(
+                    module.pseudo_masks(faces.images, out.prediction), batch.visible
+                )
+                w = module.weights
+                _, plain = robust_photometric_loss(
+                    faces.images, out.prediction.render.image, region, w.sigma, w.threshold_sigmas
+                )
+                masks["robust loss, 3σ"].update(plain, batch.visible)
                 masks["skin attention"].update(region * (faces.skin > 0.5), batch.visible)
                 masks["no mask"].update(region, batch.visible)
             shapes = {

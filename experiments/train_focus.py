@@ -97,6 +97,8 @@ def load_focus_checkpoint(path: str | Path, map_location: str = "cpu"):
     cfg.network.init = None
     cfg.network.pretrained = None
     module = build_focus_module(cfg)
+    # Keep the run's own config (with its network.init), e.g. to rebuild the R-Net it started from.
+    module.config_yaml = checkpoint["face3d_config"]
     module.load_state_dict(checkpoint["state_dict"])
     module.set_stage(checkpoint["focus_stage"])
     return module.eval(), cfg

@@ -92,7 +92,7 @@ def test_whole_schedule_runs_saves_finite_checkpoints_and_reloads(tmp_path):
     assert bool(module.misfit_estimated) and torch.isfinite(module.misfit).all() and module.misfit.max() > 0
     assert all(torch.isfinite(p).all() for p in module.state_dict().values() if p.is_floating_point())
     masks = result.evaluation.masks
-    assert set(masks) == {"FOCUS", "skin attention", "no mask"} and 0 < masks["FOCUS"]["f1"] <= 1
+    assert {"FOCUS", "skin attention", "no mask", "robust loss, 3σ"} <= set(masks) and 0 < masks["FOCUS"]["f1"] <= 1
     assert (result.run_dir / "masks.png").exists() and (result.run_dir / "evaluation.md").exists()
     # Resuming skips every finished stage.
     again = train_focus(tiny_focus_config(tmp_path), resume=True, evaluate=False)
