@@ -32,7 +32,7 @@ train-single: $(STAMP)
 	$(BIN)/face3d train --config default --resume $(ARGS)
 
 # FOCUS (occlusion-robust encoder + outlier-segmentation U-Net, trained by EM) from the bundled R-Net on occluded
-# synthetic faces; prints the mask and shape tables (~15 min on 2 idle cores). Re-running continues (--resume).
+# synthetic faces; prints the mask and shape tables (timing: README, FOCUS). Re-running continues (--resume).
 train-focus: $(STAMP)
 	$(BIN)/face3d train --config focus --resume $(ARGS)
 
