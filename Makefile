@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-all train-single train-hrn train-aggregate sweep preview benchmark benchmark-renderer clean
+.PHONY: setup test test-all train-single train-hrn train-focus train-aggregate sweep preview benchmark benchmark-renderer clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ train-single: $(STAMP)
 # (about 15 minutes on a 2-core CPU); prints the detail table (3DMM vs +deformation vs +displacement).
 train-hrn: $(STAMP)
 	$(BIN)/face3d train --config hrn --resume $(ARGS)
+
+# FOCUS (occlusion-robust encoder + outlier-segmentation U-Net, trained by EM) from the bundled R-Net on occluded
+# synthetic faces; prints the mask and shape tables (timing: README, FOCUS). Re-running continues (--resume).
+train-focus: $(STAMP)
+	$(BIN)/face3d train --config focus --resume $(ARGS)
 
 # C-Net on synthetic image sets, from the train-single checkpoint (trained first if missing); prints the
 # strategy table (mean per-image, shape averaging, S1-S4) on held-out identities.

@@ -23,12 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from datamodules.image_sets import ImageSetSettings
+from datamodules.occlusion import OcclusionSettings
 from datamodules.prepared import PreparedDataSettings
 from datamodules.synthetic import SyntheticFaceSettings
 from errors import MissingFileError, UserError
 from experiments.hrn_config import HRNConfig
+from lightning_modules.focus_module import FocusSettings
 from lightning_modules.rnet_module import OptimSettings
+from losses.focus import FocusLossWeights
 from losses.hybrid import LossWeights
+from networks.segmentation import UNetSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -172,6 +176,20 @@ class CNetConfig:
 
 
 @dataclass
+class FocusConfig:
+    """FOCUS (`face3d train --config focus`): each part is its component's own frozen settings dataclass.
+
+    enabled: ``face3d train`` runs FOCUS's schedule (`experiments.train_focus`) instead of R-Net training.
+    """
+
+    enabled: bool = False
+    settings: FocusSettings = field(default_factory=FocusSettings)
+    loss: FocusLossWeights = field(default_factory=FocusLossWeights)
+    unet: UNetSettings = field(default_factory=UNetSettings)
+    occlusion: OcclusionSettings = field(default_factory=OcclusionSettings)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "default"
     face_model: FaceModelConfig = field(default_factory=FaceModelConfig)
@@ -185,6 +203,7 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     cnet: CNetConfig = field(default_factory=CNetConfig)
     hrn: HRNConfig = field(default_factory=HRNConfig)
+    focus: FocusConfig = field(default_factory=FocusConfig)
 
 
 class ConfigError(UserError, ValueError):

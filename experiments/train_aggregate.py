@@ -230,7 +230,7 @@ def train_aggregate(
         with intended_warnings_silenced():
             stage.trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         # Each strategy is its own W&B run; an unfinished run would swallow the next strategy's logs.
-        finish_wandb_runs(stage.trainer)
+        finish_wandb_runs(stage.trainer.loggers)
         last = stage.last_checkpoint
         chosen = stage.best_checkpoint or (last if last.exists() else None)
         if chosen is not None:

@@ -49,8 +49,9 @@ class StageTrainer:
     """A configured `pl.Trainer` and where its checkpoints and metrics go."""
 
     trainer: pl.Trainer
-    best: ModelCheckpoint
-    """Keeps the best checkpoint by the stage's monitor; ``best.best_model_path`` after fitting ('' if none)."""
+    best: ModelCheckpoint | None
+    """Keeps the best checkpoint by the stage's monitor; ``best.best_model_path`` after fitting ('' if none); None
+    for a stage built without a monitor (it saves its own checkpoints)."""
     csv_logger: CSVLogger
     last_checkpoint: Path
     """``<run dir>/checkpoints/last.ckpt``, which ``--resume`` continues."""
@@ -61,7 +62,7 @@ class StageTrainer:
 
     @property
     def best_checkpoint(self) -> Path | None:
-        return Path(self.best.best_model_path) if self.best.best_model_path else None
+        return Path(self.best.best_model_path) if self.best is not None and self.best.best_model_path else None
 
     @property
     def metrics_csv(self) -> Path | None:
@@ -173,17 +174,21 @@ def build_trainer(
     logging: LoggingConfig,
     run_dir: Path,
     *,
-    monitor: str,
+    monitor: str | None,
     mode: str = "min",
     callbacks: Sequence[Callback] = (),
     wandb_name: str | None = None,
     save_weights_only: bool = False,
     lr_logging_interval: str = "step",
     fast_dev_run: bool | int = False,
+    loggers: Sequence[Logger] | None = None,
 ) -> StageTrainer:
     """The `pl.Trainer` of one training stage writing into ``run_dir`` (see the module docstring).
 
-    ``monitor``/``mode``: the logged metric the best checkpoint is kept by. ``callbacks``: the stage's own
+    ``monitor``/``mode``: the logged metric the best checkpoint is kept by; ``monitor=None`` builds no checkpoint
+    callbacks, for a runner that validates and saves between stages itself (FOCUS). ``loggers``: loggers to
+    reuse (a multi-stage run logs every stage into one run; the first must be the CSV logger), default
+    `build_loggers`. ``callbacks``: the stage's own
     (overlays, clocks, instrumentation), added after the finite-loss guard and the checkpoints. ``wandb_name``:
     the W&B run's name (default: the run directory's name). ``save_weights_only``: best checkpoints without
     optimiser state. ``lr_logging_interval``: how often the learning rate is logged ('step' or 'epoch').
@@ -196,10 +201,14 @@ def build_trainer(
     from experiments.build import resolve_precision
     from lightning_modules.callbacks import FiniteLossGuard
 
-    best, latest = checkpoint_callbacks(
-        run_dir, monitor, mode, every_n_steps=trainer.checkpoint_every_n_steps, save_weights_only=save_weights_only
-    )
-    loggers = build_loggers(logging, run_dir, wandb_name)
+    checkpoints: list[Callback] = []
+    best = None
+    if monitor is not None:
+        best, latest = checkpoint_callbacks(
+            run_dir, monitor, mode, every_n_steps=trainer.checkpoint_every_n_steps, save_weights_only=save_weights_only
+        )
+        checkpoints = [best, latest]
+    loggers = list(loggers) if loggers is not None else build_loggers(logging, run_dir, wandb_name)
     lightning_trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=trainer.max_epochs,
@@ -217,13 +226,13 @@ def build_trainer(
         logger=loggers,
         callbacks=[
             FiniteLossGuard(trainer.log_every_n_steps),
-            best,
-            latest,
+            *checkpoints,
             *callbacks,
             LearningRateMonitor(logging_interval=lr_logging_interval),
             TQDMProgressBar(refresh_rate=5),
         ],
         fast_dev_run=fast_dev_run,
+        enable_checkpointing=monitor is not None,
         enable_model_summary=False,
     )
     return StageTrainer(
@@ -231,11 +240,12 @@ def build_trainer(
     )
 
 
-def finish_wandb_runs(trainer: pl.Trainer) -> None:
-    """End the trainer's W&B runs: an unfinished one would swallow the logs of the next stage of the process."""
+def finish_wandb_runs(loggers: Sequence[Logger]) -> None:
+    """End the W&B runs among ``loggers`` (a trainer's ``loggers``): an unfinished one would swallow the logs of
+    the next stage of the process."""
     from pytorch_lightning.loggers import WandbLogger
 
-    for logger in trainer.loggers:
+    for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()
 

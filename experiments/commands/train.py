@@ -32,6 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from experiments.train import train
 
     cfg = load_config(files, args.overrides)
+    if cfg.focus.enabled:
+        from experiments.train_focus import train_focus
+
+        print("\n" + train_focus(cfg, resume=args.resume).summary())
+        return 0
     if cfg.hrn.enabled:
         from experiments.train_hrn import train_hrn
 
