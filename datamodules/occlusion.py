@@ -18,6 +18,7 @@ scores.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 
@@ -26,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.appearance import AppearanceSettings, camera_for_focal
+from datamodules.appearance import camera_for_focal
 from datamodules.backgrounds import (
     _capsule,
     _draw_supersampled,
@@ -41,7 +42,7 @@ from datamodules.backgrounds import (
     stripes,
 )
 from datamodules.batch import FaceBatch, collate_face_samples
-from datamodules.synthetic import SyntheticFaceDataset
+from datamodules.synthetic import SyntheticFaceDataset, SyntheticFaceSettings
 from face_model.model import FaceModel
 from preprocessing.skin import skin_posterior_torch
 from renderers.mesh_renderer import MeshRenderer
@@ -303,10 +304,10 @@ class OccludedFaceDataset(Dataset):
     """
 
     def __init__(self, base: SyntheticFaceDataset, settings: OcclusionSettings = OcclusionSettings()) -> None:
-        if base.occluder_probability != 0.0:
+        if base.settings.occluder_probability != 0.0:
             raise ValueError(
                 f"OccludedFaceDataset needs a clean base dataset (occluder_probability=0), got "
-                f"{base.occluder_probability}: the base's own occluders are not in the visibility masks"
+                f"{base.settings.occluder_probability}: the base's own occluders are not in the visibility masks"
             )
         self.base = base
         self.settings = settings
@@ -386,46 +387,32 @@ class OcclusionDataModule(pl.LightningDataModule):
     def __init__(
         self,
         face_model: FaceModel,
-        image_size: int = 112,
-        n_train: int = 512,
-        n_val: int = 32,
-        n_test: int = 64,
-        batch_size: int = 16,
-        seed: int = 0,
+        faces: SyntheticFaceSettings,
         settings: OcclusionSettings = OcclusionSettings(),
+        *,
+        image_size: int = 112,
+        batch_size: int = 16,
         test_probability: float = 1.0,
         cache_dir=None,
-        appearance: AppearanceSettings = AppearanceSettings(),
-        landmark_noise_px: float = 1.5,
-        max_yaw_deg: float = 60.0,
-        max_pitch_deg: float = 20.0,
-        max_roll_deg: float = 10.0,
     ) -> None:
+        """``faces``: the clean pictures (sizes, seed, poses, look; its own occluders are switched off here, FOCUS's
+        ``settings`` replace them)."""
         super().__init__()
         self.face_model = face_model
+        self.faces = dataclasses.replace(faces, occluder_probability=0.0)
+        self.image_size = image_size
         self.batch_size = batch_size
-        self.seed = seed
-        self.sizes = {"train": n_train, "val": n_val, "test": n_test}
+        self.seed = faces.seed
         self.settings = settings
-        self.test_settings = OcclusionSettings(**{**settings.__dict__, "probability": test_probability})
-        self._base_args = dict(
-            seed=seed,
-            image_size=image_size,
-            occluder_probability=0.0,
-            landmark_noise_px=landmark_noise_px,
-            max_yaw_deg=max_yaw_deg,
-            max_pitch_deg=max_pitch_deg,
-            max_roll_deg=max_roll_deg,
-            cache_dir=cache_dir,
-            appearance=appearance,
-        )
+        self.test_settings = dataclasses.replace(settings, probability=test_probability)
+        self.cache_dir = cache_dir
         self._clean: dict[str, SyntheticFaceDataset] = {}
         self._occluded: dict[str, OccludedFaceDataset] = {}
 
     def clean_dataset(self, split: str) -> SyntheticFaceDataset:
         if split not in self._clean:
             self._clean[split] = SyntheticFaceDataset(
-                self.face_model, self.sizes[split], split=split, **self._base_args
+                self.face_model, self.faces, split, image_size=self.image_size, cache_dir=self.cache_dir
             )
         return self._clean[split]
 

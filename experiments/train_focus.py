@@ -42,21 +42,13 @@ class FocusTrainResult:
 def build_focus_datamodule(cfg: ExperimentConfig, face_model, cache_dir: Path | None = None):
     from datamodules.occlusion import OcclusionDataModule
 
-    sc = cfg.data.synthetic
     return OcclusionDataModule(
         face_model,
+        cfg.data.synthetic,
+        cfg.focus.occlusion,
         image_size=cfg.renderer.image_size,
-        n_train=sc.n_train,
-        n_val=sc.n_val,
-        n_test=sc.n_test,
         batch_size=cfg.data.batch_size,
-        seed=sc.seed,
-        settings=cfg.focus.occlusion,
         cache_dir=cache_dir,
-        landmark_noise_px=sc.landmark_noise_px,
-        max_yaw_deg=sc.max_yaw_deg,
-        max_pitch_deg=sc.max_pitch_deg,
-        max_roll_deg=sc.max_roll_deg,
     )
 
 

@@ -15,7 +15,7 @@ from datamodules.occlusion import (
     collate_focus_samples,
     draw_realistic_occluder,
 )
-from datamodules.synthetic import SyntheticFaceDataset
+from datamodules.synthetic import SyntheticFaceDataset, SyntheticFaceSettings
 
 
 def _landmarks(size: int) -> np.ndarray:
@@ -49,11 +49,16 @@ def test_unknown_kind_is_refused():
         OcclusionSettings(kinds=("hat",))
 
 
+def _faces(**sizes) -> SyntheticFaceSettings:
+    """Clean faces in the face model's own look (fast to render)."""
+    return SyntheticFaceSettings(
+        **{"occluder_probability": 0.0, "appearance": AppearanceSettings(look="model"), **sizes}
+    )
+
+
 @pytest.fixture(scope="module")
 def base(ict_small):
-    return SyntheticFaceDataset(
-        ict_small, 6, split="test", image_size=48, occluder_probability=0.0, appearance=AppearanceSettings(look="model")
-    )
+    return SyntheticFaceDataset(ict_small, _faces(n_test=6), "test", image_size=48)
 
 
 def test_visibility_is_the_face_region_minus_the_occluders(base):
@@ -81,9 +86,7 @@ def test_visibility_is_the_face_region_minus_the_occluders(base):
 def test_occluders_are_deterministic_and_independent_of_dataset_size(base, ict_small):
     a = OccludedFaceDataset(base, OcclusionSettings(probability=1.0))
     b = OccludedFaceDataset(base, OcclusionSettings(probability=1.0))
-    smaller = SyntheticFaceDataset(
-        ict_small, 3, split="test", image_size=48, occluder_probability=0.0, appearance=AppearanceSettings(look="model")
-    )
+    smaller = SyntheticFaceDataset(ict_small, _faces(n_test=3), "test", image_size=48)
     c = OccludedFaceDataset(smaller, OcclusionSettings(probability=1.0))
     for i in range(3):
         assert torch.equal(a[i]["visible"], b[i]["visible"]) and torch.equal(a[i]["visible"], c[i]["visible"])
@@ -93,19 +96,13 @@ def test_occluders_are_deterministic_and_independent_of_dataset_size(base, ict_s
 
 def test_refuses_a_base_with_its_own_occluders(ict_small):
     with pytest.raises(ValueError, match="occluder_probability=0"):
-        OccludedFaceDataset(SyntheticFaceDataset(ict_small, 2, image_size=32, occluder_probability=0.5))
+        OccludedFaceDataset(
+            SyntheticFaceDataset(ict_small, _faces(n_train=2, occluder_probability=0.5), "train", image_size=32)
+        )
 
 
 def test_collate_and_datamodule_split_sizes(ict_small):
-    dm = OcclusionDataModule(
-        ict_small,
-        image_size=32,
-        n_train=4,
-        n_val=2,
-        n_test=3,
-        batch_size=2,
-        appearance=AppearanceSettings(look="model"),
-    )
+    dm = OcclusionDataModule(ict_small, _faces(n_train=4, n_val=2, n_test=3), image_size=32, batch_size=2)
     batch = collate_focus_samples([dm.dataset("test")[i] for i in range(3)])
     assert batch.faces.images.shape == (3, 3, 32, 32) and batch.visible.shape == (3, 1, 32, 32)
     assert batch.occluded.dtype == torch.bool
