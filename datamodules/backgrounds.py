@@ -371,7 +371,12 @@ def draw_occluder(
     if kind not in _OCCLUDERS:
         raise ValueError(f"unknown occluder kind {kind!r}; choose one of {OCCLUDER_KINDS}")
     height, width = image.shape[:2]
-    alpha, fill = _OCCLUDERS[kind](rng, height, width, np.asarray(landmarks, np.float64))
+    return paint_over(image, *_OCCLUDERS[kind](rng, height, width, np.asarray(landmarks, np.float64)))
+
+
+def paint_over(image: np.ndarray, alpha: np.ndarray, fill: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blend ``fill`` (H, W, 3) over a copy of ``image`` with coverage ``alpha`` (H, W); returns (image, alpha).
+    Pixels with zero coverage are copied unchanged, bit for bit."""
     out = image.copy()
     drawn = alpha > 0
     a = alpha[drawn][:, None]

@@ -38,6 +38,7 @@ from datamodules.backgrounds import (
     _to_canvas,
     draw_occluder,
     noise_texture,
+    paint_over,
     random_colour,
     stripes,
 )
@@ -228,12 +229,7 @@ def draw_realistic_occluder(
     if kind not in _PAINTERS:
         raise ValueError(f"unknown occluder kind {kind!r}; choose one of {OCCLUSION_KINDS}")
     height, width = image.shape[:2]
-    alpha, fill = _PAINTERS[kind](rng, height, width, np.asarray(landmarks, np.float64))
-    out = image.copy()
-    drawn = alpha > 0
-    a = alpha[drawn][:, None]
-    out[drawn] = (1.0 - a) * image[drawn] + a * fill[drawn]
-    return out, alpha
+    return paint_over(image, *_PAINTERS[kind](rng, height, width, np.asarray(landmarks, np.float64)))
 
 
 def face_regions(dataset: SyntheticFaceDataset, batch: int = 64) -> np.ndarray:
