@@ -302,9 +302,9 @@ def build_predictor(args: argparse.Namespace):
     if start == "rnet":
         if args.face_model == "bfm":
             raise InvalidInputError("the bundled R-Net predicts ICT coefficients; fit BFM with --fit-start mean")
-        from experiments.build import BUNDLED
+        from experiments.build import BUNDLED, load_rnet_checkpoint
 
-        init = RNetPredictor.from_checkpoint(BUNDLED, device=args.device)
+        init = RNetPredictor.from_checkpoint(BUNDLED, load_rnet_checkpoint, device=args.device)
         return FittingPredictor.build(
             init.renderer.face_model, settings, crop_size=args.crop_size or 224, device=args.device, init=init
         )
