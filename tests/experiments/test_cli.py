@@ -60,6 +60,22 @@ def test_debug_prints_the_traceback_of_a_user_error(monkeypatch, capsys, argv):
     assert err.rstrip().endswith("face3d preview: error: bad value")
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--config", "no_such_config"], "config 'no_such_config' not found"),
+        (["loss.photometrik=1"], "loss.photometric"),
+    ],
+)
+def test_config_mistakes_are_one_line(capsys, args, expected):
+    assert cli.main(["train", "--print-config", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("face3d train: error: ") and expected in lines[0]
+
+
+# Slow: each process imports torch and Lightning (about 6 s); test_config_mistakes_are_one_line checks the same
+# messages in-process.
+@pytest.mark.slow
 def test_config_mistakes_from_the_real_command_line_are_one_line():
     # A real process: what a user sees for a typo'd config name and a wrong override, and the exit status.
     for args in (["--config", "no_such_config"], ["loss.photometrik=1"]):

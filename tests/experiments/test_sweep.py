@@ -362,6 +362,9 @@ def test_a_killed_sweep_writes_its_summary_and_the_rerun_retries_the_interrupted
     assert [cfg.loss.photometric for cfg in again.configs] == [2.0, 3.0]
 
 
+# Slow: the child process imports torch and Lightning (about 6 s); test_failed_runs_are_recorded_and_the_sweep_goes_on
+# covers the recording in-process.
+@pytest.mark.slow
 def test_the_child_process_reports_a_bad_config_as_a_failed_run(tmp_path):
     with pytest.raises(RunFailed, match="unknown config key 'loss.photometrik'"):
         SubprocessExecutor(group="demo")(["default"], ["loss.photometrik=1"], tmp_path / "run")
