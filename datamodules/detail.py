@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.appearance import AppearanceSettings
 from datamodules.backgrounds import draw_background
 from datamodules.batch import FaceBatch, GroundTruth
+from datamodules.loaders import make_loader
 from datamodules.synthetic import SPLITS, SyntheticFaceDataset, SyntheticFaceSettings, place_faces, soft_composite
 from face_model.coefficients import Coefficients
 from face_model.ict_uv import ict_uv_tables
@@ -333,14 +334,8 @@ class DetailDataModule(pl.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(split)
-        return DataLoader(
-            dataset,
-            batch_size=self.settings.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.settings.seed) if shuffle else None,
-            drop_last=shuffle and len(dataset) > self.settings.batch_size,
-            collate_fn=collate_detail,
+        return make_loader(
+            self.dataset(split), self.settings.batch_size, shuffle, self.settings.seed, 0, collate_detail
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -43,6 +43,7 @@ from datamodules.backgrounds import (
     stripes,
 )
 from datamodules.batch import FaceBatch, collate_face_samples
+from datamodules.loaders import make_loader, stage_splits
 from datamodules.synthetic import SyntheticFaceDataset, SyntheticFaceSettings
 from face_model.model import FaceModel
 from preprocessing.skin import skin_posterior_torch
@@ -423,18 +424,11 @@ class OcclusionDataModule(pl.LightningDataModule):
         return OccludedFaceDataset(self.clean_dataset(split), OcclusionSettings(probability=0.0))
 
     def setup(self, stage: str | None = None) -> None:
-        for split in {"fit": ("train", "val"), "test": ("test",)}.get(stage, ("train", "val", "test")):
+        for split in stage_splits(stage):
             self.dataset(split).materialise()
 
     def loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            drop_last=shuffle and len(dataset) > self.batch_size,
-            collate_fn=collate_focus_samples,
-        )
+        return make_loader(dataset, self.batch_size, shuffle, self.seed, 0, collate_focus_samples)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.dataset("train").materialise(), shuffle=True)
