@@ -341,16 +341,28 @@ def _bar(rng: np.random.Generator, height: int, width: int, landmarks: np.ndarra
     return alpha, _shaded_fill(rng, height, width, random_colour(rng, skin_probability=0.0), texture=0.1)
 
 
-def _object(rng: np.random.Generator, height: int, width: int, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def side_shape(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    landmarks: np.ndarray,
+    reach: tuple[float, float] = (0.35, 0.6),
+    rectangle_probability: float = 0.5,
+) -> np.ndarray:
+    """(H, W) coverage of a rectangle or an ellipse (30-60% of the face's size) whose centre lies ``reach`` face
+    sizes from the face's centre in a random direction: anchored at a side of the face, so that it covers a part
+    of it, not all of it."""
     centre, size = _face_frame(landmarks)
-    # Anchored at a random side of the face so that it covers a part of it, not all of it.
     direction = rng.uniform(0.0, 2.0 * math.pi)
-    position = centre + np.array([math.cos(direction), math.sin(direction)]) * size * rng.uniform(0.35, 0.6)
+    position = centre + np.array([math.cos(direction), math.sin(direction)]) * size * rng.uniform(*reach)
     extent = size * rng.uniform(0.3, 0.6, 2)
-    if rng.random() < 0.5:
-        alpha = _rotated_rectangle(height, width, position, extent, rng.uniform(-30.0, 30.0))
-    else:
-        alpha = _ellipse(height, width, position, extent / 2.0, rng.uniform(0.0, 180.0))
+    if rng.random() < rectangle_probability:
+        return _rotated_rectangle(height, width, position, extent, rng.uniform(-30.0, 30.0))
+    return _ellipse(height, width, position, extent / 2.0, rng.uniform(0.0, 180.0))
+
+
+def _object(rng: np.random.Generator, height: int, width: int, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    alpha = side_shape(rng, height, width, landmarks)
     return alpha, _shaded_fill(rng, height, width, random_colour(rng, skin_probability=0.0), texture=0.15)
 
 

@@ -33,13 +33,13 @@ from datamodules.backgrounds import (
     _draw_supersampled,
     _ellipse,
     _face_frame,
-    _rotated_rectangle,
     _shaded_fill,
     _to_canvas,
     draw_occluder,
     noise_texture,
     paint_over,
     random_colour,
+    side_shape,
     stripes,
 )
 from datamodules.batch import FaceBatch, collate_face_samples
@@ -195,14 +195,7 @@ def _microphone(rng, height, width, landmarks):
 
 def _textured(rng, height, width, landmarks):
     """A flat object (book, phone, cup, paper) with a printed pattern, at a side of the face."""
-    centre, size = _face_frame(landmarks)
-    direction = rng.uniform(0.0, 2.0 * math.pi)
-    position = centre + np.array([math.cos(direction), math.sin(direction)]) * size * rng.uniform(0.3, 0.6)
-    extent = size * rng.uniform(0.3, 0.6, 2)
-    if rng.random() < 0.6:
-        alpha = _rotated_rectangle(height, width, position, extent, rng.uniform(-30.0, 30.0))
-    else:
-        alpha = _ellipse(height, width, position, extent / 2.0, rng.uniform(0.0, 180.0))
+    alpha = side_shape(rng, height, width, landmarks, reach=(0.3, 0.6), rectangle_probability=0.6)
     pattern, _ = stripes(rng, height, width) if rng.random() < 0.5 else noise_texture(rng, height, width)
     return alpha, pattern.astype(np.float32)
 
