@@ -22,16 +22,18 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+from datamodules.detail import DetailDataSettings
 from datamodules.image_sets import ImageSetSettings
 from datamodules.occlusion import OcclusionSettings
 from datamodules.prepared import PreparedDataSettings
 from datamodules.synthetic import SyntheticFaceSettings
 from errors import MissingFileError, UserError
-from experiments.hrn_config import HRNConfig
 from lightning_modules.focus_module import FocusSettings
 from lightning_modules.rnet_module import OptimSettings
 from losses.focus import FocusLossWeights
+from losses.hrn import HRNLossWeights
 from losses.hybrid import LossWeights
+from networks.hrn import HRNSettings
 from networks.segmentation import UNetSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -173,6 +175,24 @@ class CNetConfig:
     missing). Face model, renderer, network and loss come from that checkpoint's config."""
     analysis: bool = True
     """After training, plot confidences against yaw and occlusion on the test sets."""
+
+
+@dataclass
+class HRNConfig:
+    """HRN (`face3d train --config hrn`): ``network``, ``loss`` and ``data`` are the core components' own settings
+    (`networks.hrn.HRNSettings`, `losses.hrn.HRNLossWeights`, `datamodules.detail.DetailDataSettings`, whose
+    ``image_size`` follows the R-Net's crop); the shared loss weights come from ``loss``, the steps from ``trainer``.
+    """
+
+    enabled: bool = False
+    """True makes ``face3d train`` train HRN's detail layers (the ``hrn`` config sets it)."""
+    rnet: str = "bundled"
+    """The frozen R-Net under the detail layers: 'bundled', an exported weights folder or a train checkpoint."""
+    lr: float = 1e-3
+    """Adam's step size for the two detail networks."""
+    network: HRNSettings = field(default_factory=HRNSettings)
+    loss: HRNLossWeights = field(default_factory=HRNLossWeights)
+    data: DetailDataSettings = field(default_factory=DetailDataSettings)
 
 
 @dataclass
