@@ -33,7 +33,8 @@ train-single: $(STAMP)
 	$(BIN)/face3d train --config default --resume $(ARGS)
 
 # HRN's detail layers (deformation and displacement maps) on the bundled R-Net, on synthetic detail faces
-# (about 15 minutes on a 2-core CPU); prints the detail table (3DMM vs +deformation vs +displacement).
+# (400 steps: 13-18 minutes on 2 cores, extrapolated from measured step times; README, HRN); prints the detail
+# table (3DMM vs +deformation vs +displacement).
 train-hrn: $(STAMP)
 	$(BIN)/face3d train --config hrn --resume $(ARGS)
 
